@@ -1,0 +1,1 @@
+//! A/B experiment assignment and significance tests.

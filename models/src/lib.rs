@@ -1,0 +1,14 @@
+//! Pure algorithms of Momentum: event weights, collaborative-filtering similarity, content
+//! (TF-IDF) scoring, hybrid ranking, diversity, experiment assignment, classifiers, time series,
+//! the user features and evaluation metrics. Nothing here does I/O or knows about actors, so the
+//! server, the trainer and the device crate share one implementation.
+
+pub mod content;
+pub mod error;
+pub mod events;
+pub mod experiment;
+pub mod predict;
+pub mod ranking;
+pub mod similarity;
+
+pub use error::ModelError;
