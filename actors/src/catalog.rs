@@ -58,8 +58,10 @@ pub fn apply_row_deltas(index: &Index, deltas: &[RowDelta]) {
                     Some(&(o, _)) => o,
                     None => new_j,
                 };
-                let ddot = f64::from(new_i) * f64::from(new_j) - f64::from(old_i) * f64::from(old_j);
-                let dusers = i64::from(new_i > 0.0 && new_j > 0.0) - i64::from(old_i > 0.0 && old_j > 0.0);
+                let ddot =
+                    f64::from(new_i) * f64::from(new_j) - f64::from(old_i) * f64::from(old_j);
+                let dusers =
+                    i64::from(new_i > 0.0 && new_j > 0.0) - i64::from(old_i > 0.0 && old_j > 0.0);
                 if ddot == 0.0 && dusers == 0 {
                     continue;
                 }
@@ -161,7 +163,7 @@ impl Actor for ItemCatalog {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // The bound is kept by `Mailbox`; actix's own limit must not refuse first.
-        ctx.set_mailbox_capacity(usize::MAX >> 1);
+        ctx.set_mailbox_capacity(1 << 20);
         let every = Duration::from_millis(self.config.recommend.popular_refresh_ms.max(100));
         ctx.run_interval(every, |act, _| act.refresh_popular(false));
     }
@@ -211,7 +213,10 @@ impl Handler<PutItem> for ItemCatalog {
             self.bump_epoch();
             self.refresh_popular(true);
         }
-        self.index.item_stats.entry(msg.item).or_insert_with(ItemStats::default);
+        self.index
+            .item_stats
+            .entry(msg.item)
+            .or_insert_with(ItemStats::default);
         let _ = msg.reply.send(());
     }
 }

@@ -107,7 +107,9 @@ impl EngineConfig {
             return Err("recommend.default_n must be in 1..=recommend.max_n".into());
         }
         if r.similar_k == 0 || r.user_neighbours == 0 {
-            return Err("recommend.similar_k and recommend.user_neighbours must be positive".into());
+            return Err(
+                "recommend.similar_k and recommend.user_neighbours must be positive".into(),
+            );
         }
         let w = &self.weights;
         if !(w.max_weight.is_finite() && w.max_weight > 0.0)

@@ -90,9 +90,12 @@ impl Engine {
         let capacity = config.actors.mailbox_capacity;
         let catalog_arbiter = Arbiter::new();
         let catalog_actor = ItemCatalog::new(index.clone(), config.clone());
-        let catalog_addr = ItemCatalog::start_in_arbiter(&catalog_arbiter.handle(), |_| catalog_actor);
+        let catalog_addr =
+            ItemCatalog::start_in_arbiter(&catalog_arbiter.handle(), |_| catalog_actor);
         let catalog = Mailbox::new(catalog_addr, capacity, "item_catalog", &metrics);
-        let shard_arbiters: Vec<Arbiter> = (0..threads.min(config.actors.shards)).map(|_| Arbiter::new()).collect();
+        let shard_arbiters: Vec<Arbiter> = (0..threads.min(config.actors.shards))
+            .map(|_| Arbiter::new())
+            .collect();
         let shards = (0..config.actors.shards)
             .map(|s| {
                 let state = ShardState::new(index.clone(), config.clone(), metrics.clone());
@@ -156,8 +159,12 @@ impl Engine {
             t.dedup();
             t
         };
-        if !self.catalog.has_room(touched.len()) || !touched.iter().all(|&s| self.shards[s].has_room(1)) {
-            return Err(ActorError::Overloaded { actor: "user_shard" });
+        if !self.catalog.has_room(touched.len())
+            || !touched.iter().all(|&s| self.shards[s].has_room(1))
+        {
+            return Err(ActorError::Overloaded {
+                actor: "user_shard",
+            });
         }
         for e in events {
             let item = match &e.item_id {
@@ -172,14 +179,22 @@ impl Engine {
                     }
                     Some(item) => Some(item),
                     None => {
-                        report.rejected.push(capacity_rejection(e.index, "item", self.config.actors.max_items));
+                        report.rejected.push(capacity_rejection(
+                            e.index,
+                            "item",
+                            self.config.actors.max_items,
+                        ));
                         continue;
                     }
                 },
                 None => None,
             };
             let Some(user) = self.index.users.intern(&e.user_id) else {
-                report.rejected.push(capacity_rejection(e.index, "user", self.config.actors.max_users));
+                report.rejected.push(capacity_rejection(
+                    e.index,
+                    "user",
+                    self.config.actors.max_users,
+                ));
                 continue;
             };
             per_shard[shard_for(&e.user_id, self.shards.len())].push(InternedEvent {
@@ -202,7 +217,9 @@ impl Engine {
             waiting.push(rx);
         }
         for rx in waiting {
-            let outcome = rx.await.map_err(|_| ActorError::Stopped { actor: "user_shard" })?;
+            let outcome = rx.await.map_err(|_| ActorError::Stopped {
+                actor: "user_shard",
+            })?;
             report.accepted += outcome.accepted;
             report.duplicates += outcome.duplicates.len();
         }
@@ -212,13 +229,20 @@ impl Engine {
     }
 
     fn user(&self, user_id: &str) -> Result<u32, ActorError> {
-        self.index.users.get(user_id).ok_or_else(|| ActorError::UnknownUser { id: user_id.to_string() })
+        self.index
+            .users
+            .get(user_id)
+            .ok_or_else(|| ActorError::UnknownUser {
+                id: user_id.to_string(),
+            })
     }
 
     fn item(&self, item_id: &str) -> Result<u32, ActorError> {
         match self.index.items.get(item_id) {
             Some(item) if self.index.is_live_item(item) => Ok(item),
-            _ => Err(ActorError::UnknownItem { id: item_id.to_string() }),
+            _ => Err(ActorError::UnknownItem {
+                id: item_id.to_string(),
+            }),
         }
     }
 
@@ -226,29 +250,41 @@ impl Engine {
     pub async fn recommend(&self, user_id: &str, n: usize) -> Result<Recommendations, ActorError> {
         let user = self.user(user_id)?;
         let n = n.clamp(1, self.config.recommend.max_n);
-        self.shard_of(user_id).ask(|reply| GetRecommendations { user, n, reply }).await
+        self.shard_of(user_id)
+            .ask(|reply| GetRecommendations { user, n, reply })
+            .await
     }
 
     /// The top-k similar users.
     pub async fn similar_users(&self, user_id: &str) -> Result<Arc<Vec<Neighbour>>, ActorError> {
         let user = self.user(user_id)?;
-        self.shard_of(user_id).ask(|reply| GetSimilarUsers { user, reply }).await
+        self.shard_of(user_id)
+            .ask(|reply| GetSimilarUsers { user, reply })
+            .await
     }
 
     /// The top-k similar items.
     pub async fn similar_items(&self, item_id: &str) -> Result<Arc<Vec<Neighbour>>, ActorError> {
         let item = self.item(item_id)?;
-        self.catalog.ask(|reply| GetSimilarItems { item, reply }).await
+        self.catalog
+            .ask(|reply| GetSimilarItems { item, reply })
+            .await
     }
 
     /// Creates or replaces an item's metadata; true when the item is new.
     pub async fn put_item(&self, item_id: &str, meta: ItemMeta) -> Result<bool, ActorError> {
         let existed = self.item(item_id).is_ok();
-        let item = self.index.items.intern(item_id).ok_or(ActorError::CapacityReached {
-            what: "item",
-            capacity: self.config.actors.max_items,
-        })?;
-        self.catalog.ask(|reply| PutItem { item, meta, reply }).await?;
+        let item = self
+            .index
+            .items
+            .intern(item_id)
+            .ok_or(ActorError::CapacityReached {
+                what: "item",
+                capacity: self.config.actors.max_items,
+            })?;
+        self.catalog
+            .ask(|reply| PutItem { item, meta, reply })
+            .await?;
         Ok(!existed)
     }
 
@@ -256,8 +292,17 @@ impl Engine {
     pub fn get_item(&self, item_id: &str) -> Result<ItemView, ActorError> {
         let item = self.item(item_id)?;
         Ok(ItemView {
-            meta: self.index.item_meta.get(&item).map(|m| m.clone()).unwrap_or_default(),
-            users: self.index.item_stats.get(&item).map_or(0, |s| s.column.len()),
+            meta: self
+                .index
+                .item_meta
+                .get(&item)
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+            users: self
+                .index
+                .item_stats
+                .get(&item)
+                .map_or(0, |s| s.column.len()),
         })
     }
 
@@ -270,11 +315,21 @@ impl Engine {
     /// Creates or replaces a user's profile; true when the user is new.
     pub async fn put_user(&self, user_id: &str, profile: UserProfile) -> Result<bool, ActorError> {
         let existed = self.index.users.get(user_id).is_some();
-        let user = self.index.users.intern(user_id).ok_or(ActorError::CapacityReached {
-            what: "user",
-            capacity: self.config.actors.max_users,
-        })?;
-        self.shard_of(user_id).ask(|reply| PutUser { user, profile, reply }).await?;
+        let user = self
+            .index
+            .users
+            .intern(user_id)
+            .ok_or(ActorError::CapacityReached {
+                what: "user",
+                capacity: self.config.actors.max_users,
+            })?;
+        self.shard_of(user_id)
+            .ask(|reply| PutUser {
+                user,
+                profile,
+                reply,
+            })
+            .await?;
         Ok(!existed)
     }
 
@@ -284,7 +339,9 @@ impl Engine {
         self.shard_of(user_id)
             .ask(|reply| GetUser { user, reply })
             .await?
-            .ok_or_else(|| ActorError::UnknownUser { id: user_id.to_string() })
+            .ok_or_else(|| ActorError::UnknownUser {
+                id: user_id.to_string(),
+            })
     }
 
     /// External id of a dense item id.
@@ -313,7 +370,10 @@ mod tests {
     #[test]
     fn shard_routing_is_md5_based_and_stable() {
         // md5("alice") = 6384e2b2184bcbf58eccf10ca7a6563c
-        assert_eq!(shard_for("alice", 16), (0x6384e2b2184bcbf5u64 % 16) as usize);
+        assert_eq!(
+            shard_for("alice", 16),
+            (0x6384e2b2184bcbf5u64 % 16) as usize
+        );
         assert_eq!(shard_for("alice", 1), 0);
     }
 }

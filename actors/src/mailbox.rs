@@ -151,7 +151,8 @@ impl<A: Actor> Mailbox<A> {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.try_send(make(tx))?;
-        rx.await.map_err(|_| ActorError::Stopped { actor: self.actor })
+        rx.await
+            .map_err(|_| ActorError::Stopped { actor: self.actor })
     }
 }
 

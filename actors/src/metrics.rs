@@ -23,7 +23,10 @@ impl ActorMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let m = ActorMetrics {
             mailbox_depth: IntGaugeVec::new(
-                Opts::new("momentum_mailbox_depth", "Messages waiting in actor mailboxes"),
+                Opts::new(
+                    "momentum_mailbox_depth",
+                    "Messages waiting in actor mailboxes",
+                ),
                 &["actor"],
             )?,
             mailbox_rejected: IntCounterVec::new(

@@ -12,9 +12,7 @@
 
 use std::sync::Arc;
 
-use momentum_models::similarity::{
-    cosine, normalise_by_max, top_k, Neighbour, SparseAccumulator,
-};
+use momentum_models::similarity::{cosine, normalise_by_max, top_k, Neighbour, SparseAccumulator};
 
 use crate::config::RecommendConfig;
 use crate::index::{Index, UserVector};
@@ -22,8 +20,9 @@ use crate::index::{Index, UserVector};
 /// Why an item was recommended: the strongest contributor to its score.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
-    /// The user's item that contributes most through item-item similarity.
-    SimilarTo { item: u32 },
+    /// The user's item that contributes most through item-item similarity, and what the
+    /// user did with it ("completed", "rated", …).
+    SimilarTo { item: u32, verb: &'static str },
     /// Neighbours (similar users) that engaged with the item.
     UsersLikeYou { neighbours: usize },
     /// Popular with everyone (cold start or filler).
@@ -111,7 +110,12 @@ fn eligible(index: &Index, vector: &UserVector, item: u32) -> bool {
 }
 
 /// The popular list minus what the user may not see, as scored items.
-pub fn popular_for(index: &Index, vector: Option<&UserVector>, n: usize, skip: &[u32]) -> Vec<Scored> {
+pub fn popular_for(
+    index: &Index,
+    vector: Option<&UserVector>,
+    n: usize,
+    skip: &[u32],
+) -> Vec<Scored> {
     let popular = index.popular.read().clone();
     let max = popular.first().map(|p| p.1).unwrap_or(1.0).max(1.0);
     popular
@@ -213,7 +217,10 @@ pub fn collaborative(
             let item_part = item_scores_lookup(&item_scores, j) * (1.0 - uw);
             let user_part = item_scores_lookup(&user_scores, j) * uw;
             if let Some((i, _)) = best {
-                reasons.push(Reason::SimilarTo { item: i });
+                reasons.push(Reason::SimilarTo {
+                    item: i,
+                    verb: "engaged with",
+                });
             }
             if neighbour_support > 0 {
                 let r = Reason::UsersLikeYou {
@@ -236,7 +243,10 @@ pub fn collaborative(
 }
 
 fn item_scores_lookup(list: &[Neighbour], item: u32) -> f64 {
-    list.iter().find(|e| e.0 == item).map(|e| e.1).unwrap_or(0.0)
+    list.iter()
+        .find(|e| e.0 == item)
+        .map(|e| e.1)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -84,7 +84,10 @@ fn batch_matrix(
         let user = index.users.get(&format!("u{u}")).expect("interned");
         let item = index.items.get(&format!("i{i}")).expect("interned");
         let v = (kind == EventKind::Rate).then_some(value.round());
-        cells.entry((user, item)).or_default().apply(kind, v, n as i64, &config.weights);
+        cells
+            .entry((user, item))
+            .or_default()
+            .apply(kind, v, n as i64, &config.weights);
     }
     let mut m = batch::Matrix::new();
     for ((u, i), cell) in cells {

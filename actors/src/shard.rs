@@ -22,7 +22,7 @@ use crate::messages::{
     RecordEvents, RowDelta, ShardOutcome, UserSummary,
 };
 use crate::metrics::ActorMetrics;
-use crate::recommend::{self, Recommendations, Scratch, Strategy};
+use crate::recommend::{self, Reason, Recommendations, Scratch, Strategy};
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
 use momentum_models::similarity::Neighbour;
@@ -217,7 +217,10 @@ impl ShardState {
             .map(|(&item, _)| item)
             .collect();
         excluded.sort_unstable();
-        let norm2 = items.iter().map(|&(_, w)| f64::from(w) * f64::from(w)).sum();
+        let norm2 = items
+            .iter()
+            .map(|&(_, w)| f64::from(w) * f64::from(w))
+            .sum();
         UserVector {
             items,
             norm2,
@@ -239,7 +242,12 @@ impl ShardState {
             .recommend
             .user_neighbours
             .max(self.config.recommend.similar_k);
-        let list = Arc::new(recommend::neighbours(&self.index, user, k, &mut self.scratch));
+        let list = Arc::new(recommend::neighbours(
+            &self.index,
+            user,
+            k,
+            &mut self.scratch,
+        ));
         self.neighbour_cache.insert(user, (epoch, list.clone()));
         list
     }
@@ -277,9 +285,19 @@ impl ShardState {
                     max_n,
                     &mut self.scratch,
                 );
+                if let Some(row) = self.rows.get(&user) {
+                    for scored in &mut items {
+                        for reason in &mut scored.reasons {
+                            if let Reason::SimilarTo { item, verb } = reason {
+                                *verb = row.cells.get(item).map_or("engaged with", strongest_verb);
+                            }
+                        }
+                    }
+                }
                 if items.len() < max_n {
                     let have: Vec<u32> = items.iter().map(|s| s.item).collect();
-                    let fill = recommend::popular_for(&self.index, Some(&v), max_n - items.len(), &have);
+                    let fill =
+                        recommend::popular_for(&self.index, Some(&v), max_n - items.len(), &have);
                     items.extend(fill);
                 }
                 Recommendations {
@@ -290,7 +308,12 @@ impl ShardState {
             }
             other => Recommendations {
                 strategy: Strategy::Popular,
-                items: Arc::new(recommend::popular_for(&self.index, other.as_deref(), max_n, &[])),
+                items: Arc::new(recommend::popular_for(
+                    &self.index,
+                    other.as_deref(),
+                    max_n,
+                    &[],
+                )),
                 cached: false,
             },
         };
@@ -321,6 +344,21 @@ impl ShardState {
     }
 }
 
+/// How to describe what a user did with an item, strongest signal first.
+fn strongest_verb(cell: &Interaction) -> &'static str {
+    use momentum_models::events::EventKind::*;
+    [
+        (Complete, "completed"),
+        (Rate, "rated"),
+        (Like, "liked"),
+        (Checkin, "checked in on"),
+        (Start, "started"),
+    ]
+    .into_iter()
+    .find(|(kind, _)| cell.has_any(kind.bit()))
+    .map_or("engaged with", |(_, verb)| verb)
+}
+
 /// The shard actor.
 pub struct UserShard {
     state: ShardState,
@@ -337,7 +375,7 @@ impl Actor for UserShard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX >> 1);
+        ctx.set_mailbox_capacity(1 << 20);
     }
 }
 

@@ -139,7 +139,13 @@ pub struct Interaction {
 
 impl Interaction {
     /// Applies one event. `value` is only read for `rate` (validated by the caller).
-    pub fn apply(&mut self, kind: EventKind, value: Option<f32>, ts_ms: i64, weights: &KindWeights) {
+    pub fn apply(
+        &mut self,
+        kind: EventKind,
+        value: Option<f32>,
+        ts_ms: i64,
+        weights: &KindWeights,
+    ) {
         if kind == EventKind::Rate {
             self.rating = value.map(|v| v.clamp(0.0, weights.max_rating));
         } else {
