@@ -15,7 +15,7 @@ use actix::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::config::EngineConfig;
-use crate::index::{Index, ItemStats};
+use crate::index::Index;
 use crate::messages::{ApplyItemDeltas, DeleteItem, GetSimilarItems, PutItem, RowDelta};
 use crate::tracked_handler;
 use momentum_models::similarity::{cosine, top_k, Neighbour};
@@ -213,10 +213,7 @@ impl Handler<PutItem> for ItemCatalog {
             self.bump_epoch();
             self.refresh_popular(true);
         }
-        self.index
-            .item_stats
-            .entry(msg.item)
-            .or_insert_with(ItemStats::default);
+        self.index.item_stats.entry(msg.item).or_default();
         let _ = msg.reply.send(());
     }
 }

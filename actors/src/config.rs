@@ -112,9 +112,8 @@ impl EngineConfig {
             );
         }
         let w = &self.weights;
-        if !(w.max_weight.is_finite() && w.max_weight > 0.0)
-            || !(w.max_rating.is_finite() && w.max_rating > 0.0)
-        {
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(w.max_weight) || !positive(w.max_rating) {
             return Err("weights.max_weight and weights.max_rating must be positive".into());
         }
         Ok(())

@@ -172,3 +172,61 @@ macro_rules! tracked_handler {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::metrics::ActorMetrics;
+
+    /// Blocks its thread until told to go, so messages pile up behind the first.
+    struct Gate {
+        go: mpsc::Receiver<()>,
+    }
+
+    impl Actor for Gate {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Wait;
+
+    impl Handler<Wait> for Gate {
+        type Result = ();
+        fn handle(&mut self, _: Wait, _: &mut Self::Context) {
+            let _ = self.go.recv();
+        }
+    }
+
+    crate::tracked_handler!(Gate, Wait);
+
+    #[actix::test]
+    async fn full_mailbox_refuses_and_recovers() {
+        let (tx, rx) = mpsc::channel();
+        let arbiter = Arbiter::new();
+        let addr = Gate::start_in_arbiter(&arbiter.handle(), |_| Gate { go: rx });
+        let metrics = ActorMetrics::unregistered();
+        let mailbox = Mailbox::new(addr, 2, "gate", &metrics);
+        mailbox.try_send(Wait).expect("first fits");
+        mailbox.try_send(Wait).expect("second fits");
+        assert_eq!(
+            mailbox.try_send(Wait),
+            Err(ActorError::Overloaded { actor: "gate" })
+        );
+        assert_eq!(
+            metrics.mailbox_rejected.with_label_values(&["gate"]).get(),
+            1
+        );
+        assert_eq!(metrics.mailbox_depth.with_label_values(&["gate"]).get(), 2);
+        tx.send(()).expect("release");
+        tx.send(()).expect("release");
+        while mailbox.depth() > 0 {
+            actix::clock::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        mailbox.try_send(Wait).expect("room again after draining");
+        tx.send(()).expect("release");
+        arbiter.stop();
+    }
+}
