@@ -1,1 +1,207 @@
-//! Similarity.
+//! Cosine similarity over implicit-weight vectors, the top-k ranking every similarity cache
+//! uses, and the collaborative-filtering scorers.
+//!
+//! The live index keeps dot products (co-occurrence), norms and item columns up to date as
+//! events arrive; everything here is a pure function of those numbers, so the incremental path
+//! and the from-scratch [`batch`] reference rank with exactly the same code. Ranking quantises
+//! similarities to 1e-9 before comparing and breaks ties by id, so two computations that agree
+//! within floating-point noise produce the same ids in the same order.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// A neighbour: dense id and similarity.
+pub type Neighbour = (u32, f64);
+
+/// Cosine from a dot product and two squared norms; 0 when either vector is empty.
+pub fn cosine(dot: f64, norm2_a: f64, norm2_b: f64) -> f64 {
+    if norm2_a <= 0.0 || norm2_b <= 0.0 {
+        return 0.0;
+    }
+    dot / (norm2_a.sqrt() * norm2_b.sqrt())
+}
+
+/// Sort key that makes rankings stable against floating-point noise below 1e-9.
+fn quantised(score: f64) -> i64 {
+    (score * 1e9).round() as i64
+}
+
+/// Orders (id, score) pairs best first: by quantised score descending, then by id ascending.
+pub fn rank_order(a: &Neighbour, b: &Neighbour) -> Ordering {
+    quantised(b.1)
+        .cmp(&quantised(a.1))
+        .then_with(|| a.0.cmp(&b.0))
+}
+
+/// The `k` best candidates with a positive score, best first (see [`rank_order`]).
+pub fn top_k(candidates: impl IntoIterator<Item = Neighbour>, k: usize) -> Vec<Neighbour> {
+    let mut all: Vec<Neighbour> = candidates
+        .into_iter()
+        .filter(|(_, s)| quantised(*s) > 0)
+        .collect();
+    if all.len() > k {
+        all.select_nth_unstable_by(k, rank_order);
+        all.truncate(k);
+    }
+    all.sort_by(rank_order);
+    all
+}
+
+/// A sparse accumulator over dense ids: `O(touched)` to read back and reset, so a scorer can
+/// reuse one buffer across requests without clearing the whole catalogue.
+#[derive(Debug, Default, Clone)]
+pub struct SparseAccumulator {
+    values: Vec<f64>,
+    touched: Vec<u32>,
+}
+
+impl SparseAccumulator {
+    /// Adds `value` to slot `id`.
+    #[inline]
+    pub fn add(&mut self, id: u32, value: f64) {
+        let idx = id as usize;
+        if idx >= self.values.len() {
+            self.values.resize(idx + 1, 0.0);
+        }
+        if self.values[idx] == 0.0 {
+            self.touched.push(id);
+        }
+        self.values[idx] += value;
+        if self.values[idx] == 0.0 {
+            // Keep the slot marked non-zero so it is not pushed twice.
+            self.values[idx] = f64::MIN_POSITIVE;
+        }
+    }
+
+    /// Current value of slot `id`.
+    pub fn get(&self, id: u32) -> f64 {
+        self.values.get(id as usize).copied().unwrap_or(0.0)
+    }
+
+    /// Moves every touched (id, value) out and leaves the accumulator empty.
+    pub fn drain(&mut self) -> Vec<Neighbour> {
+        let mut out = Vec::with_capacity(self.touched.len());
+        for id in self.touched.drain(..) {
+            let slot = &mut self.values[id as usize];
+            out.push((id, *slot));
+            *slot = 0.0;
+        }
+        out
+    }
+}
+
+/// Divides every score by the largest one so the list spans (0, 1]; empty lists stay empty.
+pub fn normalise_by_max(scores: &mut [Neighbour]) {
+    let max = scores.iter().map(|s| s.1).fold(0.0_f64, f64::max);
+    if max > 0.0 {
+        for s in scores.iter_mut() {
+            s.1 /= max;
+        }
+    }
+}
+
+/// From-scratch computations over a complete weight matrix: the reference the incremental
+/// index is tested against, and the definition of what the caches must contain.
+pub mod batch {
+    use super::*;
+
+    /// A weight matrix: user → (item → weight). Zero weights are ignored.
+    pub type Matrix = HashMap<u32, HashMap<u32, f32>>;
+
+    fn transpose(m: &Matrix) -> Matrix {
+        let mut t: Matrix = HashMap::new();
+        for (&u, row) in m {
+            for (&i, &w) in row {
+                if w > 0.0 {
+                    t.entry(i).or_default().insert(u, w);
+                }
+            }
+        }
+        t
+    }
+
+    fn top_similar(m: &Matrix, k: usize) -> HashMap<u32, Vec<Neighbour>> {
+        let norm2: HashMap<u32, f64> = m
+            .iter()
+            .map(|(&a, row)| (a, row.values().map(|&w| f64::from(w) * f64::from(w)).sum()))
+            .collect();
+        let t = transpose(m);
+        let mut out = HashMap::new();
+        for (&a, row) in m {
+            let mut dots: HashMap<u32, f64> = HashMap::new();
+            for (&x, &wa) in row {
+                if wa <= 0.0 {
+                    continue;
+                }
+                for (&b, &wb) in t.get(&x).into_iter().flatten() {
+                    if b != a {
+                        *dots.entry(b).or_default() += f64::from(wa) * f64::from(wb);
+                    }
+                }
+            }
+            let na = norm2[&a];
+            let sims = dots.into_iter().map(|(b, d)| (b, cosine(d, na, norm2[&b])));
+            let top = top_k(sims, k);
+            if na > 0.0 {
+                out.insert(a, top);
+            }
+        }
+        out
+    }
+
+    /// Top-k most similar users of every user with a non-empty row.
+    pub fn similar_users(m: &Matrix, k: usize) -> HashMap<u32, Vec<Neighbour>> {
+        top_similar(m, k)
+    }
+
+    /// Top-k most similar items of every item with at least one positive weight.
+    pub fn similar_items(m: &Matrix, k: usize) -> HashMap<u32, Vec<Neighbour>> {
+        top_similar(&transpose(m), k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_of_empty_vector_is_zero() {
+        assert_eq!(cosine(1.0, 0.0, 4.0), 0.0);
+        assert!((cosine(2.0, 4.0, 1.0) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_k_breaks_ties_by_id_and_drops_non_positive() {
+        let got = top_k(vec![(5, 0.5), (2, 0.5), (9, 0.9), (1, 0.0), (3, -1.0)], 2);
+        assert_eq!(got, vec![(9, 0.9), (2, 0.5)]);
+        let noisy = top_k(vec![(5, 0.5 + 1e-13), (2, 0.5)], 1);
+        assert_eq!(noisy[0].0, 2, "noise below 1e-9 must not reorder");
+    }
+
+    #[test]
+    fn accumulator_drains_and_resets() {
+        let mut acc = SparseAccumulator::default();
+        acc.add(3, 1.0);
+        acc.add(7, 2.0);
+        acc.add(3, 0.5);
+        let mut got = acc.drain();
+        got.sort_by_key(|x| x.0);
+        assert_eq!(got, vec![(3, 1.5), (7, 2.0)]);
+        assert!(acc.drain().is_empty());
+        assert_eq!(acc.get(3), 0.0);
+    }
+
+    #[test]
+    fn batch_similar_items_matches_hand_computation() {
+        // u1: a=1,b=1 ; u2: a=1,c=2 → cos(a,b)=1/√2, cos(a,c)=2/(√2·2)=1/√2, cos(b,c)=0
+        let mut m = batch::Matrix::new();
+        m.insert(1, HashMap::from([(10, 1.0), (11, 1.0)]));
+        m.insert(2, HashMap::from([(10, 1.0), (12, 2.0)]));
+        let s = batch::similar_items(&m, 10);
+        let a = &s[&10];
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].0, 11);
+        assert!((a[0].1 - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        assert!(!s[&11].iter().any(|n| n.0 == 12));
+    }
+}

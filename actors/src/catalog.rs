@@ -1,0 +1,237 @@
+//! The `ItemCatalog` actor: single writer of item columns, norms, co-occurrence, metadata and
+//! the popular list in the shared [`Index`], and owner of the per-item top-k similarity cache.
+//!
+//! Co-occurrence is maintained eagerly: when a user's weight on item `i` moves from `o_i` to
+//! `n_i`, the dot product of `i` with every other item `j` in that user's row changes by
+//! `n_i·n_j − o_i·o_j` (pairs of two changed items are handled once). Similarity lists are
+//! derived lazily on read and cached for one index epoch, because a norm change of one item
+//! moves the cosine of every item it co-occurs with.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rustc_hash::FxHashMap;
+
+use crate::config::EngineConfig;
+use crate::index::Index;
+use crate::messages::{ApplyItemDeltas, DeleteItem, GetSimilarItems, PutItem, RowDelta};
+use crate::tracked_handler;
+use momentum_models::similarity::{cosine, top_k, Neighbour};
+
+/// Applies the item side of a batch of row changes to the index. Pure state manipulation,
+/// shared by the actor and the replay tests.
+pub fn apply_row_deltas(index: &Index, deltas: &[RowDelta]) {
+    // (row item) → [(other item, Δdot, Δusers)], so each row is locked once per batch.
+    let mut per_row: FxHashMap<u32, Vec<(u32, f64, i64)>> = FxHashMap::default();
+    for d in deltas {
+        let changed: FxHashMap<u32, (f32, f32)> =
+            d.changes.iter().map(|&(i, o, n)| (i, (o, n))).collect();
+        for &(item, old, new) in &d.changes {
+            let mut stats = index.item_stats.entry(item).or_default();
+            if new > 0.0 {
+                stats.column.insert(d.user, new);
+            } else {
+                stats.column.remove(&d.user);
+            }
+            stats.norm2 += f64::from(new) * f64::from(new) - f64::from(old) * f64::from(old);
+            if stats.column.is_empty() {
+                stats.norm2 = 0.0;
+            }
+        }
+        // Every item with a weight before or after: the current row plus items dropped to 0.
+        let zeroed = d
+            .changes
+            .iter()
+            .filter(|c| c.2 <= 0.0)
+            .map(|c| (c.0, 0.0_f32));
+        let others: Vec<(u32, f32)> = d.after.items.iter().copied().chain(zeroed).collect();
+        for (&i, &(old_i, new_i)) in changed.iter() {
+            for &(j, new_j) in &others {
+                if j == i {
+                    continue;
+                }
+                let old_j = match changed.get(&j) {
+                    // Pairs of two changed items are handled from the smaller id.
+                    Some(_) if j < i => continue,
+                    Some(&(o, _)) => o,
+                    None => new_j,
+                };
+                let ddot =
+                    f64::from(new_i) * f64::from(new_j) - f64::from(old_i) * f64::from(old_j);
+                let dusers =
+                    i64::from(new_i > 0.0 && new_j > 0.0) - i64::from(old_i > 0.0 && old_j > 0.0);
+                if ddot == 0.0 && dusers == 0 {
+                    continue;
+                }
+                per_row.entry(i).or_default().push((j, ddot, dusers));
+                per_row.entry(j).or_default().push((i, ddot, dusers));
+            }
+        }
+    }
+    for (row, updates) in per_row {
+        let mut stats = index.item_stats.entry(row).or_default();
+        for (other, ddot, dusers) in updates {
+            let entry = stats.cooc.entry(other).or_default();
+            entry.dot += ddot;
+            let users = i64::from(entry.users) + dusers;
+            debug_assert!(users >= 0, "co-occurrence count below zero");
+            if users <= 0 {
+                stats.cooc.remove(&other);
+            } else {
+                entry.users = users as u32;
+            }
+        }
+    }
+}
+
+/// Applies a batch and moves the index to a new epoch, invalidating similarity caches.
+pub fn apply_batch(index: &Index, deltas: &[RowDelta]) {
+    if !deltas.is_empty() {
+        apply_row_deltas(index, deltas);
+        index.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Top-k items by cosine with `item`, computed from the current co-occurrence row.
+pub fn similar_items(index: &Index, item: u32, k: usize) -> Vec<Neighbour> {
+    let (norm2, dots): (f64, Vec<(u32, f64)>) = match index.item_stats.get(&item) {
+        Some(stats) => (
+            stats.norm2,
+            stats.cooc.iter().map(|(&j, c)| (j, c.dot)).collect(),
+        ),
+        None => return Vec::new(),
+    };
+    let sims = dots
+        .into_iter()
+        .filter(|&(j, _)| index.is_live_item(j))
+        .map(|(j, dot)| (j, cosine(dot, norm2, index.item_norm2(j))));
+    top_k(sims, k)
+}
+
+/// The `size` items with most users, best first, skipping deleted items.
+pub fn popular_items(index: &Index, size: usize) -> Vec<Neighbour> {
+    let counts = index
+        .item_stats
+        .iter()
+        .filter(|e| index.is_live_item(*e.key()))
+        .map(|e| (*e.key(), e.value().column.len() as f64))
+        .collect::<Vec<_>>();
+    top_k(counts, size)
+}
+
+/// The catalogue actor.
+pub struct ItemCatalog {
+    index: Arc<Index>,
+    config: Arc<EngineConfig>,
+    similar_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
+    popular_computed: Option<(Instant, u64)>,
+}
+
+impl ItemCatalog {
+    pub fn new(index: Arc<Index>, config: Arc<EngineConfig>) -> Self {
+        ItemCatalog {
+            index,
+            config,
+            similar_cache: FxHashMap::default(),
+            popular_computed: None,
+        }
+    }
+
+    fn refresh_popular(&mut self, force: bool) {
+        let epoch = self.index.epoch();
+        let every = Duration::from_millis(self.config.recommend.popular_refresh_ms);
+        let due = match self.popular_computed {
+            None => true,
+            Some((at, seen)) => seen != epoch && (force || at.elapsed() >= every),
+        };
+        if due {
+            let list = popular_items(&self.index, self.config.recommend.popular_size);
+            *self.index.popular.write() = Arc::new(list);
+            self.popular_computed = Some((Instant::now(), epoch));
+        }
+    }
+
+    fn bump_epoch(&mut self) {
+        self.index.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Actor for ItemCatalog {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The bound is kept by `Mailbox`; actix's own limit must not refuse first.
+        ctx.set_mailbox_capacity(1 << 20);
+        let every = Duration::from_millis(self.config.recommend.popular_refresh_ms.max(100));
+        ctx.run_interval(every, |act, _| act.refresh_popular(false));
+    }
+}
+
+impl Handler<ApplyItemDeltas> for ItemCatalog {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyItemDeltas, _: &mut Self::Context) {
+        if !msg.deltas.is_empty() {
+            apply_batch(&self.index, &msg.deltas);
+            self.refresh_popular(false);
+        }
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(msg.outcome);
+        }
+    }
+}
+
+impl Handler<GetSimilarItems> for ItemCatalog {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetSimilarItems, _: &mut Self::Context) {
+        let epoch = self.index.epoch();
+        let list = match self.similar_cache.get(&msg.item) {
+            Some((at, list)) if *at == epoch => list.clone(),
+            _ => {
+                let list = Arc::new(similar_items(
+                    &self.index,
+                    msg.item,
+                    self.config.recommend.similar_k,
+                ));
+                self.similar_cache.insert(msg.item, (epoch, list.clone()));
+                list
+            }
+        };
+        let _ = msg.reply.send(list);
+    }
+}
+
+impl Handler<PutItem> for ItemCatalog {
+    type Result = ();
+
+    fn handle(&mut self, msg: PutItem, _: &mut Self::Context) {
+        self.index.item_meta.insert(msg.item, Arc::new(msg.meta));
+        if self.index.deleted_items.remove(&msg.item).is_some() {
+            self.bump_epoch();
+            self.refresh_popular(true);
+        }
+        self.index.item_stats.entry(msg.item).or_default();
+        let _ = msg.reply.send(());
+    }
+}
+
+impl Handler<DeleteItem> for ItemCatalog {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeleteItem, _: &mut Self::Context) {
+        self.index.item_meta.remove(&msg.item);
+        self.index.deleted_items.insert(msg.item, ());
+        self.similar_cache.remove(&msg.item);
+        self.bump_epoch();
+        self.refresh_popular(true);
+        let _ = msg.reply.send(());
+    }
+}
+
+tracked_handler!(ItemCatalog, ApplyItemDeltas);
+tracked_handler!(ItemCatalog, GetSimilarItems);
+tracked_handler!(ItemCatalog, PutItem);
+tracked_handler!(ItemCatalog, DeleteItem);

@@ -1,0 +1,121 @@
+//! Configuration of the actor layer, deserialised from the `[actors]`, `[weights]` and
+//! `[recommend]` sections of the server configuration (see `config/default.toml`).
+
+use serde::{Deserialize, Serialize};
+
+use momentum_models::events::{EventKind, KindWeights};
+
+/// Sizes and bounds of the actor system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    /// Number of `UserShard` actors.
+    pub shards: usize,
+    /// Threads (actix arbiters) the shards and the catalogue run on; 0 = one per CPU.
+    pub threads: usize,
+    /// Messages that may wait in one actor's mailbox before requests get `503`.
+    pub mailbox_capacity: usize,
+    /// Bound on distinct user ids.
+    pub max_users: usize,
+    /// Bound on distinct item ids.
+    pub max_items: usize,
+    /// Recent `event_id`s remembered for deduplication (across all shards).
+    pub dedupe_capacity: usize,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        ActorsConfig {
+            shards: 16,
+            threads: 0,
+            mailbox_capacity: 1024,
+            max_users: 10_000_000,
+            max_items: 1_000_000,
+            dedupe_capacity: 1_000_000,
+        }
+    }
+}
+
+/// How recommendations are computed and cached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommendConfig {
+    /// Items the user has an event of one of these kinds on are never recommended again.
+    pub exclude_kinds: Vec<EventKind>,
+    /// Neighbours used by user-based scoring (the similar-users API shows `similar_k`).
+    pub user_neighbours: usize,
+    /// Share of the user-based score in the CF mix (item-based gets the rest).
+    pub user_weight: f64,
+    /// Size of the similar-users and similar-items lists.
+    pub similar_k: usize,
+    /// Default and largest `n`.
+    pub default_n: usize,
+    pub max_n: usize,
+    /// Time a computed list stays cached, unless the user's own events invalidate it.
+    pub cache_ttl_secs: u64,
+    /// Cached lists per shard (oldest evicted first).
+    pub cache_capacity: usize,
+    /// Length of the popular-items list used for cold users and to fill short lists.
+    pub popular_size: usize,
+    /// The popular list is recomputed at most this often.
+    pub popular_refresh_ms: u64,
+}
+
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        RecommendConfig {
+            exclude_kinds: vec![EventKind::Complete, EventKind::Rate],
+            user_neighbours: 50,
+            user_weight: 0.5,
+            similar_k: 10,
+            default_n: 10,
+            max_n: 100,
+            cache_ttl_secs: 3600,
+            cache_capacity: 100_000,
+            popular_size: 200,
+            popular_refresh_ms: 1000,
+        }
+    }
+}
+
+/// Everything the engine needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineConfig {
+    pub actors: ActorsConfig,
+    pub weights: KindWeights,
+    pub recommend: RecommendConfig,
+}
+
+impl EngineConfig {
+    /// Checks the bounds; the message names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let a = &self.actors;
+        let r = &self.recommend;
+        if a.shards == 0 || a.shards > 4096 {
+            return Err("actors.shards must be in 1..=4096".into());
+        }
+        if a.mailbox_capacity < 2 {
+            return Err("actors.mailbox_capacity must be at least 2".into());
+        }
+        if a.max_users == 0 || a.max_items == 0 || a.max_users > u32::MAX as usize {
+            return Err("actors.max_users and actors.max_items must be in 1..=2^32-1".into());
+        }
+        if !(0.0..=1.0).contains(&r.user_weight) {
+            return Err("recommend.user_weight must be in [0, 1]".into());
+        }
+        if r.max_n == 0 || r.default_n == 0 || r.default_n > r.max_n {
+            return Err("recommend.default_n must be in 1..=recommend.max_n".into());
+        }
+        if r.similar_k == 0 || r.user_neighbours == 0 {
+            return Err(
+                "recommend.similar_k and recommend.user_neighbours must be positive".into(),
+            );
+        }
+        let w = &self.weights;
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(w.max_weight) || !positive(w.max_rating) {
+            return Err("weights.max_weight and weights.max_rating must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! The engine: starts the shards and the catalogue on their own threads, interns ids, routes
+//! by `md5(user_id)` and gives the HTTP layer and the offline evaluation one async API.
+//! Everything that changes state goes through an actor's bounded mailbox.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use md5::{Digest, Md5};
+
+use crate::catalog::ItemCatalog;
+use crate::config::EngineConfig;
+use crate::error::ActorError;
+use crate::index::{Index, ItemMeta, UserProfile};
+use crate::mailbox::Mailbox;
+use crate::messages::{
+    DeleteItem, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, InternedEvent,
+    PutItem, PutUser, RecordEvents, UserSummary,
+};
+use crate::metrics::ActorMetrics;
+use crate::recommend::Recommendations;
+use crate::shard::{ShardState, UserShard};
+use momentum_models::events::EventKind;
+use momentum_models::similarity::Neighbour;
+
+/// A validated event with external ids, as the HTTP layer hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Position in the client's batch.
+    pub index: usize,
+    pub event_id: Option<String>,
+    pub user_id: String,
+    pub item_id: Option<String>,
+    pub kind: EventKind,
+    pub value: Option<f32>,
+    pub ts_ms: i64,
+}
+
+/// An event refused by the engine (the HTTP layer adds its own validation rejections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The outcome of a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+/// What `GET /v1/items/{id}` shows besides the metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemView {
+    pub meta: Arc<ItemMeta>,
+    /// Users with a positive weight on the item.
+    pub users: usize,
+}
+
+/// The shard a user belongs to: the first 8 bytes of `md5(user_id)`, big-endian, modulo
+/// the shard count. Stable across processes and machines.
+pub fn shard_for(user_id: &str, shards: usize) -> usize {
+    let digest = Md5::digest(user_id.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(head) % shards.max(1) as u64) as usize
+}
+
+/// Handle to the running actors.
+pub struct Engine {
+    index: Arc<Index>,
+    config: Arc<EngineConfig>,
+    shards: Vec<Mailbox<UserShard>>,
+    catalog: Mailbox<ItemCatalog>,
+    arbiters: Vec<Arbiter>,
+    metrics: ActorMetrics,
+}
+
+impl Engine {
+    /// Starts the actors. Must be called inside a running actix `System`.
+    pub fn start(config: EngineConfig, metrics: ActorMetrics) -> Engine {
+        let config = Arc::new(config);
+        let index = Arc::new(Index::new(config.actors.max_users, config.actors.max_items));
+        let threads = match config.actors.threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let capacity = config.actors.mailbox_capacity;
+        let catalog_arbiter = Arbiter::new();
+        let catalog_actor = ItemCatalog::new(index.clone(), config.clone());
+        let catalog_addr =
+            ItemCatalog::start_in_arbiter(&catalog_arbiter.handle(), |_| catalog_actor);
+        let catalog = Mailbox::new(catalog_addr, capacity, "item_catalog", &metrics);
+        let shard_arbiters: Vec<Arbiter> = (0..threads.min(config.actors.shards))
+            .map(|_| Arbiter::new())
+            .collect();
+        let shards = (0..config.actors.shards)
+            .map(|s| {
+                let state = ShardState::new(index.clone(), config.clone(), metrics.clone());
+                let actor = UserShard::new(state, catalog.clone());
+                let arbiter = &shard_arbiters[s % shard_arbiters.len()];
+                let addr = UserShard::start_in_arbiter(&arbiter.handle(), |_| actor);
+                Mailbox::new(addr, capacity, "user_shard", &metrics)
+            })
+            .collect();
+        let mut arbiters = shard_arbiters;
+        arbiters.push(catalog_arbiter);
+        Engine {
+            index,
+            config,
+            shards,
+            catalog,
+            arbiters,
+            metrics,
+        }
+    }
+
+    /// The published state (read-only access for handlers and tests).
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Stops the actor threads (after the HTTP server stopped taking requests).
+    pub fn stop(&self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+
+    /// Whether every mailbox can take `n` more messages.
+    pub fn has_room(&self) -> bool {
+        self.catalog.has_room(self.shards.len()) && self.shards.iter().all(|s| s.has_room(1))
+    }
+
+    fn shard_of(&self, user_id: &str) -> &Mailbox<UserShard> {
+        &self.shards[shard_for(user_id, self.shards.len())]
+    }
+
+    /// Applies a batch of validated events. Either the whole batch is admitted or, when a
+    /// mailbox is full, nothing is sent and `Overloaded` comes back.
+    pub async fn record_events(&self, events: Vec<NewEvent>) -> Result<IngestReport, ActorError> {
+        let mut report = IngestReport::default();
+        let mut per_shard: Vec<Vec<InternedEvent>> = vec![Vec::new(); self.shards.len()];
+        // Admission first: refusing after interning would only waste id slots, but refusing
+        // after sending would half-apply the batch.
+        let touched: Vec<usize> = {
+            let mut t: Vec<usize> = events
+                .iter()
+                .map(|e| shard_for(&e.user_id, self.shards.len()))
+                .collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        };
+        if !self.catalog.has_room(touched.len())
+            || !touched.iter().all(|&s| self.shards[s].has_room(1))
+        {
+            return Err(ActorError::Overloaded {
+                actor: "user_shard",
+            });
+        }
+        for e in events {
+            let item = match &e.item_id {
+                Some(item_id) => match self.index.items.intern(item_id) {
+                    Some(item) if !self.index.is_live_item(item) => {
+                        report.rejected.push(Rejection {
+                            index: e.index,
+                            code: "item_deleted",
+                            message: format!("item {item_id:?} was deleted"),
+                        });
+                        continue;
+                    }
+                    Some(item) => Some(item),
+                    None => {
+                        report.rejected.push(capacity_rejection(
+                            e.index,
+                            "item",
+                            self.config.actors.max_items,
+                        ));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let Some(user) = self.index.users.intern(&e.user_id) else {
+                report.rejected.push(capacity_rejection(
+                    e.index,
+                    "user",
+                    self.config.actors.max_users,
+                ));
+                continue;
+            };
+            per_shard[shard_for(&e.user_id, self.shards.len())].push(InternedEvent {
+                index: e.index,
+                event_id: e.event_id.map(String::into_boxed_str),
+                user,
+                item,
+                kind: e.kind,
+                value: e.value,
+                ts_ms: e.ts_ms,
+            });
+        }
+        let mut waiting = Vec::new();
+        for (shard, events) in per_shard.into_iter().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.shards[shard].try_send(RecordEvents { events, reply: tx })?;
+            waiting.push(rx);
+        }
+        for rx in waiting {
+            let outcome = rx.await.map_err(|_| ActorError::Stopped {
+                actor: "user_shard",
+            })?;
+            report.accepted += outcome.accepted;
+            report.duplicates += outcome.duplicates.len();
+        }
+        self.metrics.users.set(self.index.users.len() as i64);
+        self.metrics.items.set(self.index.items.len() as i64);
+        Ok(report)
+    }
+
+    fn user(&self, user_id: &str) -> Result<u32, ActorError> {
+        self.index
+            .users
+            .get(user_id)
+            .ok_or_else(|| ActorError::UnknownUser {
+                id: user_id.to_string(),
+            })
+    }
+
+    fn item(&self, item_id: &str) -> Result<u32, ActorError> {
+        match self.index.items.get(item_id) {
+            Some(item) if self.index.is_live_item(item) => Ok(item),
+            _ => Err(ActorError::UnknownItem {
+                id: item_id.to_string(),
+            }),
+        }
+    }
+
+    /// Up to `n` recommendations (`n` is clamped to `recommend.max_n`).
+    pub async fn recommend(&self, user_id: &str, n: usize) -> Result<Recommendations, ActorError> {
+        let user = self.user(user_id)?;
+        let n = n.clamp(1, self.config.recommend.max_n);
+        self.shard_of(user_id)
+            .ask(|reply| GetRecommendations { user, n, reply })
+            .await
+    }
+
+    /// The top-k similar users.
+    pub async fn similar_users(&self, user_id: &str) -> Result<Arc<Vec<Neighbour>>, ActorError> {
+        let user = self.user(user_id)?;
+        self.shard_of(user_id)
+            .ask(|reply| GetSimilarUsers { user, reply })
+            .await
+    }
+
+    /// The top-k similar items.
+    pub async fn similar_items(&self, item_id: &str) -> Result<Arc<Vec<Neighbour>>, ActorError> {
+        let item = self.item(item_id)?;
+        self.catalog
+            .ask(|reply| GetSimilarItems { item, reply })
+            .await
+    }
+
+    /// Creates or replaces an item's metadata; true when the item is new.
+    pub async fn put_item(&self, item_id: &str, meta: ItemMeta) -> Result<bool, ActorError> {
+        let existed = self.item(item_id).is_ok();
+        let item = self
+            .index
+            .items
+            .intern(item_id)
+            .ok_or(ActorError::CapacityReached {
+                what: "item",
+                capacity: self.config.actors.max_items,
+            })?;
+        self.catalog
+            .ask(|reply| PutItem { item, meta, reply })
+            .await?;
+        Ok(!existed)
+    }
+
+    /// Metadata and statistics of a live item.
+    pub fn get_item(&self, item_id: &str) -> Result<ItemView, ActorError> {
+        let item = self.item(item_id)?;
+        Ok(ItemView {
+            meta: self
+                .index
+                .item_meta
+                .get(&item)
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+            users: self
+                .index
+                .item_stats
+                .get(&item)
+                .map_or(0, |s| s.column.len()),
+        })
+    }
+
+    /// Deletes an item.
+    pub async fn delete_item(&self, item_id: &str) -> Result<(), ActorError> {
+        let item = self.item(item_id)?;
+        self.catalog.ask(|reply| DeleteItem { item, reply }).await
+    }
+
+    /// Creates or replaces a user's profile; true when the user is new.
+    pub async fn put_user(&self, user_id: &str, profile: UserProfile) -> Result<bool, ActorError> {
+        let existed = self.index.users.get(user_id).is_some();
+        let user = self
+            .index
+            .users
+            .intern(user_id)
+            .ok_or(ActorError::CapacityReached {
+                what: "user",
+                capacity: self.config.actors.max_users,
+            })?;
+        self.shard_of(user_id)
+            .ask(|reply| PutUser {
+                user,
+                profile,
+                reply,
+            })
+            .await?;
+        Ok(!existed)
+    }
+
+    /// Profile and activity summary of a known user.
+    pub async fn get_user(&self, user_id: &str) -> Result<UserSummary, ActorError> {
+        let user = self.user(user_id)?;
+        self.shard_of(user_id)
+            .ask(|reply| GetUser { user, reply })
+            .await?
+            .ok_or_else(|| ActorError::UnknownUser {
+                id: user_id.to_string(),
+            })
+    }
+
+    /// External id of a dense item id.
+    pub fn item_name(&self, item: u32) -> Option<Arc<str>> {
+        self.index.items.name(item)
+    }
+
+    /// External id of a dense user id.
+    pub fn user_name(&self, user: u32) -> Option<Arc<str>> {
+        self.index.users.name(user)
+    }
+}
+
+fn capacity_rejection(index: usize, what: &'static str, capacity: usize) -> Rejection {
+    Rejection {
+        index,
+        code: "capacity_reached",
+        message: format!("the {what} table is full ({capacity} entries)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_routing_is_md5_based_and_stable() {
+        // md5("alice") = 6384e2b2184bcbf58eccf10ca7a6563c
+        assert_eq!(
+            shard_for("alice", 16),
+            (0x6384e2b2184bcbf5u64 % 16) as usize
+        );
+        assert_eq!(shard_for("alice", 1), 0);
+    }
+}

@@ -1,0 +1,140 @@
+//! The published, concurrently readable side of the hot state.
+//!
+//! Every structure here has exactly one writer: a user's vector is written by the `UserShard`
+//! that owns the user, item statistics and metadata by the `ItemCatalog`. Readers on other
+//! threads (other shards scoring neighbours, HTTP handlers) see them through `dashmap` or
+//! `Arc` snapshots. The catalogue bumps [`Index::epoch`] after each applied batch; lazily
+//! computed similarity caches are valid for one epoch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::interner::Interner;
+use momentum_models::similarity::Neighbour;
+
+/// A user's row of the interaction matrix as other threads see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserVector {
+    /// (item, weight > 0), sorted by item.
+    pub items: Vec<(u32, f32)>,
+    /// Sum of squared weights.
+    pub norm2: f64,
+    /// Items this user must not be recommended (kinds in `exclude_kinds`), sorted.
+    pub excluded: Vec<u32>,
+}
+
+impl UserVector {
+    /// The weight of `item`, 0 if absent.
+    pub fn weight(&self, item: u32) -> f32 {
+        self.items
+            .binary_search_by_key(&item, |e| e.0)
+            .map(|i| self.items[i].1)
+            .unwrap_or(0.0)
+    }
+
+    /// Whether `item` is excluded from this user's recommendations.
+    pub fn is_excluded(&self, item: u32) -> bool {
+        self.excluded.binary_search(&item).is_ok()
+    }
+}
+
+/// A co-occurrence entry between two items: the dot product of their columns and the number
+/// of users with a positive weight on both. The count makes removal exact: the entry goes
+/// away when no user links the items any more, whatever rounding the dot product carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cooccurrence {
+    pub dot: f64,
+    pub users: u32,
+}
+
+/// Interaction statistics of one item (its column of the matrix).
+#[derive(Debug, Clone, Default)]
+pub struct ItemStats {
+    /// user → weight > 0.
+    pub column: FxHashMap<u32, f32>,
+    /// Sum of squared weights of the column.
+    pub norm2: f64,
+    /// other item → co-occurrence.
+    pub cooc: FxHashMap<u32, Cooccurrence>,
+}
+
+/// Item metadata (`PUT /v1/items/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ItemMeta {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default, rename = "type")]
+    pub item_type: Option<String>,
+    #[serde(default)]
+    pub difficulty: Option<f32>,
+}
+
+/// User profile (`PUT /v1/users/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserProfile {
+    #[serde(default)]
+    pub preferences: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub signup_date: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+/// Everything the actors publish for concurrent reading.
+#[derive(Debug)]
+pub struct Index {
+    pub users: Interner,
+    pub items: Interner,
+    /// Written by the owning shard.
+    pub vectors: DashMap<u32, Arc<UserVector>>,
+    /// Written by the catalogue.
+    pub item_stats: DashMap<u32, ItemStats>,
+    /// Written by the catalogue; present for items with metadata.
+    pub item_meta: DashMap<u32, Arc<ItemMeta>>,
+    /// Items deleted through the API: never recommended, events refused.
+    pub deleted_items: DashMap<u32, ()>,
+    /// Most popular items (users with a positive weight), best first; catalogue-written.
+    pub popular: RwLock<Arc<Vec<Neighbour>>>,
+    /// Bumped by the catalogue after every applied batch.
+    pub epoch: AtomicU64,
+}
+
+impl Index {
+    /// An empty index with bounded id tables.
+    pub fn new(max_users: usize, max_items: usize) -> Self {
+        Index {
+            users: Interner::new(max_users),
+            items: Interner::new(max_items),
+            vectors: DashMap::new(),
+            item_stats: DashMap::new(),
+            item_meta: DashMap::new(),
+            deleted_items: DashMap::new(),
+            popular: RwLock::new(Arc::new(Vec::new())),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Squared norm of an item column (0 if unknown).
+    pub fn item_norm2(&self, item: u32) -> f64 {
+        self.item_stats.get(&item).map(|s| s.norm2).unwrap_or(0.0)
+    }
+
+    /// Whether the item may be shown (not deleted).
+    pub fn is_live_item(&self, item: u32) -> bool {
+        !self.deleted_items.contains_key(&item)
+    }
+}

@@ -1,0 +1,127 @@
+//! Messages between the HTTP layer, the shards and the catalogue. Request messages carry a
+//! `oneshot` reply channel so they can go through a bounded [`crate::mailbox::Mailbox`].
+
+use std::sync::Arc;
+
+use actix::Message;
+use tokio::sync::oneshot;
+
+use crate::index::{ItemMeta, UserProfile, UserVector};
+use crate::recommend::Recommendations;
+use momentum_models::events::EventKind;
+use momentum_models::similarity::Neighbour;
+
+/// An event whose ids are interned, routed to the shard of its user.
+#[derive(Debug, Clone)]
+pub struct InternedEvent {
+    /// Position in the client's batch, for the report.
+    pub index: usize,
+    pub event_id: Option<Box<str>>,
+    pub user: u32,
+    pub item: Option<u32>,
+    pub kind: EventKind,
+    pub value: Option<f32>,
+    pub ts_ms: i64,
+}
+
+/// What a shard did with its part of a batch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ShardOutcome {
+    pub accepted: usize,
+    /// Batch positions of events whose `event_id` was already applied.
+    pub duplicates: Vec<usize>,
+}
+
+/// The change of one user's row caused by a batch: every cell whose weight moved.
+#[derive(Debug, Clone)]
+pub struct RowDelta {
+    pub user: u32,
+    /// (item, old weight, new weight), old ≠ new.
+    pub changes: Vec<(u32, f32, f32)>,
+    /// The user's vector after the batch.
+    pub after: Arc<UserVector>,
+}
+
+/// Apply events to the shard that owns their users.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RecordEvents {
+    pub events: Vec<InternedEvent>,
+    pub reply: oneshot::Sender<ShardOutcome>,
+}
+
+/// Apply the item side of a batch (shard → catalogue); the catalogue answers the client.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ApplyItemDeltas {
+    pub deltas: Vec<RowDelta>,
+    pub outcome: ShardOutcome,
+    pub reply: Option<oneshot::Sender<ShardOutcome>>,
+}
+
+/// Ranked recommendations for a user.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GetRecommendations {
+    pub user: u32,
+    pub n: usize,
+    pub reply: oneshot::Sender<Recommendations>,
+}
+
+/// The cached top-k similar users.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GetSimilarUsers {
+    pub user: u32,
+    pub reply: oneshot::Sender<Arc<Vec<Neighbour>>>,
+}
+
+/// The cached top-k similar items.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GetSimilarItems {
+    pub item: u32,
+    pub reply: oneshot::Sender<Arc<Vec<Neighbour>>>,
+}
+
+/// Create or replace a user's profile.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PutUser {
+    pub user: u32,
+    pub profile: UserProfile,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// Read a user's profile and activity summary.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GetUser {
+    pub user: u32,
+    pub reply: oneshot::Sender<Option<UserSummary>>,
+}
+
+/// A user as `GET /v1/users/{id}` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserSummary {
+    pub profile: UserProfile,
+    pub interactions: usize,
+    pub last_event_ms: Option<i64>,
+}
+
+/// Create or replace an item's metadata.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PutItem {
+    pub item: u32,
+    pub meta: ItemMeta,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// Delete an item: never recommended again, later events refused.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeleteItem {
+    pub item: u32,
+    pub reply: oneshot::Sender<()>,
+}

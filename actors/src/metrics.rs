@@ -1,0 +1,67 @@
+//! Prometheus metrics owned by the actor layer. One instance per engine, registered in the
+//! server's registry, so tests that start several servers in one process do not share counts.
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Metrics of the actors and the hot state.
+#[derive(Debug, Clone)]
+pub struct ActorMetrics {
+    /// Messages queued per actor kind.
+    pub mailbox_depth: IntGaugeVec,
+    /// Messages refused because a mailbox was full, per actor kind.
+    pub mailbox_rejected: IntCounterVec,
+    /// Recommendation cache lookups by result (`hit`, `miss`).
+    pub rec_cache: IntCounterVec,
+    pub users: IntGauge,
+    pub items: IntGauge,
+    /// Non-zero (user, item) cells.
+    pub interactions: IntGauge,
+}
+
+impl ActorMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = ActorMetrics {
+            mailbox_depth: IntGaugeVec::new(
+                Opts::new(
+                    "momentum_mailbox_depth",
+                    "Messages waiting in actor mailboxes",
+                ),
+                &["actor"],
+            )?,
+            mailbox_rejected: IntCounterVec::new(
+                Opts::new(
+                    "momentum_mailbox_rejected_total",
+                    "Messages refused because the actor mailbox was full",
+                ),
+                &["actor"],
+            )?,
+            rec_cache: IntCounterVec::new(
+                Opts::new(
+                    "momentum_recommendation_cache_requests_total",
+                    "Recommendation cache lookups by result",
+                ),
+                &["result"],
+            )?,
+            users: IntGauge::new("momentum_users", "Known users")?,
+            items: IntGauge::new("momentum_items", "Known items")?,
+            interactions: IntGauge::new(
+                "momentum_interactions",
+                "Non-zero user-item cells of the interaction matrix",
+            )?,
+        };
+        registry.register(Box::new(m.mailbox_depth.clone()))?;
+        registry.register(Box::new(m.mailbox_rejected.clone()))?;
+        registry.register(Box::new(m.rec_cache.clone()))?;
+        registry.register(Box::new(m.users.clone()))?;
+        registry.register(Box::new(m.items.clone()))?;
+        registry.register(Box::new(m.interactions.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics registered nowhere, for unit tests and offline tools.
+    pub fn unregistered() -> Self {
+        // A private registry: the names are valid, so this cannot fail.
+        Self::new(&Registry::new()).unwrap_or_else(|e| panic!("metric definitions: {e}"))
+    }
+}

@@ -1,0 +1,481 @@
+//! The `UserShard` actor: single writer of the rows of the users routed to it (by
+//! `md5(user_id)`), their profiles, the per-user similar-users cache and the per-user
+//! recommendation cache.
+//!
+//! A batch of events updates the owned rows, republishes each touched user's vector in the
+//! index and hands the item side of the change ([`RowDelta`]s) to the catalogue, which answers
+//! the client once co-occurrence is updated, so a client that got its `200` reads its writes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::catalog::ItemCatalog;
+use crate::config::EngineConfig;
+use crate::index::{Index, UserProfile, UserVector};
+use crate::mailbox::Mailbox;
+use crate::messages::{
+    ApplyItemDeltas, GetRecommendations, GetSimilarUsers, GetUser, InternedEvent, PutUser,
+    RecordEvents, RowDelta, ShardOutcome, UserSummary,
+};
+use crate::metrics::ActorMetrics;
+use crate::recommend::{self, Reason, Recommendations, Scratch, Strategy};
+use crate::tracked_handler;
+use momentum_models::events::{kind_mask, Interaction};
+use momentum_models::similarity::Neighbour;
+
+/// One user's row: what they did with each item, and their profile.
+#[derive(Debug, Clone, Default)]
+pub struct UserRow {
+    pub cells: FxHashMap<u32, Interaction>,
+    pub profile: UserProfile,
+    pub last_event_ms: Option<i64>,
+}
+
+/// A bounded first-in-first-out set of recently applied `event_id`s.
+#[derive(Debug, Default)]
+struct Dedupe {
+    seen: FxHashSet<Box<str>>,
+    order: VecDeque<Box<str>>,
+    capacity: usize,
+}
+
+impl Dedupe {
+    /// Records `id`; false if it was already there.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.capacity == 0 || self.seen.contains(id) {
+            return self.capacity == 0;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(id.into());
+        self.order.push_back(id.into());
+        true
+    }
+}
+
+/// A bounded per-user cache of computed lists with a time to live.
+#[derive(Debug, Default)]
+struct RecCache {
+    entries: FxHashMap<u32, (Instant, Recommendations)>,
+    order: VecDeque<(u32, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl RecCache {
+    fn get(&mut self, user: u32) -> Option<Recommendations> {
+        match self.entries.get(&user) {
+            Some((at, recs)) if at.elapsed() < self.ttl => Some(recs.clone()),
+            Some(_) => {
+                self.entries.remove(&user);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, user: u32, recs: Recommendations) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                // Skip queue entries of lists replaced or invalidated since.
+                Some((u, at)) => {
+                    if self.entries.get(&u).is_some_and(|e| e.0 == at) {
+                        self.entries.remove(&u);
+                    }
+                }
+                None => break,
+            }
+        }
+        let now = Instant::now();
+        self.order.push_back((user, now));
+        self.entries.insert(user, (now, recs));
+        if self.order.len() > 2 * self.capacity.max(16) {
+            // Drop stale queue entries so the queue stays proportional to the cache.
+            let entries = &self.entries;
+            self.order
+                .retain(|(u, at)| entries.get(u).is_some_and(|e| e.0 == *at));
+        }
+    }
+
+    fn invalidate(&mut self, user: u32) {
+        self.entries.remove(&user);
+    }
+}
+
+/// The state of one shard, separate from the actor so tests can drive it directly.
+pub struct ShardState {
+    index: Arc<Index>,
+    config: Arc<EngineConfig>,
+    metrics: ActorMetrics,
+    rows: FxHashMap<u32, UserRow>,
+    dedupe: Dedupe,
+    neighbour_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
+    rec_cache: RecCache,
+    exclude_mask: u16,
+    scratch: Scratch,
+}
+
+impl ShardState {
+    pub fn new(index: Arc<Index>, config: Arc<EngineConfig>, metrics: ActorMetrics) -> Self {
+        let shards = config.actors.shards.max(1);
+        ShardState {
+            dedupe: Dedupe {
+                capacity: config.actors.dedupe_capacity.div_ceil(shards),
+                ..Dedupe::default()
+            },
+            rec_cache: RecCache {
+                capacity: config.recommend.cache_capacity,
+                ttl: Duration::from_secs(config.recommend.cache_ttl_secs),
+                ..RecCache::default()
+            },
+            exclude_mask: kind_mask(&config.recommend.exclude_kinds),
+            index,
+            config,
+            metrics,
+            rows: FxHashMap::default(),
+            neighbour_cache: FxHashMap::default(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Applies a batch: updates rows, publishes vectors, returns the item-side deltas.
+    pub fn record(&mut self, events: Vec<InternedEvent>) -> (ShardOutcome, Vec<RowDelta>) {
+        let mut outcome = ShardOutcome::default();
+        // user → item → (weight before the batch, weight now)
+        let mut touched: FxHashMap<u32, FxHashMap<u32, (f32, f32)>> = FxHashMap::default();
+        let weights = &self.config.weights;
+        for event in events {
+            if let Some(id) = &event.event_id {
+                if !self.dedupe.insert(id) {
+                    outcome.duplicates.push(event.index);
+                    continue;
+                }
+            }
+            outcome.accepted += 1;
+            let row = self.rows.entry(event.user).or_default();
+            row.last_event_ms = Some(row.last_event_ms.unwrap_or(i64::MIN).max(event.ts_ms));
+            let changes = touched.entry(event.user).or_default();
+            let Some(item) = event.item else { continue };
+            let cell = row.cells.entry(item).or_default();
+            let before = cell.weight(weights);
+            cell.apply(event.kind, event.value, event.ts_ms, weights);
+            changes.entry(item).or_insert((before, before)).1 = cell.weight(weights);
+        }
+        let mut deltas = Vec::with_capacity(touched.len());
+        let mut interactions_delta = 0i64;
+        for (user, changes) in touched {
+            self.rec_cache.invalidate(user);
+            let vector = Arc::new(self.vector_of(user));
+            // The vector is republished even when no weight moved: exclusions may have.
+            let changes: Vec<(u32, f32, f32)> = changes
+                .into_iter()
+                .map(|(item, (old, new))| (item, old, new))
+                .filter(|(_, old, new)| old != new)
+                .collect();
+            for &(_, old, new) in &changes {
+                interactions_delta += i64::from(new > 0.0) - i64::from(old > 0.0);
+            }
+            self.index.vectors.insert(user, vector.clone());
+            if !changes.is_empty() {
+                deltas.push(RowDelta {
+                    user,
+                    changes,
+                    after: vector,
+                });
+            }
+        }
+        self.metrics.interactions.add(interactions_delta);
+        (outcome, deltas)
+    }
+
+    fn vector_of(&self, user: u32) -> UserVector {
+        let weights = &self.config.weights;
+        let Some(row) = self.rows.get(&user) else {
+            return UserVector::default();
+        };
+        let mut items: Vec<(u32, f32)> = row
+            .cells
+            .iter()
+            .map(|(&item, cell)| (item, cell.weight(weights)))
+            .filter(|&(_, w)| w > 0.0)
+            .collect();
+        items.sort_unstable_by_key(|e| e.0);
+        let mut excluded: Vec<u32> = row
+            .cells
+            .iter()
+            .filter(|(_, cell)| cell.has_any(self.exclude_mask))
+            .map(|(&item, _)| item)
+            .collect();
+        excluded.sort_unstable();
+        let norm2 = items
+            .iter()
+            .map(|&(_, w)| f64::from(w) * f64::from(w))
+            .sum();
+        UserVector {
+            items,
+            norm2,
+            excluded,
+        }
+    }
+
+    /// The cached neighbour list (length `max(user_neighbours, similar_k)`), recomputed when
+    /// the index epoch moved since it was computed.
+    pub fn neighbours(&mut self, user: u32) -> Arc<Vec<Neighbour>> {
+        let epoch = self.index.epoch();
+        if let Some((at, list)) = self.neighbour_cache.get(&user) {
+            if *at == epoch {
+                return list.clone();
+            }
+        }
+        let k = self
+            .config
+            .recommend
+            .user_neighbours
+            .max(self.config.recommend.similar_k);
+        let list = Arc::new(recommend::neighbours(
+            &self.index,
+            user,
+            k,
+            &mut self.scratch,
+        ));
+        self.neighbour_cache.insert(user, (epoch, list.clone()));
+        list
+    }
+
+    /// Top `similar_k` similar users.
+    pub fn similar_users(&mut self, user: u32) -> Arc<Vec<Neighbour>> {
+        let all = self.neighbours(user);
+        let k = self.config.recommend.similar_k;
+        if all.len() <= k {
+            all
+        } else {
+            Arc::new(all[..k].to_vec())
+        }
+    }
+
+    /// Ranked recommendations (up to `max_n`), from the cache when fresh.
+    pub fn recommend(&mut self, user: u32) -> Recommendations {
+        if let Some(mut hit) = self.rec_cache.get(user) {
+            self.metrics.rec_cache.with_label_values(&["hit"]).inc();
+            hit.cached = true;
+            return hit;
+        }
+        self.metrics.rec_cache.with_label_values(&["miss"]).inc();
+        let max_n = self.config.recommend.max_n;
+        let vector = self.index.vectors.get(&user).map(|v| v.clone());
+        let recs = match vector {
+            Some(v) if !v.items.is_empty() => {
+                let neighbours = self.neighbours(user);
+                let take = self.config.recommend.user_neighbours.min(neighbours.len());
+                let mut items = recommend::collaborative(
+                    &self.index,
+                    &v,
+                    &neighbours[..take],
+                    &self.config.recommend,
+                    max_n,
+                    &mut self.scratch,
+                );
+                if let Some(row) = self.rows.get(&user) {
+                    for scored in &mut items {
+                        for reason in &mut scored.reasons {
+                            if let Reason::SimilarTo { item, verb } = reason {
+                                *verb = row.cells.get(item).map_or("engaged with", strongest_verb);
+                            }
+                        }
+                    }
+                }
+                if items.len() < max_n {
+                    let have: Vec<u32> = items.iter().map(|s| s.item).collect();
+                    let fill =
+                        recommend::popular_for(&self.index, Some(&v), max_n - items.len(), &have);
+                    items.extend(fill);
+                }
+                Recommendations {
+                    strategy: Strategy::Collaborative,
+                    items: Arc::new(items),
+                    cached: false,
+                }
+            }
+            other => Recommendations {
+                strategy: Strategy::Popular,
+                items: Arc::new(recommend::popular_for(
+                    &self.index,
+                    other.as_deref(),
+                    max_n,
+                    &[],
+                )),
+                cached: false,
+            },
+        };
+        self.rec_cache.put(user, recs.clone());
+        recs
+    }
+
+    /// Creates or replaces a profile.
+    pub fn put_profile(&mut self, user: u32, profile: UserProfile) {
+        self.rows.entry(user).or_default().profile = profile;
+        self.index
+            .vectors
+            .entry(user)
+            .or_insert_with(|| Arc::new(UserVector::default()));
+    }
+
+    /// Profile and activity summary.
+    pub fn summary(&self, user: u32) -> Option<UserSummary> {
+        self.rows.get(&user).map(|row| UserSummary {
+            profile: row.profile.clone(),
+            interactions: row
+                .cells
+                .values()
+                .filter(|c| c.weight(&self.config.weights) > 0.0)
+                .count(),
+            last_event_ms: row.last_event_ms,
+        })
+    }
+}
+
+/// How to describe what a user did with an item, strongest signal first.
+fn strongest_verb(cell: &Interaction) -> &'static str {
+    use momentum_models::events::EventKind::*;
+    [
+        (Complete, "completed"),
+        (Rate, "rated"),
+        (Like, "liked"),
+        (Checkin, "checked in on"),
+        (Start, "started"),
+    ]
+    .into_iter()
+    .find(|(kind, _)| cell.has_any(kind.bit()))
+    .map_or("engaged with", |(_, verb)| verb)
+}
+
+/// The shard actor.
+pub struct UserShard {
+    state: ShardState,
+    catalog: Mailbox<ItemCatalog>,
+}
+
+impl UserShard {
+    pub fn new(state: ShardState, catalog: Mailbox<ItemCatalog>) -> Self {
+        UserShard { state, catalog }
+    }
+}
+
+impl Actor for UserShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1 << 20);
+    }
+}
+
+impl Handler<RecordEvents> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordEvents, _: &mut Self::Context) {
+        let (outcome, deltas) = self.state.record(msg.events);
+        if deltas.is_empty() {
+            let _ = msg.reply.send(outcome);
+        } else {
+            // Admitted by the engine, so this cannot grow the catalogue queue without bound.
+            self.catalog.send_admitted(ApplyItemDeltas {
+                deltas,
+                outcome,
+                reply: Some(msg.reply),
+            });
+        }
+    }
+}
+
+impl Handler<GetRecommendations> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetRecommendations, _: &mut Self::Context) {
+        let mut recs = self.state.recommend(msg.user);
+        if recs.items.len() > msg.n {
+            recs.items = Arc::new(recs.items[..msg.n].to_vec());
+        }
+        let _ = msg.reply.send(recs);
+    }
+}
+
+impl Handler<GetSimilarUsers> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetSimilarUsers, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.similar_users(msg.user));
+    }
+}
+
+impl Handler<PutUser> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: PutUser, _: &mut Self::Context) {
+        self.state.put_profile(msg.user, msg.profile);
+        let _ = msg.reply.send(());
+    }
+}
+
+impl Handler<GetUser> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetUser, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.summary(msg.user));
+    }
+}
+
+tracked_handler!(UserShard, RecordEvents);
+tracked_handler!(UserShard, GetRecommendations);
+tracked_handler!(UserShard, GetSimilarUsers);
+tracked_handler!(UserShard, PutUser);
+tracked_handler!(UserShard, GetUser);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_forgets_oldest_past_capacity() {
+        let mut d = Dedupe {
+            capacity: 2,
+            ..Dedupe::default()
+        };
+        assert!(d.insert("a"));
+        assert!(!d.insert("a"));
+        assert!(d.insert("b"));
+        assert!(d.insert("c"));
+        assert!(d.insert("a"), "a was evicted");
+    }
+
+    #[test]
+    fn rec_cache_is_bounded_and_invalidates() {
+        let mut c = RecCache {
+            capacity: 2,
+            ttl: Duration::from_secs(60),
+            ..RecCache::default()
+        };
+        let recs = Recommendations {
+            strategy: Strategy::Popular,
+            items: Arc::new(Vec::new()),
+            cached: false,
+        };
+        c.put(1, recs.clone());
+        c.put(2, recs.clone());
+        c.put(3, recs.clone());
+        assert_eq!(c.entries.len(), 2);
+        assert!(c.get(1).is_none());
+        assert!(c.get(3).is_some());
+        c.invalidate(3);
+        assert!(c.get(3).is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! `POST /v1/events`: a JSON array of interaction events. Each element is validated on its
+//! own; valid events are applied, invalid ones are reported with their index and reason, and
+//! an `event_id` makes retries idempotent. A batch with no valid event is a 400; a batch
+//! larger than `ingest.max_batch` or a body over `server.max_body_bytes` is a 413.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use momentum_actors::engine::{NewEvent, Rejection};
+use momentum_models::events::{EventKind, KindWeights};
+
+use crate::api::{read_json_body, validate_id};
+use crate::error::Error;
+use crate::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/events", web::post().to(post_events));
+}
+
+/// An event as it arrives on the wire.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireEvent {
+    #[serde(default)]
+    event_id: Option<String>,
+    user_id: String,
+    #[serde(default)]
+    item_id: Option<String>,
+    kind: String,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(default)]
+    ts: Option<WireTimestamp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WireTimestamp {
+    Millis(i64),
+    Text(String),
+}
+
+/// Latest accepted timestamp: one day ahead of the server clock (clock skew).
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Validates one decoded event; `Err` is (code, message).
+fn validate(
+    index: usize,
+    e: WireEvent,
+    weights: &KindWeights,
+    now: i64,
+) -> Result<NewEvent, (&'static str, String)> {
+    validate_id("user_id", &e.user_id).map_err(|m| ("invalid_id", m))?;
+    if let Some(id) = &e.event_id {
+        validate_id("event_id", id).map_err(|m| ("invalid_id", m))?;
+    }
+    let kind = EventKind::parse(&e.kind)
+        .ok_or_else(|| ("unknown_kind", format!("unknown kind {:?}", e.kind)))?;
+    match (&e.item_id, kind.needs_item()) {
+        (Some(item), _) => validate_id("item_id", item).map_err(|m| ("invalid_id", m))?,
+        (None, true) => {
+            return Err((
+                "missing_item",
+                format!("kind {:?} needs an item_id", e.kind),
+            ))
+        }
+        (None, false) => {}
+    }
+    let value = match (e.value, kind) {
+        (Some(v), _) if !v.is_finite() => {
+            return Err(("invalid_value", "value must be a finite number".into()))
+        }
+        (Some(v), EventKind::Rate) if v < 0.0 || v > f64::from(weights.max_rating) => {
+            return Err((
+                "invalid_value",
+                format!("rate value must be in [0, {}]", weights.max_rating),
+            ))
+        }
+        (None, EventKind::Rate) => return Err(("invalid_value", "rate needs a value".into())),
+        (v, _) => v.map(|v| v as f32),
+    };
+    let ts_ms = match e.ts {
+        None => now,
+        Some(WireTimestamp::Millis(ms)) => ms,
+        Some(WireTimestamp::Text(s)) => OffsetDateTime::parse(&s, &Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|_| {
+                (
+                    "invalid_timestamp",
+                    format!("ts {s:?} is neither unix milliseconds nor RFC 3339"),
+                )
+            })?,
+    };
+    if ts_ms < 0 || ts_ms > now + MAX_FUTURE_MS {
+        return Err((
+            "invalid_timestamp",
+            "ts must be after 1970-01-01 and at most one day in the future".into(),
+        ));
+    }
+    Ok(NewEvent {
+        index,
+        event_id: e.event_id,
+        user_id: e.user_id,
+        item_id: e.item_id,
+        kind,
+        value,
+        ts_ms,
+    })
+}
+
+async fn post_events(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let body = read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        Error::bad(
+            "malformed_json",
+            format!("expected a JSON array of events: {e}"),
+        )
+    })?;
+    let max = state.settings.ingest.max_batch;
+    if raw.len() > max {
+        return Err(Error::TooLarge {
+            code: "batch_too_large",
+            message: format!("{} events in one request; the limit is {max}", raw.len()),
+        });
+    }
+    if raw.is_empty() {
+        return Err(Error::bad("empty_batch", "the batch has no events"));
+    }
+    let now = now_ms();
+    let mut rejected: Vec<Rejection> = Vec::new();
+    let mut valid = Vec::with_capacity(raw.len());
+    for (index, value) in raw.into_iter().enumerate() {
+        let decoded = serde_json::from_str::<WireEvent>(value.get())
+            .map_err(|e| ("invalid_event", e.to_string()))
+            .and_then(|e| validate(index, e, &state.settings.weights, now));
+        match decoded {
+            Ok(event) => valid.push(event),
+            Err((code, message)) => rejected.push(Rejection {
+                index,
+                code,
+                message,
+            }),
+        }
+    }
+    let report = if valid.is_empty() {
+        Default::default()
+    } else {
+        state
+            .engine
+            .record_events(valid)
+            .await
+            .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?
+    };
+    rejected.extend(report.rejected);
+    rejected.sort_by_key(|r| r.index);
+    let m = &state.http_metrics;
+    m.events_accepted.inc_by(report.accepted as u64);
+    m.events_duplicate.inc_by(report.duplicates as u64);
+    for r in &rejected {
+        m.events_rejected.with_label_values(&[r.code]).inc();
+    }
+    let rejected_json: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "code": r.code, "message": r.message}))
+        .collect();
+    if report.accepted + report.duplicates == 0 {
+        return Ok(HttpResponse::BadRequest().json(json!({
+            "error": {"code": "invalid_events", "message": "no event in the batch is valid"},
+            "rejected": rejected_json,
+        })));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "accepted": report.accepted,
+        "duplicates": report.duplicates,
+        "rejected": rejected_json,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(json: &str) -> WireEvent {
+        serde_json::from_str(json).expect("decodes")
+    }
+
+    #[test]
+    fn rate_needs_a_value_in_range() {
+        let w = KindWeights::default();
+        let now = 1_700_000_000_000;
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"rate","value":11}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_value");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"rate"}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_value");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"rate","value":4}"#);
+        assert_eq!(validate(0, e, &w, now).expect("valid").value, Some(4.0));
+    }
+
+    #[test]
+    fn timestamps_accept_millis_and_rfc3339_and_refuse_absurd_ones() {
+        let w = KindWeights::default();
+        let now = 1_700_000_000_000;
+        let e =
+            wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":"2023-11-14T22:13:20+00:00"}"#);
+        assert_eq!(
+            validate(0, e, &w, now).expect("valid").ts_ms,
+            1_700_000_000_000
+        );
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":-5}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":99999999999999}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":"yesterday"}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+    }
+
+    #[test]
+    fn app_open_needs_no_item_but_views_do() {
+        let w = KindWeights::default();
+        let e = wire(r#"{"user_id":"u","kind":"app_open"}"#);
+        assert!(validate(0, e, &w, 0).is_ok());
+        let e = wire(r#"{"user_id":"u","kind":"view"}"#);
+        assert_eq!(validate(0, e, &w, 0).unwrap_err().0, "missing_item");
+    }
+}

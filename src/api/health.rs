@@ -1,0 +1,41 @@
+//! Liveness, readiness and the Prometheus scrape endpoint.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{web, HttpResponse};
+use prometheus::{Encoder, TextEncoder};
+use serde_json::json;
+
+use crate::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(json!({"status": "starting"}))
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&state.registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "metrics encoding failed");
+        return HttpResponse::InternalServerError().finish();
+    }
+    HttpResponse::Ok()
+        .content_type(encoder.format_type())
+        .body(buf)
+}

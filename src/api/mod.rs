@@ -1,0 +1,173 @@
+//! HTTP routes, one module per resource, plus the extractor configuration that turns every
+//! malformed request into the JSON error format.
+
+pub mod events;
+pub mod health;
+pub mod items;
+pub mod users;
+
+use actix_web::{error::InternalError, web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt;
+
+use crate::error::Error;
+use crate::AppState;
+
+/// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (DESIGN.md §3).
+pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if id.len() > 128 {
+        return Err(format!("{what} is longer than 128 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+    {
+        return Err(format!("{what} may only contain A-Z a-z 0-9 _ . : @ -"));
+    }
+    Ok(())
+}
+
+/// Validates an id taken from the path.
+pub fn path_id(what: &str, id: &str) -> Result<(), Error> {
+    validate_id(what, id).map_err(|m| Error::bad("invalid_id", m))
+}
+
+/// JSON bodies: limit and error shape.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(1 << 20)
+        .content_type_required(true)
+        .error_handler(|err, _| {
+            let e = match &err {
+                actix_web::error::JsonPayloadError::ContentType => Error::UnsupportedMediaType,
+                actix_web::error::JsonPayloadError::Overflow { .. }
+                | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                    Error::TooLarge {
+                        code: "body_too_large",
+                        message: err.to_string(),
+                    }
+                }
+                _ => Error::bad("malformed_json", err.to_string()),
+            };
+            InternalError::from_response(err, e.error_response()).into()
+        })
+}
+
+/// Query strings: error shape.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| {
+        let e = Error::bad("invalid_query", err.to_string());
+        InternalError::from_response(err, e.error_response()).into()
+    })
+}
+
+/// Path segments: error shape.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err, _| {
+        let e = Error::bad("invalid_path", err.to_string());
+        InternalError::from_response(err, e.error_response()).into()
+    })
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    Error::NotFound {
+        message: format!("no route for {} {}", req.method(), req.path()),
+    }
+    .error_response()
+}
+
+/// Reads a JSON body up to `limit` bytes, refusing other content types.
+pub async fn read_json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, Error> {
+    let is_json = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(Error::UnsupportedMediaType);
+    }
+    let too_large = || Error::TooLarge {
+        code: "body_too_large",
+        message: format!("request body exceeds {limit} bytes"),
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::bad("bad_body", e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Checks the admin key in constant time.
+pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
+    let expected = state.settings.security.admin_key.as_bytes();
+    if expected.is_empty() {
+        return Err(Error::AdminDisabled);
+    }
+    let given = req
+        .headers()
+        .get("x-admin-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(given, expected) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, &x) in b.iter().enumerate() {
+        diff |= x ^ a.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_documented_alphabet() {
+        assert!(validate_id("user_id", "a.b:c@d-e_f9").is_ok());
+        assert!(validate_id("user_id", "").is_err());
+        assert!(validate_id("user_id", &"x".repeat(129)).is_err());
+        assert!(validate_id("user_id", &"x".repeat(128)).is_ok());
+        for bad in ["a/b", "a b", "..%2f", "é", "a\u{0}", "a\nb"] {
+            assert!(validate_id("user_id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares_exactly() {
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"kez", b"key"));
+        assert!(!constant_time_eq(b"ke", b"key"));
+        assert!(!constant_time_eq(b"keyy", b"key"));
+        assert!(!constant_time_eq(b"", b"key"));
+    }
+}

@@ -1,0 +1,216 @@
+//! `/v1/users/{id}`: profiles, recommendations and similar users.
+
+use actix_web::{web, HttpResponse};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::json;
+
+use momentum_actors::index::UserProfile;
+use momentum_actors::recommend::Reason;
+
+use crate::api::path_id;
+use crate::error::Error;
+use crate::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/users/{id}")
+            .route(web::put().to(put_user))
+            .route(web::get().to(get_user)),
+    )
+    .route(
+        "/v1/users/{id}/recommendations",
+        web::get().to(recommendations),
+    )
+    .route("/v1/users/{id}/similar-users", web::get().to(similar_users));
+}
+
+/// Bounds on a profile.
+const MAX_PREFERENCES: usize = 64;
+const MAX_PROFILE_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    #[serde(default)]
+    preferences: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    signup_date: Option<String>,
+    #[serde(default)]
+    locale: Option<String>,
+}
+
+impl ProfileBody {
+    fn validate(self) -> Result<UserProfile, Error> {
+        let bad = |m: &str| Error::bad("invalid_profile", m);
+        if self.preferences.len() > MAX_PREFERENCES {
+            return Err(bad("at most 64 preferences"));
+        }
+        let size = serde_json::to_vec(&self.preferences).map_or(usize::MAX, |v| v.len());
+        if size > MAX_PROFILE_BYTES {
+            return Err(bad("preferences take more than 16 KiB"));
+        }
+        if let Some(d) = &self.signup_date {
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            if time::Date::parse(d, &format).is_err()
+                && time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339)
+                    .is_err()
+            {
+                return Err(bad("signup_date must be YYYY-MM-DD or RFC 3339"));
+            }
+        }
+        if let Some(l) = &self.locale {
+            if l.is_empty()
+                || l.len() > 35
+                || !l
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad("locale must be a BCP 47 tag such as en-GB"));
+            }
+        }
+        Ok(UserProfile {
+            preferences: self.preferences,
+            signup_date: self.signup_date,
+            locale: self.locale,
+        })
+    }
+}
+
+fn retry(state: &AppState) -> u64 {
+    state.settings.server.retry_after_secs
+}
+
+async fn put_user(
+    id: web::Path<String>,
+    body: web::Json<ProfileBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    path_id("user id", &id)?;
+    let profile = body.into_inner().validate()?;
+    let created = state
+        .engine
+        .put_user(&id, profile.clone())
+        .await
+        .map_err(|e| Error::from_actor(e, retry(&state)))?;
+    let body = json!({"user_id": id.as_str(), "preferences": profile.preferences,
+        "signup_date": profile.signup_date, "locale": profile.locale});
+    Ok(if created {
+        HttpResponse::Created().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    })
+}
+
+async fn get_user(
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    path_id("user id", &id)?;
+    let summary = state
+        .engine
+        .get_user(&id)
+        .await
+        .map_err(|e| Error::from_actor(e, retry(&state)))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "user_id": id.as_str(),
+        "preferences": summary.profile.preferences,
+        "signup_date": summary.profile.signup_date,
+        "locale": summary.profile.locale,
+        "interactions": summary.interactions,
+        "last_event_ms": summary.last_event_ms,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecQuery {
+    n: Option<usize>,
+}
+
+fn reason_text(state: &AppState, reason: &Reason) -> String {
+    match reason {
+        Reason::SimilarTo { item, verb } => {
+            let name = state
+                .engine
+                .item_name(*item)
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            let title = state
+                .engine
+                .index()
+                .item_meta
+                .get(item)
+                .map(|m| m.title.clone())
+                .filter(|t| !t.is_empty());
+            match title {
+                Some(t) => format!("similar to \"{t}\" ({name}) you {verb}"),
+                None => format!("similar to item {name} you {verb}"),
+            }
+        }
+        Reason::UsersLikeYou { neighbours } => {
+            format!("{neighbours} users like you engaged with it")
+        }
+        Reason::Popular => "popular with other users".to_string(),
+    }
+}
+
+async fn recommendations(
+    id: web::Path<String>,
+    query: web::Query<RecQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    path_id("user id", &id)?;
+    let max_n = state.settings.recommend.max_n;
+    let n = query.n.unwrap_or(state.settings.recommend.default_n);
+    if n == 0 || n > max_n {
+        return Err(Error::bad(
+            "invalid_query",
+            format!("n must be in 1..={max_n}"),
+        ));
+    }
+    let recs = state
+        .engine
+        .recommend(&id, n)
+        .await
+        .map_err(|e| Error::from_actor(e, retry(&state)))?;
+    let items: Vec<_> = recs
+        .items
+        .iter()
+        .filter_map(|s| {
+            let name = state.engine.item_name(s.item)?;
+            let reasons: Vec<String> = s.reasons.iter().map(|r| reason_text(&state, r)).collect();
+            Some(json!({"item_id": &*name, "score": s.score, "confidence": s.confidence, "reasons": reasons}))
+        })
+        .collect();
+    let recommendation_id = format!("{:032x}", rand::thread_rng().gen::<u128>());
+    Ok(HttpResponse::Ok().json(json!({
+        "user_id": id.as_str(),
+        "recommendation_id": recommendation_id,
+        "strategy": recs.strategy.as_str(),
+        "cached": recs.cached,
+        "items": items,
+    })))
+}
+
+async fn similar_users(
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    path_id("user id", &id)?;
+    let list = state
+        .engine
+        .similar_users(&id)
+        .await
+        .map_err(|e| Error::from_actor(e, retry(&state)))?;
+    let users: Vec<_> = list
+        .iter()
+        .filter_map(|&(user, sim)| {
+            state
+                .engine
+                .user_name(user)
+                .map(|name| json!({"user_id": &*name, "similarity": sim}))
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"user_id": id.as_str(), "users": users})))
+}

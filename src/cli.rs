@@ -1,0 +1,91 @@
+//! The command line: `momentum [serve]`, `momentum eval recommend|classify`. Scripts and
+//! operators depend on these names (DESIGN.md §7), so they only ever grow.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Momentum: the machine-learning backend of a goal-tracking app.
+#[derive(Debug, Parser)]
+#[command(name = "momentum", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default command).
+    Serve(ServeArgs),
+    /// Offline evaluation of the recommendation and classification models.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file layered over the embedded defaults.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, overriding `server.bind`.
+    #[arg(long)]
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Replay training ratings through the live actors and score top-k recommendations.
+    Recommend(RecommendArgs),
+    /// Train a classifier on a CSV table and score it on another.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecommendArgs {
+    /// Training ratings: `user_id,item_id,rating,timestamp`.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Held-out ratings in the same format.
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Optional item metadata: `item_id,title,genres` (genres `|`-separated).
+    #[arg(long)]
+    pub items: Option<PathBuf>,
+    /// Number of recommendations per user.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Where to write `user_id,item_id,rank`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClassifyArgs {
+    /// Training table (CSV with a header).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test table with the same columns.
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Name of the label column.
+    #[arg(long)]
+    pub target: String,
+    /// Value of the label column that counts as the positive class.
+    #[arg(long)]
+    pub positive: String,
+    /// Which model to train.
+    #[arg(long, value_enum, default_value_t = ClassifierKind::Logistic)]
+    pub model: ClassifierKind,
+    /// Where to write `row,probability` for the test rows, in order.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClassifierKind {
+    Logistic,
+    Forest,
+}

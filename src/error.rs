@@ -1,0 +1,145 @@
+//! The server's error type and its one mapping to HTTP: every variant has a status and a
+//! stable snake_case code; the body is `{"error":{"code","message"}}`. Internal details are
+//! logged, not sent.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use momentum_actors::ActorError;
+
+/// Everything that can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; `code` names the rule it broke.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// The body or batch is larger than allowed.
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    /// The body is not JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("unknown user {id:?}")]
+    UnknownUser { id: String },
+    #[error("unknown item {id:?}")]
+    UnknownItem { id: String },
+    /// No route or resource.
+    #[error("{message}")]
+    NotFound { message: String },
+    /// A mailbox is full; retry after the given seconds.
+    #[error("the server is overloaded ({actor} mailbox full), retry later")]
+    Overloaded {
+        actor: &'static str,
+        retry_after: u64,
+    },
+    /// Admin route without the right key.
+    #[error("a valid X-Admin-Key header is required")]
+    Unauthorized,
+    /// Admin route while no admin key is configured.
+    #[error("admin routes are disabled: security.admin_key is not set")]
+    AdminDisabled,
+    /// A bounded table is full.
+    #[error("the {what} table is full ({capacity} entries)")]
+    CapacityReached { what: &'static str, capacity: usize },
+    /// Shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Invalid configuration (start-up only).
+    #[error("configuration: {message}")]
+    Config { message: String },
+    /// I/O failure (start-up, CLI).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else; the message is logged, the client sees a generic text.
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl Error {
+    /// Maps an actor-layer error, attaching the Retry-After to send on overload.
+    pub fn from_actor(e: ActorError, retry_after: u64) -> Error {
+        match e {
+            ActorError::Overloaded { actor } => Error::Overloaded { actor, retry_after },
+            ActorError::Stopped { .. } => Error::ShuttingDown,
+            ActorError::UnknownUser { id } => Error::UnknownUser { id },
+            ActorError::UnknownItem { id } => Error::UnknownItem { id },
+            ActorError::CapacityReached { what, capacity } => {
+                Error::CapacityReached { what, capacity }
+            }
+        }
+    }
+
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest { code, .. } | Error::TooLarge { code, .. } => code,
+            Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::UnknownUser { .. } => "unknown_user",
+            Error::UnknownItem { .. } => "unknown_item",
+            Error::NotFound { .. } => "not_found",
+            Error::Overloaded { .. } => "overloaded",
+            Error::Unauthorized => "unauthorized",
+            Error::AdminDisabled => "admin_disabled",
+            Error::CapacityReached { .. } => "capacity_reached",
+            Error::ShuttingDown => "shutting_down",
+            Error::Config { .. } => "config",
+            Error::Io { .. } => "io",
+            Error::Internal { .. } => "internal",
+        }
+    }
+
+    /// Shorthand for a 400.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Error {
+        Error::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::UnknownUser { .. } | Error::UnknownItem { .. } | Error::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            Error::Overloaded { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::AdminDisabled => StatusCode::FORBIDDEN,
+            Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Config { .. } | Error::Io { .. } | Error::Internal { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            Error::Config { .. } | Error::Io { .. } | Error::Internal { .. } => {
+                tracing::error!(error = %self, "internal error");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            Error::Overloaded { retry_after, .. } => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
+            }
+            Error::ShuttingDown => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));
+            }
+            _ => {}
+        }
+        res.json(json!({"error": {"code": self.code(), "message": message}}))
+    }
+}

@@ -1,0 +1,160 @@
+//! Test harness: starts the real server on `127.0.0.1:0` in a thread with its own actix
+//! `System`, and gives tests an HTTP client pointed at it.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use actix_web::dev::ServerHandle;
+use momentum::Settings;
+use serde_json::Value;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Test settings: ephemeral port, small pool, an admin key, instant popular refresh.
+pub fn settings() -> Settings {
+    let mut s = Settings::defaults().expect("embedded defaults");
+    s.server.bind = "127.0.0.1:0".into();
+    s.server.workers = 2;
+    s.actors.shards = 4;
+    s.actors.threads = 2;
+    s.recommend.popular_refresh_ms = 0;
+    s.security.admin_key = ADMIN_KEY.into();
+    s
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(settings())
+    }
+
+    pub fn start_with(settings: Settings) -> TestServer {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = momentum::start(settings).await.expect("server starts");
+                tx.send((server.addr, server.handle()))
+                    .expect("report address");
+                server.run().await.expect("server runs");
+            })
+        });
+        let (addr, handle) = rx.recv().expect("server started");
+        TestServer {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let res = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Value of a metric line (exact name with labels), 0 when absent.
+    pub async fn metric(&self, name_with_labels: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name_with_labels)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Stop gracefully and wait, so ports and threads do not leak between tests.
+        let handle = self.handle.clone();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(handle.stop(true));
+        })
+        .join()
+        .ok();
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
+/// Error code of a JSON error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+/// A `rate`/other event as JSON.
+pub fn event(user: &str, item: &str, kind: &str) -> Value {
+    serde_json::json!({"user_id": user, "item_id": item, "kind": kind})
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the `momentum` server over HTTP (one binary, see STYLE.md).
+
+mod bad_input;
+mod common;
+mod routes;
