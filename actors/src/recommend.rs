@@ -23,6 +23,8 @@ pub enum Reason {
     /// The user's item that contributes most through item-item similarity, and what the
     /// user did with it ("completed", "rated", …).
     SimilarTo { item: u32, verb: &'static str },
+    /// The item's strongest TF-IDF term shared with the user's content profile.
+    MatchesInterest { term: Arc<str> },
     /// Neighbours (similar users) that engaged with the item.
     UsersLikeYou { neighbours: usize },
     /// Popular with everyone (cold start or filler).

@@ -151,6 +151,7 @@ fn reason_text(state: &AppState, reason: &Reason) -> String {
         Reason::UsersLikeYou { neighbours } => {
             format!("{neighbours} users like you engaged with it")
         }
+        Reason::MatchesInterest { term } => format!("matches your interest in {term}"),
         Reason::Popular => "popular with other users".to_string(),
     }
 }
