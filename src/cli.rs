@@ -54,12 +54,32 @@ pub struct RecommendArgs {
     /// Optional item metadata: `item_id,title,genres` (genres `|`-separated).
     #[arg(long)]
     pub items: Option<PathBuf>,
+    /// Which scores to use: collaborative only, content only, or the configured hybrid mix.
+    #[arg(long, value_enum, default_value_t = RecommendMode::Hybrid)]
+    pub mode: RecommendMode,
     /// Number of recommendations per user.
     #[arg(long, default_value_t = 10)]
     pub k: usize,
     /// Where to write `user_id,item_id,rank`.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecommendMode {
+    Cf,
+    Content,
+    Hybrid,
+}
+
+impl RecommendMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecommendMode::Cf => "cf",
+            RecommendMode::Content => "content",
+            RecommendMode::Hybrid => "hybrid",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,6 +18,7 @@ use crate::config::EngineConfig;
 use crate::index::Index;
 use crate::messages::{ApplyItemDeltas, DeleteItem, GetSimilarItems, PutItem, RowDelta};
 use crate::tracked_handler;
+use momentum_models::content::text::Tokenizer;
 use momentum_models::similarity::{cosine, top_k, Neighbour};
 
 /// Applies the item side of a batch of row changes to the index. Pure state manipulation,
@@ -121,17 +122,28 @@ pub fn popular_items(index: &Index, size: usize) -> Vec<Neighbour> {
     top_k(counts, size)
 }
 
+/// The tokeniser configured by `recommend.stop_words` (empty: the English default).
+pub fn tokenizer_for(config: &EngineConfig) -> Tokenizer {
+    if config.recommend.stop_words.is_empty() {
+        Tokenizer::default()
+    } else {
+        Tokenizer::new(config.recommend.stop_words.iter())
+    }
+}
+
 /// The catalogue actor.
 pub struct ItemCatalog {
     index: Arc<Index>,
     config: Arc<EngineConfig>,
     similar_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
     popular_computed: Option<(Instant, u64)>,
+    tokenizer: Tokenizer,
 }
 
 impl ItemCatalog {
     pub fn new(index: Arc<Index>, config: Arc<EngineConfig>) -> Self {
         ItemCatalog {
+            tokenizer: tokenizer_for(&config),
             index,
             config,
             similar_cache: FxHashMap::default(),
@@ -208,6 +220,10 @@ impl Handler<PutItem> for ItemCatalog {
     type Result = ();
 
     fn handle(&mut self, msg: PutItem, _: &mut Self::Context) {
+        let terms =
+            self.tokenizer
+                .item_terms(&msg.meta.title, &msg.meta.description, &msg.meta.tags);
+        self.index.content.write().upsert_item(msg.item, &terms);
         self.index.item_meta.insert(msg.item, Arc::new(msg.meta));
         if self.index.deleted_items.remove(&msg.item).is_some() {
             self.bump_epoch();
@@ -223,6 +239,7 @@ impl Handler<DeleteItem> for ItemCatalog {
 
     fn handle(&mut self, msg: DeleteItem, _: &mut Self::Context) {
         self.index.item_meta.remove(&msg.item);
+        self.index.content.write().remove_item(msg.item);
         self.index.deleted_items.insert(msg.item, ());
         self.similar_cache.remove(&msg.item);
         self.bump_epoch();

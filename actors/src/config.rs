@@ -59,6 +59,24 @@ pub struct RecommendConfig {
     pub popular_size: usize,
     /// The popular list is recomputed at most this often.
     pub popular_refresh_ms: u64,
+    /// Weight of the normalised collaborative score in the hybrid mix.
+    pub cf_weight: f64,
+    /// Weight of the normalised content (TF-IDF) score in the hybrid mix.
+    pub content_weight: f64,
+    /// Users with fewer interactions than this get content-only lists (CF is too thin).
+    pub content_min_interactions: usize,
+    /// Terms kept in a user's content profile.
+    pub profile_terms: usize,
+    /// Stop words of the item tokeniser; empty = the built-in English list.
+    pub stop_words: Vec<String>,
+    /// Diversity re-rank (MMR) trade-off: 1 = relevance only, 0 = novelty only.
+    pub diversity_lambda: f64,
+    /// At most this many items of one `type` in a list; 0 = no cap.
+    pub max_per_type: usize,
+    /// At most this many items sharing a dominant (first) tag; 0 = no cap.
+    pub max_per_tag: usize,
+    /// How many of the best candidates the diversity re-rank orders (the rest follow by score).
+    pub diversity_depth: usize,
 }
 
 impl Default for RecommendConfig {
@@ -74,6 +92,15 @@ impl Default for RecommendConfig {
             cache_capacity: 100_000,
             popular_size: 200,
             popular_refresh_ms: 1000,
+            cf_weight: 0.6,
+            content_weight: 0.4,
+            content_min_interactions: 3,
+            profile_terms: 64,
+            stop_words: Vec::new(),
+            diversity_lambda: 0.9,
+            max_per_type: 5,
+            max_per_tag: 0,
+            diversity_depth: 30,
         }
     }
 }
@@ -110,6 +137,14 @@ impl EngineConfig {
             return Err(
                 "recommend.similar_k and recommend.user_neighbours must be positive".into(),
             );
+        }
+        momentum_models::content::hybrid::validate_weights(r.cf_weight, r.content_weight)
+            .map_err(|e| format!("recommend.cf_weight / content_weight: {e}"))?;
+        if !(0.0..=1.0).contains(&r.diversity_lambda) {
+            return Err("recommend.diversity_lambda must be in [0, 1]".into());
+        }
+        if r.profile_terms == 0 {
+            return Err("recommend.profile_terms must be positive".into());
         }
         let w = &self.weights;
         let positive = |x: f32| x.is_finite() && x > 0.0;

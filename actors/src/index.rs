@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::interner::Interner;
+use momentum_models::content::TfIdfIndex;
 use momentum_models::similarity::Neighbour;
 
 /// A user's row of the interaction matrix as other threads see it.
@@ -102,6 +103,8 @@ pub struct Index {
     pub item_meta: DashMap<u32, Arc<ItemMeta>>,
     /// Items deleted through the API: never recommended, events refused.
     pub deleted_items: DashMap<u32, ()>,
+    /// TF-IDF over item title, description and tags; catalogue-written.
+    pub content: RwLock<TfIdfIndex>,
     /// Most popular items (users with a positive weight), best first; catalogue-written.
     pub popular: RwLock<Arc<Vec<Neighbour>>>,
     /// Bumped by the catalogue after every applied batch.
@@ -118,6 +121,7 @@ impl Index {
             item_stats: DashMap::new(),
             item_meta: DashMap::new(),
             deleted_items: DashMap::new(),
+            content: RwLock::new(TfIdfIndex::new()),
             popular: RwLock::new(Arc::new(Vec::new())),
             epoch: AtomicU64::new(0),
         }

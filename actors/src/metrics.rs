@@ -1,7 +1,7 @@
 //! Prometheus metrics owned by the actor layer. One instance per engine, registered in the
 //! server's registry, so tests that start several servers in one process do not share counts.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Metrics of the actors and the hot state.
 #[derive(Debug, Clone)]
@@ -16,6 +16,8 @@ pub struct ActorMetrics {
     pub items: IntGauge,
     /// Non-zero (user, item) cells.
     pub interactions: IntGauge,
+    /// Intra-list diversity (mean pairwise 1 − TF-IDF cosine) of computed lists.
+    pub diversity: Histogram,
 }
 
 impl ActorMetrics {
@@ -49,7 +51,15 @@ impl ActorMetrics {
                 "momentum_interactions",
                 "Non-zero user-item cells of the interaction matrix",
             )?,
+            diversity: Histogram::with_opts(
+                HistogramOpts::new(
+                    "momentum_recommendation_diversity",
+                    "Intra-list diversity of computed recommendation lists (0 = all alike)",
+                )
+                .buckets(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+            )?,
         };
+        registry.register(Box::new(m.diversity.clone()))?;
         registry.register(Box::new(m.mailbox_depth.clone()))?;
         registry.register(Box::new(m.mailbox_rejected.clone()))?;
         registry.register(Box::new(m.rec_cache.clone()))?;

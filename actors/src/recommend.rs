@@ -12,6 +12,10 @@
 
 use std::sync::Arc;
 
+use momentum_models::content::diversity::{rerank, Candidate, DiversityConfig};
+use momentum_models::content::hybrid::{mix, Source};
+use momentum_models::content::text::display_term;
+use momentum_models::content::ScoringLimits;
 use momentum_models::similarity::{cosine, normalise_by_max, top_k, Neighbour, SparseAccumulator};
 
 use crate::config::RecommendConfig;
@@ -45,7 +49,13 @@ pub struct Scored {
 /// Which path produced a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
+    /// Collaborative filtering only (content weight 0 or no item content).
     Collaborative,
+    /// Collaborative and content scores mixed.
+    Hybrid,
+    /// Content only (users with few interactions).
+    Content,
+    /// Popular items (users without interactions).
     Popular,
 }
 
@@ -53,7 +63,33 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Collaborative => "collaborative",
+            Strategy::Hybrid => "hybrid",
+            Strategy::Content => "content",
             Strategy::Popular => "popular",
+        }
+    }
+}
+
+/// The knobs an experiment variant may override per request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Blend {
+    pub cf_weight: f64,
+    pub content_weight: f64,
+    pub diversity: DiversityConfig,
+}
+
+impl Blend {
+    /// The configured defaults.
+    pub fn from_config(config: &RecommendConfig) -> Blend {
+        let cap = |c: usize| (c > 0).then_some(c);
+        Blend {
+            cf_weight: config.cf_weight,
+            content_weight: config.content_weight,
+            diversity: DiversityConfig {
+                lambda: config.diversity_lambda,
+                max_per_type: cap(config.max_per_type),
+                max_per_tag: cap(config.max_per_tag),
+            },
         }
     }
 }
@@ -242,6 +278,128 @@ pub fn collaborative(
             }
         })
         .collect()
+}
+
+/// The full pipeline for a user with interactions: collaborative and content candidates,
+/// the normalised mix, the diversity re-rank of the head, and popular items to fill up.
+pub fn hybrid(
+    index: &Index,
+    vector: &UserVector,
+    neighbours: &[Neighbour],
+    config: &RecommendConfig,
+    blend: &Blend,
+    n: usize,
+    scratch: &mut Scratch,
+) -> (Strategy, Vec<Scored>) {
+    let pool = (3 * n).max(config.diversity_depth);
+    let content_index = index.content.read();
+    let profile = if blend.content_weight > 0.0 {
+        content_index.user_profile(&vector.items, config.profile_terms)
+    } else {
+        Default::default()
+    };
+    let content: Vec<(u32, f64, Arc<str>)> = if profile.is_empty() {
+        Vec::new()
+    } else {
+        content_index
+            .score_candidates(
+                &profile,
+                |item| !eligible(index, vector, item),
+                pool,
+                &ScoringLimits {
+                    max_profile_terms: config.profile_terms,
+                    ..ScoringLimits::default()
+                },
+            )
+            .into_iter()
+            .map(|m| (m.item, m.score, m.top_term))
+            .collect()
+    };
+    let use_cf = blend.cf_weight > 0.0
+        && (vector.items.len() >= config.content_min_interactions || content.is_empty());
+    let cf = if use_cf {
+        collaborative(index, vector, neighbours, config, pool, scratch)
+    } else {
+        Vec::new()
+    };
+    let strategy = match (cf.is_empty(), content.is_empty()) {
+        (false, false) => Strategy::Hybrid,
+        (false, true) => Strategy::Collaborative,
+        (true, false) => Strategy::Content,
+        (true, true) => return (Strategy::Popular, popular_for(index, Some(vector), n, &[])),
+    };
+    let cf_pairs: Vec<(u32, f64)> = cf.iter().map(|s| (s.item, s.score)).collect();
+    let content_pairs: Vec<(u32, f64)> = content.iter().map(|c| (c.0, c.1)).collect();
+    let (w_cf, w_content) = match strategy {
+        Strategy::Collaborative => (1.0, 0.0),
+        Strategy::Content => (0.0, 1.0),
+        _ => (blend.cf_weight, blend.content_weight),
+    };
+    let mixed = mix(&cf_pairs, &content_pairs, w_cf, w_content);
+
+    // Diversity: MMR with caps over the head of the list; the tail keeps its order.
+    let depth = config.diversity_depth.min(mixed.len());
+    let metas: Vec<Option<Arc<crate::index::ItemMeta>>> = mixed[..depth]
+        .iter()
+        .map(|m| index.item_meta.get(&m.item).map(|e| e.clone()))
+        .collect();
+    let candidates: Vec<Candidate<'_>> = mixed[..depth]
+        .iter()
+        .zip(&metas)
+        .map(|(m, meta)| Candidate {
+            item: m.item,
+            relevance: m.score,
+            item_type: meta.as_ref().and_then(|x| x.item_type.as_deref()),
+            tag: meta
+                .as_ref()
+                .and_then(|x| x.tags.first().map(String::as_str)),
+        })
+        .collect();
+    let order = rerank(&candidates, depth, &blend.diversity, |a, b| {
+        content_index.cosine(a, b)
+    });
+    let ordered = order
+        .into_iter()
+        .map(|i| &mixed[i])
+        .chain(mixed[depth..].iter())
+        .take(n);
+
+    let mut out: Vec<Scored> = Vec::with_capacity(n);
+    for m in ordered {
+        let from_cf = cf.iter().find(|s| s.item == m.item);
+        let term = content.iter().find(|c| c.0 == m.item).map(|c| c.2.clone());
+        let mut reasons = from_cf.map(|s| s.reasons.clone()).unwrap_or_default();
+        let mut confidence = from_cf.map_or(0.0, |s| s.confidence);
+        if let Some(term) = term {
+            let reason = Reason::MatchesInterest {
+                term: Arc::from(display_term(&term)),
+            };
+            // Content evidence is weaker than behaviour: half the normalised content score.
+            confidence = confidence.max(0.5 * m.content);
+            if m.source == Source::Content {
+                reasons.insert(0, reason);
+            } else {
+                reasons.push(reason);
+            }
+        }
+        out.push(Scored {
+            item: m.item,
+            score: m.score.clamp(0.0, 1.0),
+            confidence,
+            reasons,
+        });
+    }
+    if out.len() < n {
+        let have: Vec<u32> = out.iter().map(|s| s.item).collect();
+        out.extend(popular_for(index, Some(vector), n - out.len(), &have));
+    }
+    (strategy, out)
+}
+
+/// Mean pairwise `1 − cosine` of the items' TF-IDF vectors.
+pub fn intra_list_diversity(index: &Index, items: &[u32]) -> f64 {
+    let content = index.content.read();
+    momentum_models::content::diversity::intra_list_diversity(items, |a, b| content.cosine(a, b))
 }
 
 fn item_scores_lookup(list: &[Neighbour], item: u32) -> f64 {

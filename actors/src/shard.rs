@@ -22,7 +22,7 @@ use crate::messages::{
     RecordEvents, RowDelta, ShardOutcome, UserSummary,
 };
 use crate::metrics::ActorMetrics;
-use crate::recommend::{self, Reason, Recommendations, Scratch, Strategy};
+use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
 use momentum_models::similarity::Neighbour;
@@ -273,15 +273,17 @@ impl ShardState {
         self.metrics.rec_cache.with_label_values(&["miss"]).inc();
         let max_n = self.config.recommend.max_n;
         let vector = self.index.vectors.get(&user).map(|v| v.clone());
+        let blend = Blend::from_config(&self.config.recommend);
         let recs = match vector {
             Some(v) if !v.items.is_empty() => {
                 let neighbours = self.neighbours(user);
                 let take = self.config.recommend.user_neighbours.min(neighbours.len());
-                let mut items = recommend::collaborative(
+                let (strategy, mut items) = recommend::hybrid(
                     &self.index,
                     &v,
                     &neighbours[..take],
                     &self.config.recommend,
+                    &blend,
                     max_n,
                     &mut self.scratch,
                 );
@@ -294,14 +296,16 @@ impl ShardState {
                         }
                     }
                 }
-                if items.len() < max_n {
-                    let have: Vec<u32> = items.iter().map(|s| s.item).collect();
-                    let fill =
-                        recommend::popular_for(&self.index, Some(&v), max_n - items.len(), &have);
-                    items.extend(fill);
-                }
+                let head: Vec<u32> = items
+                    .iter()
+                    .take(self.config.recommend.default_n)
+                    .map(|s| s.item)
+                    .collect();
+                self.metrics
+                    .diversity
+                    .observe(recommend::intra_list_diversity(&self.index, &head));
                 Recommendations {
-                    strategy: Strategy::Collaborative,
+                    strategy,
                     items: Arc::new(items),
                     cached: false,
                 }

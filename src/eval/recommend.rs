@@ -10,12 +10,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use momentum_actors::engine::NewEvent;
+use momentum_actors::index::ItemMeta;
 use momentum_actors::metrics::ActorMetrics;
+use momentum_actors::recommend::intra_list_diversity;
 use momentum_actors::Engine;
 use momentum_models::events::EventKind;
 use momentum_models::ranking;
 
-use crate::cli::RecommendArgs;
+use crate::cli::{RecommendArgs, RecommendMode};
 use crate::settings::Settings;
 
 /// Events per replayed batch (the HTTP limit's default).
@@ -29,6 +31,46 @@ struct Rating {
     item_id: String,
     rating: f32,
     timestamp: i64,
+}
+
+/// Item metadata rows: `item_id,title,genres` plus optional `description,tags,type`.
+fn read_items(path: &Path) -> Result<Vec<(String, ItemMeta)>, String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (line, row) in reader.deserialize::<HashMap<String, String>>().enumerate() {
+        let row = row.map_err(|e| format!("{} row {}: {e}", path.display(), line + 2))?;
+        let field = |name: &str| {
+            row.get(name)
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let id = field("item_id");
+        if id.is_empty() {
+            return Err(format!("{} row {}: no item_id", path.display(), line + 2));
+        }
+        let split = |v: String| -> Vec<String> {
+            v.split('|')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let mut tags = split(field("genres"));
+        tags.extend(split(field("tags")));
+        let item_type = Some(field("type")).filter(|t| !t.is_empty());
+        out.push((
+            id,
+            ItemMeta {
+                title: field("title"),
+                description: field("description"),
+                tags,
+                item_type,
+                difficulty: None,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn read_ratings(path: &Path) -> Result<Vec<Rating>, String> {
@@ -48,6 +90,21 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
     }
     let mut settings = Settings::load(config).map_err(|e| e.to_string())?;
     settings.recommend.popular_refresh_ms = 0;
+    match args.mode {
+        RecommendMode::Cf => settings.recommend.content_weight = 0.0,
+        RecommendMode::Content => {
+            settings.recommend.cf_weight = 0.0;
+            settings.recommend.content_min_interactions = usize::MAX;
+        }
+        RecommendMode::Hybrid => {}
+    }
+    let items = match &args.items {
+        Some(path) => read_items(path)?,
+        None => Vec::new(),
+    };
+    if args.mode == RecommendMode::Content && items.is_empty() {
+        return Err("--mode content needs --items".into());
+    }
     settings.recommend.max_n = settings.recommend.max_n.max(args.k);
     let mut train = read_ratings(&args.train)?;
     let test = read_ratings(&args.test)?;
@@ -58,6 +115,12 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
     let k = args.k;
     let (recs, replayed) = actix_web::rt::System::new().block_on(async move {
         let engine = Engine::start(engine_config, ActorMetrics::unregistered());
+        for (id, meta) in items {
+            engine
+                .put_item(&id, meta)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let mut accepted = 0usize;
         for (b, chunk) in train.chunks(BATCH).enumerate() {
             let events = chunk
@@ -93,12 +156,16 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
             u
         };
         let mut recs: HashMap<String, Vec<String>> = HashMap::new();
+        let (mut diversity, mut lists) = (0.0, 0usize);
         for group in users.chunks(CONCURRENCY) {
             let answers =
                 futures_util::future::join_all(group.iter().map(|u| engine.recommend(u, k))).await;
             for (user, answer) in group.iter().zip(answers) {
                 // Users without training data are unknown to the engine and not evaluated.
                 if let Ok(list) = answer {
+                    let ids: Vec<u32> = list.items.iter().map(|s| s.item).collect();
+                    diversity += intra_list_diversity(engine.index(), &ids);
+                    lists += 1;
                     let names = list
                         .items
                         .iter()
@@ -110,9 +177,15 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
             }
         }
         engine.stop();
-        Ok::<_, String>(((recs, test), accepted))
+        let diversity = if lists == 0 {
+            0.0
+        } else {
+            diversity / lists as f64
+        };
+        Ok::<_, String>(((recs, test), (accepted, diversity)))
     })?;
     let (recs, test) = recs;
+    let (replayed, diversity) = replayed;
 
     let mut out =
         csv::Writer::from_path(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
@@ -144,7 +217,7 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
     }
     let report = ranking::evaluate(&recs, &relevant, &trained, catalogue.len(), k);
     Ok(json!({
-        "mode": "cf",
+        "mode": args.mode.as_str(),
         "k": k,
         "users": report.users,
         "precision_at_k": report.precision_at_k,
@@ -152,6 +225,7 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
         "ndcg_at_k": report.ndcg_at_k,
         "map_at_k": report.map_at_k,
         "coverage": report.coverage,
+        "intra_list_diversity": diversity,
         "train_events": replayed,
         "seconds": started.elapsed().as_secs_f64(),
     })
