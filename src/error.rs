@@ -25,6 +25,11 @@ pub enum Error {
     UnknownUser { id: String },
     #[error("unknown item {id:?}")]
     UnknownItem { id: String },
+    #[error("unknown experiment {id:?}")]
+    UnknownExperiment { id: String },
+    /// The request contradicts the current state (e.g. the id is taken).
+    #[error("{message}")]
+    Conflict { message: String },
     /// No route or resource.
     #[error("{message}")]
     NotFound { message: String },
@@ -82,6 +87,8 @@ impl Error {
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::UnknownUser { .. } => "unknown_user",
             Error::UnknownItem { .. } => "unknown_item",
+            Error::UnknownExperiment { .. } => "unknown_experiment",
+            Error::Conflict { .. } => "conflict",
             Error::NotFound { .. } => "not_found",
             Error::Overloaded { .. } => "overloaded",
             Error::Unauthorized => "unauthorized",
@@ -109,9 +116,11 @@ impl ResponseError for Error {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::UnknownUser { .. } | Error::UnknownItem { .. } | Error::NotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            Error::UnknownUser { .. }
+            | Error::UnknownItem { .. }
+            | Error::UnknownExperiment { .. }
+            | Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Overloaded { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled => StatusCode::FORBIDDEN,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod error;
 pub mod eval;
+pub mod experiments;
 pub mod metrics;
 pub mod settings;
 pub mod telemetry;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub engine: Engine,
     pub registry: Registry,
     pub http_metrics: metrics::HttpMetrics,
+    /// A/B experiments: assignment, served recommendations, attribution.
+    pub experiments: experiments::Experiments,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
 }
@@ -73,6 +76,8 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let registry = Registry::new();
     let actor_metrics = ActorMetrics::new(&registry).map_err(internal)?;
     let http_metrics = metrics::HttpMetrics::new(&registry).map_err(internal)?;
+    let experiments =
+        experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
     let engine = Engine::start(settings.engine(), actor_metrics);
     let listener = TcpListener::bind(&settings.server.bind).map_err(|source| Error::Io {
         context: format!("cannot bind {}", settings.server.bind),
@@ -92,6 +97,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         engine,
         registry,
         http_metrics,
+        experiments,
         ready: AtomicBool::new(false),
     });
     let data = web::Data::from(state.clone());
@@ -124,6 +130,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .configure(api::events::configure)
             .configure(api::items::configure)
             .configure(api::users::configure)
+            .configure(api::experiments::configure)
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

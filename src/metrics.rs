@@ -51,3 +51,48 @@ impl HttpMetrics {
         Ok(m)
     }
 }
+
+/// A/B experiment metrics. Labels are the experiment id and the variant name: both are bounded
+/// (at most [`crate::experiments::MAX_EXPERIMENTS`] experiments of at most 10 variants, names
+/// validated) and are removed when an experiment is deleted.
+#[derive(Debug, Clone)]
+pub struct AbMetrics {
+    /// Recommendation responses served under a variant.
+    pub assignments: IntCounterVec,
+    /// `impression` events attributed to a variant.
+    pub impressions: IntCounterVec,
+    /// `click` events attributed to a variant.
+    pub clicks: IntCounterVec,
+    /// `complete` events attributed to a variant.
+    pub conversions: IntCounterVec,
+}
+
+impl AbMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let vec = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["experiment", "variant"])
+        };
+        let m = AbMetrics {
+            assignments: vec(
+                "momentum_ab_assignments_total",
+                "Recommendation responses served under an experiment variant",
+            )?,
+            impressions: vec(
+                "momentum_ab_impressions_total",
+                "Impression events attributed to an experiment variant",
+            )?,
+            clicks: vec(
+                "momentum_ab_clicks_total",
+                "Click events attributed to an experiment variant",
+            )?,
+            conversions: vec(
+                "momentum_ab_conversions_total",
+                "Complete events attributed to an experiment variant",
+            )?,
+        };
+        for v in [&m.assignments, &m.impressions, &m.clicks, &m.conversions] {
+            registry.register(Box::new(v.clone()))?;
+        }
+        Ok(m)
+    }
+}

@@ -12,12 +12,17 @@
 //! variant listed first. So `50/30/20` means 5000/3000/2000 buckets and `1/1/1` means
 //! 3334/3333/3333. A definition in which some variant would get no bucket at all is rejected.
 //!
+//! A variant may also carry recommendation overrides ([`HybridWeights`], [`DiversityOverride`]):
+//! plain, validated data that the recommender applies to the users of that variant, so an
+//! experiment can compare blends or diversity settings against the configured defaults.
+//!
 //! Results are compared with a pooled two-proportion z-test; the normal CDF comes from an
 //! `erfc` accurate to about 1e-14 (see [`erfc`]).
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use crate::content::hybrid::validate_weights;
 use crate::ModelError;
 
 /// Number of assignment buckets.
@@ -44,17 +49,111 @@ pub fn bucket(salt: &str, user_id: &str) -> u32 {
 }
 
 /// One variant as submitted by an operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantDef {
     /// Name matching `[a-z0-9_-]{1,32}`, unique within the experiment.
     pub name: String,
     /// Relative weight, > 0.
     pub weight: u32,
+    /// Hybrid blend for this variant's users; the configured blend when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hybrid_weights: Option<HybridWeights>,
+    /// Diversity settings for this variant's users; the configured ones when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diversity: Option<DiversityOverride>,
+}
+
+impl VariantDef {
+    /// A variant without overrides.
+    pub fn new(name: impl Into<String>, weight: u32) -> Self {
+        Self {
+            name: name.into(),
+            weight,
+            hybrid_weights: None,
+            diversity: None,
+        }
+    }
+
+    /// The recommendation overrides of this variant.
+    pub fn overrides(&self) -> VariantOverrides {
+        VariantOverrides {
+            hybrid_weights: self.hybrid_weights,
+            diversity: self.diversity,
+        }
+    }
+}
+
+/// Weights of the hybrid blend `(cf · CF + content · content) / (cf + content)` (see
+/// [`crate::content::hybrid`]): finite, ≥ 0, not both 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HybridWeights {
+    pub cf: f64,
+    pub content: f64,
+}
+
+/// Diversity settings of a variant; each absent field keeps the configured value. Caps follow
+/// the server configuration's convention: `0` means no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiversityOverride {
+    /// MMR trade-off in [0, 1]: 1 = relevance only, 0 = novelty only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
+    /// At most this many items of one type (0 = no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_type: Option<usize>,
+    /// At most this many items sharing a dominant tag (0 = no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_tag: Option<usize>,
+}
+
+/// Largest diversity cap a variant may set (a list is at most a few hundred items long).
+pub const MAX_DIVERSITY_CAP: usize = 1000;
+
+/// What a variant changes in the recommendations of its users; `None` fields keep the
+/// configured behaviour.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VariantOverrides {
+    pub hybrid_weights: Option<HybridWeights>,
+    pub diversity: Option<DiversityOverride>,
+}
+
+impl VariantOverrides {
+    /// Whether the variant changes nothing (a plain control).
+    pub fn is_empty(&self) -> bool {
+        self.hybrid_weights.is_none() && self.diversity.is_none()
+    }
+}
+
+/// Checks a variant's overrides; `Err` carries the reason without the variant's name.
+fn validate_overrides(v: &VariantDef) -> Result<(), String> {
+    if let Some(w) = &v.hybrid_weights {
+        validate_weights(w.cf, w.content).map_err(|ModelError::InvalidInput { reason }| reason)?;
+    }
+    if let Some(d) = &v.diversity {
+        if let Some(lambda) = d.lambda {
+            if !(lambda.is_finite() && (0.0..=1.0).contains(&lambda)) {
+                return Err(format!("diversity lambda must be in [0, 1], got {lambda}"));
+            }
+        }
+        for (what, cap) in [
+            ("max_per_type", d.max_per_type),
+            ("max_per_tag", d.max_per_tag),
+        ] {
+            if cap.is_some_and(|c| c > MAX_DIVERSITY_CAP) {
+                return Err(format!(
+                    "diversity {what} must be at most {MAX_DIVERSITY_CAP} (0 = no cap)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An experiment definition as submitted (`POST /v1/experiments`), before validation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentDef {
     /// 1 to 10 variants, in bucket order.
@@ -107,7 +206,7 @@ fn allocate(weights: &[u32]) -> Vec<u32> {
 }
 
 /// A validated experiment: its salt, variants, control and bucket allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Experiment {
     salt: String,
     variants: Vec<VariantDef>,
@@ -122,7 +221,9 @@ impl Experiment {
     /// Validates `def` and computes its allocation. Rules: the salt is 1 to 128 bytes (usually
     /// the experiment id); 1 to 10 variants; names match `[a-z0-9_-]{1,32}` and are unique;
     /// weights are > 0 and each variant receives at least one bucket; `control`, when given,
-    /// names one of the variants (exactly one control: that one, or the first variant).
+    /// names one of the variants (exactly one control: that one, or the first variant);
+    /// overrides are in range (hybrid weights finite, ≥ 0 and not both 0; diversity `lambda` in
+    /// [0, 1]; caps at most [`MAX_DIVERSITY_CAP`]).
     pub fn new(salt: &str, def: &ExperimentDef) -> Result<Self, ModelError> {
         if salt.is_empty() || salt.len() > MAX_SALT_LEN {
             return Err(invalid(format!(
@@ -144,6 +245,8 @@ impl Experiment {
             if v.weight == 0 {
                 return Err(invalid(format!("variant {}: weight must be > 0", v.name)));
             }
+            validate_overrides(v)
+                .map_err(|reason| invalid(format!("variant {}: {reason}", v.name)))?;
             if def.variants[..i].iter().any(|o| o.name == v.name) {
                 return Err(invalid(format!("variant {}: duplicate name", v.name)));
             }
@@ -339,10 +442,7 @@ mod tests {
         ExperimentDef {
             variants: weights
                 .iter()
-                .map(|&(name, weight)| VariantDef {
-                    name: name.to_string(),
-                    weight,
-                })
+                .map(|&(name, weight)| VariantDef::new(name, weight))
                 .collect(),
             control: None,
         }
@@ -443,6 +543,37 @@ mod tests {
             ..ok
         };
         assert!(err("exp", &bad_control));
+    }
+
+    #[test]
+    fn overrides_are_validated_and_exposed() {
+        let with = |hybrid: Option<HybridWeights>, diversity: Option<DiversityOverride>| {
+            let mut d = def(&[("control", 1), ("treatment", 1)]);
+            d.variants[1].hybrid_weights = hybrid;
+            d.variants[1].diversity = diversity;
+            Experiment::new("exp", &d)
+        };
+        let hw = |cf, content| Some(HybridWeights { cf, content });
+        let div = |lambda, max_per_type, max_per_tag| {
+            Some(DiversityOverride {
+                lambda,
+                max_per_type,
+                max_per_tag,
+            })
+        };
+        let e = with(hw(0.2, 0.8), div(Some(0.5), Some(2), None)).unwrap();
+        assert!(e.variants()[0].overrides().is_empty());
+        let o = e.variants()[1].overrides();
+        assert_eq!(o.hybrid_weights, hw(0.2, 0.8));
+        assert_eq!(o.diversity.and_then(|d| d.lambda), Some(0.5));
+        assert!(with(hw(0.0, 1.0), div(None, Some(0), Some(0))).is_ok());
+        assert!(with(hw(0.0, 0.0), None).is_err());
+        assert!(with(hw(-1.0, 1.0), None).is_err());
+        assert!(with(hw(f64::NAN, 1.0), None).is_err());
+        assert!(with(None, div(Some(1.5), None, None)).is_err());
+        assert!(with(None, div(Some(f64::NAN), None, None)).is_err());
+        assert!(with(None, div(None, Some(MAX_DIVERSITY_CAP + 1), None)).is_err());
+        assert!(with(None, div(None, None, Some(MAX_DIVERSITY_CAP + 1))).is_err());
     }
 
     #[test]

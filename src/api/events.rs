@@ -2,6 +2,10 @@
 //! own; valid events are applied, invalid ones are reported with their index and reason, and
 //! an `event_id` makes retries idempotent. A batch with no valid event is a 400; a batch
 //! larger than `ingest.max_batch` or a body over `server.max_body_bytes` is a 413.
+//!
+//! An event may name the `recommendation_id` it responds to; once the engine has applied the
+//! batch, such events are attributed to the A/B variant the recommendation was served under
+//! (the rule is in [`crate::experiments`]).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -15,6 +19,7 @@ use momentum_models::events::{EventKind, KindWeights};
 
 use crate::api::{read_json_body, validate_id};
 use crate::error::Error;
+use crate::experiments::{Attributable, BatchDedupe};
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -35,6 +40,9 @@ struct WireEvent {
     value: Option<f64>,
     #[serde(default)]
     ts: Option<WireTimestamp>,
+    /// The recommendation this event responds to (A/B attribution).
+    #[serde(default)]
+    recommendation_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,16 +59,26 @@ fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// A valid event and the recommendation it responds to.
+#[derive(Debug)]
+struct Validated {
+    event: NewEvent,
+    recommendation_id: Option<String>,
+}
+
 /// Validates one decoded event; `Err` is (code, message).
 fn validate(
     index: usize,
     e: WireEvent,
     weights: &KindWeights,
     now: i64,
-) -> Result<NewEvent, (&'static str, String)> {
+) -> Result<Validated, (&'static str, String)> {
     validate_id("user_id", &e.user_id).map_err(|m| ("invalid_id", m))?;
     if let Some(id) = &e.event_id {
         validate_id("event_id", id).map_err(|m| ("invalid_id", m))?;
+    }
+    if let Some(id) = &e.recommendation_id {
+        validate_id("recommendation_id", id).map_err(|m| ("invalid_id", m))?;
     }
     let kind = EventKind::parse(&e.kind)
         .ok_or_else(|| ("unknown_kind", format!("unknown kind {:?}", e.kind)))?;
@@ -105,15 +123,61 @@ fn validate(
             "ts must be after 1970-01-01 and at most one day in the future".into(),
         ));
     }
-    Ok(NewEvent {
-        index,
-        event_id: e.event_id,
-        user_id: e.user_id,
-        item_id: e.item_id,
-        kind,
-        value,
-        ts_ms,
+    Ok(Validated {
+        event: NewEvent {
+            index,
+            event_id: e.event_id,
+            user_id: e.user_id,
+            item_id: e.item_id,
+            kind,
+            value,
+            ts_ms,
+        },
+        recommendation_id: e.recommendation_id,
     })
+}
+
+/// What attribution needs of an event that names a recommendation, kept while the engine owns
+/// the events.
+#[derive(Debug)]
+struct Pending {
+    index: usize,
+    recommendation_id: String,
+    user_id: String,
+    event_id: Option<String>,
+    kind: EventKind,
+}
+
+/// Attributes the events of `pending` the engine applied (see [`crate::experiments`]).
+/// `with_event_id` lists the indices of the events handed to the engine that had an event id.
+fn attribute(
+    state: &AppState,
+    pending: &[Pending],
+    with_event_id: &[usize],
+    report: &momentum_actors::engine::IngestReport,
+) {
+    let refused: std::collections::HashSet<usize> =
+        report.rejected.iter().map(|r| r.index).collect();
+    let with_id_not_refused = with_event_id
+        .iter()
+        .filter(|i| !refused.contains(i))
+        .count();
+    let events: Vec<Attributable<'_>> = pending
+        .iter()
+        .filter(|p| !refused.contains(&p.index))
+        .map(|p| Attributable {
+            recommendation_id: &p.recommendation_id,
+            user_id: &p.user_id,
+            event_id: p.event_id.as_deref(),
+            kind: p.kind,
+        })
+        .collect();
+    state.experiments.attribute(
+        &events,
+        BatchDedupe {
+            applied_with_event_id: with_id_not_refused.saturating_sub(report.duplicates),
+        },
+    );
 }
 
 async fn post_events(
@@ -141,12 +205,31 @@ async fn post_events(
     let now = now_ms();
     let mut rejected: Vec<Rejection> = Vec::new();
     let mut valid = Vec::with_capacity(raw.len());
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut with_event_id: Vec<usize> = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {
         let decoded = serde_json::from_str::<WireEvent>(value.get())
             .map_err(|e| ("invalid_event", e.to_string()))
             .and_then(|e| validate(index, e, &state.settings.weights, now));
         match decoded {
-            Ok(event) => valid.push(event),
+            Ok(Validated {
+                event,
+                recommendation_id,
+            }) => {
+                if event.event_id.is_some() {
+                    with_event_id.push(index);
+                }
+                if let Some(recommendation_id) = recommendation_id {
+                    pending.push(Pending {
+                        index,
+                        recommendation_id,
+                        user_id: event.user_id.clone(),
+                        event_id: event.event_id.clone(),
+                        kind: event.kind,
+                    });
+                }
+                valid.push(event);
+            }
             Err((code, message)) => rejected.push(Rejection {
                 index,
                 code,
@@ -163,6 +246,9 @@ async fn post_events(
             .await
             .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?
     };
+    if !pending.is_empty() {
+        attribute(&state, &pending, &with_event_id, &report);
+    }
     rejected.extend(report.rejected);
     rejected.sort_by_key(|r| r.index);
     let m = &state.http_metrics;
@@ -205,7 +291,10 @@ mod tests {
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"rate"}"#);
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_value");
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"rate","value":4}"#);
-        assert_eq!(validate(0, e, &w, now).expect("valid").value, Some(4.0));
+        assert_eq!(
+            validate(0, e, &w, now).expect("valid").event.value,
+            Some(4.0)
+        );
     }
 
     #[test]
@@ -215,7 +304,7 @@ mod tests {
         let e =
             wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":"2023-11-14T22:13:20+00:00"}"#);
         assert_eq!(
-            validate(0, e, &w, now).expect("valid").ts_ms,
+            validate(0, e, &w, now).expect("valid").event.ts_ms,
             1_700_000_000_000
         );
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":-5}"#);
@@ -224,6 +313,18 @@ mod tests {
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":"yesterday"}"#);
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+    }
+
+    #[test]
+    fn recommendation_ids_are_validated_and_carried() {
+        let w = KindWeights::default();
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"click","recommendation_id":"r-1"}"#);
+        let v = validate(0, e, &w, 0).expect("valid");
+        assert_eq!(v.recommendation_id.as_deref(), Some("r-1"));
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"click","recommendation_id":"a b"}"#);
+        assert_eq!(validate(0, e, &w, 0).unwrap_err().0, "invalid_id");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"click","recommendation_id":""}"#);
+        assert_eq!(validate(0, e, &w, 0).unwrap_err().0, "invalid_id");
     }
 
     #[test]

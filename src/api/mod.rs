@@ -2,6 +2,7 @@
 //! malformed request into the JSON error format.
 
 pub mod events;
+pub mod experiments;
 pub mod health;
 pub mod items;
 pub mod users;

@@ -170,6 +170,8 @@ async fn recommendations(
             format!("n must be in 1..={max_n}"),
         ));
     }
+    // The running A/B experiment's variant for this user (its overrides are for the engine).
+    let assignment = state.experiments.variant_for(&id);
     let recs = state
         .engine
         .recommend(&id, n)
@@ -185,11 +187,16 @@ async fn recommendations(
         })
         .collect();
     let recommendation_id = format!("{:032x}", rand::thread_rng().gen::<u128>());
+    if let Some(a) = &assignment {
+        state.experiments.record_served(a, &recommendation_id, &id);
+    }
     Ok(HttpResponse::Ok().json(json!({
         "user_id": id.as_str(),
         "recommendation_id": recommendation_id,
         "strategy": recs.strategy.as_str(),
         "cached": recs.cached,
+        "experiment": assignment.as_ref().map(|a| a.experiment()),
+        "variant": assignment.as_ref().map(|a| a.variant()),
         "items": items,
     })))
 }

@@ -227,3 +227,44 @@ async fn admin_routes_are_refused_without_a_configured_key() {
     assert_eq!(res.status().as_u16(), 403);
     assert_eq!(s.get("/v1/items/x").await.0, 200);
 }
+
+#[actix_web::test]
+async fn content_scoring_explains_and_the_type_cap_holds() {
+    let s = TestServer::start();
+    for i in 0..8 {
+        let body = json!({"title": format!("Morning run {i}"), "tags": ["fitness", "goal"], "type": "habit"});
+        assert_eq!(s.put_json(&format!("/v1/items/a{i}"), &body).await.0, 201);
+    }
+    for i in 0..3 {
+        let body = json!({"title": format!("Read book {i}"), "tags": ["reading", "goal"], "type": "learning"});
+        assert_eq!(s.put_json(&format!("/v1/items/b{i}"), &body).await.0, 201);
+    }
+    // One interaction: too few for CF, so the list is content-only.
+    let (status, _) = s
+        .post_json("/v1/events", &json!([event("newbie", "a0", "view")]))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = s.get("/v1/users/newbie/recommendations?n=6").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["strategy"], "content");
+    let items = body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 6);
+    let habits = items
+        .iter()
+        .filter(|i| i["item_id"].as_str().is_some_and(|id| id.starts_with('a')))
+        .count();
+    assert!(habits <= 5, "max_per_type = 5 caps habits: {items:?}");
+    assert!(items
+        .iter()
+        .all(|i| (0.0..=1.0).contains(&i["score"].as_f64().expect("score"))));
+    let first_reason = items[0]["reasons"][0].as_str().expect("reason");
+    assert!(
+        first_reason.starts_with("matches your interest in"),
+        "{first_reason}"
+    );
+    let text = s.metrics().await;
+    assert!(
+        text.contains("momentum_recommendation_diversity_count 1"),
+        "{text}"
+    );
+}
