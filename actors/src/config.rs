@@ -59,6 +59,9 @@ pub struct RecommendConfig {
     pub popular_size: usize,
     /// The popular list is recomputed at most this often.
     pub popular_refresh_ms: u64,
+    /// Candidates collaborative filtering proposes for content re-scoring and diversity
+    /// (at least `n`).
+    pub candidate_pool: usize,
     /// Weight of the normalised collaborative score in the hybrid mix.
     pub cf_weight: f64,
     /// Weight of the normalised content (TF-IDF) score in the hybrid mix.
@@ -92,6 +95,7 @@ impl Default for RecommendConfig {
             cache_capacity: 100_000,
             popular_size: 200,
             popular_refresh_ms: 1000,
+            candidate_pool: 30,
             cf_weight: 0.6,
             content_weight: 0.4,
             content_min_interactions: 3,

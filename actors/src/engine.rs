@@ -17,7 +17,7 @@ use crate::messages::{
     PutItem, PutUser, RecordEvents, UserSummary,
 };
 use crate::metrics::ActorMetrics;
-use crate::recommend::Recommendations;
+use crate::recommend::{Blend, Recommendations};
 use crate::shard::{ShardState, UserShard};
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
@@ -247,11 +247,21 @@ impl Engine {
     }
 
     /// Up to `n` recommendations (`n` is clamped to `recommend.max_n`).
-    pub async fn recommend(&self, user_id: &str, n: usize) -> Result<Recommendations, ActorError> {
+    pub async fn recommend(
+        &self,
+        user_id: &str,
+        n: usize,
+        blend: Option<Blend>,
+    ) -> Result<Recommendations, ActorError> {
         let user = self.user(user_id)?;
         let n = n.clamp(1, self.config.recommend.max_n);
         self.shard_of(user_id)
-            .ask(|reply| GetRecommendations { user, n, reply })
+            .ask(|reply| GetRecommendations {
+                user,
+                n,
+                blend,
+                reply,
+            })
             .await
     }
 

@@ -70,6 +70,10 @@ impl<A: Actor> Mailbox<A> {
         actor: &'static str,
         metrics: &crate::metrics::ActorMetrics,
     ) -> Self {
+        metrics
+            .mailbox_capacity
+            .with_label_values(&[actor])
+            .add(capacity as i64);
         Mailbox {
             addr,
             depth: Arc::new(AtomicUsize::new(0)),

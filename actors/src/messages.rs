@@ -7,7 +7,7 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::index::{ItemMeta, UserProfile, UserVector};
-use crate::recommend::Recommendations;
+use crate::recommend::{Blend, Recommendations};
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
 
@@ -65,6 +65,8 @@ pub struct ApplyItemDeltas {
 pub struct GetRecommendations {
     pub user: u32,
     pub n: usize,
+    /// Per-request weights and diversity (an experiment variant); `None` = configured.
+    pub blend: Option<Blend>,
     pub reply: oneshot::Sender<Recommendations>,
 }
 

@@ -8,6 +8,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec,
 pub struct ActorMetrics {
     /// Messages queued per actor kind.
     pub mailbox_depth: IntGaugeVec,
+    /// Configured mailbox capacity per actor kind (summed over actors of the kind).
+    pub mailbox_capacity: IntGaugeVec,
     /// Messages refused because a mailbox was full, per actor kind.
     pub mailbox_rejected: IntCounterVec,
     /// Recommendation cache lookups by result (`hit`, `miss`).
@@ -28,6 +30,13 @@ impl ActorMetrics {
                 Opts::new(
                     "momentum_mailbox_depth",
                     "Messages waiting in actor mailboxes",
+                ),
+                &["actor"],
+            )?,
+            mailbox_capacity: IntGaugeVec::new(
+                Opts::new(
+                    "momentum_mailbox_capacity",
+                    "Mailbox capacity per actor kind, summed over the actors of the kind",
                 ),
                 &["actor"],
             )?,
@@ -61,6 +70,7 @@ impl ActorMetrics {
         };
         registry.register(Box::new(m.diversity.clone()))?;
         registry.register(Box::new(m.mailbox_depth.clone()))?;
+        registry.register(Box::new(m.mailbox_capacity.clone()))?;
         registry.register(Box::new(m.mailbox_rejected.clone()))?;
         registry.register(Box::new(m.rec_cache.clone()))?;
         registry.register(Box::new(m.users.clone()))?;

@@ -13,9 +13,10 @@
 use std::sync::Arc;
 
 use momentum_models::content::diversity::{rerank, Candidate, DiversityConfig};
-use momentum_models::content::hybrid::{mix, Source};
+use momentum_models::content::hybrid::{mix, normalise_min_max, Source};
 use momentum_models::content::text::display_term;
 use momentum_models::content::ScoringLimits;
+use momentum_models::experiment::VariantOverrides;
 use momentum_models::similarity::{cosine, normalise_by_max, top_k, Neighbour, SparseAccumulator};
 
 use crate::config::RecommendConfig;
@@ -79,6 +80,26 @@ pub struct Blend {
 }
 
 impl Blend {
+    /// These settings with an experiment variant's overrides applied (caps of 0 = no cap).
+    pub fn with_overrides(mut self, overrides: &VariantOverrides) -> Blend {
+        if let Some(w) = &overrides.hybrid_weights {
+            self.cf_weight = w.cf;
+            self.content_weight = w.content;
+        }
+        if let Some(d) = &overrides.diversity {
+            if let Some(lambda) = d.lambda {
+                self.diversity.lambda = lambda;
+            }
+            if let Some(cap) = d.max_per_type {
+                self.diversity.max_per_type = (cap > 0).then_some(cap);
+            }
+            if let Some(cap) = d.max_per_tag {
+                self.diversity.max_per_tag = (cap > 0).then_some(cap);
+            }
+        }
+        self
+    }
+
     /// The configured defaults.
     pub fn from_config(config: &RecommendConfig) -> Blend {
         let cap = |c: usize| (c > 0).then_some(c);
@@ -101,6 +122,11 @@ pub struct Recommendations {
     pub items: Arc<Vec<Scored>>,
     /// Whether the list came from the cache.
     pub cached: bool,
+    /// Whether the list holds every candidate there is (shorter than asked for), so a longer
+    /// request cannot get more by recomputing.
+    pub complete: bool,
+    /// The blend the list was computed with (a different experiment variant recomputes).
+    pub blend: Blend,
 }
 
 /// Evidence → confidence: `1 − exp(−support / 5)`, where support counts the user's items
@@ -280,6 +306,9 @@ pub fn collaborative(
         .collect()
 }
 
+/// A content score: item, cosine with the profile, strongest shared term.
+type ContentScore = (u32, f64, Option<Arc<str>>);
+
 /// The full pipeline for a user with interactions: collaborative and content candidates,
 /// the normalised mix, the diversity re-rank of the head, and popular items to fill up.
 pub fn hybrid(
@@ -291,44 +320,51 @@ pub fn hybrid(
     n: usize,
     scratch: &mut Scratch,
 ) -> (Strategy, Vec<Scored>) {
-    let pool = (3 * n).max(config.diversity_depth);
+    let pool = config.candidate_pool.max(n);
     let content_index = index.content.read();
     let profile = if blend.content_weight > 0.0 {
         content_index.user_profile(&vector.items, config.profile_terms)
     } else {
         Default::default()
     };
-    let content: Vec<(u32, f64, Arc<str>)> = if profile.is_empty() {
-        Vec::new()
-    } else {
-        content_index
+    let content_only = !profile.is_empty()
+        && (blend.cf_weight <= 0.0 || vector.items.len() < config.content_min_interactions);
+    // Cascade: collaborative filtering proposes the pool and content re-scores it; users with
+    // too few interactions for CF get candidates from the inverted index instead.
+    let (cf, content): (Vec<Scored>, Vec<ContentScore>) = if content_only {
+        let limits = ScoringLimits {
+            max_profile_terms: config.profile_terms,
+            ..ScoringLimits::default()
+        };
+        let found = content_index
             .score_candidates(
                 &profile,
                 |item| !eligible(index, vector, item),
                 pool,
-                &ScoringLimits {
-                    max_profile_terms: config.profile_terms,
-                    ..ScoringLimits::default()
-                },
+                &limits,
             )
             .into_iter()
-            .map(|m| (m.item, m.score, m.top_term))
-            .collect()
-    };
-    let use_cf = blend.cf_weight > 0.0
-        && (vector.items.len() >= config.content_min_interactions || content.is_empty());
-    let cf = if use_cf {
-        collaborative(index, vector, neighbours, config, pool, scratch)
+            .map(|m| (m.item, m.score, Some(m.top_term)))
+            .collect();
+        (Vec::new(), found)
     } else {
-        Vec::new()
+        let cf = collaborative(index, vector, neighbours, config, pool, scratch);
+        let content = if profile.is_empty() {
+            Vec::new()
+        } else {
+            let items: Vec<u32> = cf.iter().map(|s| s.item).collect();
+            content_index.score_items(&profile, &items)
+        };
+        (cf, content)
     };
-    let strategy = match (cf.is_empty(), content.is_empty()) {
-        (false, false) => Strategy::Hybrid,
-        (false, true) => Strategy::Collaborative,
-        (true, false) => Strategy::Content,
-        (true, true) => return (Strategy::Popular, popular_for(index, Some(vector), n, &[])),
+    let has_content = content.iter().any(|c| c.1 > 0.0);
+    let strategy = match (cf.is_empty(), has_content) {
+        (false, true) => Strategy::Hybrid,
+        (false, false) => Strategy::Collaborative,
+        (true, true) => Strategy::Content,
+        (true, false) => return (Strategy::Popular, popular_for(index, Some(vector), n, &[])),
     };
-    let cf_pairs: Vec<(u32, f64)> = cf.iter().map(|s| (s.item, s.score)).collect();
+    let cf_pairs = normalise_min_max(&cf.iter().map(|s| (s.item, s.score)).collect::<Vec<_>>());
     let content_pairs: Vec<(u32, f64)> = content.iter().map(|c| (c.0, c.1)).collect();
     let (w_cf, w_content) = match strategy {
         Strategy::Collaborative => (1.0, 0.0),
@@ -367,7 +403,10 @@ pub fn hybrid(
     let mut out: Vec<Scored> = Vec::with_capacity(n);
     for m in ordered {
         let from_cf = cf.iter().find(|s| s.item == m.item);
-        let term = content.iter().find(|c| c.0 == m.item).map(|c| c.2.clone());
+        let term = content
+            .iter()
+            .find(|c| c.0 == m.item && c.1 > 0.0)
+            .and_then(|c| c.2.clone());
         let mut reasons = from_cf.map(|s| s.reasons.clone()).unwrap_or_default();
         let mut confidence = from_cf.map_or(0.0, |s| s.confidence);
         if let Some(term) = term {

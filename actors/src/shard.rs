@@ -263,18 +263,26 @@ impl ShardState {
         }
     }
 
-    /// Ranked recommendations (up to `max_n`), from the cache when fresh.
-    pub fn recommend(&mut self, user: u32) -> Recommendations {
-        if let Some(mut hit) = self.rec_cache.get(user) {
+    /// Ranked recommendations, at least `n` when the catalogue allows, from the cache when a
+    /// fresh list of at least that length, computed with the same blend, is there. Lists are
+    /// computed for `max(n, default_n)` items, so the common request sizes share one list.
+    pub fn recommend(&mut self, user: u32, n: usize, blend: Option<Blend>) -> Recommendations {
+        let blend = blend.unwrap_or_else(|| Blend::from_config(&self.config.recommend));
+        let want = n
+            .max(self.config.recommend.default_n)
+            .min(self.config.recommend.max_n);
+        let hit = self
+            .rec_cache
+            .get(user)
+            .filter(|r| r.blend == blend && (r.items.len() >= n || r.complete));
+        if let Some(mut hit) = hit {
             self.metrics.rec_cache.with_label_values(&["hit"]).inc();
             hit.cached = true;
             return hit;
         }
         self.metrics.rec_cache.with_label_values(&["miss"]).inc();
-        let max_n = self.config.recommend.max_n;
         let vector = self.index.vectors.get(&user).map(|v| v.clone());
-        let blend = Blend::from_config(&self.config.recommend);
-        let recs = match vector {
+        let (strategy, items) = match vector {
             Some(v) if !v.items.is_empty() => {
                 let neighbours = self.neighbours(user);
                 let take = self.config.recommend.user_neighbours.min(neighbours.len());
@@ -284,42 +292,33 @@ impl ShardState {
                     &neighbours[..take],
                     &self.config.recommend,
                     &blend,
-                    max_n,
+                    want,
                     &mut self.scratch,
                 );
                 if let Some(row) = self.rows.get(&user) {
-                    for scored in &mut items {
-                        for reason in &mut scored.reasons {
-                            if let Reason::SimilarTo { item, verb } = reason {
-                                *verb = row.cells.get(item).map_or("engaged with", strongest_verb);
-                            }
+                    for reason in items.iter_mut().flat_map(|s| s.reasons.iter_mut()) {
+                        if let Reason::SimilarTo { item, verb } = reason {
+                            *verb = row.cells.get(item).map_or("engaged with", strongest_verb);
                         }
                     }
                 }
-                let head: Vec<u32> = items
-                    .iter()
-                    .take(self.config.recommend.default_n)
-                    .map(|s| s.item)
-                    .collect();
+                let head: Vec<u32> = items.iter().take(n).map(|s| s.item).collect();
                 self.metrics
                     .diversity
                     .observe(recommend::intra_list_diversity(&self.index, &head));
-                Recommendations {
-                    strategy,
-                    items: Arc::new(items),
-                    cached: false,
-                }
+                (strategy, items)
             }
-            other => Recommendations {
-                strategy: Strategy::Popular,
-                items: Arc::new(recommend::popular_for(
-                    &self.index,
-                    other.as_deref(),
-                    max_n,
-                    &[],
-                )),
-                cached: false,
-            },
+            other => (
+                Strategy::Popular,
+                recommend::popular_for(&self.index, other.as_deref(), want, &[]),
+            ),
+        };
+        let recs = Recommendations {
+            strategy,
+            complete: items.len() < want,
+            items: Arc::new(items),
+            cached: false,
+            blend,
         };
         self.rec_cache.put(user, recs.clone());
         recs
@@ -405,7 +404,7 @@ impl Handler<GetRecommendations> for UserShard {
     type Result = ();
 
     fn handle(&mut self, msg: GetRecommendations, _: &mut Self::Context) {
-        let mut recs = self.state.recommend(msg.user);
+        let mut recs = self.state.recommend(msg.user, msg.n, msg.blend);
         if recs.items.len() > msg.n {
             recs.items = Arc::new(recs.items[..msg.n].to_vec());
         }
@@ -472,6 +471,8 @@ mod tests {
             strategy: Strategy::Popular,
             items: Arc::new(Vec::new()),
             cached: false,
+            complete: true,
+            blend: Blend::from_config(&crate::config::RecommendConfig::default()),
         };
         c.put(1, recs.clone());
         c.put(2, recs.clone());

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use momentum_actors::index::UserProfile;
-use momentum_actors::recommend::Reason;
+use momentum_actors::recommend::{Blend, Reason};
 
 use crate::api::path_id;
 use crate::error::Error;
@@ -172,9 +172,13 @@ async fn recommendations(
     }
     // The running A/B experiment's variant for this user (its overrides are for the engine).
     let assignment = state.experiments.variant_for(&id);
+    // A variant's overrides apply on top of the configured blend.
+    let blend = assignment
+        .as_ref()
+        .map(|a| Blend::from_config(&state.settings.recommend).with_overrides(&a.overrides()));
     let recs = state
         .engine
-        .recommend(&id, n)
+        .recommend(&id, n, blend)
         .await
         .map_err(|e| Error::from_actor(e, retry(&state)))?;
     let items: Vec<_> = recs

@@ -159,7 +159,8 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
         let (mut diversity, mut lists) = (0.0, 0usize);
         for group in users.chunks(CONCURRENCY) {
             let answers =
-                futures_util::future::join_all(group.iter().map(|u| engine.recommend(u, k))).await;
+                futures_util::future::join_all(group.iter().map(|u| engine.recommend(u, k, None)))
+                    .await;
             for (user, answer) in group.iter().zip(answers) {
                 // Users without training data are unknown to the engine and not evaluated.
                 if let Ok(list) = answer {

@@ -88,6 +88,24 @@ pub fn normalise(scores: &[(u32, f64)]) -> Vec<(u32, f64)> {
         .collect()
 }
 
+/// Min-max normalisation over one request's candidate pool: the best candidate gets 1, the
+/// weakest 0, the rest in between linearly. A pool of equal scores (or of one) maps to 1.
+/// Non-finite scores are dropped. Used for the collaborative pool, whose scores are sums of
+/// similarities with a long flat tail: stretching the pool's own range keeps the mix from
+/// being decided by the content term alone among candidates of nearly equal CF score.
+pub fn normalise_min_max(scores: &[(u32, f64)]) -> Vec<(u32, f64)> {
+    let finite: Vec<(u32, f64)> = scores.iter().copied().filter(|s| s.1.is_finite()).collect();
+    let lo = finite.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+    finite
+        .into_iter()
+        .map(|(item, s)| {
+            let v = if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
+            (item, v.clamp(0.0, 1.0))
+        })
+        .collect()
+}
+
 /// Blends CF and content candidates (see the module documentation) into one list ordered by
 /// score descending, ties by item ascending. Weights that fail [`validate_weights`] are
 /// replaced: a negative or non-finite weight counts as 0, and if both are then 0 the sources
@@ -134,6 +152,18 @@ pub fn mix(cf: &[(u32, f64)], content: &[(u32, f64)], w_cf: f64, w_content: f64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_max_spans_the_pool_and_handles_edges() {
+        let got = normalise_min_max(&[(1, 3.0), (2, 1.0), (3, 2.0), (4, f64::NAN)]);
+        assert_eq!(got, vec![(1, 1.0), (2, 0.0), (3, 0.5)]);
+        assert_eq!(normalise_min_max(&[(7, 0.3)]), vec![(7, 1.0)]);
+        assert_eq!(
+            normalise_min_max(&[(1, 2.0), (2, 2.0)]),
+            vec![(1, 1.0), (2, 1.0)]
+        );
+        assert!(normalise_min_max(&[]).is_empty());
+    }
     use proptest::prelude::*;
 
     #[test]
