@@ -152,3 +152,42 @@ impl ResponseError for Error {
         res.json(json!({"error": {"code": self.code(), "message": message}}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    #[test]
+    fn overload_is_a_503_with_retry_after_and_a_json_body() {
+        let err = Error::from_actor(
+            ActorError::Overloaded {
+                actor: "user_shard",
+            },
+            2,
+        );
+        let res = err.error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+        let body = res.into_body().try_into_bytes().expect("in-memory body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["error"]["code"], "overloaded");
+    }
+
+    #[test]
+    fn internal_details_are_not_sent() {
+        let res = Error::Internal {
+            message: "db password=hunter2".into(),
+        }
+        .error_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = res.into_body().try_into_bytes().expect("in-memory body");
+        assert!(!String::from_utf8_lossy(&body).contains("hunter2"));
+    }
+}
