@@ -14,6 +14,8 @@ use crate::report::Report;
 use crate::scenario::ingest::IngestConfig;
 use crate::scenario::recommend::{RecommendConfig, UserSource};
 use crate::scenario::{self, Stop};
+use crate::simulate::post::PostConfig;
+use crate::simulate::{self as sim, SimConfig, SimulateConfig};
 
 /// Load generator for the Momentum server (talks HTTP only).
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Ask for recommendations, open loop at --rate or closed loop without it.
     Recommend(RecommendArgs),
+    /// Simulate a goal-app population (deterministic by seed): write CSV and/or post the events.
+    Simulate(SimulateArgs),
 }
 
 /// Flags every scenario has.
@@ -182,6 +186,92 @@ impl RecommendArgs {
     }
 }
 
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["out_dir", "post"])))]
+pub struct SimulateArgs {
+    /// Users in the population (they sign up uniformly over the period).
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u32,
+    /// Simulated days.
+    #[arg(long, default_value_t = 180)]
+    pub days: u32,
+    /// Seed: the same seed and flags give identical files.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Unix milliseconds of the start of day 0 (default 2025-01-01T00:00:00Z).
+    #[arg(long, default_value_t = sim::DEFAULT_START_MS)]
+    pub start_ms: i64,
+    /// Write events.csv, items.csv, users.csv, goal_outcomes.csv and churn.csv into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Also send the events to this server's POST /v1/events.
+    #[arg(long, value_name = "URL")]
+    pub post: Option<String>,
+    /// --post: events per request (at most 10000).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// --post: concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// --post: retries of a batch answered 503, each after its Retry-After.
+    #[arg(long, default_value_t = 10)]
+    pub max_retries: u32,
+    /// --post: whole-request timeout (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// --post: wait this long for GET /readyz to answer 200 first; 0 skips the check.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// --post: also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+impl SimulateArgs {
+    pub fn into_config(self) -> Result<SimulateConfig, LoadError> {
+        let sim = SimConfig {
+            users: self.users,
+            days: self.days,
+            seed: self.seed,
+            start_ms: self.start_ms,
+        };
+        sim.validate()?;
+        let post = match self.post {
+            None if self.report.is_some() => {
+                return Err(invalid("--report needs --post (it reports on posting)"))
+            }
+            None => None,
+            Some(target) => {
+                if !(1..=MAX_BATCH).contains(&self.batch) {
+                    return Err(invalid(format!("--batch must be 1..={MAX_BATCH}")));
+                }
+                if self.connections == 0 {
+                    return Err(invalid("--connections must be at least 1"));
+                }
+                let common = CommonArgs {
+                    target,
+                    report: self.report,
+                    timeout: self.timeout,
+                    ready_timeout: self.ready_timeout,
+                };
+                Some(PostConfig {
+                    target: Target::parse(&common.target)?,
+                    client: common.client_options()?,
+                    batch: self.batch,
+                    connections: self.connections,
+                    max_retries: self.max_retries,
+                    simulation: None,
+                })
+            }
+        };
+        Ok(SimulateConfig {
+            sim,
+            out_dir: self.out_dir,
+            post,
+        })
+    }
+}
+
 fn invalid(message: impl Into<String>) -> LoadError {
     LoadError::InvalidConfig {
         message: message.into(),
@@ -209,8 +299,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Runs the chosen scenario, prints a summary line and the JSON report to stdout, and writes the
-/// report file when asked to.
-pub async fn run(cli: Cli) -> Result<Report, LoadError> {
+/// report file when asked to. `simulate` without `--post` has no report: it prints its summary
+/// line and statistics (JSON) instead, and returns `None`.
+pub async fn run(cli: Cli) -> Result<Option<Report>, LoadError> {
     let stop = Stop::on_ctrl_c();
     let (report, path) = match cli.command {
         Command::Ingest(args) => {
@@ -227,6 +318,24 @@ pub async fn run(cli: Cli) -> Result<Report, LoadError> {
                 path,
             )
         }
+        Command::Simulate(args) => {
+            let path = args.report.clone();
+            let outcome = sim::run(args.into_config()?, stop).await?;
+            match outcome.report {
+                Some(report) => (report, path),
+                None => {
+                    println!("{}", outcome.stats.summary_line());
+                    let json = serde_json::to_string_pretty(&outcome.stats).map_err(|source| {
+                        LoadError::Serialize {
+                            what: "simulation statistics",
+                            source,
+                        }
+                    })?;
+                    println!("{json}");
+                    return Ok(None);
+                }
+            }
+        }
     };
     println!("{}", report.summary_line());
     println!("{}", report.to_json()?);
@@ -234,7 +343,7 @@ pub async fn run(cli: Cli) -> Result<Report, LoadError> {
         report.write(&path)?;
         eprintln!("report written to {}", path.display());
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 #[cfg(test)]
@@ -264,7 +373,7 @@ mod tests {
                 .command
             {
                 Command::Recommend(args) => args.into_config().map_err(|e| e.to_string()),
-                Command::Ingest(_) => Err("wrong subcommand".to_owned()),
+                _ => Err("wrong subcommand".to_owned()),
             }
         };
         let config = parse(&["--user-count", "943", "--rate", "200"]).unwrap();
@@ -302,7 +411,7 @@ mod tests {
                 .command
             {
                 Command::Ingest(args) => args.into_config().map_err(|e| e.to_string()),
-                Command::Recommend(_) => Err("wrong subcommand".to_owned()),
+                _ => Err("wrong subcommand".to_owned()),
             }
         };
         let config = parse(&[]).unwrap();
@@ -312,5 +421,35 @@ mod tests {
         let json = serde_json::to_value(parse(&["--limit", "5"]).unwrap()).unwrap();
         assert_eq!(json["limit"], 5);
         assert_eq!(json["timeout_s"], 30.0);
+    }
+
+    #[test]
+    fn simulate_flags_validate() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["momentum-load", "simulate"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv)
+                .map_err(|e| e.to_string())?
+                .command
+            {
+                Command::Simulate(args) => args.into_config().map_err(|e| e.to_string()),
+                _ => Err("wrong subcommand".to_owned()),
+            }
+        };
+        let config = parse(&["--out-dir", "sim"]).unwrap();
+        assert_eq!(
+            (config.sim.users, config.sim.days, config.sim.seed),
+            (10_000, 180, 42)
+        );
+        assert!(config.post.is_none());
+        assert!(parse(&[]).is_err(), "an output is required");
+        assert!(parse(&["--out-dir", "d", "--users", "0"]).is_err());
+        assert!(parse(&["--out-dir", "d", "--report", "r.json"]).is_err());
+        let config = parse(&["--post", "http://127.0.0.1:9", "--batch", "500"]).unwrap();
+        let post = config.post.unwrap();
+        assert_eq!((post.batch, post.connections), (500, 4));
+        assert_eq!(post.target.as_str(), "http://127.0.0.1:9/");
+        assert!(parse(&["--post", "http://h", "--batch", "10001"]).is_err());
+        assert!(parse(&["--post", "https://h"]).is_err());
     }
 }

@@ -4,9 +4,11 @@
 //! server, the trainer and the device crate share one implementation.
 
 pub mod content;
+pub mod dataset;
 pub mod error;
 pub mod events;
 pub mod experiment;
+pub mod features;
 pub mod predict;
 pub mod ranking;
 pub mod similarity;

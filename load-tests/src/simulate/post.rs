@@ -1,0 +1,333 @@
+//! `simulate --post`: sends a simulation's events to a server's `POST /v1/events`, in time
+//! order, in batches, over a few keep-alive connections, with the same closed-loop, retry and
+//! accounting rules as the `ingest` scenario (`503` retried after `Retry-After`, other failures
+//! counted, accepted/duplicate/rejected events tallied). Batches are serialised by the workers
+//! just before sending, so a large simulation is never held twice in memory; the throughput is
+//! therefore that of a feeder, not a benchmark of the server (use `ingest` for that).
+//!
+//! The JSON of an event is `{"event_id","user_id","item_id","kind","value","ts"}`, without
+//! `item_id` for `app_open` and without `value` except for `rate`. Event ids are the CSV's, so
+//! posting the same simulation again only hits the duplicate path.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use reqwest::{Client, Method, Request, Url};
+use serde::{Deserialize, Serialize};
+
+use super::{SimStats, Simulation};
+use crate::client::{self, Attempt, ClientOptions, Outcome, Target, DEFAULT_RETRY_AFTER};
+use crate::error::LoadError;
+use crate::report::{IngestDetails, LatencyHistogram, Recorder, Report, RunSummary};
+use crate::scenario::{join_workers, Stop};
+
+/// Route label of the measurements.
+pub const ROUTE: &str = "POST /v1/events";
+
+/// Settings of the posting part of a `simulate` run (they end up in the report).
+#[derive(Debug, Clone, Serialize)]
+pub struct PostConfig {
+    pub target: Target,
+    /// Events per request, 1..=10,000.
+    pub batch: usize,
+    pub connections: usize,
+    /// Retries of one batch answered `503`, each after its `Retry-After`.
+    pub max_retries: u32,
+    #[serde(flatten)]
+    pub client: ClientOptions,
+    /// What was simulated (filled in by [`super::run`]).
+    pub simulation: Option<SimStats>,
+}
+
+/// One event as `POST /v1/events` takes it.
+#[derive(Debug, Serialize, PartialEq)]
+struct PostEvent {
+    event_id: String,
+    user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item_id: Option<String>,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<u8>,
+    ts: i64,
+}
+
+/// The body of batch `index` of `batch` events.
+fn encode(sim: &Simulation, index: usize, batch: usize) -> Result<(u64, Vec<u8>), LoadError> {
+    let first = index * batch;
+    let events: Vec<PostEvent> = sim.events[first..(first + batch).min(sim.events.len())]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| PostEvent {
+            event_id: sim.event_id(first + i),
+            user_id: super::user_id(e.user),
+            item_id: e.item.map(super::item_id),
+            kind: e.kind.as_str(),
+            value: e.value,
+            ts: e.ts_ms,
+        })
+        .collect();
+    let body = serde_json::to_vec(&events).map_err(|source| LoadError::Serialize {
+        what: "event batch",
+        source,
+    })?;
+    Ok((events.len() as u64, body))
+}
+
+/// Body of a `200` from `POST /v1/events`.
+#[derive(Debug, Deserialize)]
+struct IngestResponse {
+    #[serde(default)]
+    accepted: u64,
+    #[serde(default)]
+    duplicates: u64,
+    #[serde(default)]
+    rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Rejected {
+    #[serde(default)]
+    code: String,
+}
+
+/// What one worker measured.
+struct WorkerResult {
+    recorder: Recorder,
+    details: IngestDetails,
+    batch_latency: LatencyHistogram,
+}
+
+/// Posts every event of `sim` to `config.target` (or until `stop`), and reports.
+pub async fn run(
+    sim: Arc<Simulation>,
+    config: PostConfig,
+    stop: Stop,
+) -> Result<Report, LoadError> {
+    let batches = sim.events.len().div_ceil(config.batch.max(1));
+    eprintln!(
+        "simulate: posting {} events in {batches} batches of up to {} over {} connections -> {}",
+        sim.events.len(),
+        config.batch,
+        config.connections,
+        config.target.as_str()
+    );
+    client::wait_ready(&config.target, &config.client).await?;
+    let url = config.target.events_url()?;
+    let mut clients = Vec::with_capacity(config.connections);
+    for _ in 0..config.connections {
+        let client = client::build_client(&config.client)?;
+        client::warm_up(&client, &config.target).await;
+        clients.push(client);
+    }
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let started_at = SystemTime::now();
+    let t0 = Instant::now();
+    let handles = clients
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(worker(Job {
+                client,
+                url: url.clone(),
+                sim: Arc::clone(&sim),
+                batch: config.batch.max(1),
+                batches,
+                cursor: Arc::clone(&cursor),
+                stop: stop.clone(),
+                max_retries: config.max_retries,
+            }))
+        })
+        .collect();
+    let results = join_workers(handles).await?;
+    let elapsed = t0.elapsed();
+    let mut recorder = Recorder::new();
+    let mut details = IngestDetails::default();
+    let mut batch_latency = LatencyHistogram::new();
+    for result in results {
+        let result = result?;
+        recorder.merge(&result.recorder)?;
+        details.merge(&result.details);
+        batch_latency.merge(&result.batch_latency)?;
+    }
+    details.batch_latency_us = batch_latency.percentiles();
+    let mut report = Report::new(RunSummary {
+        scenario: "simulate",
+        mode: "closed",
+        target: config.target.as_str(),
+        config: &config,
+        started_at,
+        elapsed,
+        interrupted: stop.is_set(),
+        recorder: &recorder,
+    })?;
+    let secs = elapsed.as_secs_f64();
+    report.throughput.events_per_s = Some(if secs > 0.0 {
+        (details.accepted as f64 / secs).round()
+    } else {
+        0.0
+    });
+    report.ingest = Some(details);
+    Ok(report)
+}
+
+/// What a worker needs.
+struct Job {
+    client: Client,
+    url: Url,
+    sim: Arc<Simulation>,
+    batch: usize,
+    batches: usize,
+    cursor: Arc<AtomicUsize>,
+    stop: Stop,
+    max_retries: u32,
+}
+
+/// Takes the next unsent batch until none is left (or `stop`), encodes and sends it. An
+/// encoding failure (which cannot happen for simulated events) fails the run.
+async fn worker(mut job: Job) -> Result<WorkerResult, LoadError> {
+    let mut result = WorkerResult {
+        recorder: Recorder::new(),
+        details: IngestDetails::default(),
+        batch_latency: LatencyHistogram::new(),
+    };
+    while !job.stop.is_set() {
+        let index = job.cursor.fetch_add(1, Ordering::Relaxed);
+        if index >= job.batches {
+            break;
+        }
+        let (events, body) = encode(&job.sim, index, job.batch)?;
+        let mut request = Request::new(Method::POST, job.url.clone());
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        *request.body_mut() = Some(body.into());
+        let first_sent = Instant::now();
+        let ok = send_batch(
+            &job.client,
+            &request,
+            job.max_retries,
+            &mut job.stop,
+            &mut result,
+        )
+        .await;
+        result.batch_latency.record(first_sent.elapsed());
+        result.details.batches += 1;
+        result.details.events_sent += events;
+        if !ok {
+            result.details.failed_batches += 1;
+            result.details.failed_events += events;
+        }
+    }
+    Ok(result)
+}
+
+/// Sends one batch, retrying `503` up to `max_retries` times; true when it got a 2xx.
+async fn send_batch(
+    client: &Client,
+    request: &Request,
+    max_retries: u32,
+    stop: &mut Stop,
+    result: &mut WorkerResult,
+) -> bool {
+    let mut retries = 0;
+    loop {
+        // Bodies built from bytes are always clonable; the `None` arm cannot happen.
+        let Some(attempt) = request.try_clone() else {
+            result.recorder.failure(ROUTE, "transport", Duration::ZERO);
+            return false;
+        };
+        let Attempt {
+            sent,
+            done,
+            outcome,
+        } = client::send(client, attempt).await;
+        let latency = done.duration_since(sent);
+        let (status, retry_after, body) = match outcome {
+            Outcome::Failed { kind } => {
+                result.recorder.failure(ROUTE, kind, latency);
+                return false;
+            }
+            Outcome::Response {
+                status,
+                retry_after,
+                body,
+            } => (status, retry_after, body),
+        };
+        result.recorder.response(ROUTE, status, latency);
+        if status == 503 && retries < max_retries && !stop.is_set() {
+            retries += 1;
+            result.details.retries += 1;
+            let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => continue,
+                () = stop.wait() => return false,
+            }
+        }
+        if !(200..300).contains(&status) {
+            return false;
+        }
+        account(&body, &mut result.details);
+        return true;
+    }
+}
+
+/// Adds a `200` body's counts to `details`.
+fn account(body: &[u8], details: &mut IngestDetails) {
+    match serde_json::from_slice::<IngestResponse>(body) {
+        Ok(response) => {
+            details.accepted += response.accepted;
+            details.duplicates += response.duplicates;
+            details.rejected += response.rejected.len() as u64;
+            for rejected in response.rejected {
+                *details.rejected_by_code.entry(rejected.code).or_default() += 1;
+            }
+        }
+        Err(_) => details.bad_responses += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{simulate, Kind, SimConfig, DEFAULT_START_MS};
+    use super::*;
+
+    #[test]
+    fn batches_carry_the_csv_ids_and_omit_empty_fields() {
+        let sim = simulate(&SimConfig {
+            users: 20,
+            days: 10,
+            seed: 5,
+            start_ms: DEFAULT_START_MS,
+        });
+        let (n, body) = encode(&sim, 1, 7).unwrap();
+        assert_eq!(n, 7);
+        let json: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json[0]["event_id"], "s5-7");
+        for (value, event) in json.iter().zip(&sim.events[7..14]) {
+            assert_eq!(value["ts"], event.ts_ms);
+            assert_eq!(value["user_id"], format!("u{}", event.user));
+            assert_eq!(value.get("item_id").is_none(), event.kind == Kind::AppOpen);
+            assert_eq!(value.get("value").is_some(), event.kind == Kind::Rate);
+        }
+        let last = sim.events.len().div_ceil(7) - 1;
+        let (n, _) = encode(&sim, last, 7).unwrap();
+        assert_eq!(n as usize, sim.events.len() - 7 * last);
+    }
+
+    #[test]
+    fn response_counts_are_accumulated() {
+        let mut details = IngestDetails::default();
+        account(
+            br#"{"accepted": 7, "duplicates": 2, "rejected": [{"index": 3, "code": "invalid_id"}]}"#,
+            &mut details,
+        );
+        account(b"not json", &mut details);
+        assert_eq!(
+            (details.accepted, details.duplicates, details.rejected),
+            (7, 2, 1)
+        );
+        assert_eq!(details.bad_responses, 1);
+    }
+}
