@@ -13,12 +13,13 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    DeleteItem, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, InternedEvent,
-    PutItem, PutUser, RecordEvents, UserSummary,
+    DeleteItem, EraseUser, ExportShard, GetRecommendations, GetSimilarItems, GetSimilarUsers,
+    GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
 use crate::shard::{ShardState, UserShard};
+use crate::snapshot::UserRecord;
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
 
@@ -49,6 +50,17 @@ pub struct IngestReport {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: Vec<Rejection>,
+}
+
+/// Everything a snapshot needs from the shards.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EngineExport {
+    /// The item id table in dense order (`None`: unused slot).
+    pub items: Vec<Option<Arc<str>>>,
+    /// Every user's row, in external ids.
+    pub users: Vec<UserRecord>,
+    /// Recent event ids, one list per shard.
+    pub event_ids: Vec<Vec<Box<str>>>,
 }
 
 /// What `GET /v1/items/{id}` shows besides the metadata.
@@ -352,6 +364,103 @@ impl Engine {
             .ok_or_else(|| ActorError::UnknownUser {
                 id: user_id.to_string(),
             })
+    }
+
+    /// Whether `item_id` names an item deleted through the API (events on it are refused).
+    pub fn is_deleted_item(&self, item_id: &str) -> bool {
+        self.index
+            .items
+            .get(item_id)
+            .is_some_and(|item| !self.index.is_live_item(item))
+    }
+
+    /// Asks every shard for its rows, **enqueueing the requests now**: a snapshot taken while
+    /// the caller holds the ingest order covers exactly the batches dispatched before this
+    /// call. The returned future collects the answers (user records, event ids per shard).
+    pub fn request_export(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<EngineExport, ActorError>>, ActorError>
+    {
+        let mut waiting = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            shard.try_send(ExportShard { reply: tx })?;
+            waiting.push(rx);
+        }
+        // Item ids only grow, so reading the table now covers every row exported later.
+        let items = self.index.items.slots_snapshot();
+        Ok(async move {
+            let mut export = EngineExport {
+                items,
+                ..EngineExport::default()
+            };
+            for rx in waiting {
+                let (users, ids) = rx.await.map_err(|_| ActorError::Stopped {
+                    actor: "user_shard",
+                })?;
+                export.users.extend(users);
+                export.event_ids.push(ids);
+            }
+            Ok(export)
+        })
+    }
+
+    /// Loads a snapshot into the (empty) engine: rows go to the shard of each user (the shard
+    /// count may differ from the writer's), recent event ids to shard `i % shards`. Returns the
+    /// number of records or cells refused by the id bounds.
+    pub async fn import(&self, export: EngineExport) -> Result<usize, ActorError> {
+        let n = self.shards.len();
+        let mut refused = 0;
+        for (slot, name) in export.items.iter().enumerate() {
+            if let Some(name) = name {
+                if !self.index.items.restore(name, slot as u32) {
+                    refused += 1;
+                }
+            }
+        }
+        let mut users: Vec<Vec<UserRecord>> = vec![Vec::new(); n];
+        for record in export.users {
+            users[shard_for(&record.user_id, n)].push(record);
+        }
+        let mut ids: Vec<Vec<Box<str>>> = vec![Vec::new(); n];
+        for (i, list) in export.event_ids.into_iter().enumerate() {
+            ids[i % n].extend(list);
+        }
+        let mut waiting = Vec::with_capacity(n);
+        for ((shard, users), event_ids) in self.shards.iter().zip(users).zip(ids) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            shard.try_send(ImportShard {
+                users,
+                event_ids,
+                reply: tx,
+            })?;
+            waiting.push(rx);
+        }
+        for rx in waiting {
+            refused += rx
+                .await
+                .map_err(|_| ActorError::Stopped {
+                    actor: "user_shard",
+                })?
+                .accepted;
+        }
+        self.metrics.users.set(self.index.users.len() as i64);
+        self.metrics.items.set(self.index.items.len() as i64);
+        Ok(refused)
+    }
+
+    /// Erases a user from memory: row, vector, caches, their weights in the catalogue, and
+    /// their id. True if the user was known.
+    pub async fn erase_user(&self, user_id: &str) -> Result<bool, ActorError> {
+        let Some(user) = self.index.users.get(user_id) else {
+            return Ok(false);
+        };
+        self.shard_of(user_id)
+            .ask(|reply| EraseUser { user, reply })
+            .await?;
+        self.index.users.erase(user_id);
+        self.metrics.users.set(self.index.users.len() as i64);
+        Ok(true)
     }
 
     /// External id of a dense item id.

@@ -46,6 +46,33 @@ impl Interner {
         Some(id)
     }
 
+    /// Puts `name` at slot `id` (restoring a snapshot, so dense ids — and with them every
+    /// tie-break and summation order — match the process that wrote it). Slots below `id`
+    /// that stay empty behave like erased ids. False if the slot or the name is taken or `id`
+    /// is past the capacity.
+    pub fn restore(&self, name: &str, id: u32) -> bool {
+        let mut names = self.names.write();
+        let slot = id as usize;
+        if slot >= self.capacity || self.ids.contains_key(name) {
+            return false;
+        }
+        if names.len() <= slot {
+            names.resize(slot + 1, None);
+        }
+        if names[slot].is_some() {
+            return false;
+        }
+        let name: Arc<str> = Arc::from(name);
+        names[slot] = Some(name.clone());
+        self.ids.insert(name, id);
+        true
+    }
+
+    /// Every slot in order: the name, or `None` for erased ones.
+    pub fn slots_snapshot(&self) -> Vec<Option<Arc<str>>> {
+        self.names.read().clone()
+    }
+
     /// The id of `name` if it was interned.
     pub fn get(&self, name: &str) -> Option<u32> {
         self.ids.get(name).map(|id| *id)
@@ -95,6 +122,22 @@ mod tests {
         assert_eq!(t.intern("c"), None);
         assert_eq!(t.name(1).as_deref(), Some("b"));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn restore_places_names_at_their_slots() {
+        let t = Interner::new(10);
+        assert!(t.restore("b", 2));
+        assert!(!t.restore("c", 2), "slot taken");
+        assert!(!t.restore("b", 3), "name taken");
+        assert!(!t.restore("z", 10), "past capacity");
+        assert_eq!(t.get("b"), Some(2));
+        assert_eq!(t.name(0), None);
+        assert_eq!(
+            t.intern("d"),
+            Some(3),
+            "new ids continue after the last slot"
+        );
     }
 
     #[test]

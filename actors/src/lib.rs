@@ -16,6 +16,7 @@ pub mod messages;
 pub mod metrics;
 pub mod recommend;
 pub mod shard;
+pub mod snapshot;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::index::{ItemMeta, UserProfile, UserVector};
 use crate::recommend::{Blend, Recommendations};
+use crate::snapshot::UserRecord;
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
 
@@ -126,4 +127,30 @@ pub struct PutItem {
 pub struct DeleteItem {
     pub item: u32,
     pub reply: oneshot::Sender<()>,
+}
+
+/// Export the shard's rows and recent event ids (for a snapshot).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ExportShard {
+    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<Box<str>>)>,
+}
+
+/// Load snapshot records into an empty shard; answered (by the catalogue) once the item side
+/// is rebuilt. `accepted` of the outcome counts records or cells refused by the id bounds.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ImportShard {
+    pub users: Vec<UserRecord>,
+    pub event_ids: Vec<Box<str>>,
+    pub reply: oneshot::Sender<ShardOutcome>,
+}
+
+/// Forget a user (GDPR erasure); answered once the catalogue dropped their weights.
+/// `accepted` of the outcome is 1 if the user had a row.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct EraseUser {
+    pub user: u32,
+    pub reply: oneshot::Sender<ShardOutcome>,
 }

@@ -18,11 +18,12 @@ use crate::config::EngineConfig;
 use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    ApplyItemDeltas, GetRecommendations, GetSimilarUsers, GetUser, InternedEvent, PutUser,
-    RecordEvents, RowDelta, ShardOutcome, UserSummary,
+    ApplyItemDeltas, EraseUser, ExportShard, GetRecommendations, GetSimilarUsers, GetUser,
+    ImportShard, InternedEvent, PutUser, RecordEvents, RowDelta, ShardOutcome, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
+use crate::snapshot::UserRecord;
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
 use momentum_models::similarity::Neighbour;
@@ -44,6 +45,11 @@ struct Dedupe {
 }
 
 impl Dedupe {
+    /// The remembered ids, oldest first.
+    fn ids(&self) -> Vec<Box<str>> {
+        self.order.iter().cloned().collect()
+    }
+
     /// Records `id`; false if it was already there.
     fn insert(&mut self, id: &str) -> bool {
         if self.capacity == 0 || self.seen.contains(id) {
@@ -324,6 +330,105 @@ impl ShardState {
         recs
     }
 
+    /// This shard's rows as snapshot records (sorted by user id, cells by item id, so equal
+    /// states give equal bytes) and its recent event ids.
+    pub fn export(&self) -> (Vec<UserRecord>, Vec<Box<str>>) {
+        let mut users: Vec<UserRecord> = self
+            .rows
+            .iter()
+            .filter_map(|(&user, row)| {
+                let user_id = self.index.users.name(user)?;
+                let mut cells: Vec<(Arc<str>, Interaction)> = row
+                    .cells
+                    .iter()
+                    .filter_map(|(&item, cell)| Some((self.index.items.name(item)?, cell.clone())))
+                    .collect();
+                cells.sort_by(|a, b| a.0.cmp(&b.0));
+                Some(UserRecord {
+                    user_id,
+                    dense_id: user,
+                    last_event_ms: row.last_event_ms,
+                    cells,
+                })
+            })
+            .collect();
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        (users, self.dedupe.ids())
+    }
+
+    /// Loads snapshot records into this (empty) shard: rows (users at their recorded dense
+    /// ids; item ids must be restored first), vectors and recent event ids. Returns the
+    /// item-side deltas for the catalogue and the records or cells refused (slot taken, bounds).
+    pub fn import(
+        &mut self,
+        users: Vec<UserRecord>,
+        event_ids: Vec<Box<str>>,
+    ) -> (Vec<RowDelta>, usize) {
+        let weights = &self.config.weights;
+        let mut refused = 0usize;
+        let mut deltas = Vec::with_capacity(users.len());
+        let mut interactions = 0i64;
+        for record in users {
+            if !self.index.users.restore(&record.user_id, record.dense_id) {
+                refused += 1;
+                continue;
+            }
+            let user = record.dense_id;
+            let row = self.rows.entry(user).or_default();
+            row.last_event_ms = record.last_event_ms;
+            let mut changes = Vec::with_capacity(record.cells.len());
+            for (item_id, cell) in record.cells {
+                let Some(item) = self.index.items.intern(&item_id) else {
+                    refused += 1;
+                    continue;
+                };
+                let before = row.cells.get(&item).map_or(0.0, |c| c.weight(weights));
+                let after = cell.weight(weights);
+                row.cells.insert(item, cell);
+                if before != after {
+                    interactions += i64::from(after > 0.0) - i64::from(before > 0.0);
+                    changes.push((item, before, after));
+                }
+            }
+            let vector = Arc::new(self.vector_of(user));
+            self.index.vectors.insert(user, vector.clone());
+            if !changes.is_empty() {
+                deltas.push(RowDelta {
+                    user,
+                    changes,
+                    after: vector,
+                });
+            }
+        }
+        for id in event_ids {
+            self.dedupe.insert(&id);
+        }
+        self.metrics.interactions.add(interactions);
+        (deltas, refused)
+    }
+
+    /// Forgets a user entirely (GDPR): row, profile, vector and caches. Returns the item-side
+    /// delta that removes their weights from the catalogue.
+    pub fn erase(&mut self, user: u32) -> Option<RowDelta> {
+        let row = self.rows.remove(&user)?;
+        self.index.vectors.remove(&user);
+        self.neighbour_cache.remove(&user);
+        self.rec_cache.invalidate(user);
+        let weights = &self.config.weights;
+        let changes: Vec<(u32, f32, f32)> = row
+            .cells
+            .iter()
+            .map(|(&item, cell)| (item, cell.weight(weights), 0.0))
+            .filter(|c| c.1 > 0.0)
+            .collect();
+        self.metrics.interactions.sub(changes.len() as i64);
+        Some(RowDelta {
+            user,
+            changes,
+            after: Arc::new(UserVector::default()),
+        })
+    }
+
     /// Creates or replaces a profile.
     pub fn put_profile(&mut self, user: u32, profile: UserProfile) {
         self.rows.entry(user).or_default().profile = profile;
@@ -437,6 +542,54 @@ impl Handler<GetUser> for UserShard {
     }
 }
 
+impl Handler<ExportShard> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExportShard, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.export());
+    }
+}
+
+impl Handler<ImportShard> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ImportShard, _: &mut Self::Context) {
+        let (deltas, refused) = self.state.import(msg.users, msg.event_ids);
+        let outcome = ShardOutcome {
+            accepted: refused,
+            duplicates: Vec::new(),
+        };
+        self.catalog.send_admitted(ApplyItemDeltas {
+            deltas,
+            outcome,
+            reply: Some(msg.reply),
+        });
+    }
+}
+
+impl Handler<EraseUser> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: EraseUser, _: &mut Self::Context) {
+        match self.state.erase(msg.user) {
+            Some(delta) => self.catalog.send_admitted(ApplyItemDeltas {
+                deltas: vec![delta],
+                outcome: ShardOutcome {
+                    accepted: 1,
+                    duplicates: Vec::new(),
+                },
+                reply: Some(msg.reply),
+            }),
+            None => {
+                let _ = msg.reply.send(ShardOutcome::default());
+            }
+        }
+    }
+}
+
+tracked_handler!(UserShard, ExportShard);
+tracked_handler!(UserShard, ImportShard);
+tracked_handler!(UserShard, EraseUser);
 tracked_handler!(UserShard, RecordEvents);
 tracked_handler!(UserShard, GetRecommendations);
 tracked_handler!(UserShard, GetSimilarUsers);

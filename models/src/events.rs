@@ -124,6 +124,9 @@ impl KindWeights {
     }
 }
 
+/// Cell weights are multiples of `1 / WEIGHT_QUANTUM` (see [`Interaction::weight`]).
+pub const WEIGHT_QUANTUM: f32 = 1024.0;
+
 /// What a user has done with one item.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Interaction {
@@ -155,9 +158,14 @@ impl Interaction {
         self.last_ts = self.last_ts.max(ts_ms);
     }
 
-    /// The cell weight seen by similarity: implicit sum plus rating, capped.
+    /// The cell weight seen by similarity: implicit sum plus rating, capped, and quantised to
+    /// a multiple of 2⁻¹⁰. With quantised weights every product of two weights is a multiple
+    /// of 2⁻²⁰ well inside f64's 53-bit mantissa, so co-occurrence dot products and norms are
+    /// exact whatever order updates arrive in: a state rebuilt from a snapshot equals the live
+    /// one bit for bit.
     pub fn weight(&self, weights: &KindWeights) -> f32 {
-        (self.implicit + self.rating.unwrap_or(0.0)).min(weights.max_weight)
+        let raw = (self.implicit + self.rating.unwrap_or(0.0)).min(weights.max_weight);
+        (raw * WEIGHT_QUANTUM).round() / WEIGHT_QUANTUM
     }
 
     /// Whether any of the kinds in `mask` was seen.
@@ -198,6 +206,24 @@ mod tests {
         assert!(c.has_any(kind_mask(&[EventKind::Complete])));
         assert!(!c.has_any(kind_mask(&[EventKind::Like])));
         assert_eq!(c.last_ts, 5);
+    }
+
+    #[test]
+    fn weights_are_quantised_so_sums_are_exact() {
+        let w = KindWeights::default();
+        let mut c = Interaction::default();
+        c.apply(EventKind::Rate, Some(3.7), 0, &w);
+        let q = c.weight(&w);
+        assert_eq!(q * WEIGHT_QUANTUM, (q * WEIGHT_QUANTUM).round());
+        assert!((q - 3.7).abs() <= 0.5 / WEIGHT_QUANTUM);
+        // Products summed in any order give the same f64.
+        let products: Vec<f64> = [q, 1.0, 19.5, 0.0009765625]
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(q))
+            .collect();
+        let forward: f64 = products.iter().sum();
+        let backward: f64 = products.iter().rev().sum();
+        assert_eq!(forward.to_bits(), backward.to_bits());
     }
 
     #[test]

@@ -1,0 +1,227 @@
+//! The binary format of shard snapshots: one record per user (their row, with external ids,
+//! so a snapshot does not depend on the dense ids of the process that wrote it) and one list of
+//! recent `event_id`s per shard. Item columns, co-occurrence and similarity caches are not
+//! stored: they are derived from the rows on restore.
+//!
+//! Layout (little-endian): a user record is `version u8, user_id (u16 len + bytes),
+//! dense_id u32, last_event_ms i64 (i64::MIN = none), cells u32, then per cell item_id (u8 len + bytes),
+//! implicit f32, rating f32 (NaN = none), kinds u16, last_ts i64`. A dedupe record is
+//! `version u8, count u32, then (u16 len + bytes) per event id`.
+
+use std::sync::Arc;
+
+use momentum_models::events::Interaction;
+
+const VERSION: u8 = 1;
+
+/// One user's row in external ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub user_id: Arc<str>,
+    /// The user's dense id in the writing process (restored as is, see `Interner::restore`).
+    pub dense_id: u32,
+    pub last_event_ms: Option<i64>,
+    pub cells: Vec<(Arc<str>, Interaction)>,
+}
+
+/// Why a snapshot record could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("corrupt snapshot record: {reason}")]
+pub struct DecodeError {
+    pub reason: &'static str,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError {
+                reason: "truncated",
+            });
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn str(&mut self, len: usize) -> Result<Arc<str>, DecodeError> {
+        let raw = self.take(len)?;
+        std::str::from_utf8(raw)
+            .map(Arc::from)
+            .map_err(|_| DecodeError {
+                reason: "id is not UTF-8",
+            })
+    }
+}
+
+/// Encodes a user record.
+pub fn encode_user(record: &UserRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + record.user_id.len() + record.cells.len() * 24);
+    out.push(VERSION);
+    let id = record.user_id.as_bytes();
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id);
+    out.extend_from_slice(&record.dense_id.to_le_bytes());
+    out.extend_from_slice(&record.last_event_ms.unwrap_or(i64::MIN).to_le_bytes());
+    out.extend_from_slice(&(record.cells.len() as u32).to_le_bytes());
+    for (item, cell) in &record.cells {
+        let item = item.as_bytes();
+        out.push(item.len() as u8);
+        out.extend_from_slice(item);
+        out.extend_from_slice(&cell.implicit.to_le_bytes());
+        out.extend_from_slice(&cell.rating.unwrap_or(f32::NAN).to_le_bytes());
+        out.extend_from_slice(&cell.kinds.to_le_bytes());
+        out.extend_from_slice(&cell.last_ts.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a user record.
+pub fn decode_user(bytes: &[u8]) -> Result<UserRecord, DecodeError> {
+    let mut r = Reader { bytes };
+    if r.array::<1>()?[0] != VERSION {
+        return Err(DecodeError {
+            reason: "unknown version",
+        });
+    }
+    let len = u16::from_le_bytes(r.array()?) as usize;
+    let user_id = r.str(len)?;
+    let dense_id = u32::from_le_bytes(r.array()?);
+    let last = i64::from_le_bytes(r.array()?);
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    // Each cell takes at least 19 bytes: refuse counts the input cannot hold.
+    if n > r.bytes.len() / 19 {
+        return Err(DecodeError {
+            reason: "cell count exceeds record",
+        });
+    }
+    let mut cells = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.array::<1>()?[0] as usize;
+        let item = r.str(len)?;
+        let implicit = f32::from_le_bytes(r.array()?);
+        let rating = f32::from_le_bytes(r.array()?);
+        let kinds = u16::from_le_bytes(r.array()?);
+        let last_ts = i64::from_le_bytes(r.array()?);
+        cells.push((
+            item,
+            Interaction {
+                implicit,
+                rating: (!rating.is_nan()).then_some(rating),
+                kinds,
+                last_ts,
+            },
+        ));
+    }
+    if !r.bytes.is_empty() {
+        return Err(DecodeError {
+            reason: "trailing bytes",
+        });
+    }
+    Ok(UserRecord {
+        user_id,
+        dense_id,
+        last_event_ms: (last != i64::MIN).then_some(last),
+        cells,
+    })
+}
+
+/// Encodes a shard's recent event ids (oldest first).
+pub fn encode_event_ids(ids: &[Box<str>]) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for id in ids {
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+/// Encodes the item id table (dense order; empty string = unused slot).
+pub fn encode_item_slots(slots: &[Option<Arc<str>>]) -> Vec<u8> {
+    let ids: Vec<Box<str>> = slots
+        .iter()
+        .map(|s| Box::from(s.as_deref().unwrap_or("")))
+        .collect();
+    encode_event_ids(&ids)
+}
+
+/// Decodes the item id table.
+pub fn decode_item_slots(bytes: &[u8]) -> Result<Vec<Option<Arc<str>>>, DecodeError> {
+    Ok(decode_event_ids(bytes)?
+        .into_iter()
+        .map(|s| (!s.is_empty()).then(|| Arc::from(&*s)))
+        .collect())
+}
+
+/// Decodes a shard's recent event ids.
+pub fn decode_event_ids(bytes: &[u8]) -> Result<Vec<Box<str>>, DecodeError> {
+    let mut r = Reader { bytes };
+    if r.array::<1>()?[0] != VERSION {
+        return Err(DecodeError {
+            reason: "unknown version",
+        });
+    }
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    if n > r.bytes.len() / 2 {
+        return Err(DecodeError {
+            reason: "id count exceeds record",
+        });
+    }
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = u16::from_le_bytes(r.array()?) as usize;
+        ids.push(Box::from(&*r.str(len)?));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn user_records_round_trip(
+            user in "[a-z0-9]{1,20}",
+            last in proptest::option::of(any::<i64>().prop_filter("sentinel", |v| *v != i64::MIN)),
+            cells in prop::collection::vec(("[a-z0-9:.]{1,30}", 0.0f32..20.0, proptest::option::of(0.0f32..10.0), any::<u16>(), any::<i64>()), 0..40),
+        ) {
+            let record = UserRecord {
+                user_id: Arc::from(user.as_str()),
+                dense_id: 7,
+                last_event_ms: last,
+                cells: cells
+                    .into_iter()
+                    .map(|(item, implicit, rating, kinds, last_ts)| {
+                        (Arc::from(item.as_str()), Interaction { implicit, rating, kinds, last_ts })
+                    })
+                    .collect(),
+            };
+            let bytes = encode_user(&record);
+            prop_assert_eq!(decode_user(&bytes), Ok(record));
+            // Every strict prefix is refused, never mis-read or a panic.
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_user(&bytes[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn event_ids_round_trip_and_garbage_is_refused() {
+        let ids: Vec<Box<str>> = vec!["e-1".into(), "e-2".into()];
+        assert_eq!(decode_event_ids(&encode_event_ids(&ids)), Ok(ids));
+        assert!(decode_event_ids(&[VERSION, 255, 255, 255, 255]).is_err());
+        assert!(decode_user(&[9]).is_err());
+    }
+}
