@@ -21,6 +21,10 @@ pub struct ActorsConfig {
     pub max_items: usize,
     /// Recent `event_id`s remembered for deduplication (across all shards).
     pub dedupe_capacity: usize,
+    /// Events kept per user for the predictive features (oldest dropped first).
+    pub activity_max_events: usize,
+    /// Days of activity kept per user, counted back from their newest event.
+    pub activity_days: u32,
 }
 
 impl Default for ActorsConfig {
@@ -32,6 +36,8 @@ impl Default for ActorsConfig {
             max_users: 10_000_000,
             max_items: 1_000_000,
             dedupe_capacity: 1_000_000,
+            activity_max_events: 2_000,
+            activity_days: 120,
         }
     }
 }

@@ -13,8 +13,9 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    DeleteItem, EraseUser, ExportShard, GetRecommendations, GetSimilarItems, GetSimilarUsers,
-    GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents, UserSummary,
+    DeleteItem, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarItems,
+    GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents,
+    UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
@@ -360,6 +361,20 @@ impl Engine {
         let user = self.user(user_id)?;
         self.shard_of(user_id)
             .ask(|reply| GetUser { user, reply })
+            .await?
+            .ok_or_else(|| ActorError::UnknownUser {
+                id: user_id.to_string(),
+            })
+    }
+
+    /// A known user's recent activity (time order).
+    pub async fn activity(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<momentum_models::features::Activity>, ActorError> {
+        let user = self.user(user_id)?;
+        self.shard_of(user_id)
+            .ask(|reply| GetActivity { user, reply })
             .await?
             .ok_or_else(|| ActorError::UnknownUser {
                 id: user_id.to_string(),

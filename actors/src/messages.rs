@@ -154,3 +154,11 @@ pub struct EraseUser {
     pub user: u32,
     pub reply: oneshot::Sender<ShardOutcome>,
 }
+
+/// A user's recent activity log (time order), for the features; `None` for unknown users.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct GetActivity {
+    pub user: u32,
+    pub reply: oneshot::Sender<Option<Vec<momentum_models::features::Activity>>>,
+}

@@ -18,14 +18,16 @@ use crate::config::EngineConfig;
 use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    ApplyItemDeltas, EraseUser, ExportShard, GetRecommendations, GetSimilarUsers, GetUser,
-    ImportShard, InternedEvent, PutUser, RecordEvents, RowDelta, ShardOutcome, UserSummary,
+    ApplyItemDeltas, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarUsers,
+    GetUser, ImportShard, InternedEvent, PutUser, RecordEvents, RowDelta, ShardOutcome,
+    UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
 use crate::snapshot::UserRecord;
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
+use momentum_models::features::Activity;
 use momentum_models::similarity::Neighbour;
 
 /// One user's row: what they did with each item, and their profile.
@@ -34,6 +36,26 @@ pub struct UserRow {
     pub cells: FxHashMap<u32, Interaction>,
     pub profile: UserProfile,
     pub last_event_ms: Option<i64>,
+    /// The user's recent events in time order, for the features of the predictive models:
+    /// at most `actors.activity_max_events`, none older than `actors.activity_days` before
+    /// the newest.
+    pub activity: VecDeque<Activity>,
+}
+
+/// Inserts `event` in time order (events mostly arrive in order: a push at the back) and
+/// trims the log to `max` events and `days` before the newest.
+fn push_activity(log: &mut VecDeque<Activity>, event: Activity, max: usize, days: u32) {
+    let at = log.partition_point(|a| a.ts_ms <= event.ts_ms);
+    log.insert(at, event);
+    while log.len() > max {
+        log.pop_front();
+    }
+    if let Some(newest) = log.back().map(|a| a.ts_ms) {
+        let horizon = newest.saturating_sub(i64::from(days) * 86_400_000);
+        while log.front().is_some_and(|a| a.ts_ms < horizon) {
+            log.pop_front();
+        }
+    }
 }
 
 /// A bounded first-in-first-out set of recently applied `event_id`s.
@@ -170,6 +192,16 @@ impl ShardState {
             outcome.accepted += 1;
             let row = self.rows.entry(event.user).or_default();
             row.last_event_ms = Some(row.last_event_ms.unwrap_or(i64::MIN).max(event.ts_ms));
+            push_activity(
+                &mut row.activity,
+                Activity {
+                    ts_ms: event.ts_ms,
+                    kind: event.kind,
+                    goal: event.item,
+                },
+                self.config.actors.activity_max_events,
+                self.config.actors.activity_days,
+            );
             let changes = touched.entry(event.user).or_default();
             let Some(item) = event.item else { continue };
             let cell = row.cells.entry(item).or_default();
@@ -349,6 +381,7 @@ impl ShardState {
                     dense_id: user,
                     last_event_ms: row.last_event_ms,
                     cells,
+                    activity: row.activity.iter().copied().collect(),
                 })
             })
             .collect();
@@ -376,6 +409,7 @@ impl ShardState {
             let user = record.dense_id;
             let row = self.rows.entry(user).or_default();
             row.last_event_ms = record.last_event_ms;
+            row.activity = record.activity.into_iter().collect();
             let mut changes = Vec::with_capacity(record.cells.len());
             for (item_id, cell) in record.cells {
                 let Some(item) = self.index.items.intern(&item_id) else {
@@ -427,6 +461,13 @@ impl ShardState {
             changes,
             after: Arc::new(UserVector::default()),
         })
+    }
+
+    /// A copy of the user's activity log (time order).
+    pub fn activity(&self, user: u32) -> Option<Vec<Activity>> {
+        self.rows
+            .get(&user)
+            .map(|row| row.activity.iter().copied().collect())
     }
 
     /// Creates or replaces a profile.
@@ -587,6 +628,15 @@ impl Handler<EraseUser> for UserShard {
     }
 }
 
+impl Handler<GetActivity> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetActivity, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.activity(msg.user));
+    }
+}
+
+tracked_handler!(UserShard, GetActivity);
 tracked_handler!(UserShard, ExportShard);
 tracked_handler!(UserShard, ImportShard);
 tracked_handler!(UserShard, EraseUser);
@@ -599,6 +649,48 @@ tracked_handler!(UserShard, GetUser);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_stays_ordered_and_bounded() {
+        use momentum_models::events::EventKind;
+        let mut log = VecDeque::new();
+        let day = 86_400_000;
+        for ts in [5 * day, 3 * day, 4 * day, 100 * day] {
+            push_activity(
+                &mut log,
+                Activity {
+                    ts_ms: ts,
+                    kind: EventKind::View,
+                    goal: None,
+                },
+                3,
+                90,
+            );
+        }
+        let ts: Vec<i64> = log.iter().map(|a| a.ts_ms).collect();
+        assert_eq!(
+            ts,
+            vec![100 * day],
+            "older than 90 days before the newest are dropped"
+        );
+        for t in 0..10 {
+            push_activity(
+                &mut log,
+                Activity {
+                    ts_ms: 100 * day + t,
+                    kind: EventKind::View,
+                    goal: None,
+                },
+                3,
+                90,
+            );
+        }
+        assert_eq!(log.len(), 3);
+        assert!(log
+            .iter()
+            .zip(log.iter().skip(1))
+            .all(|(a, b)| a.ts_ms <= b.ts_ms));
+    }
 
     #[test]
     fn dedupe_forgets_oldest_past_capacity() {

@@ -5,12 +5,14 @@
 //!
 //! Layout (little-endian): a user record is `version u8, user_id (u16 len + bytes),
 //! dense_id u32, last_event_ms i64 (i64::MIN = none), cells u32, then per cell item_id (u8 len + bytes),
-//! implicit f32, rating f32 (NaN = none), kinds u16, last_ts i64`. A dedupe record is
+//! implicit f32, rating f32 (NaN = none), kinds u16, last_ts i64, then activity u32 and per
+//! event ts_ms i64, kind u8 (index in `EventKind::ALL`), goal u32 (u32::MAX = none)`. A dedupe record is
 //! `version u8, count u32, then (u16 len + bytes) per event id`.
 
 use std::sync::Arc;
 
-use momentum_models::events::Interaction;
+use momentum_models::events::{EventKind, Interaction};
+use momentum_models::features::Activity;
 
 const VERSION: u8 = 1;
 
@@ -22,6 +24,8 @@ pub struct UserRecord {
     pub dense_id: u32,
     pub last_event_ms: Option<i64>,
     pub cells: Vec<(Arc<str>, Interaction)>,
+    /// The activity log (goals as dense item ids of the writing process, restored as is).
+    pub activity: Vec<Activity>,
 }
 
 /// Why a snapshot record could not be read.
@@ -82,6 +86,12 @@ pub fn encode_user(record: &UserRecord) -> Vec<u8> {
         out.extend_from_slice(&cell.kinds.to_le_bytes());
         out.extend_from_slice(&cell.last_ts.to_le_bytes());
     }
+    out.extend_from_slice(&(record.activity.len() as u32).to_le_bytes());
+    for a in &record.activity {
+        out.extend_from_slice(&a.ts_ms.to_le_bytes());
+        out.push(a.kind as u8);
+        out.extend_from_slice(&a.goal.unwrap_or(u32::MAX).to_le_bytes());
+    }
     out
 }
 
@@ -122,6 +132,27 @@ pub fn decode_user(bytes: &[u8]) -> Result<UserRecord, DecodeError> {
             },
         ));
     }
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    if n > r.bytes.len() / 13 {
+        return Err(DecodeError {
+            reason: "activity count exceeds record",
+        });
+    }
+    let mut activity = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ts_ms = i64::from_le_bytes(r.array()?);
+        let kind = *EventKind::ALL
+            .get(r.array::<1>()?[0] as usize)
+            .ok_or(DecodeError {
+                reason: "unknown event kind",
+            })?;
+        let goal = u32::from_le_bytes(r.array()?);
+        activity.push(Activity {
+            ts_ms,
+            kind,
+            goal: (goal != u32::MAX).then_some(goal),
+        });
+    }
     if !r.bytes.is_empty() {
         return Err(DecodeError {
             reason: "trailing bytes",
@@ -132,6 +163,7 @@ pub fn decode_user(bytes: &[u8]) -> Result<UserRecord, DecodeError> {
         dense_id,
         last_event_ms: (last != i64::MIN).then_some(last),
         cells,
+        activity,
     })
 }
 
@@ -196,6 +228,7 @@ mod tests {
             user in "[a-z0-9]{1,20}",
             last in proptest::option::of(any::<i64>().prop_filter("sentinel", |v| *v != i64::MIN)),
             cells in prop::collection::vec(("[a-z0-9:.]{1,30}", 0.0f32..20.0, proptest::option::of(0.0f32..10.0), any::<u16>(), any::<i64>()), 0..40),
+            activity in prop::collection::vec((any::<i64>(), 0usize..10, proptest::option::of(0u32..1000)), 0..20),
         ) {
             let record = UserRecord {
                 user_id: Arc::from(user.as_str()),
@@ -206,6 +239,10 @@ mod tests {
                     .map(|(item, implicit, rating, kinds, last_ts)| {
                         (Arc::from(item.as_str()), Interaction { implicit, rating, kinds, last_ts })
                     })
+                    .collect(),
+                activity: activity
+                    .into_iter()
+                    .map(|(ts_ms, k, goal)| Activity { ts_ms, kind: EventKind::ALL[k], goal })
                     .collect(),
             };
             let bytes = encode_user(&record);
