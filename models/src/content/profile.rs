@@ -237,6 +237,51 @@ mod tests {
     }
 
     #[test]
+    fn scores_do_not_depend_on_upsert_order() {
+        let docs = [
+            (
+                1,
+                counts(&[("run", 2), ("marathon", 1), ("tag:fitness", 3)]),
+            ),
+            (2, counts(&[("read", 1), ("books", 2), ("tag:learning", 3)])),
+            (3, counts(&[("run", 1), ("books", 1), ("zen", 5)])),
+            (
+                4,
+                counts(&[("marathon", 3), ("zen", 1), ("tag:fitness", 3)]),
+            ),
+        ];
+        let mut forward = TfIdfIndex::new();
+        for (item, terms) in &docs {
+            forward.upsert_item(*item, terms);
+        }
+        let mut backward = TfIdfIndex::new();
+        // A stale item first, so the term ids differ between the two indexes.
+        backward.upsert_item(9, &counts(&[("zen", 1), ("yoga", 1)]));
+        for (item, terms) in docs.iter().rev() {
+            backward.upsert_item(*item, terms);
+        }
+        backward.remove_item(9);
+        let engaged = [(1, 2.0f32), (3, 1.0)];
+        let pf = forward.user_profile(&engaged, 64);
+        let pb = backward.user_profile(&engaged, 64);
+        let bits = |v: &[(u32, f64, Option<Arc<str>>)]| {
+            v.iter().map(|x| (x.0, x.1.to_bits())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bits(&forward.score_items(&pf, &[1, 2, 3, 4])),
+            bits(&backward.score_items(&pb, &[1, 2, 3, 4]))
+        );
+        for a in 1..=4 {
+            for b in 1..=4 {
+                assert_eq!(
+                    forward.cosine(a, b).to_bits(),
+                    backward.cosine(a, b).to_bits()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn score_items_agrees_with_score_candidates() {
         let index = catalogue();
         let profile = index.user_profile(&[(1, 1.0)], 64);

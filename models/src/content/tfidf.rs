@@ -60,7 +60,8 @@ impl Clone for NormCache {
     }
 }
 
-/// One item: its terms `(term id, raw count)` sorted by term id, and its cached norm.
+/// One item: its terms `(term id, raw count)` sorted by term **name** (not id: see
+/// `upsert_item`), and its cached norm.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ItemDoc {
     pub(super) terms: Vec<(u32, u32)>,
@@ -110,7 +111,9 @@ impl TfIdfIndex {
             let id = self.intern(term);
             doc_terms.push((id, count));
         }
-        doc_terms.sort_unstable_by_key(|&(id, _)| id);
+        // `terms` iterates in term-name order, and so does `doc_terms`: every sum over an
+        // item's terms then runs in the same order whatever ids the terms were given, so an
+        // index rebuilt in another upsert order (a restore) gives bit-identical scores.
         for &(id, count) in &doc_terms {
             if let Some(entry) = self.terms.get_mut(id as usize) {
                 match entry.postings.binary_search_by_key(&item, |&(it, _)| it) {
@@ -299,7 +302,7 @@ impl TfIdfIndex {
         }
         let (mut i, mut j, mut dot) = (0, 0, 0.0);
         while let (Some(&(ta, ca)), Some(&(tb, cb))) = (da.terms.get(i), db.terms.get(j)) {
-            match ta.cmp(&tb) {
+            match self.term_name(ta).cmp(self.term_name(tb)) {
                 std::cmp::Ordering::Less => i += 1,
                 std::cmp::Ordering::Greater => j += 1,
                 std::cmp::Ordering::Equal => {
