@@ -1,5 +1,5 @@
-//! The command line: `momentum [serve]`, `momentum eval recommend|classify`. Scripts and
-//! operators depend on these names (DESIGN.md §7), so they only ever grow.
+//! The command line: `momentum [serve]`, `momentum eval recommend|classify`, `momentum train`.
+//! Scripts and operators depend on these names (DESIGN.md §7), so they only ever grow.
 
 use std::path::PathBuf;
 
@@ -23,6 +23,8 @@ pub enum Command {
     /// Offline evaluation of the recommendation and classification models.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Train the app's success and churn models offline from a simulator events CSV.
+    Train(TrainArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -108,4 +110,20 @@ pub struct ClassifyArgs {
 pub enum ClassifierKind {
     Logistic,
     Forest,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Events CSV as `momentum-load simulate` writes it: `event_id,user_id,item_id,kind,value,ts`.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Days of events before the last one to learn from (default: `trainer.window_days`, 90).
+    #[arg(long)]
+    pub window_days: Option<u32>,
+    /// Learning rate of the success model (default: `trainer.success_learning_rate`).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Write both trained models and their metadata as JSON into this directory.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
 }

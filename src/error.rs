@@ -51,6 +51,12 @@ pub enum Error {
     /// Shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A prediction needs a model that has not been trained yet.
+    #[error(
+        "the {model} model is not trained yet: the trainer learns it from the event log \
+         (scheduled, or POST /v1/models/train with the admin key)"
+    )]
+    ModelNotReady { model: &'static str },
     /// Invalid configuration (start-up only).
     #[error("configuration: {message}")]
     Config { message: String },
@@ -95,6 +101,7 @@ impl Error {
             Error::AdminDisabled => "admin_disabled",
             Error::CapacityReached { .. } => "capacity_reached",
             Error::ShuttingDown => "shutting_down",
+            Error::ModelNotReady { .. } => "model_not_ready",
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::Internal { .. } => "internal",
@@ -121,7 +128,9 @@ impl ResponseError for Error {
             | Error::UnknownExperiment { .. }
             | Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::Overloaded { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded { .. } | Error::ShuttingDown | Error::ModelNotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -146,6 +155,9 @@ impl ResponseError for Error {
             }
             Error::ShuttingDown => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));
+            }
+            Error::ModelNotReady { .. } => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(60u64)));
             }
             _ => {}
         }

@@ -5,6 +5,7 @@
 //! the HTTP server stops accepting and drains in-flight requests (SIGINT/SIGTERM or
 //! [`Server::handle`]), then the actor threads stop.
 
+pub mod analytics;
 pub mod api;
 pub mod cli;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod eval;
 pub mod experiments;
 pub mod metrics;
 pub mod settings;
+pub mod store;
 pub mod telemetry;
 
 use std::net::{SocketAddr, TcpListener};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub experiments: experiments::Experiments,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
+    /// Predictive analytics: live models, trainer, churn scheduler (issue 5).
+    pub analytics: analytics::Analytics,
 }
 
 /// A started server.
@@ -79,6 +83,16 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let experiments =
         experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
     let engine = Engine::start(settings.engine(), actor_metrics);
+    // ---- Predictive analytics (issue 5): restore the live models from the store. ----
+    // TEMPORARY until `AppState.store` lands: analytics gets a private embedded store.
+    let analytics_store = Arc::new(analytics::temporary_store().await?);
+    let analytics = analytics::Analytics::new(
+        analytics::AnalyticsConfig::default(),
+        analytics_store,
+        &registry,
+    )
+    .await?;
+    // ---- end of predictive analytics ----
     let listener = TcpListener::bind(&settings.server.bind).map_err(|source| Error::Io {
         context: format!("cannot bind {}", settings.server.bind),
         source,
@@ -99,7 +113,10 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         http_metrics,
         experiments,
         ready: AtomicBool::new(false),
+        analytics,
     });
+    // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
+    analytics::start(&state);
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let metrics = data.http_metrics.clone();
@@ -108,6 +125,10 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .app_data(api::json_config())
             .app_data(api::query_config())
             .app_data(api::path_config())
+            .wrap(actix_web::middleware::ErrorHandlers::new().handler(
+                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                api::method_not_allowed,
+            ))
             .wrap_fn(move |req, srv| {
                 let started = Instant::now();
                 let method = req.method().as_str().to_owned();
@@ -131,6 +152,10 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .configure(api::items::configure)
             .configure(api::users::configure)
             .configure(api::experiments::configure)
+            .configure(api::openapi::configure)
+            .configure(api::predictions::configure)
+            .configure(api::models::configure)
+            .configure(api::interventions::configure)
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

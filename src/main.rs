@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         Some(Command::Eval(EvalCommand::Classify(args))) => eval::classify::run(&args)
             .map(|report| println!("{report}"))
             .map_err(|e| e.to_string()),
+        Some(Command::Train(args)) => {
+            momentum::analytics::offline::run(&args).map(|report| println!("{report}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

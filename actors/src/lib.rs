@@ -6,6 +6,7 @@
 //! API the HTTP layer and the offline evaluation call.
 
 pub mod catalog;
+pub mod churn;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod recommend;
 pub mod shard;
 pub mod snapshot;
+pub mod trainer;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

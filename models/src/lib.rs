@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod error;
 pub mod events;
 pub mod experiment;
+pub mod export;
 pub mod features;
 pub mod predict;
 pub mod ranking;

@@ -61,9 +61,9 @@ fn now_ms() -> i64 {
 
 /// A valid event and the recommendation it responds to.
 #[derive(Debug)]
-struct Validated {
-    event: NewEvent,
-    recommendation_id: Option<String>,
+pub struct Validated {
+    pub event: NewEvent,
+    pub recommendation_id: Option<String>,
 }
 
 /// Validates one decoded event; `Err` is (code, message).
@@ -93,7 +93,8 @@ fn validate(
         (None, false) => {}
     }
     let value = match (e.value, kind) {
-        (Some(v), _) if !v.is_finite() => {
+        // Values are stored as f32: 1e300 is a finite f64 but an infinite f32.
+        (Some(v), _) if !v.is_finite() || !(v as f32).is_finite() => {
             return Err(("invalid_value", "value must be a finite number".into()))
         }
         (Some(v), EventKind::Rate) if v < 0.0 || v > f64::from(weights.max_rating) => {
@@ -135,6 +136,53 @@ fn validate(
         },
         recommendation_id: e.recommendation_id,
     })
+}
+
+/// Decodes and validates a request body: a JSON array of at most `max_batch` events, each
+/// checked on its own against `weights` and the clock `now_ms` (unix milliseconds). Returns the
+/// valid events and the rejections, both in batch order. A body that is not a JSON array is a
+/// `400 malformed_json`, an empty one `400 empty_batch`, a longer one `413 batch_too_large`.
+/// Pure (no I/O): the fuzz target in `fuzz/` calls it with arbitrary bytes.
+pub fn parse_events(
+    body: &[u8],
+    max_batch: usize,
+    weights: &KindWeights,
+    now_ms: i64,
+) -> Result<(Vec<Validated>, Vec<Rejection>), Error> {
+    let raw: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+        Error::bad(
+            "malformed_json",
+            format!("expected a JSON array of events: {e}"),
+        )
+    })?;
+    if raw.len() > max_batch {
+        return Err(Error::TooLarge {
+            code: "batch_too_large",
+            message: format!(
+                "{} events in one request; the limit is {max_batch}",
+                raw.len()
+            ),
+        });
+    }
+    if raw.is_empty() {
+        return Err(Error::bad("empty_batch", "the batch has no events"));
+    }
+    let mut rejected: Vec<Rejection> = Vec::new();
+    let mut valid = Vec::with_capacity(raw.len());
+    for (index, value) in raw.into_iter().enumerate() {
+        let decoded = serde_json::from_str::<WireEvent>(value.get())
+            .map_err(|e| ("invalid_event", e.to_string()))
+            .and_then(|e| validate(index, e, weights, now_ms));
+        match decoded {
+            Ok(v) => valid.push(v),
+            Err((code, message)) => rejected.push(Rejection {
+                index,
+                code,
+                message,
+            }),
+        }
+    }
+    Ok((valid, rejected))
 }
 
 /// What attribution needs of an event that names a recommendation, kept while the engine owns
@@ -186,57 +234,36 @@ async fn post_events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let body = read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
-    let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
-        Error::bad(
-            "malformed_json",
-            format!("expected a JSON array of events: {e}"),
-        )
-    })?;
-    let max = state.settings.ingest.max_batch;
-    if raw.len() > max {
-        return Err(Error::TooLarge {
-            code: "batch_too_large",
-            message: format!("{} events in one request; the limit is {max}", raw.len()),
-        });
-    }
-    if raw.is_empty() {
-        return Err(Error::bad("empty_batch", "the batch has no events"));
-    }
-    let now = now_ms();
-    let mut rejected: Vec<Rejection> = Vec::new();
-    let mut valid = Vec::with_capacity(raw.len());
+    let (decoded, mut rejected) = parse_events(
+        &body,
+        state.settings.ingest.max_batch,
+        &state.settings.weights,
+        now_ms(),
+    )?;
+    let mut valid = Vec::with_capacity(decoded.len());
     let mut pending: Vec<Pending> = Vec::new();
     let mut with_event_id: Vec<usize> = Vec::new();
-    for (index, value) in raw.into_iter().enumerate() {
-        let decoded = serde_json::from_str::<WireEvent>(value.get())
-            .map_err(|e| ("invalid_event", e.to_string()))
-            .and_then(|e| validate(index, e, &state.settings.weights, now));
-        match decoded {
-            Ok(Validated {
-                event,
-                recommendation_id,
-            }) => {
-                if event.event_id.is_some() {
-                    with_event_id.push(index);
-                }
-                if let Some(recommendation_id) = recommendation_id {
-                    pending.push(Pending {
-                        index,
-                        recommendation_id,
-                        user_id: event.user_id.clone(),
-                        event_id: event.event_id.clone(),
-                        kind: event.kind,
-                    });
-                }
-                valid.push(event);
-            }
-            Err((code, message)) => rejected.push(Rejection {
-                index,
-                code,
-                message,
-            }),
+    for Validated {
+        event,
+        recommendation_id,
+    } in decoded
+    {
+        let index = event.index;
+        if event.event_id.is_some() {
+            with_event_id.push(index);
         }
+        if let Some(recommendation_id) = recommendation_id {
+            pending.push(Pending {
+                index,
+                recommendation_id,
+                user_id: event.user_id.clone(),
+                event_id: event.event_id.clone(),
+                kind: event.kind,
+            });
+        }
+        valid.push(event);
     }
+    state.analytics.observe_events(&state.engine, &valid);
     let report = if valid.is_empty() {
         Default::default()
     } else {
@@ -325,6 +352,20 @@ mod tests {
         assert_eq!(validate(0, e, &w, 0).unwrap_err().0, "invalid_id");
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"click","recommendation_id":""}"#);
         assert_eq!(validate(0, e, &w, 0).unwrap_err().0, "invalid_id");
+    }
+
+    #[test]
+    fn parse_events_survives_deep_nesting_and_refuses_f32_overflow() {
+        let w = KindWeights::default();
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let (valid, rejected) = parse_events(deep.as_bytes(), 10, &w, 0).expect("an array");
+        assert!(valid.is_empty());
+        assert_eq!((rejected[0].index, rejected[0].code), (0, "invalid_event"));
+        let body = br#"[{"user_id":"u","item_id":"i","kind":"view","value":1e300}]"#;
+        let (_, rejected) = parse_events(body, 10, &w, 0).expect("an array");
+        assert_eq!(rejected[0].code, "invalid_value");
+        let err = parse_events(b"[1,2,3]", 2, &w, 0).expect_err("too many");
+        assert_eq!(err.code(), "batch_too_large");
     }
 
     #[test]

@@ -4,9 +4,15 @@
 pub mod events;
 pub mod experiments;
 pub mod health;
+pub mod interventions;
 pub mod items;
+pub mod models;
+pub mod openapi;
+pub mod predictions;
 pub mod users;
 
+use actix_web::dev::ServiceResponse;
+use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{error::InternalError, web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
@@ -20,6 +26,10 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
     }
     if id.len() > 128 {
         return Err(format!("{what} is longer than 128 characters"));
+    }
+    // RFC 3986 clients resolve these path segments away: such an id could never be addressed.
+    if id == "." || id == ".." {
+        return Err(format!("{what} must not be \".\" or \"..\""));
     }
     if !id
         .bytes()
@@ -78,6 +88,25 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
         message: format!("no route for {} {}", req.method(), req.path()),
     }
     .error_response()
+}
+
+/// Turns actix's bare `405` (a known path, another method) into the JSON error format, keeping
+/// its `Allow` header. Installed with `middleware::ErrorHandlers` in [`crate::start`].
+pub fn method_not_allowed<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, res) = res.into_parts();
+    let mut out = HttpResponse::MethodNotAllowed();
+    if let Some(allow) = res.headers().get(actix_web::http::header::ALLOW) {
+        out.insert_header((actix_web::http::header::ALLOW, allow.clone()));
+    }
+    let out = out.json(serde_json::json!({"error": {
+        "code": "method_not_allowed",
+        "message": format!("{} is not allowed on {}", req.method(), req.path()),
+    }}));
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, out).map_into_right_body(),
+    ))
 }
 
 /// Reads a JSON body up to `limit` bytes, refusing other content types.
@@ -155,10 +184,11 @@ mod tests {
     #[test]
     fn ids_follow_the_documented_alphabet() {
         assert!(validate_id("user_id", "a.b:c@d-e_f9").is_ok());
+        assert!(validate_id("user_id", "...").is_ok());
         assert!(validate_id("user_id", "").is_err());
         assert!(validate_id("user_id", &"x".repeat(129)).is_err());
         assert!(validate_id("user_id", &"x".repeat(128)).is_ok());
-        for bad in ["a/b", "a b", "..%2f", "é", "a\u{0}", "a\nb"] {
+        for bad in ["a/b", "a b", "..%2f", "é", "a\u{0}", "a\nb", ".", ".."] {
             assert!(validate_id("user_id", bad).is_err(), "{bad:?}");
         }
     }

@@ -2,5 +2,8 @@
 
 mod bad_input;
 mod common;
+mod corpus;
 mod experiments;
+mod ops;
+mod predictions;
 mod routes;

@@ -1,0 +1,671 @@
+//! Predictive analytics on the server side: the live success and churn models, the features
+//! they are served with, forecasts, online accuracy, drift, and the wiring of the `Trainer`
+//! and `ChurnScheduler` actors to the store and the engine.
+//!
+//! - [`registry`]: the live version of each model (swapped atomically on promotion, restored
+//!   from the store on start) and the metadata every stored version carries.
+//! - [`training`] / [`scoring`]: the jobs the two actors run (`momentum_actors::trainer`,
+//!   `momentum_actors::churn` own the schedules).
+//! - [`online`], [`drift`]: what the served predictions are compared with.
+//! - This module: [`Analytics`], the handle in `AppState` the HTTP routes call.
+//!
+//! Serving rules: features are computed from the user's activity log in their shard as of
+//! now, with the default feature windows and no signup time (as in training); a prediction
+//! before any model was trained is `503 model_not_ready`. Model evaluation is a few hundred
+//! nanoseconds, so it runs on the HTTP worker; training and batch scoring never do.
+
+pub mod config;
+pub mod drift;
+pub mod metrics;
+pub mod offline;
+pub mod online;
+pub mod registry;
+pub mod scoring;
+pub mod training;
+pub mod webhook;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use momentum_actors::churn::{ChurnScheduler, GetChurnStatus, ScoreUsers, ScoringReport, Tier};
+use momentum_actors::engine::NewEvent;
+use momentum_actors::trainer::{
+    Clock, GetTrainerStatus, JobError, ModelKind, RunStatus, Schedule, SystemClock, TrainError,
+    TrainModels, Trainer, TrainingReport, Trigger,
+};
+use momentum_actors::{ActorError, Engine};
+use momentum_models::events::EventKind;
+use momentum_models::features::{
+    goal_states, recommended_actions, risk_factors, Activity, FeatureParams, Features, GoalStatus,
+    DAY_MS, FEATURE_COUNT,
+};
+use momentum_models::predict::classifier::Classifier;
+use momentum_models::predict::smoothing;
+
+use crate::error::Error;
+use crate::store::Store;
+use crate::AppState;
+pub use config::AnalyticsConfig;
+use metrics::AnalyticsMetrics;
+use registry::{LiveModel, Registry};
+use scoring::ActivitySource;
+
+/// What the jobs and the routes share.
+pub struct Shared {
+    pub config: AnalyticsConfig,
+    pub store: Arc<Store>,
+    pub registry: Registry,
+    pub metrics: AnalyticsMetrics,
+    pub online: online::OnlineAccuracy,
+    pub drift: drift::DriftMonitor,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    /// Puts a version in service and publishes its gauges (and, for churn, its drift
+    /// reference).
+    pub fn install(&self, model: Arc<LiveModel>) {
+        let name = model.kind.name();
+        let m = &self.metrics;
+        m.model_accuracy
+            .with_label_values(&[name])
+            .set(model.accuracy);
+        m.model_f1.with_label_values(&[name]).set(model.f1);
+        m.model_version
+            .with_label_values(&[name])
+            .set(i64::try_from(model.version).unwrap_or(i64::MAX));
+        if model.kind == ModelKind::Churn {
+            self.drift.set_reference(model.reference.clone());
+        }
+        self.registry.set(model);
+    }
+}
+
+/// The analytics handle kept in `AppState`.
+pub struct Analytics {
+    shared: Arc<Shared>,
+    /// Newest stored version's creation time (schedules the first training run).
+    last_trained_ms: Option<i64>,
+    trainer: OnceLock<Addr<Trainer>>,
+    churn: OnceLock<Addr<ChurnScheduler>>,
+}
+
+/// A user's features now.
+#[derive(Debug, Clone)]
+pub struct UserFeatures {
+    pub as_of_ms: i64,
+    pub features: Features,
+    pub log: Vec<Activity>,
+}
+
+/// An action or risk factor as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Advice {
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+/// A success prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuccessPrediction {
+    pub probability: f64,
+    /// `|2p − 1|`: how far the model is from a coin flip.
+    pub confidence: f64,
+    /// The model's decision threshold (F1-maximising on its training data).
+    pub threshold: f64,
+    pub model_version: u64,
+    pub recommended_actions: Vec<Advice>,
+}
+
+/// A churn prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnPrediction {
+    pub probability: f64,
+    /// `clamp(1 − 2·std)` of the trees' probabilities.
+    pub confidence: f64,
+    pub tier: Tier,
+    pub risk_factors: Vec<Advice>,
+    pub interventions: Vec<&'static str>,
+    pub model_version: u64,
+}
+
+/// An activity forecast.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivityForecast {
+    /// `holt`, `holt_winters`.
+    pub method: &'static str,
+    /// Complete days of history the model was fitted on.
+    pub history_days: usize,
+    pub forecast: Vec<ForecastPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForecastPoint {
+    pub date: String,
+    /// Expected activity events that day.
+    pub value: f64,
+}
+
+/// Days of history a forecast is fitted on (eight weeks: enough for a weekly season).
+const FORECAST_HISTORY_DAYS: i64 = 56;
+
+/// `YYYY-MM-DD` (UTC) of a unix-millisecond time.
+pub fn day_string(ms: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Churn probability and confidence: a forest's mean and agreement; for a logistic model,
+/// `p` and `|2p − 1|`.
+pub fn churn_probability(model: &LiveModel, x: &[f64; FEATURE_COUNT]) -> (f64, f64) {
+    match &model.classifier {
+        Classifier::Forest(f) => {
+            let p = f.predict(x);
+            (p.probability, p.confidence)
+        }
+        Classifier::Logistic(l) => {
+            let p = l.predict_proba(x);
+            (p, (2.0 * p - 1.0).abs())
+        }
+    }
+}
+
+fn advice(list: Vec<momentum_models::features::Advice>) -> Vec<Advice> {
+    list.into_iter()
+        .map(|a| Advice {
+            code: a.code,
+            message: a.message,
+        })
+        .collect()
+}
+
+/// Daily activity counts (impressions excluded) of the complete days before `now_ms`, from
+/// the first active day (at most [`FORECAST_HISTORY_DAYS`] back), and the forecast of the next
+/// `days` days starting today. A user whose only activity is today gets today's count so far
+/// as a one-point series.
+pub fn forecast_activity(
+    log: &[Activity],
+    now_ms: i64,
+    days: usize,
+) -> Result<ActivityForecast, Error> {
+    let today = now_ms.div_euclid(DAY_MS);
+    let first_day = log
+        .iter()
+        .filter(|a| a.kind != EventKind::Impression && a.ts_ms <= now_ms)
+        .map(|a| a.ts_ms.div_euclid(DAY_MS))
+        .min()
+        .unwrap_or(today)
+        .max(today - FORECAST_HISTORY_DAYS);
+    let len = usize::try_from(today - first_day + 1).unwrap_or(1);
+    let mut counts = vec![0.0; len];
+    for a in log {
+        let day = a.ts_ms.div_euclid(DAY_MS);
+        if a.kind != EventKind::Impression && a.ts_ms <= now_ms && day >= first_day {
+            counts[(day - first_day) as usize] += 1.0;
+        }
+    }
+    // Drop today (incomplete) unless it is all there is.
+    if counts.len() > 1 {
+        counts.pop();
+    }
+    let fc = smoothing::forecast(&counts, days).map_err(|e| Error::Internal {
+        message: format!("forecast: {e}"),
+    })?;
+    let method = match fc.method {
+        smoothing::SmoothingMethod::Holt { .. } => "holt",
+        smoothing::SmoothingMethod::HoltWinters { .. } => "holt_winters",
+    };
+    Ok(ActivityForecast {
+        method,
+        history_days: counts.len(),
+        forecast: fc
+            .values
+            .iter()
+            .enumerate()
+            .map(|(h, &value)| ForecastPoint {
+                date: day_string((today + h as i64) * DAY_MS),
+                value,
+            })
+            .collect(),
+    })
+}
+
+impl Analytics {
+    /// Builds the handle and restores the live versions from the store.
+    pub async fn new(
+        config: AnalyticsConfig,
+        store: Arc<Store>,
+        registry: &prometheus::Registry,
+    ) -> Result<Analytics, Error> {
+        Self::with_clock(config, store, registry, Arc::new(SystemClock)).await
+    }
+
+    /// [`Analytics::new`] with another clock (tests).
+    pub async fn with_clock(
+        config: AnalyticsConfig,
+        store: Arc<Store>,
+        registry: &prometheus::Registry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Analytics, Error> {
+        config
+            .validate()
+            .map_err(|message| Error::Config { message })?;
+        let metrics = AnalyticsMetrics::new(registry).map_err(|e| Error::Internal {
+            message: e.to_string(),
+        })?;
+        let horizon_ms = i64::from(config.trainer.pipeline().dataset.success_horizon_days) * DAY_MS;
+        let shared = Arc::new(Shared {
+            online: online::OnlineAccuracy::new(
+                config.models.online_capacity,
+                config.models.online_window,
+                horizon_ms,
+            ),
+            drift: drift::DriftMonitor::new(config.models.drift_min_samples),
+            config,
+            store,
+            registry: Registry::default(),
+            metrics,
+            clock,
+        });
+        let store_err = |e: crate::store::StoreError| Error::Internal {
+            message: format!("reading models: {e}"),
+        };
+        let mut last_trained_ms = None;
+        for kind in ModelKind::ALL {
+            let versions = shared
+                .store
+                .model_versions(Some(kind.name()))
+                .await
+                .map_err(store_err)?;
+            last_trained_ms = last_trained_ms.max(versions.last().map(|v| v.created_ms));
+            if let Some((row, bytes)) = shared
+                .store
+                .live_model_version(kind.name())
+                .await
+                .map_err(store_err)?
+            {
+                match LiveModel::from_stored(&row, &bytes) {
+                    Ok(model) => {
+                        tracing::info!(
+                            model = kind.name(),
+                            version = model.version,
+                            "live model restored"
+                        );
+                        shared.install(Arc::new(model));
+                    }
+                    Err(error) => tracing::error!(%error, "stored live model is unreadable"),
+                }
+            }
+        }
+        Ok(Analytics {
+            shared,
+            last_trained_ms,
+            trainer: OnceLock::new(),
+            churn: OnceLock::new(),
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts the `Trainer` and the `ChurnScheduler` on the current arbiter. The churn job reads
+    /// activity through `source`. Called once; later calls do nothing.
+    pub fn start_actors(&self, source: Arc<dyn ActivitySource>) {
+        let shared = &self.shared;
+        let now = shared.clock.now_ms();
+        let t = &shared.config.trainer;
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+        // A restart never trains at once: restoring state comes first.
+        let first_training = match self.last_trained_ms {
+            Some(last) => Some(last.saturating_add(secs(t.interval_secs)).max(now + 60_000)),
+            None if t.bootstrap_delay_secs > 0 => Some(now + secs(t.bootstrap_delay_secs)),
+            None => Some(now.saturating_add(secs(t.interval_secs))),
+        };
+        let check = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let trainer = Trainer::new(
+            Arc::new(training::StoreTrainingJob {
+                shared: shared.clone(),
+            }),
+            shared.clock.clone(),
+            Schedule::new(t.interval(), first_training),
+            check(t.check_every_secs),
+        );
+        let c = &shared.config.churn;
+        let churn = ChurnScheduler::new(
+            Arc::new(scoring::StoreScoringJob {
+                shared: shared.clone(),
+                source,
+            }),
+            shared.clock.clone(),
+            Schedule::new(c.interval(), Some(now + secs(c.first_run_delay_secs))),
+            check(c.check_every_secs),
+        );
+        if self.trainer.get().is_none() {
+            let _ = self.trainer.set(trainer.start());
+        }
+        if self.churn.get().is_none() {
+            let _ = self.churn.set(churn.start());
+        }
+    }
+
+    /// The user's features now.
+    pub async fn user_features(
+        &self,
+        engine: &Engine,
+        user_id: &str,
+    ) -> Result<UserFeatures, ActorError> {
+        let log = engine.activity(user_id).await?;
+        let as_of_ms = self.shared.clock.now_ms();
+        let features = Features::compute(&log, as_of_ms, None, &FeatureParams::default());
+        Ok(UserFeatures {
+            as_of_ms,
+            features,
+            log,
+        })
+    }
+
+    fn live(&self, kind: ModelKind) -> Result<Arc<LiveModel>, Error> {
+        self.shared
+            .registry
+            .get(kind)
+            .ok_or(Error::ModelNotReady { model: kind.name() })
+    }
+
+    /// The live model's input schema (for device requests).
+    pub fn feature_names(&self, kind: ModelKind) -> Result<Vec<String>, Error> {
+        Ok(self.live(kind)?.feature_names.clone())
+    }
+
+    /// `503 model_not_ready` unless the model has a live version.
+    pub fn require(&self, kind: ModelKind) -> Result<(), Error> {
+        self.live(kind).map(|_| ())
+    }
+
+    /// Success probability for features already computed; `pair` (dense user and goal ids)
+    /// is remembered for online accuracy. `started` is when the feature computation began
+    /// (for the inference histogram).
+    pub fn predict_success(
+        &self,
+        features: &Features,
+        pair: Option<(u32, u32)>,
+        started: Instant,
+    ) -> Result<SuccessPrediction, Error> {
+        let model = self.live(ModelKind::Success)?;
+        let x = features.to_array();
+        let probability = model.classifier.predict_proba(&x);
+        let s = &self.shared;
+        s.metrics
+            .inference_duration
+            .with_label_values(&["success"])
+            .observe(started.elapsed().as_secs_f64());
+        let now = s.clock.now_ms();
+        s.drift.record(&x, now, &s.metrics);
+        if let Some((user, goal)) = pair {
+            let predicted = probability >= model.threshold;
+            if let Some(score) = s.online.record_prediction(user, goal, predicted, now) {
+                self.publish_online(score);
+            }
+        }
+        Ok(SuccessPrediction {
+            probability,
+            confidence: (2.0 * probability - 1.0).abs(),
+            threshold: model.threshold,
+            model_version: model.version,
+            recommended_actions: advice(recommended_actions(features, 3)),
+        })
+    }
+
+    /// Churn probability, confidence, tier, risk factors and the tier's interventions.
+    pub fn predict_churn(
+        &self,
+        features: &Features,
+        started: Instant,
+    ) -> Result<ChurnPrediction, Error> {
+        let model = self.live(ModelKind::Churn)?;
+        let x = features.to_array();
+        let (probability, confidence) = churn_probability(&model, &x);
+        let s = &self.shared;
+        s.metrics
+            .inference_duration
+            .with_label_values(&["churn"])
+            .observe(started.elapsed().as_secs_f64());
+        s.drift.record(&x, s.clock.now_ms(), &s.metrics);
+        let tier = s.config.churn.tiers().tier(probability);
+        Ok(ChurnPrediction {
+            probability,
+            confidence,
+            tier,
+            risk_factors: advice(risk_factors(features)),
+            interventions: tier.interventions().iter().map(|c| c.as_str()).collect(),
+            model_version: model.version,
+        })
+    }
+
+    /// The status of a goal in a user's log (`None`: the user never acted on it).
+    pub fn goal_status(log: &[Activity], goal: u32, now_ms: i64) -> Option<GoalStatus> {
+        goal_states(log, now_ms, &FeatureParams::default())
+            .into_iter()
+            .find(|g| g.goal == goal)
+            .map(|g| g.status)
+    }
+
+    /// Compares goal outcomes in an ingested batch with the success predictions served for
+    /// them (online accuracy). Called by `POST /v1/events` with the validated events.
+    pub fn observe_events(&self, engine: &Engine, events: &[NewEvent]) {
+        let s = &self.shared;
+        if s.online.is_empty() {
+            return;
+        }
+        let now = s.clock.now_ms();
+        let index = engine.index();
+        for e in events {
+            let completed = match e.kind {
+                EventKind::Complete => true,
+                EventKind::Abandon => false,
+                _ => continue,
+            };
+            let (Some(user), Some(goal)) = (
+                index.users.get(&e.user_id),
+                e.item_id.as_deref().and_then(|i| index.items.get(i)),
+            ) else {
+                continue;
+            };
+            if let Some(score) = s
+                .online
+                .observe_outcome(user, goal, completed, e.ts_ms, now)
+            {
+                self.publish_online(score);
+            }
+        }
+    }
+
+    fn publish_online(&self, score: online::OnlineScore) {
+        let m = &self.shared.metrics;
+        m.online_accuracy
+            .with_label_values(&["success"])
+            .set(score.accuracy);
+        m.online_f1.with_label_values(&["success"]).set(score.f1);
+        m.online_outcomes
+            .with_label_values(&["success"])
+            .set(score.outcomes as f64);
+    }
+
+    /// Starts a training run; with `wait`, returns its report.
+    pub async fn train(
+        &self,
+        wait: bool,
+        retry_after: u64,
+    ) -> Result<Option<TrainingReport>, Error> {
+        let addr = self.trainer.get().ok_or(Error::ShuttingDown)?;
+        let (started, started_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        addr.try_send(TrainModels {
+            trigger: Trigger::Request,
+            started,
+            done: wait.then_some(done),
+        })
+        .map_err(|_| Error::Overloaded {
+            actor: "trainer",
+            retry_after,
+        })?;
+        started_rx
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+            .map_err(run_error)?;
+        if !wait {
+            return Ok(None);
+        }
+        let report = done_rx
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+            .map_err(run_error)?;
+        Ok(Some(report))
+    }
+
+    /// Starts a churn scoring run; with `wait`, returns its report.
+    pub async fn score_churn(
+        &self,
+        wait: bool,
+        retry_after: u64,
+    ) -> Result<Option<ScoringReport>, Error> {
+        let addr = self.churn.get().ok_or(Error::ShuttingDown)?;
+        let (started, started_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        addr.try_send(ScoreUsers {
+            trigger: Trigger::Request,
+            started,
+            done: wait.then_some(done),
+        })
+        .map_err(|_| Error::Overloaded {
+            actor: "churn_scheduler",
+            retry_after,
+        })?;
+        started_rx
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+            .map_err(run_error)?;
+        if !wait {
+            return Ok(None);
+        }
+        let report = done_rx
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+            .map_err(run_error)?;
+        Ok(Some(report))
+    }
+
+    /// The trainer's and the churn scheduler's schedules.
+    pub async fn statuses(&self) -> (Option<RunStatus>, Option<RunStatus>) {
+        let trainer = match self.trainer.get() {
+            Some(addr) => {
+                let (reply, rx) = oneshot::channel();
+                match addr.try_send(GetTrainerStatus { reply }) {
+                    Ok(()) => rx.await.ok(),
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        let churn = match self.churn.get() {
+            Some(addr) => {
+                let (reply, rx) = oneshot::channel();
+                match addr.try_send(GetChurnStatus { reply }) {
+                    Ok(()) => rx.await.ok(),
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        (trainer, churn)
+    }
+}
+
+fn run_error(e: TrainError) -> Error {
+    match e {
+        TrainError::AlreadyRunning => Error::Conflict {
+            message: "a run is already in progress".into(),
+        },
+        TrainError::Failed(JobError::Unavailable(message)) => Error::Conflict { message },
+        TrainError::Failed(JobError::Internal(message)) => Error::Internal { message },
+    }
+}
+
+/// The engine as the churn job's [`ActivitySource`]. Holds the state weakly: the state owns
+/// the analytics handle that owns the job.
+pub struct EngineSource(pub Weak<AppState>);
+
+impl ActivitySource for EngineSource {
+    fn user_slots(&self) -> u32 {
+        self.0.upgrade().map_or(0, |s| {
+            u32::try_from(s.engine.index().users.slots()).unwrap_or(u32::MAX)
+        })
+    }
+
+    fn user_name(&self, id: u32) -> Option<Arc<str>> {
+        self.0.upgrade()?.engine.index().users.name(id)
+    }
+
+    fn has_room(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| s.engine.has_room())
+    }
+
+    fn activity(
+        &self,
+        user: Arc<str>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Activity>, ActorError>>>> {
+        let state = self.0.upgrade();
+        Box::pin(async move {
+            match state {
+                Some(s) => s.engine.activity(&user).await,
+                None => Err(ActorError::Stopped {
+                    actor: "user_shard",
+                }),
+            }
+        })
+    }
+}
+
+/// Starts the analytics actors of a started server (one call in `crate::start`).
+pub fn start(state: &Arc<AppState>) {
+    state
+        .analytics
+        .start_actors(Arc::new(EngineSource(Arc::downgrade(state))));
+}
+
+/// TEMPORARY (until the server's store is in `AppState`): a private embedded store in a fresh
+/// temporary directory.
+pub async fn temporary_store() -> Result<Store, Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "momentum-analytics-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    Store::open(&crate::store::StoreConfig {
+        path,
+        cache_mb: 16,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::Internal {
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

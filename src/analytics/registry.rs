@@ -1,0 +1,145 @@
+//! The live versions of the success and churn models, held in memory for serving, and the
+//! metadata every stored version carries.
+//!
+//! Readers take an `Arc` of the live version (a pointer copy under a read lock), so a
+//! promotion swaps the model between two requests and never under one. The store is the
+//! source of truth: a version is stored before it is swapped in, and on start-up the registry
+//! is filled with the live versions found in the store.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use momentum_actors::trainer::{ModelKind, PromotionDecision, TrainingWindow};
+use momentum_models::dataset::DatasetParams;
+use momentum_models::features::{FeatureParams, FEATURE_NAMES};
+use momentum_models::predict::classifier::{Classifier, ClassifierParams};
+use momentum_models::predict::metrics::ClassificationReport;
+
+use super::drift::Reference;
+use crate::store::analytics::ModelVersionRow;
+
+/// Rows behind a version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RowCounts {
+    pub train: usize,
+    pub train_positives: usize,
+    pub holdout: usize,
+    pub holdout_positives: usize,
+}
+
+/// Everything stored with a version besides the model bytes (`models.metadata`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionMetadata {
+    /// `success` or `churn`.
+    pub model: ModelKind,
+    /// `logistic_regression` or `random_forest`.
+    pub algorithm: String,
+    /// Whether this version went live when it was trained.
+    pub promoted: bool,
+    pub decision: PromotionDecision,
+    /// Hyper-parameters.
+    pub params: ClassifierParams,
+    /// Input schema, in order: what `POST /v1/predictions/*` must send.
+    pub feature_names: Vec<String>,
+    pub feature_params: FeatureParams,
+    pub dataset_params: DatasetParams,
+    pub training_window: TrainingWindow,
+    pub rows: RowCounts,
+    /// Decision threshold (F1-maximising on the training rows).
+    pub threshold: f64,
+    /// Held-out evaluation of this version.
+    pub metrics: ClassificationReport,
+    /// The live version of the time, on the same held-out rows.
+    pub live_metrics: Option<ClassificationReport>,
+    pub fit_seconds: f64,
+    /// Training-window distribution of the features, for drift.
+    pub drift_reference: Option<Reference>,
+}
+
+/// A version in service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveModel {
+    pub kind: ModelKind,
+    pub version: u64,
+    pub created_ms: i64,
+    pub classifier: Classifier,
+    pub threshold: f64,
+    pub feature_names: Vec<String>,
+    /// Held-out accuracy and F1 at `threshold`, and ROC AUC.
+    pub accuracy: f64,
+    pub f1: f64,
+    pub auc: Option<f64>,
+    pub reference: Option<Arc<Reference>>,
+}
+
+impl LiveModel {
+    /// Rebuilds a live model from a stored version.
+    pub fn from_stored(row: &ModelVersionRow, bytes: &[u8]) -> Result<LiveModel, String> {
+        let meta: VersionMetadata = serde_json::from_value(row.metadata.clone())
+            .map_err(|e| format!("metadata of {} v{}: {e}", row.name, row.version))?;
+        let classifier: Classifier = serde_json::from_slice(bytes)
+            .map_err(|e| format!("model bytes of {} v{}: {e}", row.name, row.version))?;
+        if let Classifier::Forest(f) = &classifier {
+            f.validate().map_err(|e| e.to_string())?;
+        }
+        Ok(Self::new(meta, row.version, row.created_ms, classifier))
+    }
+
+    pub fn new(
+        meta: VersionMetadata,
+        version: u64,
+        created_ms: i64,
+        classifier: Classifier,
+    ) -> Self {
+        let at = meta.metrics.at_chosen.unwrap_or(meta.metrics.at_default);
+        LiveModel {
+            kind: meta.model,
+            version,
+            created_ms,
+            classifier,
+            threshold: meta.threshold,
+            feature_names: meta.feature_names,
+            accuracy: at.accuracy,
+            f1: at.f1,
+            auc: meta.metrics.auc,
+            reference: meta.drift_reference.map(Arc::new),
+        }
+    }
+
+    /// Whether the model takes the server's current features in order.
+    pub fn takes_current_features(&self) -> bool {
+        self.feature_names
+            .iter()
+            .map(String::as_str)
+            .eq(FEATURE_NAMES)
+    }
+}
+
+/// The live version of each model.
+#[derive(Debug, Default)]
+pub struct Registry {
+    success: RwLock<Option<Arc<LiveModel>>>,
+    churn: RwLock<Option<Arc<LiveModel>>>,
+}
+
+impl Registry {
+    fn slot(&self, kind: ModelKind) -> &RwLock<Option<Arc<LiveModel>>> {
+        match kind {
+            ModelKind::Success => &self.success,
+            ModelKind::Churn => &self.churn,
+        }
+    }
+
+    /// The live version, if any.
+    pub fn get(&self, kind: ModelKind) -> Option<Arc<LiveModel>> {
+        self.slot(kind).read().clone()
+    }
+
+    /// Puts a version in service.
+    pub fn set(&self, model: Arc<LiveModel>) {
+        let kind = model.kind;
+        *self.slot(kind).write() = Some(model);
+    }
+}

@@ -1,0 +1,623 @@
+//! The PostgreSQL back-end: `tokio-postgres` through a `deadpool` pool, the schema versioned
+//! by `refinery` (the SQL files of `migrations/`, embedded in the binary and applied on open
+//! under an advisory lock, so two servers starting together migrate once).
+//!
+//! Appends run one at a time (an async mutex here, and the `log_state` row lock across
+//! processes): each takes the next range of sequence numbers from `log_state` and writes the
+//! batch with binary `COPY` in the same transaction, so sequence order is commit order.
+//! The store is as durable as the server makes a commit (`synchronous_commit`).
+//!
+//! Connections use no TLS; the URL may not demand it (`sslmode=require`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use futures_util::TryStreamExt;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+
+use super::group::GroupCommit;
+use super::{
+    now_ms, ErasureReport, NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig,
+    StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Column types of the binary `COPY` into `events`, in [`COPY_EVENTS`] order.
+const EVENT_TYPES: [Type; 8] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT4,
+    Type::INT8,
+    Type::TEXT,
+];
+const COPY_EVENTS: &str = "COPY events (seq, event_id, user_id, item_id, kind, value, ts_ms, \
+                           recommendation_id) FROM STDIN (FORMAT binary)";
+const SELECT_EVENTS_AFTER: &str = "SELECT seq, event_id, user_id, item_id, kind, value, ts_ms, \
+                                   recommendation_id FROM events WHERE seq > $1 ORDER BY seq \
+                                   LIMIT $2";
+const SELECT_LOG: &str = "SELECT seq, event_id, user_id, item_id, kind, value, ts_ms, \
+                          recommendation_id FROM events WHERE seq > $1 ORDER BY seq";
+const PART_TYPES: [Type; 4] = [Type::INT8, Type::TEXT, Type::TEXT, Type::BYTEA];
+const COPY_PARTS: &str =
+    "COPY snapshot_parts (snapshot_id, key, user_id, bytes) FROM STDIN (FORMAT binary)";
+
+/// The PostgreSQL store; clones share the pool and the append lock.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pub(super) pool: Pool,
+    /// Serialises appends in this process (and groups concurrent ones) so they do not queue
+    /// on the `log_state` row lock holding pooled connections.
+    group: Arc<GroupCommit>,
+}
+
+/// Maps a driver error to a message with its cause (never the URL); unique violations are
+/// conflicts.
+pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let mut message = format!("{}: {}", db.severity(), db.message());
+        if let Some(detail) = db.detail() {
+            message.push_str(" (");
+            message.push_str(detail);
+            message.push(')');
+        }
+        if *db.code() == SqlState::UNIQUE_VIOLATION {
+            return StoreError::Conflict { message };
+        }
+        return StoreError::Db { message };
+    }
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StoreError::Db { message }
+}
+
+pub(super) fn pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => pg_err(e),
+        other => StoreError::Db {
+            message: format!("connection pool: {other}"),
+        },
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Db {
+        message: format!("{what} {v} exceeds PostgreSQL BIGINT"),
+    })
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        message: format!("negative {what} {v}"),
+    })
+}
+
+/// Schema names go into SQL and a connection option unquoted: keep them plain.
+fn validate_schema(schema: &str) -> Result<()> {
+    let mut chars = schema.chars();
+    let ok = schema.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Config {
+            message: format!(
+                "store.schema {schema:?} must be 1-63 characters of [a-z0-9_], not starting \
+                 with a digit"
+            ),
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Builds the pool, creates the schema if one is configured and applies pending
+    /// migrations. Fails if the server cannot be reached.
+    pub(crate) async fn open(cfg: &StoreConfig) -> Result<Self> {
+        let url = cfg.resolved_url()?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|_| StoreError::Config {
+            message: "store.url / DATABASE_URL is not a valid PostgreSQL connection string".into(),
+        })?;
+        if pg.get_application_name().is_none() {
+            pg.application_name("momentum");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(cfg.connect_timeout_secs));
+        }
+        if let Some(schema) = &cfg.schema {
+            validate_schema(schema)?;
+            let options = match pg.get_options() {
+                Some(existing) => format!("{existing} -c search_path={schema}"),
+                None => format!("-c search_path={schema}"),
+            };
+            pg.options(options);
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let timeout = Duration::from_secs(cfg.connect_timeout_secs.max(1));
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(timeout))
+            .wait_timeout(Some(timeout * 6))
+            .build()
+            .map_err(|e| StoreError::Config {
+                message: format!("connection pool: {e}"),
+            })?;
+        let store = PostgresStore {
+            pool,
+            group: Arc::new(GroupCommit::default()),
+        };
+        store.migrate(cfg.schema.as_deref()).await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, schema: Option<&str>) -> Result<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        // One migrator per schema at a time, across processes: two servers starting
+        // together must not both create the tables.
+        const LOCK: &str = "SELECT pg_advisory_lock(hashtext('momentum.migrations:' || \
+                            coalesce($1::text, current_schema())))";
+        const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('momentum.migrations:' || \
+                              coalesce($1::text, current_schema())))";
+        client.execute(LOCK, &[&schema]).await.map_err(pg_err)?;
+        let migrated = async {
+            if let Some(schema) = schema {
+                client
+                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    .await
+                    .map_err(pg_err)?;
+            }
+            embedded::migrations::runner()
+                .run_async(&mut **client)
+                .await
+                .map_err(|e| StoreError::Migration {
+                    message: e.to_string(),
+                })
+        }
+        .await;
+        let unlocked = client.execute(UNLOCK, &[&schema]).await.map_err(pg_err);
+        let report = migrated?;
+        unlocked?;
+        for m in report.applied_migrations() {
+            tracing::info!(version = m.version(), name = m.name(), "applied migration");
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange> {
+        if batch.is_empty() {
+            let last = self.last_seq().await?;
+            return Ok(SeqRange {
+                first: last + 1,
+                last,
+            });
+        }
+        let pool = self.pool.clone();
+        self.group
+            .append(batch, move |batches| async move {
+                append_group(&pool, &batches).await
+            })
+            .await
+    }
+
+    /// Streams the log into `pages` from one query (a consistent view).
+    pub(crate) fn spawn_log_reader(&self, after_seq: u64, page_size: usize, pages: PageSender) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read_log(&pool, after_seq, page_size, &pages).await {
+                let _ = pages.send(Err(e)).await;
+            }
+        });
+    }
+
+    pub(crate) async fn events_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let stmt = client
+            .prepare_cached(SELECT_EVENTS_AFTER)
+            .await
+            .map_err(pg_err)?;
+        let rows = client
+            .query(&stmt, &[&after, &limit])
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub(crate) async fn last_seq(&self) -> Result<u64> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one("SELECT last_seq FROM log_state", &[])
+            .await
+            .map_err(pg_err)?;
+        to_u64(row.try_get(0).map_err(pg_err)?, "last_seq")
+    }
+
+    pub(crate) async fn put_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        parts: &[SnapshotPart],
+    ) -> Result<()> {
+        let id = to_i64(meta.id, "snapshot id")?;
+        let covers = to_i64(meta.covers_seq, "covers_seq")?;
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO snapshots (id, covers_seq, created_ms) VALUES ($1, $2, $3)",
+            &[&id, &covers, &meta.created_ms],
+        )
+        .await
+        .map_err(pg_err)?;
+        let sink = tx.copy_in(COPY_PARTS).await.map_err(pg_err)?;
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &PART_TYPES));
+        for part in parts {
+            writer
+                .as_mut()
+                .write(&[&id, &part.key, &part.user_id, &part.bytes])
+                .await
+                .map_err(pg_err)?;
+        }
+        writer.as_mut().finish().await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    pub(crate) async fn latest_snapshot(
+        &self,
+    ) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>)>> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        // One consistent view: a concurrent prune cannot remove the parts between the reads.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT id, covers_seq, created_ms FROM snapshots ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get(0).map_err(pg_err)?;
+        let meta = SnapshotMeta {
+            id: to_u64(id, "snapshot id")?,
+            covers_seq: to_u64(row.try_get(1).map_err(pg_err)?, "covers_seq")?,
+            created_ms: row.try_get(2).map_err(pg_err)?,
+        };
+        let rows = tx
+            .query(
+                "SELECT key, user_id, bytes FROM snapshot_parts WHERE snapshot_id = $1 \
+                 ORDER BY key COLLATE \"C\"",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?;
+        let parts = rows
+            .iter()
+            .map(|r| {
+                Ok(SnapshotPart {
+                    key: r.try_get(0).map_err(pg_err)?,
+                    user_id: r.try_get(1).map_err(pg_err)?,
+                    bytes: r.try_get(2).map_err(pg_err)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Some((meta, parts)))
+    }
+
+    pub(crate) async fn prune_snapshots(&self, keep: usize) -> Result<usize> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let removed = client
+            .execute(
+                "DELETE FROM snapshots WHERE id IN \
+                 (SELECT id FROM snapshots ORDER BY id DESC OFFSET $1)",
+                &[&keep],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    }
+
+    pub(crate) async fn prune_events(
+        &self,
+        older_than_ts_ms: i64,
+        covered_seq: u64,
+    ) -> Result<u64> {
+        let covered = i64::try_from(covered_seq).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "DELETE FROM events WHERE ts_ms < $1 AND seq <= $2",
+                &[&older_than_ts_ms, &covered],
+            )
+            .await
+            .map_err(pg_err)
+    }
+
+    pub(crate) async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let mut removed = UserFootprint::default();
+        for (table, slot) in [
+            ("events", &mut removed.events),
+            ("snapshot_parts", &mut removed.snapshot_parts),
+            ("users", &mut removed.users),
+            ("training_rows", &mut removed.training_rows),
+            ("interventions", &mut removed.interventions),
+            ("churn_scores", &mut removed.churn_scores),
+        ] {
+            *slot = tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE user_id = $1"),
+                    &[&user_id],
+                )
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(ErasureReport { removed })
+    }
+
+    pub(crate) async fn count_user_rows(&self, user_id: &str) -> Result<UserFootprint> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one(
+                "SELECT \
+                   (SELECT count(*) FROM events WHERE user_id = $1), \
+                   (SELECT count(*) FROM snapshot_parts WHERE user_id = $1), \
+                   (SELECT count(*) FROM users WHERE user_id = $1), \
+                   (SELECT count(*) FROM training_rows WHERE user_id = $1), \
+                   (SELECT count(*) FROM interventions WHERE user_id = $1), \
+                   (SELECT count(*) FROM churn_scores WHERE user_id = $1)",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg_err)?;
+        let n = |i: usize| -> Result<u64> { to_u64(row.try_get(i).map_err(pg_err)?, "count") };
+        Ok(UserFootprint {
+            events: n(0)?,
+            snapshot_parts: n(1)?,
+            users: n(2)?,
+            training_rows: n(3)?,
+            interventions: n(4)?,
+            churn_scores: n(5)?,
+        })
+    }
+
+    pub(crate) async fn put_user(&self, user_id: &str, profile: &serde_json::Value) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO users (user_id, profile, updated_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id) DO UPDATE \
+                 SET profile = EXCLUDED.profile, updated_ms = EXCLUDED.updated_ms",
+                &[&user_id, profile, &now_ms()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_users(&self) -> Result<Vec<StoredUser>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT user_id, profile, updated_ms FROM users ORDER BY user_id COLLATE \"C\"",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredUser {
+                    user_id: r.try_get(0).map_err(pg_err)?,
+                    profile: r.try_get(1).map_err(pg_err)?,
+                    updated_ms: r.try_get(2).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn put_item(&self, item_id: &str, meta: &serde_json::Value) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO items (item_id, meta, deleted, updated_ms) VALUES ($1, $2, FALSE, $3) \
+                 ON CONFLICT (item_id) DO UPDATE \
+                 SET meta = EXCLUDED.meta, deleted = FALSE, updated_ms = EXCLUDED.updated_ms",
+                &[&item_id, meta, &now_ms()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_item(&self, item_id: &str) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        client
+            .execute(
+                "INSERT INTO items (item_id, meta, deleted, updated_ms) \
+                 VALUES ($1, 'null'::jsonb, TRUE, $2) \
+                 ON CONFLICT (item_id) DO UPDATE \
+                 SET deleted = TRUE, updated_ms = EXCLUDED.updated_ms",
+                &[&item_id, &now_ms()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_items(&self) -> Result<Vec<StoredItem>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let rows = client
+            .query(
+                "SELECT item_id, meta, deleted, updated_ms FROM items \
+                 ORDER BY item_id COLLATE \"C\"",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredItem {
+                    item_id: r.try_get(0).map_err(pg_err)?,
+                    meta: r.try_get(1).map_err(pg_err)?,
+                    deleted: r.try_get(2).map_err(pg_err)?,
+                    updated_ms: r.try_get(3).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl PostgresStore {
+    /// Rows in the tables later issues fill, for the erasure test.
+    pub(super) async fn seed_later_tables(&self, user: &str) -> Result<()> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        for sql in [
+            "INSERT INTO training_rows (user_id, ts_ms, features) VALUES ($1, 0, '{1, 2}')",
+            "INSERT INTO training_rows (user_id, ts_ms, features) VALUES ($1, 1, '{3, 4}')",
+            "INSERT INTO interventions (user_id, day, tier, channel, payload, created_ms) \
+             VALUES ($1, '2026-01-01', 'high', 'push', '{}', 0)",
+            "INSERT INTO churn_scores (user_id, day, probability, tier) \
+             VALUES ($1, '2026-01-01', 0.5, 'high')",
+        ] {
+            client.execute(sql, &[&user]).await.map_err(pg_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the batches of one group in one transaction: takes the next range of sequence
+/// numbers from `log_state` (its row lock serialises writers across processes too), then
+/// binary `COPY`.
+async fn append_group(pool: &Pool, batches: &[Vec<NewEvent>]) -> Result<Vec<SeqRange>> {
+    let total: usize = batches.iter().map(Vec::len).sum();
+    let count = to_i64(total as u64, "batch size")?;
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let tx = client.transaction().await.map_err(pg_err)?;
+    let allocate = tx
+        .prepare_cached("UPDATE log_state SET last_seq = last_seq + $1 RETURNING last_seq")
+        .await
+        .map_err(pg_err)?;
+    let last: i64 = tx
+        .query_one(&allocate, &[&count])
+        .await
+        .map_err(pg_err)?
+        .try_get(0)
+        .map_err(pg_err)?;
+    let first = to_u64(last - count + 1, "seq")?;
+    let sink = tx.copy_in(COPY_EVENTS).await.map_err(pg_err)?;
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
+    let mut ranges = Vec::with_capacity(batches.len());
+    let mut seq = first;
+    for batch in batches {
+        let batch_first = seq;
+        for e in batch {
+            let pg_seq = to_i64(seq, "seq")?;
+            writer
+                .as_mut()
+                .write(&[
+                    &pg_seq,
+                    &e.event_id,
+                    &e.user_id,
+                    &e.item_id,
+                    &e.kind,
+                    &e.value,
+                    &e.ts_ms,
+                    &e.recommendation_id,
+                ])
+                .await
+                .map_err(pg_err)?;
+            seq += 1;
+        }
+        ranges.push(SeqRange {
+            first: batch_first,
+            last: seq - 1,
+        });
+    }
+    let written = writer.as_mut().finish().await.map_err(pg_err)?;
+    debug_assert_eq!(written, total as u64);
+    tx.commit().await.map_err(pg_err)?;
+    Ok(ranges)
+}
+
+async fn read_log(pool: &Pool, after_seq: u64, page_size: usize, pages: &PageSender) -> Result<()> {
+    let Ok(after) = i64::try_from(after_seq) else {
+        return Ok(());
+    };
+    let client = pool.get().await.map_err(pool_err)?;
+    let stmt = client.prepare_cached(SELECT_LOG).await.map_err(pg_err)?;
+    let rows = client.query_raw(&stmt, [after]).await.map_err(pg_err)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut page = Vec::with_capacity(page_size);
+    while let Some(row) = rows.try_next().await.map_err(pg_err)? {
+        page.push(event_from_row(&row)?);
+        if page.len() == page_size {
+            let full = std::mem::replace(&mut page, Vec::with_capacity(page_size));
+            if pages.send(Ok(full)).await.is_err() {
+                // The reader was dropped: stop the server instead of draining the rest.
+                let _ = client.cancel_token().cancel_query(NoTls).await;
+                return Ok(());
+            }
+        }
+    }
+    if !page.is_empty() {
+        let _ = pages.send(Ok(page)).await;
+    }
+    Ok(())
+}
+
+pub(super) fn event_from_row(r: &Row) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: to_u64(r.try_get(0).map_err(pg_err)?, "seq")?,
+        event: NewEvent {
+            event_id: r.try_get(1).map_err(pg_err)?,
+            user_id: r.try_get(2).map_err(pg_err)?,
+            item_id: r.try_get(3).map_err(pg_err)?,
+            kind: r.try_get(4).map_err(pg_err)?,
+            value: r.try_get(5).map_err(pg_err)?,
+            ts_ms: r.try_get(6).map_err(pg_err)?,
+            recommendation_id: r.try_get(7).map_err(pg_err)?,
+        },
+    })
+}
