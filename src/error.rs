@@ -51,6 +51,9 @@ pub enum Error {
     /// Shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Restoring state at start-up.
+    #[error("the server is restoring its state; retry shortly")]
+    NotReady,
     /// Invalid configuration (start-up only).
     #[error("configuration: {message}")]
     Config { message: String },
@@ -95,6 +98,7 @@ impl Error {
             Error::AdminDisabled => "admin_disabled",
             Error::CapacityReached { .. } => "capacity_reached",
             Error::ShuttingDown => "shutting_down",
+            Error::NotReady => "not_ready",
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::Internal { .. } => "internal",
@@ -121,7 +125,9 @@ impl ResponseError for Error {
             | Error::UnknownExperiment { .. }
             | Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::Overloaded { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded { .. } | Error::ShuttingDown | Error::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -144,7 +150,7 @@ impl ResponseError for Error {
             Error::Overloaded { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
             }
-            Error::ShuttingDown => {
+            Error::ShuttingDown | Error::NotReady => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));
             }
             _ => {}

@@ -205,6 +205,7 @@ async fn post_events(
     let now = now_ms();
     let mut rejected: Vec<Rejection> = Vec::new();
     let mut valid = Vec::with_capacity(raw.len());
+    let mut recommendation_ids = Vec::with_capacity(raw.len());
     let mut pending: Vec<Pending> = Vec::new();
     let mut with_event_id: Vec<usize> = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {
@@ -219,6 +220,7 @@ async fn post_events(
                 if event.event_id.is_some() {
                     with_event_id.push(index);
                 }
+                recommendation_ids.push(recommendation_id.clone());
                 if let Some(recommendation_id) = recommendation_id {
                     pending.push(Pending {
                         index,
@@ -241,10 +243,9 @@ async fn post_events(
         Default::default()
     } else {
         state
-            .engine
-            .record_events(valid)
-            .await
-            .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?
+            .journal
+            .record(&state.engine, valid, recommendation_ids)
+            .await?
     };
     if !pending.is_empty() {
         attribute(&state, &pending, &with_event_id, &report);
