@@ -39,8 +39,11 @@ use crate::error::Error;
 use crate::metrics::JournalMetrics;
 use crate::store::{self, Durability, SnapshotMeta, SnapshotPart, Store, StoreConfig};
 
-/// Events read per page when replaying the log.
+/// Events read per page when replaying the log (and written per append when flushing).
 const REPLAY_PAGE: usize = 10_000;
+
+/// `async` mode: how long a batch waits for room in a full window before `503`.
+const ASYNC_WAIT: Duration = Duration::from_secs(2);
 
 /// Snapshot settings (`[snapshot]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,6 +98,10 @@ pub struct Journal {
     unflushed: parking_lot::Mutex<VecDeque<store::NewEvent>>,
     /// One writer drains `unflushed` at a time (keeps the log in order).
     flush_lock: tokio::sync::Mutex<()>,
+    /// Wakes the background writer before its interval (the window is half full).
+    kick: tokio::sync::Notify,
+    /// Signalled whenever the writer made room in the window.
+    space: tokio::sync::Notify,
     last_snapshot_id: AtomicU64,
 }
 
@@ -135,6 +142,8 @@ impl Journal {
             snapshot_lock: tokio::sync::Mutex::new(()),
             unflushed: parking_lot::Mutex::new(VecDeque::new()),
             flush_lock: tokio::sync::Mutex::new(()),
+            kick: tokio::sync::Notify::new(),
+            space: tokio::sync::Notify::new(),
             last_snapshot_id: AtomicU64::new(0),
         })
     }
@@ -215,9 +224,19 @@ impl Journal {
                         .map_err(|e| Error::from_actor(e, self.retry_after))?
                 }
                 Durability::Async => {
-                    if self.unflushed.lock().len() + log.len() > self.config.flush_max_events {
-                        self.metrics.log_backpressure.inc();
-                        return Err(self.overloaded("event_log"));
+                    // A full window waits (bounded) for the writer before refusing.
+                    let deadline = Instant::now() + ASYNC_WAIT;
+                    loop {
+                        let room = self.space.notified();
+                        if self.unflushed.lock().len() + log.len() <= self.config.flush_max_events {
+                            break;
+                        }
+                        self.kick.notify_one();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() || tokio::time::timeout(left, room).await.is_err() {
+                            self.metrics.log_backpressure.inc();
+                            return Err(self.overloaded("event_log"));
+                        }
                     }
                     let pending = engine
                         .dispatch(keep)
@@ -226,6 +245,9 @@ impl Journal {
                     let mut queue = self.unflushed.lock();
                     queue.extend(log);
                     self.metrics.unflushed.set(queue.len() as i64);
+                    if 2 * queue.len() >= self.config.flush_max_events {
+                        self.kick.notify_one();
+                    }
                     pending
                 }
             }
@@ -256,10 +278,25 @@ impl Journal {
                 .await
                 .map_err(store_error)?;
             self.metrics.observe_append(started.elapsed(), batch.len());
-            let mut queue = self.unflushed.lock();
-            queue.drain(..batch.len());
-            self.metrics.unflushed.set(queue.len() as i64);
+            {
+                let mut queue = self.unflushed.lock();
+                queue.drain(..batch.len());
+                self.metrics.unflushed.set(queue.len() as i64);
+            }
+            self.space.notify_waiters();
             written += batch.len();
+        }
+    }
+
+    /// `async` mode: the background writer. Appends the queue every `every`, or as soon as
+    /// the window is half full; never returns (failures are logged and retried).
+    pub async fn run_writer(&self, every: Duration) {
+        loop {
+            let _ = tokio::time::timeout(every, self.kick.notified()).await;
+            if let Err(error) = self.flush().await {
+                tracing::warn!(%error, "event log write failed; will retry");
+                tokio::time::sleep(every).await;
+            }
         }
     }
 

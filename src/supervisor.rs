@@ -47,17 +47,8 @@ impl Actor for Supervisor {
             });
         }
         if let Some(every) = self.flush_every {
-            ctx.run_interval(every, |act, ctx| {
-                let state = act.state.clone();
-                ctx.spawn(
-                    async move {
-                        if let Err(error) = state.journal.flush().await {
-                            tracing::warn!(%error, "event log flush failed; will retry");
-                        }
-                    }
-                    .into_actor(act),
-                );
-            });
+            let state = self.state.clone();
+            ctx.spawn(async move { state.journal.run_writer(every).await }.into_actor(self));
         }
     }
 }
