@@ -18,12 +18,13 @@ COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/
 COPY models/Cargo.toml models/
 COPY load-tests/Cargo.toml load-tests/
-RUN mkdir -p src actors/src models/src load-tests/src \
+COPY device/Cargo.toml device/
+RUN mkdir -p src actors/src models/src load-tests/src device/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs actors/src/lib.rs models/src/lib.rs load-tests/src/lib.rs \
+ && touch src/lib.rs actors/src/lib.rs models/src/lib.rs load-tests/src/lib.rs device/src/lib.rs \
  && cargo build --release --locked -p momentum \
  && cargo clean --release --locked -p momentum -p momentum-actors -p momentum-models \
- && rm -rf src actors/src models/src load-tests/src
+ && rm -rf src actors/src models/src load-tests/src device/src
 
 # 2. The real sources and what the code embeds at compile time (config/default.toml, the
 #    OpenAPI document, the SQL migrations).
@@ -33,6 +34,7 @@ COPY openapi.json ./
 COPY models/ models/
 COPY actors/ actors/
 COPY load-tests/ load-tests/
+COPY device/ device/
 COPY src/ src/
 RUN cargo build --release --locked -p momentum --bin momentum \
  && strip target/release/momentum

@@ -57,6 +57,9 @@ pub enum Error {
          (scheduled, or POST /v1/models/train with the admin key)"
     )]
     ModelNotReady { model: &'static str },
+    /// Restoring state at start-up.
+    #[error("the server is restoring its state; retry shortly")]
+    NotReady,
     /// Invalid configuration (start-up only).
     #[error("configuration: {message}")]
     Config { message: String },
@@ -102,6 +105,7 @@ impl Error {
             Error::CapacityReached { .. } => "capacity_reached",
             Error::ShuttingDown => "shutting_down",
             Error::ModelNotReady { .. } => "model_not_ready",
+            Error::NotReady => "not_ready",
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::Internal { .. } => "internal",
@@ -128,9 +132,10 @@ impl ResponseError for Error {
             | Error::UnknownExperiment { .. }
             | Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::Overloaded { .. } | Error::ShuttingDown | Error::ModelNotReady { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Overloaded { .. }
+            | Error::ShuttingDown
+            | Error::NotReady
+            | Error::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -153,7 +158,7 @@ impl ResponseError for Error {
             Error::Overloaded { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
             }
-            Error::ShuttingDown => {
+            Error::ShuttingDown | Error::NotReady => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));
             }
             Error::ModelNotReady { .. } => {

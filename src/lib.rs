@@ -1,9 +1,11 @@
 //! Momentum: the machine-learning backend of a goal-tracking app.
 //!
-//! [`start`] binds the HTTP API, starts the actors and returns a [`Server`] to await; `main`
-//! and the integration tests (on `127.0.0.1:0`) both go through it. Shutdown has an order:
-//! the HTTP server stops accepting and drains in-flight requests (SIGINT/SIGTERM or
-//! [`Server::handle`]), then the actor threads stop.
+//! [`start`] opens the store, starts the actors, binds the HTTP API and returns a [`Server`] to
+//! await; `main` and the integration tests (on `127.0.0.1:0`) both go through it. The state is
+//! restored (snapshot + log tail) in the background: until then `/readyz` and every `/v1/`
+//! route answer `503`. Shutdown has an order: the HTTP server stops accepting and drains
+//! in-flight requests (SIGINT/SIGTERM or [`Server::handle`]), the supervisor flushes the log
+//! and writes a final snapshot within `server.shutdown_timeout_secs`, then the actors stop.
 
 pub mod analytics;
 pub mod api;
@@ -11,15 +13,19 @@ pub mod cli;
 pub mod error;
 pub mod eval;
 pub mod experiments;
+pub mod journal;
 pub mod metrics;
 pub mod settings;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
 
 use actix_web::dev::{Server as HttpServerFuture, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
@@ -39,10 +45,16 @@ pub struct AppState {
     pub http_metrics: metrics::HttpMetrics,
     /// A/B experiments: assignment, served recommendations, attribution.
     pub experiments: experiments::Experiments,
+    /// The ordered write path: event log, snapshots, restore, erasure.
+    pub journal: journal::Journal,
+    /// The supervisor, once the state is restored.
+    pub supervisor: OnceLock<Addr<supervisor::Supervisor>>,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
     /// Predictive analytics: live models, trainer, churn scheduler (issue 5).
     pub analytics: analytics::Analytics,
+    /// Set if the start-up restore failed (the server then stops).
+    pub restore_failed: AtomicBool,
 }
 
 /// A started server.
@@ -64,12 +76,20 @@ impl Server {
         self.state.clone()
     }
 
-    /// Runs until a signal or [`ServerHandle::stop`], then stops the actors.
+    /// Runs until a signal or [`ServerHandle::stop`], then flushes the log, writes a final
+    /// snapshot and stops the actors.
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.http.await;
         self.state.ready.store(false, Ordering::Release);
+        if let Some(supervisor) = self.state.supervisor.get() {
+            let deadline = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
+            let _ = supervisor.send(supervisor::Shutdown { deadline }).await;
+        }
         self.state.engine.stop();
         tracing::info!("momentum stopped");
+        if self.state.restore_failed.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the start-up restore failed"));
+        }
         result
     }
 }
@@ -82,10 +102,17 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let http_metrics = metrics::HttpMetrics::new(&registry).map_err(internal)?;
     let experiments =
         experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
+    let journal_metrics = metrics::JournalMetrics::new(&registry).map_err(internal)?;
+    let journal = journal::Journal::open(
+        settings.store.clone(),
+        settings.snapshot.clone(),
+        journal_metrics,
+        settings.server.retry_after_secs,
+    )
+    .await?;
     let engine = Engine::start(settings.engine(), actor_metrics);
     // ---- Predictive analytics (issue 5): restore the live models from the store. ----
-    // TEMPORARY until `AppState.store` lands: analytics gets a private embedded store.
-    let analytics_store = Arc::new(analytics::temporary_store().await?);
+    let analytics_store = Arc::new(journal.store().clone());
     let analytics = analytics::Analytics::new(
         analytics::AnalyticsConfig::default(),
         analytics_store,
@@ -112,14 +139,18 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         registry,
         http_metrics,
         experiments,
+        journal,
+        supervisor: OnceLock::new(),
         ready: AtomicBool::new(false),
         analytics,
+        restore_failed: AtomicBool::new(false),
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let metrics = data.http_metrics.clone();
+        let gate = data.clone();
         App::new()
             .app_data(data.clone())
             .app_data(api::json_config())
@@ -133,8 +164,14 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 let started = Instant::now();
                 let method = req.method().as_str().to_owned();
                 let metrics = metrics.clone();
-                let fut = srv.call(req);
+                // Until the restore finished, the data API is not served.
+                let restoring =
+                    !gate.ready.load(Ordering::Acquire) && req.path().starts_with("/v1/");
+                let fut = (!restoring).then(|| srv.call(req));
                 async move {
+                    let Some(fut) = fut else {
+                        return Err(Error::NotReady.into());
+                    };
                     let res = fut.await?;
                     let route = res
                         .request()
@@ -166,8 +203,40 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         source,
     })?
     .run();
-    state.ready.store(true, Ordering::Release);
     tracing::info!(%addr, workers, "momentum listening");
+    let restoring = state.clone();
+    let handle = http.handle();
+    actix::spawn(async move {
+        match restoring.journal.restore(&restoring.engine).await {
+            Ok(stats) => {
+                let snapshots = &restoring.settings.snapshot;
+                let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+                let flush = matches!(
+                    restoring.settings.store.durability,
+                    store::Durability::Async
+                )
+                .then(|| restoring.journal.flush_interval());
+                let supervisor = supervisor::Supervisor::new(
+                    restoring.clone(),
+                    every(snapshots.interval_secs),
+                    flush,
+                )
+                .start();
+                let _ = restoring.supervisor.set(supervisor);
+                restoring.ready.store(true, Ordering::Release);
+                tracing::info!(
+                    snapshot_users = stats.snapshot_users,
+                    replayed_events = stats.replayed_events,
+                    "ready"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "restore failed; stopping");
+                restoring.restore_failed.store(true, Ordering::Release);
+                handle.stop(false).await;
+            }
+        }
+    });
     Ok(Server { addr, http, state })
 }
 

@@ -96,3 +96,99 @@ impl AbMetrics {
         Ok(m)
     }
 }
+
+/// Metrics of the event log, snapshots and restore.
+#[derive(Debug, Clone)]
+pub struct JournalMetrics {
+    pub append_duration: prometheus::Histogram,
+    pub append_batch: prometheus::Histogram,
+    /// `async` mode: accepted events not yet in the log.
+    pub unflushed: prometheus::IntGauge,
+    /// Batches refused because the unflushed window was full.
+    pub log_backpressure: IntCounter,
+    pub snapshot_duration: prometheus::Histogram,
+    pub snapshot_bytes: prometheus::IntGauge,
+    pub snapshot_covers_seq: prometheus::IntGauge,
+    /// Unix seconds of the last successful snapshot (snapshot lag = now − this).
+    pub snapshot_last_success: prometheus::Gauge,
+    pub snapshot_failures: IntCounter,
+    pub pruned_events: IntCounter,
+    pub restore_duration: prometheus::Gauge,
+}
+
+impl JournalMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = JournalMetrics {
+            append_duration: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "momentum_log_append_duration_seconds",
+                    "Time to append one batch to the event log",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+            )?,
+            append_batch: prometheus::Histogram::with_opts(
+                HistogramOpts::new("momentum_log_append_batch_events", "Events per log append")
+                    .buckets(vec![1.0, 10.0, 100.0, 1000.0, 10000.0]),
+            )?,
+            unflushed: prometheus::IntGauge::new(
+                "momentum_log_unflushed_events",
+                "Accepted events not yet written to the event log (async durability)",
+            )?,
+            log_backpressure: IntCounter::new(
+                "momentum_log_backpressure_total",
+                "Batches refused with 503 because the unflushed window was full",
+            )?,
+            snapshot_duration: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "momentum_snapshot_duration_seconds",
+                    "Time to write a snapshot",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0]),
+            )?,
+            snapshot_bytes: prometheus::IntGauge::new(
+                "momentum_snapshot_size_bytes",
+                "Size of the last snapshot",
+            )?,
+            snapshot_covers_seq: prometheus::IntGauge::new(
+                "momentum_snapshot_covers_seq",
+                "Log sequence number covered by the last snapshot",
+            )?,
+            snapshot_last_success: prometheus::Gauge::new(
+                "momentum_snapshot_last_success_timestamp_seconds",
+                "Unix time of the last successful snapshot",
+            )?,
+            snapshot_failures: IntCounter::new(
+                "momentum_snapshot_failures_total",
+                "Snapshots that failed",
+            )?,
+            pruned_events: IntCounter::new(
+                "momentum_log_pruned_events_total",
+                "Events deleted from the log by the retention rule",
+            )?,
+            restore_duration: prometheus::Gauge::new(
+                "momentum_restore_duration_seconds",
+                "Time the last start-up restore took",
+            )?,
+        };
+        registry.register(Box::new(m.append_duration.clone()))?;
+        registry.register(Box::new(m.append_batch.clone()))?;
+        registry.register(Box::new(m.unflushed.clone()))?;
+        registry.register(Box::new(m.log_backpressure.clone()))?;
+        registry.register(Box::new(m.snapshot_duration.clone()))?;
+        registry.register(Box::new(m.snapshot_bytes.clone()))?;
+        registry.register(Box::new(m.snapshot_covers_seq.clone()))?;
+        registry.register(Box::new(m.snapshot_last_success.clone()))?;
+        registry.register(Box::new(m.snapshot_failures.clone()))?;
+        registry.register(Box::new(m.pruned_events.clone()))?;
+        registry.register(Box::new(m.restore_duration.clone()))?;
+        Ok(m)
+    }
+
+    /// Records one append.
+    pub fn observe_append(&self, took: std::time::Duration, events: usize) {
+        self.append_duration.observe(took.as_secs_f64());
+        self.append_batch.observe(events as f64);
+    }
+}

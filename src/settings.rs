@@ -13,6 +13,8 @@ use momentum_actors::EngineConfig;
 use momentum_models::events::KindWeights;
 
 use crate::error::Error;
+use crate::journal::SnapshotSettings;
+use crate::store::StoreConfig;
 
 /// The embedded defaults, every key commented.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -27,6 +29,8 @@ pub struct Settings {
     pub weights: KindWeights,
     pub recommend: RecommendConfig,
     pub security: SecuritySettings,
+    pub store: StoreConfig,
+    pub snapshot: SnapshotSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

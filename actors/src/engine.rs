@@ -64,6 +64,30 @@ pub struct EngineExport {
     pub event_ids: Vec<Vec<Box<str>>>,
 }
 
+/// A dispatched batch whose outcome is still on its way.
+pub struct PendingIngest<'a> {
+    engine: &'a Engine,
+    report: IngestReport,
+    waiting: Vec<tokio::sync::oneshot::Receiver<crate::messages::ShardOutcome>>,
+}
+
+impl PendingIngest<'_> {
+    /// Waits until every shard (and the catalogue) applied its part.
+    pub async fn wait(mut self) -> Result<IngestReport, ActorError> {
+        for rx in self.waiting {
+            let outcome = rx.await.map_err(|_| ActorError::Stopped {
+                actor: "user_shard",
+            })?;
+            self.report.accepted += outcome.accepted;
+            self.report.duplicates += outcome.duplicates.len();
+        }
+        let metrics = &self.engine.metrics;
+        metrics.users.set(self.engine.index.users.len() as i64);
+        metrics.items.set(self.engine.index.items.len() as i64);
+        Ok(self.report)
+    }
+}
+
 /// What `GET /v1/items/{id}` shows besides the metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemView {
@@ -159,19 +183,19 @@ impl Engine {
     /// Applies a batch of validated events. Either the whole batch is admitted or, when a
     /// mailbox is full, nothing is sent and `Overloaded` comes back.
     pub async fn record_events(&self, events: Vec<NewEvent>) -> Result<IngestReport, ActorError> {
-        let mut report = IngestReport::default();
-        let mut per_shard: Vec<Vec<InternedEvent>> = vec![Vec::new(); self.shards.len()];
-        // Admission first: refusing after interning would only waste id slots, but refusing
-        // after sending would half-apply the batch.
-        let touched: Vec<usize> = {
-            let mut t: Vec<usize> = events
-                .iter()
-                .map(|e| shard_for(&e.user_id, self.shards.len()))
-                .collect();
-            t.sort_unstable();
-            t.dedup();
-            t
-        };
+        self.dispatch(events)?.wait().await
+    }
+
+    /// Whether a batch would be admitted now: every shard it touches and the catalogue have
+    /// room. [`Engine::dispatch`] checks again; callers that must not act on a batch the
+    /// engine would refuse (the event log in `sync` mode) check first.
+    pub fn admit(&self, events: &[NewEvent]) -> Result<(), ActorError> {
+        let mut touched: Vec<usize> = events
+            .iter()
+            .map(|e| shard_for(&e.user_id, self.shards.len()))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
         if !self.catalog.has_room(touched.len())
             || !touched.iter().all(|&s| self.shards[s].has_room(1))
         {
@@ -179,6 +203,19 @@ impl Engine {
                 actor: "user_shard",
             });
         }
+        Ok(())
+    }
+
+    /// Interns and routes a batch, **sending it to the shards now**; the returned
+    /// [`PendingIngest`] waits for the outcome. Batches dispatched one after the other reach
+    /// every shard in that order, which is what lets the event log and snapshots agree with
+    /// memory. Either the whole batch is admitted or, when a mailbox is full, nothing is sent.
+    pub fn dispatch(&self, events: Vec<NewEvent>) -> Result<PendingIngest<'_>, ActorError> {
+        // Admission first: refusing after interning would only waste id slots, but refusing
+        // after sending would half-apply the batch.
+        self.admit(&events)?;
+        let mut report = IngestReport::default();
+        let mut per_shard: Vec<Vec<InternedEvent>> = vec![Vec::new(); self.shards.len()];
         for e in events {
             let item = match &e.item_id {
                 Some(item_id) => match self.index.items.intern(item_id) {
@@ -229,16 +266,11 @@ impl Engine {
             self.shards[shard].try_send(RecordEvents { events, reply: tx })?;
             waiting.push(rx);
         }
-        for rx in waiting {
-            let outcome = rx.await.map_err(|_| ActorError::Stopped {
-                actor: "user_shard",
-            })?;
-            report.accepted += outcome.accepted;
-            report.duplicates += outcome.duplicates.len();
-        }
-        self.metrics.users.set(self.index.users.len() as i64);
-        self.metrics.items.set(self.index.items.len() as i64);
-        Ok(report)
+        Ok(PendingIngest {
+            engine: self,
+            report,
+            waiting,
+        })
     }
 
     fn user(&self, user_id: &str) -> Result<u32, ActorError> {

@@ -184,7 +184,9 @@ impl ShardState {
         let weights = &self.config.weights;
         for event in events {
             if let Some(id) = &event.event_id {
-                if !self.dedupe.insert(id) {
+                // Scoped per user: a retry always names the same user (and so reaches this
+                // shard), while two users' events that happen to share an id stay distinct.
+                if !self.dedupe.insert(&dedupe_key(event.user, id)) {
                     outcome.duplicates.push(event.index);
                     continue;
                 }
@@ -491,6 +493,12 @@ impl ShardState {
             last_event_ms: row.last_event_ms,
         })
     }
+}
+
+/// The deduplication key of an event id: the user's dense id (restored as is by snapshots)
+/// and the id.
+fn dedupe_key(user: u32, event_id: &str) -> String {
+    format!("{user}:{event_id}")
 }
 
 /// How to describe what a user did with an item, strongest signal first.

@@ -646,26 +646,5 @@ pub fn start(state: &Arc<AppState>) {
         .start_actors(Arc::new(EngineSource(Arc::downgrade(state))));
 }
 
-/// TEMPORARY (until the server's store is in `AppState`): a private embedded store in a fresh
-/// temporary directory.
-pub async fn temporary_store() -> Result<Store, Error> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "momentum-analytics-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    Store::open(&crate::store::StoreConfig {
-        path,
-        cache_mb: 16,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| Error::Internal {
-        message: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests;

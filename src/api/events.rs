@@ -241,6 +241,7 @@ async fn post_events(
         now_ms(),
     )?;
     let mut valid = Vec::with_capacity(decoded.len());
+    let mut recommendation_ids = Vec::with_capacity(decoded.len());
     let mut pending: Vec<Pending> = Vec::new();
     let mut with_event_id: Vec<usize> = Vec::new();
     for Validated {
@@ -252,6 +253,7 @@ async fn post_events(
         if event.event_id.is_some() {
             with_event_id.push(index);
         }
+        recommendation_ids.push(recommendation_id.clone());
         if let Some(recommendation_id) = recommendation_id {
             pending.push(Pending {
                 index,
@@ -268,10 +270,9 @@ async fn post_events(
         Default::default()
     } else {
         state
-            .engine
-            .record_events(valid)
-            .await
-            .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?
+            .journal
+            .record(&state.engine, valid, recommendation_ids)
+            .await?
     };
     if !pending.is_empty() {
         attribute(&state, &pending, &with_event_id, &report);

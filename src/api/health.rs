@@ -11,7 +11,8 @@ use crate::AppState;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/admin/snapshot", web::post().to(snapshot));
 }
 
 async fn healthz() -> HttpResponse {
@@ -38,4 +39,25 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(encoder.format_type())
         .body(buf)
+}
+
+/// `POST /v1/admin/snapshot` (admin): write a snapshot now; answers with what it wrote.
+async fn snapshot(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, crate::Error> {
+    crate::api::require_admin(&req, &state)?;
+    let supervisor = state.supervisor.get().ok_or(crate::Error::NotReady)?;
+    let stats = supervisor
+        .send(crate::supervisor::RunSnapshot)
+        .await
+        .map_err(|_| crate::Error::ShuttingDown)??;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": stats.id,
+        "covers_seq": stats.covers_seq,
+        "users": stats.users,
+        "bytes": stats.bytes,
+        "seconds": stats.seconds,
+        "pruned_events": stats.pruned_events,
+    })))
 }

@@ -1,6 +1,6 @@
 //! `/v1/users/{id}`: profiles, recommendations and similar users.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
@@ -16,7 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/users/{id}")
             .route(web::put().to(put_user))
-            .route(web::get().to(get_user)),
+            .route(web::get().to(get_user))
+            .route(web::delete().to(erase_user)),
     )
     .route(
         "/v1/users/{id}/recommendations",
@@ -88,6 +89,7 @@ async fn put_user(
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
     let profile = body.into_inner().validate()?;
+    state.journal.put_user(&id, &profile).await?;
     let created = state
         .engine
         .put_user(&id, profile.clone())
@@ -120,6 +122,22 @@ async fn get_user(
         "interactions": summary.interactions,
         "last_event_ms": summary.last_event_ms,
     })))
+}
+
+/// `DELETE /v1/users/{id}` (admin): GDPR erasure of every trace of the user, in memory and in
+/// the store (events, snapshot entries, profile, scores, interventions).
+async fn erase_user(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    crate::api::require_admin(&req, &state)?;
+    path_id("user id", &id)?;
+    if state.journal.erase_user(&state.engine, &id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(Error::UnknownUser { id: id.to_string() })
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -39,10 +39,10 @@
 //!
 //! # Figures (`examples/store_bench.rs`, 1,000-event batches, 2 shared cores)
 //!
-//! Embedded: ≈250k events/s appended durably, ≈1M events/s read back. PostgreSQL (local,
-//! `synchronous_commit = on`): ≈50–70k events/s appended, ≈0.5M events/s read back; the
-//! server's index maintenance, not the client or the fsync, bounds the append rate, so group
-//! commit adds little there. See the README for the measured runs.
+//! Embedded: ≈160–250k events/s appended durably, ≈0.9–1M events/s read back. PostgreSQL
+//! (local, `synchronous_commit = on`): ≈50–70k events/s appended, ≈0.5M events/s read back;
+//! the server's index maintenance, not the client or the fsync, bounds the append rate, so
+//! group commit adds little there. See the README for the measured runs.
 //!
 //! Call the store from one long-lived tokio runtime (e.g. the actix `System` arbiter): pooled
 //! PostgreSQL connections drive their I/O on the runtime that opened them.

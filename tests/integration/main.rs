@@ -5,5 +5,6 @@ mod common;
 mod corpus;
 mod experiments;
 mod ops;
+mod persistence;
 mod predictions;
 mod routes;

@@ -1033,6 +1033,14 @@ fn drive_with_keys(addr: &str, key: &str, near_miss: &str) {
     actix_web::rt::System::new().block_on(async {
         let client = reqwest::Client::new();
         let url = |p: &str| format!("http://{addr}{p}");
+        // The data API answers once the start-up restore is done.
+        for _ in 0..1000 {
+            let ready = client.get(url("/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().as_u16() == 200) {
+                break;
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let experiment = json!({"id": "exp-secret", "variants": [{"name": "a", "weight": 1}]});
         let mut statuses = BTreeMap::new();
         for (label, k) in [

@@ -150,7 +150,16 @@ async fn event_ids_make_retries_idempotent() {
     );
     let (_, user) = s.get("/v1/users/u1").await;
     assert_eq!(user["interactions"], 2);
+    // Ids are scoped per user: another user's event with the same id is a different event.
+    let (_, body) = s
+        .post_json(
+            "/v1/events",
+            &json!([{"event_id": "e-1", "user_id": "u2", "item_id": "i1", "kind": "view"}]),
+        )
+        .await;
+    assert_eq!(body["accepted"], 1, "{body}");
     assert_eq!(s.metric("momentum_events_duplicate_total").await, 4.0);
+    assert_eq!(s.metric("momentum_events_accepted_total").await, 3.0);
 }
 
 #[actix_web::test]

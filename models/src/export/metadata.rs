@@ -37,6 +37,14 @@ impl Variant {
         }
     }
 
+    /// The variant's name in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Float32 => "float32",
+            Variant::Int8DynamicRange => "int8_dynamic_range",
+        }
+    }
+
     /// Conventional file name of the variant.
     pub fn file_name(self) -> &'static str {
         match self {
@@ -153,7 +161,10 @@ impl ModelMetadata {
             return bad(format!("golden vector {i} is malformed"));
         }
         if !(self.golden_tolerance.is_finite() && self.golden_tolerance > 0.0) {
-            return bad(format!("golden tolerance {} is not positive", self.golden_tolerance));
+            return bad(format!(
+                "golden tolerance {} is not positive",
+                self.golden_tolerance
+            ));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return bad(format!("sha256 {:?} is not 64 hex digits", self.sha256));
@@ -165,11 +176,7 @@ impl ModelMetadata {
     pub fn check_file(&self, bytes: &[u8]) -> Result<(), ExportError> {
         if bytes.len() as u64 != self.size {
             return Err(ExportError::InvalidMetadata {
-                reason: format!(
-                    "file is {} bytes, metadata says {}",
-                    bytes.len(),
-                    self.size
-                ),
+                reason: format!("file is {} bytes, metadata says {}", bytes.len(), self.size),
             });
         }
         let actual = sha256_hex(bytes);

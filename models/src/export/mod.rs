@@ -125,7 +125,13 @@ pub fn export(
             ),
         });
     }
-    let bytes = write_tflite(model, options.variant)?;
+    let description = format!(
+        "Momentum {} v{} ({}): logistic regression",
+        options.name,
+        options.version,
+        options.variant.as_str()
+    );
+    let bytes = write_tflite(model, options.variant, &description)?;
     let golden = metadata::golden_vectors(
         model,
         options.golden_count,

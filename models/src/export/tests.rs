@@ -37,7 +37,7 @@ fn model() -> LogisticRegression {
 #[test]
 fn float32_file_has_the_documented_graph() {
     let m = model();
-    let bytes = write_tflite(&m, Variant::Float32).unwrap();
+    let bytes = write_tflite(&m, Variant::Float32, "test").unwrap();
     assert_eq!(&bytes[4..8], b"TFL3");
     let summary = check_tflite(&bytes).unwrap();
     assert_eq!(summary.n_features, FEATURE_COUNT);
@@ -59,7 +59,11 @@ fn float32_file_has_the_documented_graph() {
     let tensors = graph.tensors().unwrap();
     let weights = tensors.get(5);
     assert_eq!(weights.type_(), TensorType::FLOAT32);
-    let data = root.buffers().unwrap().get(weights.buffer() as usize).data();
+    let data = root
+        .buffers()
+        .unwrap()
+        .get(weights.buffer() as usize)
+        .data();
     let stored: Vec<f32> = data
         .unwrap()
         .bytes()
@@ -75,7 +79,7 @@ fn float32_file_has_the_documented_graph() {
 #[test]
 fn int8_file_uses_the_hybrid_fully_connected() {
     let m = model();
-    let bytes = write_tflite(&m, Variant::Int8DynamicRange).unwrap();
+    let bytes = write_tflite(&m, Variant::Int8DynamicRange, "test").unwrap();
     let summary = check_tflite(&bytes).unwrap();
     assert!(summary.int8_weights);
     let root = schema::root_as_model(&bytes).unwrap();
@@ -144,8 +148,14 @@ fn export_builds_consistent_metadata_with_golden_vectors() {
     let json = md.to_json();
     let back = ModelMetadata::from_json(json.as_bytes()).unwrap();
     assert_eq!(&back, md);
-    // Same version, same golden rows.
-    assert_eq!(export(&m, &options).unwrap().metadata.golden, md.golden);
+    // Same version, same file and golden rows; another version, another file.
+    let again = export(&m, &options).unwrap();
+    assert_eq!(
+        (&again.bytes, &again.metadata.golden),
+        (&exported.bytes, &md.golden)
+    );
+    options.version = 5;
+    assert_ne!(export(&m, &options).unwrap().metadata.sha256, md.sha256);
 
     let mut damaged = exported.bytes.clone();
     damaged[40] ^= 1;
@@ -153,7 +163,11 @@ fn export_builds_consistent_metadata_with_golden_vectors() {
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
     assert!(md.check_file(&damaged[1..]).is_err());
 
-    let int8 = export(&m, &ExportOptions::new("success", 4, Variant::Int8DynamicRange)).unwrap();
+    let int8 = export(
+        &m,
+        &ExportOptions::new("success", 4, Variant::Int8DynamicRange),
+    )
+    .unwrap();
     assert_eq!(int8.metadata.variant, Variant::Int8DynamicRange);
     assert_eq!(int8.metadata.golden_tolerance, 1e-2);
 }
@@ -169,7 +183,7 @@ fn export_refuses_models_it_cannot_express() {
     ));
     m.weights[0] = f64::NAN;
     assert!(matches!(
-        write_tflite(&m, Variant::Float32),
+        write_tflite(&m, Variant::Float32, "test"),
         Err(ExportError::InvalidModel { .. })
     ));
 }
@@ -194,7 +208,7 @@ fn metadata_rejects_inconsistent_documents() {
 
 #[test]
 fn check_tflite_refuses_damaged_files() {
-    let bytes = write_tflite(&model(), Variant::Float32).unwrap();
+    let bytes = write_tflite(&model(), Variant::Float32, "test").unwrap();
     assert!(check_tflite(&bytes[..bytes.len() / 2]).is_err());
     assert!(check_tflite(b"").is_err());
     let mut wrong_id = bytes.clone();

@@ -24,8 +24,8 @@ use tract_tflite::tflite::{
     CustomOptionsFormat, FullyConnectedOptions, FullyConnectedOptionsArgs,
     FullyConnectedOptionsWeightsFormat, Model, ModelArgs, MulOptions, MulOptionsArgs, Operator,
     OperatorArgs, OperatorCode, OperatorCodeArgs, QuantizationDetails, QuantizationParameters,
-    QuantizationParametersArgs, SignatureDef, SignatureDefArgs, SubGraph, SubGraphArgs,
-    SubOptions, SubOptionsArgs, Tensor, TensorArgs, TensorMap, TensorMapArgs, TensorType,
+    QuantizationParametersArgs, SignatureDef, SignatureDefArgs, SubGraph, SubGraphArgs, SubOptions,
+    SubOptionsArgs, Tensor, TensorArgs, TensorMap, TensorMapArgs, TensorType,
 };
 
 use super::quant::quantize_symmetric;
@@ -127,8 +127,14 @@ impl Constants {
     }
 }
 
-/// Writes `model` as a `.tflite` flatbuffer of `variant`.
-pub fn write_tflite(model: &LogisticRegression, variant: Variant) -> Result<Vec<u8>, ExportError> {
+/// Writes `model` as a `.tflite` flatbuffer of `variant`, with `description` as the model's
+/// description string ([`super::export`] puts the name and version there, so two versions
+/// never share a sha256).
+pub fn write_tflite(
+    model: &LogisticRegression,
+    variant: Variant,
+    description: &str,
+) -> Result<Vec<u8>, ExportError> {
     let c = Constants::of(model)?;
     let n = c.mean.len() as i32;
     let mut w = Writer::new();
@@ -237,7 +243,7 @@ pub fn write_tflite(model: &LogisticRegression, variant: Variant) -> Result<Vec<
             None,
         ),
     ];
-    Ok(w.finish(&tensors, &operators))
+    Ok(w.finish(&tensors, &operators, description))
 }
 
 /// Builder state: the flatbuffer, its buffers table and operator codes.
@@ -335,6 +341,7 @@ impl<'a> Writer<'a> {
         mut self,
         tensors: &[WIPOffset<Tensor<'a>>],
         operators: &[WIPOffset<Operator<'a>>],
+        description: &str,
     ) -> Vec<u8> {
         let fbb = &mut self.fbb;
         let tensors = fbb.create_vector(tensors);
@@ -362,9 +369,8 @@ impl<'a> Writer<'a> {
                     &OperatorCodeArgs {
                         // Codes below 127 live in the deprecated int8 field too; larger ones
                         // put the placeholder there. All of ours are below 127.
-                        deprecated_builtin_code: i8::try_from(c.builtin.0).unwrap_or(
-                            BuiltinOperator::PLACEHOLDER_FOR_GREATER_OP_CODES.0 as i8,
-                        ),
+                        deprecated_builtin_code: i8::try_from(c.builtin.0)
+                            .unwrap_or(BuiltinOperator::PLACEHOLDER_FOR_GREATER_OP_CODES.0 as i8),
                         custom_code: None,
                         version: c.version,
                         builtin_code: c.builtin,
@@ -405,7 +411,7 @@ impl<'a> Writer<'a> {
             )
         };
         let signature_defs = fbb.create_vector(&[signature]);
-        let description = fbb.create_string("Momentum goal-success logistic regression");
+        let description = fbb.create_string(description);
         let model = Model::create(
             fbb,
             &ModelArgs {
@@ -449,7 +455,8 @@ pub struct TfliteSummary {
 /// instead of reaching code that assumes a valid model.
 pub fn check_tflite(bytes: &[u8]) -> Result<TfliteSummary, ExportError> {
     let bad = |reason: String| ExportError::InvalidTflite { reason };
-    if !tflite::model_buffer_has_identifier(bytes) {
+    // The identifier check asserts a minimum length; check it first.
+    if bytes.len() < 8 || !tflite::model_buffer_has_identifier(bytes) {
         return Err(bad("missing the TFL3 file identifier".to_string()));
     }
     let model = tflite::root_as_model(bytes).map_err(|e| bad(format!("flatbuffer: {e}")))?;
@@ -460,8 +467,12 @@ pub fn check_tflite(bytes: &[u8]) -> Result<TfliteSummary, ExportError> {
         return Err(bad(format!("{} subgraphs, expected 1", subgraphs.len())));
     }
     let graph = subgraphs.get(0);
-    let tensors = graph.tensors().ok_or_else(|| bad("no tensors".to_string()))?;
-    let buffers = model.buffers().ok_or_else(|| bad("no buffers".to_string()))?;
+    let tensors = graph
+        .tensors()
+        .ok_or_else(|| bad("no tensors".to_string()))?;
+    let buffers = model
+        .buffers()
+        .ok_or_else(|| bad("no buffers".to_string()))?;
     for (i, tensor) in tensors.iter().enumerate() {
         if tensor.name().is_none() || tensor.shape().is_none() {
             return Err(bad(format!("tensor {i} has no name or shape")));
@@ -469,8 +480,27 @@ pub fn check_tflite(bytes: &[u8]) -> Result<TfliteSummary, ExportError> {
         if tensor.buffer() as usize >= buffers.len() {
             return Err(bad(format!("tensor {i} points past the buffers")));
         }
-        if tensor.shape().is_some_and(|s| s.iter().any(|d| d < 0)) {
-            return Err(bad(format!("tensor {i} has a negative dimension")));
+        let dims: Vec<i32> = tensor
+            .shape()
+            .map(|s| s.iter().collect())
+            .unwrap_or_default();
+        if dims.len() > 4 || dims.iter().any(|&d| d < 0 || d as usize > MAX_FEATURES) {
+            return Err(bad(format!("tensor {i} has an implausible shape {dims:?}")));
+        }
+        let element = match tensor.type_() {
+            TensorType::FLOAT32 | TensorType::INT32 => 4,
+            TensorType::INT8 | TensorType::UINT8 => 1,
+            other => return Err(bad(format!("tensor {i} has unsupported type {other:?}"))),
+        };
+        if tensor.buffer() != 0 {
+            let data = buffers.get(tensor.buffer() as usize).data();
+            let expected = dims.iter().map(|&d| d as usize).product::<usize>() * element;
+            if data.map_or(0, |d| d.len()) != expected {
+                return Err(bad(format!(
+                    "tensor {i} holds {} bytes of data, its shape needs {expected}",
+                    data.map_or(0, |d| d.len())
+                )));
+            }
         }
     }
     let tensor_at = |index: i32, what: &str| {
@@ -486,14 +516,18 @@ pub fn check_tflite(bytes: &[u8]) -> Result<TfliteSummary, ExportError> {
     };
     let input = tensor_at(single(graph.inputs(), "input")?, "input")?;
     let output = tensor_at(single(graph.outputs(), "output")?, "output")?;
-    let shape = |t: &Tensor<'_>| -> Vec<i32> { t.shape().map(|s| s.iter().collect()).unwrap_or_default() };
+    let shape =
+        |t: &Tensor<'_>| -> Vec<i32> { t.shape().map(|s| s.iter().collect()).unwrap_or_default() };
     let input_shape = shape(&input);
     let n_features = match input_shape.as_slice() {
         [1, n] if *n > 0 && (*n as usize) <= MAX_FEATURES => *n as usize,
         other => return Err(bad(format!("input shape {other:?} is not [1, n]"))),
     };
     if shape(&output) != [1, 1] {
-        return Err(bad(format!("output shape {:?} is not [1, 1]", shape(&output))));
+        return Err(bad(format!(
+            "output shape {:?} is not [1, 1]",
+            shape(&output)
+        )));
     }
     if input.type_() != TensorType::FLOAT32 || output.type_() != TensorType::FLOAT32 {
         return Err(bad("input and output must be float32".to_string()));

@@ -15,6 +15,10 @@ pub struct TestServer {
     pub client: reqwest::Client,
     handle: ServerHandle,
     thread: Option<JoinHandle<()>>,
+    store_dir: std::path::PathBuf,
+    /// Keep the store directory on drop (restart tests reopen it).
+    pub keep_store: bool,
+    state: std::sync::Arc<momentum::AppState>,
 }
 
 /// Test settings: ephemeral port, small pool, an admin key, instant popular refresh.
@@ -26,6 +30,13 @@ pub fn settings() -> Settings {
     s.actors.threads = 2;
     s.recommend.popular_refresh_ms = 0;
     s.security.admin_key = ADMIN_KEY.into();
+    // A fresh embedded store per server; the directory is removed when the server is dropped.
+    s.store.path = tempfile::Builder::new()
+        .prefix("momentum-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    s.snapshot.interval_secs = 0;
     s
 }
 
@@ -35,22 +46,55 @@ impl TestServer {
     }
 
     pub fn start_with(settings: Settings) -> TestServer {
+        let store_dir = settings.store.path.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let server = momentum::start(settings).await.expect("server starts");
-                tx.send((server.addr, server.handle()))
+                tx.send((server.addr, server.handle(), server.state()))
                     .expect("report address");
                 server.run().await.expect("server runs");
             })
         });
-        let (addr, handle) = rx.recv().expect("server started");
-        TestServer {
+        let (addr, handle, state) = rx.recv().expect("server started");
+        let server = TestServer {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             handle,
             thread: Some(thread),
-        }
+            store_dir,
+            keep_store: false,
+            state,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200: the restore runs after the bind.
+    fn wait_ready(&self) {
+        let url = self.url("/readyz");
+        let ok = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let client = reqwest::Client::new();
+                for _ in 0..500 {
+                    if let Ok(res) = client.get(&url).send().await {
+                        if res.status().as_u16() == 200 {
+                            return true;
+                        }
+                    }
+                    actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                false
+            })
+        })
+        .join()
+        .unwrap_or(false);
+        assert!(ok, "server did not become ready within 5 s");
+    }
+
+    /// The server's shared state (store, engine, metrics).
+    pub fn state(&self) -> std::sync::Arc<momentum::AppState> {
+        self.state.clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -145,6 +189,9 @@ impl Drop for TestServer {
         .ok();
         if let Some(t) = self.thread.take() {
             t.join().ok();
+        }
+        if !self.keep_store {
+            std::fs::remove_dir_all(&self.store_dir).ok();
         }
     }
 }

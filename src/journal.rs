@@ -1,0 +1,537 @@
+//! The journal: the one ordered write path between the HTTP layer, the event log and the
+//! actors, plus snapshots, restore and erasure (DESIGN.md §5).
+//!
+//! **Order.** A batch is logged and dispatched to the shards under one lock, so the order of
+//! the log is the order in which every shard sees the batches. A snapshot takes the same lock
+//! for the instant it needs to enqueue its export requests: each shard answers after the
+//! batches dispatched before and before any dispatched after, so the snapshot holds exactly
+//! the effect of the log up to its `covers_seq`, and restore is "snapshot, then replay the log
+//! after `covers_seq`".
+//!
+//! **Durability.**
+//! - `sync`: the batch is appended to the store (and durable) before it is applied and
+//!   acknowledged. A crash loses nothing that was acknowledged.
+//! - `async`: the batch is applied and acknowledged first and queued for the log; a writer
+//!   appends the queue every `flush_interval_ms` or when `flush_max_events` wait. A crash can
+//!   lose at most that window; when the window is full, ingestion answers `503` until the log
+//!   catches up. Snapshots and erasure flush the queue first.
+//!
+//! **Erasure** runs under the snapshot lock, so a snapshot being written cannot bring an erased
+//! user back: it either finished before (and its parts are deleted) or starts after (and no
+//! longer sees the user).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use momentum_actors::engine::{EngineExport, IngestReport, NewEvent, Rejection};
+use momentum_actors::index::{ItemMeta, UserProfile};
+use momentum_actors::snapshot::{
+    decode_event_ids, decode_item_slots, decode_user, encode_event_ids, encode_item_slots,
+    encode_user,
+};
+use momentum_actors::{ActorError, Engine};
+use momentum_models::events::EventKind;
+
+use crate::error::Error;
+use crate::metrics::JournalMetrics;
+use crate::store::{self, Durability, SnapshotMeta, SnapshotPart, Store, StoreConfig};
+
+/// Events read per page when replaying the log (and written per append when flushing).
+const REPLAY_PAGE: usize = 10_000;
+
+/// `async` mode: how long a batch waits for room in a full window before `503`.
+const ASYNC_WAIT: Duration = Duration::from_secs(2);
+
+/// Snapshot settings (`[snapshot]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSettings {
+    /// Seconds between periodic snapshots; 0 disables them (shutdown still writes one).
+    pub interval_secs: u64,
+    /// Snapshots kept; older ones are deleted after each new one.
+    pub keep: usize,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings {
+            interval_secs: 300,
+            keep: 2,
+        }
+    }
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotStats {
+    pub id: u64,
+    pub covers_seq: u64,
+    pub users: usize,
+    pub bytes: usize,
+    pub seconds: f64,
+    pub pruned_events: u64,
+}
+
+/// What a restore read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestoreStats {
+    pub snapshot_users: usize,
+    pub replayed_events: u64,
+    pub seconds: f64,
+}
+
+/// The ordered write path.
+pub struct Journal {
+    store: Store,
+    config: StoreConfig,
+    snapshots: SnapshotSettings,
+    metrics: JournalMetrics,
+    retry_after: u64,
+    /// Held while a batch is logged and dispatched (and briefly by snapshots).
+    order: tokio::sync::Mutex<()>,
+    /// Held for a whole snapshot and a whole erasure.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    /// `async` mode: accepted events not yet in the log, oldest first.
+    unflushed: parking_lot::Mutex<VecDeque<store::NewEvent>>,
+    /// One writer drains `unflushed` at a time (keeps the log in order).
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Wakes the background writer before its interval (the window is half full).
+    kick: tokio::sync::Notify,
+    /// Signalled whenever the writer made room in the window.
+    space: tokio::sync::Notify,
+    last_snapshot_id: AtomicU64,
+}
+
+fn stored(event: &NewEvent, recommendation_id: Option<String>) -> store::NewEvent {
+    store::NewEvent {
+        event_id: event.event_id.clone(),
+        user_id: event.user_id.clone(),
+        item_id: event.item_id.clone(),
+        kind: event.kind.as_str().to_string(),
+        value: event.value,
+        ts_ms: event.ts_ms,
+        recommendation_id,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Journal {
+    /// Opens the store (creating it and applying migrations as needed).
+    pub async fn open(
+        config: StoreConfig,
+        snapshots: SnapshotSettings,
+        metrics: JournalMetrics,
+        retry_after: u64,
+    ) -> Result<Journal, Error> {
+        let store = Store::open(&config).await.map_err(store_error)?;
+        Ok(Journal {
+            store,
+            config,
+            snapshots,
+            metrics,
+            retry_after,
+            order: tokio::sync::Mutex::new(()),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            unflushed: parking_lot::Mutex::new(VecDeque::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            kick: tokio::sync::Notify::new(),
+            space: tokio::sync::Notify::new(),
+            last_snapshot_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The journal's metrics.
+    pub fn metrics(&self) -> &JournalMetrics {
+        &self.metrics
+    }
+
+    /// The store (analytics and tests read it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The snapshot settings.
+    pub fn snapshot_settings(&self) -> &SnapshotSettings {
+        &self.snapshots
+    }
+
+    /// The `async` flush interval.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.config.flush_interval_ms.max(1))
+    }
+
+    fn overloaded(&self, actor: &'static str) -> Error {
+        Error::Overloaded {
+            actor,
+            retry_after: self.retry_after,
+        }
+    }
+
+    /// Logs and applies a batch of validated events (`recommendation_ids[i]` belongs to
+    /// `events[i]`), as the durability mode says.
+    pub async fn record(
+        &self,
+        engine: &Engine,
+        events: Vec<NewEvent>,
+        recommendation_ids: Vec<Option<String>>,
+    ) -> Result<IngestReport, Error> {
+        // Events on deleted items are refused before they reach the log, so a restart replays
+        // only what was applied.
+        let mut refused = Vec::new();
+        let mut keep = Vec::with_capacity(events.len());
+        let mut log = Vec::with_capacity(events.len());
+        for (event, rec) in events.into_iter().zip(recommendation_ids) {
+            if let Some(item) = event
+                .item_id
+                .as_deref()
+                .filter(|i| engine.is_deleted_item(i))
+            {
+                refused.push(Rejection {
+                    index: event.index,
+                    code: "item_deleted",
+                    message: format!("item {item:?} was deleted"),
+                });
+                continue;
+            }
+            log.push(stored(&event, rec));
+            keep.push(event);
+        }
+        let pending = {
+            let _order = self.order.lock().await;
+            engine
+                .admit(&keep)
+                .map_err(|e| Error::from_actor(e, self.retry_after))?;
+            match self.config.durability {
+                Durability::Sync => {
+                    // Durable before applied. Should the dispatch below still find a mailbox
+                    // full, the client gets a 503 and the logged events apply on the next
+                    // restart: retries carry event ids, so nothing is counted twice.
+                    if !log.is_empty() {
+                        let started = Instant::now();
+                        self.store.append_events(&log).await.map_err(store_error)?;
+                        self.metrics.observe_append(started.elapsed(), log.len());
+                    }
+                    engine
+                        .dispatch(keep)
+                        .map_err(|e| Error::from_actor(e, self.retry_after))?
+                }
+                Durability::Async => {
+                    // A full window waits (bounded) for the writer before refusing.
+                    let deadline = Instant::now() + ASYNC_WAIT;
+                    loop {
+                        let room = self.space.notified();
+                        if self.unflushed.lock().len() + log.len() <= self.config.flush_max_events {
+                            break;
+                        }
+                        self.kick.notify_one();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() || tokio::time::timeout(left, room).await.is_err() {
+                            self.metrics.log_backpressure.inc();
+                            return Err(self.overloaded("event_log"));
+                        }
+                    }
+                    let pending = engine
+                        .dispatch(keep)
+                        .map_err(|e| Error::from_actor(e, self.retry_after))?;
+                    // Queued under the order lock, so the log keeps the dispatch order.
+                    let mut queue = self.unflushed.lock();
+                    queue.extend(log);
+                    self.metrics.unflushed.set(queue.len() as i64);
+                    if 2 * queue.len() >= self.config.flush_max_events {
+                        self.kick.notify_one();
+                    }
+                    pending
+                }
+            }
+        };
+        let mut report = pending
+            .wait()
+            .await
+            .map_err(|e| Error::from_actor(e, self.retry_after))?;
+        report.rejected.extend(refused);
+        Ok(report)
+    }
+
+    /// `async` mode: writes every queued event to the log (in order). A no-op in `sync` mode.
+    pub async fn flush(&self) -> Result<usize, Error> {
+        let _writer = self.flush_lock.lock().await;
+        let mut written = 0;
+        loop {
+            let batch: Vec<store::NewEvent> = {
+                let queue = self.unflushed.lock();
+                queue.iter().take(REPLAY_PAGE).cloned().collect()
+            };
+            if batch.is_empty() {
+                return Ok(written);
+            }
+            let started = Instant::now();
+            self.store
+                .append_events(&batch)
+                .await
+                .map_err(store_error)?;
+            self.metrics.observe_append(started.elapsed(), batch.len());
+            {
+                let mut queue = self.unflushed.lock();
+                queue.drain(..batch.len());
+                self.metrics.unflushed.set(queue.len() as i64);
+            }
+            self.space.notify_waiters();
+            written += batch.len();
+        }
+    }
+
+    /// `async` mode: the background writer. Appends the queue every `every`, or as soon as
+    /// the window is half full; never returns (failures are logged and retried).
+    pub async fn run_writer(&self, every: Duration) {
+        loop {
+            let _ = tokio::time::timeout(every, self.kick.notified()).await;
+            if let Err(error) = self.flush().await {
+                tracing::warn!(%error, "event log write failed; will retry");
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+
+    /// Writes a snapshot of every shard and the item id table, covering the log up to the
+    /// last appended sequence number; then prunes old snapshots and, past the retention,
+    /// covered events.
+    pub async fn snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+        let _snapshot = self.snapshot_lock.lock().await;
+        let started = Instant::now();
+        let (covers_seq, export) = {
+            let _order = self.order.lock().await;
+            self.flush().await?;
+            let covers = self.store.last_seq().await.map_err(store_error)?;
+            let export = engine
+                .request_export()
+                .map_err(|e| Error::from_actor(e, self.retry_after))?;
+            (covers, export)
+        };
+        let export = export
+            .await
+            .map_err(|e| Error::from_actor(e, self.retry_after))?;
+        let mut parts = Vec::with_capacity(export.users.len() + export.event_ids.len() + 1);
+        parts.push(SnapshotPart {
+            key: "items".into(),
+            user_id: None,
+            bytes: encode_item_slots(&export.items),
+        });
+        for (shard, ids) in export.event_ids.iter().enumerate() {
+            parts.push(SnapshotPart {
+                key: format!("event_ids:{shard}"),
+                user_id: None,
+                bytes: encode_event_ids(ids),
+            });
+        }
+        let users = export.users.len();
+        for record in &export.users {
+            parts.push(SnapshotPart {
+                key: format!("user:{}", record.user_id),
+                user_id: Some(record.user_id.to_string()),
+                bytes: encode_user(record),
+            });
+        }
+        let bytes = parts.iter().map(|p| p.bytes.len()).sum();
+        let created_ms = now_ms();
+        let id = (created_ms.max(0) as u64).max(self.last_snapshot_id.load(Ordering::Acquire) + 1);
+        let meta = SnapshotMeta {
+            id,
+            covers_seq,
+            created_ms,
+        };
+        self.store
+            .put_snapshot(&meta, &parts)
+            .await
+            .map_err(store_error)?;
+        self.last_snapshot_id.store(id, Ordering::Release);
+        self.store
+            .prune_snapshots(self.snapshots.keep.max(1))
+            .await
+            .map_err(store_error)?;
+        let cutoff = created_ms - i64::from(self.config.retention_days) * 86_400_000;
+        let pruned_events = self
+            .store
+            .prune_events(cutoff, covers_seq)
+            .await
+            .map_err(store_error)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.snapshot_duration.observe(seconds);
+        self.metrics.snapshot_bytes.set(bytes as i64);
+        self.metrics.snapshot_covers_seq.set(covers_seq as i64);
+        self.metrics
+            .snapshot_last_success
+            .set(created_ms as f64 / 1000.0);
+        self.metrics.pruned_events.inc_by(pruned_events);
+        tracing::info!(id, covers_seq, users, bytes, seconds, "snapshot written");
+        Ok(SnapshotStats {
+            id,
+            covers_seq,
+            users,
+            bytes,
+            seconds,
+            pruned_events,
+        })
+    }
+
+    /// Rebuilds the engine from the newest snapshot and the log after it, then the item
+    /// metadata and user profiles. Call once, before the server takes traffic.
+    pub async fn restore(&self, engine: &Engine) -> Result<RestoreStats, Error> {
+        let started = Instant::now();
+        let mut covers = 0;
+        let mut snapshot_users = 0;
+        if let Some((meta, parts)) = self.store.latest_snapshot().await.map_err(store_error)? {
+            let mut export = EngineExport::default();
+            let mut shard_ids: Vec<(usize, Vec<Box<str>>)> = Vec::new();
+            for part in parts {
+                let corrupt = |e: momentum_actors::snapshot::DecodeError| Error::Internal {
+                    message: format!("snapshot {} part {}: {e}", meta.id, part.key),
+                };
+                if part.key == "items" {
+                    export.items = decode_item_slots(&part.bytes).map_err(corrupt)?;
+                } else if let Some(shard) = part.key.strip_prefix("event_ids:") {
+                    let shard = shard.parse().unwrap_or(0);
+                    shard_ids.push((shard, decode_event_ids(&part.bytes).map_err(corrupt)?));
+                } else if part.user_id.is_some() {
+                    export
+                        .users
+                        .push(decode_user(&part.bytes).map_err(corrupt)?);
+                }
+            }
+            shard_ids.sort_by_key(|(shard, _)| *shard);
+            export.event_ids = shard_ids.into_iter().map(|(_, ids)| ids).collect();
+            snapshot_users = export.users.len();
+            let refused = engine.import(export).await.map_err(actor_error)?;
+            if refused > 0 {
+                tracing::warn!(refused, "snapshot records refused by the id bounds");
+            }
+            covers = meta.covers_seq;
+            self.last_snapshot_id.store(meta.id, Ordering::Release);
+        }
+        let mut replayed = 0u64;
+        let mut after = covers;
+        loop {
+            let page = self
+                .store
+                .events_after(after, REPLAY_PAGE)
+                .await
+                .map_err(store_error)?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let events: Vec<NewEvent> = page
+                .into_iter()
+                .enumerate()
+                .filter_map(|(index, e)| {
+                    let kind = EventKind::parse(&e.event.kind)?;
+                    Some(NewEvent {
+                        index,
+                        event_id: e.event.event_id,
+                        user_id: e.event.user_id,
+                        item_id: e.event.item_id,
+                        kind,
+                        value: e.event.value,
+                        ts_ms: e.event.ts_ms,
+                    })
+                })
+                .collect();
+            replayed += events.len() as u64;
+            engine.record_events(events).await.map_err(actor_error)?;
+            after = last;
+        }
+        // Metadata after the rows: items interned by the snapshot and the log keep their ids,
+        // and events replayed above were applied while their items were still live.
+        let items = self.store.get_items().await.map_err(store_error)?;
+        for item in &items {
+            if !item.meta.is_null() {
+                let meta: ItemMeta = serde_json::from_value(item.meta.clone()).unwrap_or_default();
+                engine
+                    .put_item(&item.item_id, meta)
+                    .await
+                    .map_err(actor_error)?;
+            }
+        }
+        for item in items.iter().filter(|i| i.deleted) {
+            if engine.get_item(&item.item_id).is_ok() {
+                engine
+                    .delete_item(&item.item_id)
+                    .await
+                    .map_err(actor_error)?;
+            }
+        }
+        for user in self.store.get_users().await.map_err(store_error)? {
+            let profile: UserProfile = serde_json::from_value(user.profile).unwrap_or_default();
+            engine
+                .put_user(&user.user_id, profile)
+                .await
+                .map_err(actor_error)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.restore_duration.set(seconds);
+        tracing::info!(
+            snapshot_users,
+            replayed,
+            seconds,
+            "state restored from the store"
+        );
+        Ok(RestoreStats {
+            snapshot_users,
+            replayed_events: replayed,
+            seconds,
+        })
+    }
+
+    /// GDPR erasure: the user leaves memory, the log, every snapshot and every table.
+    pub async fn erase_user(&self, engine: &Engine, user_id: &str) -> Result<bool, Error> {
+        let _snapshot = self.snapshot_lock.lock().await;
+        let _order = self.order.lock().await;
+        // Queued events of theirs must not reach the log after the erasure.
+        self.flush().await?;
+        let known = engine.erase_user(user_id).await.map_err(actor_error)?;
+        let report = self.store.erase_user(user_id).await.map_err(store_error)?;
+        let stored = report.removed.total() > 0;
+        tracing::info!(removed_rows = report.removed.total(), "user erased");
+        Ok(known || stored)
+    }
+
+    /// Persists item metadata (called after the engine accepted it).
+    pub async fn put_item(&self, item_id: &str, meta: &ItemMeta) -> Result<(), Error> {
+        let value = serde_json::to_value(meta).unwrap_or_else(|_| json!({}));
+        self.store
+            .put_item(item_id, &value)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Persists an item deletion.
+    pub async fn delete_item(&self, item_id: &str) -> Result<(), Error> {
+        self.store.delete_item(item_id).await.map_err(store_error)
+    }
+
+    /// Persists a user profile.
+    pub async fn put_user(&self, user_id: &str, profile: &UserProfile) -> Result<(), Error> {
+        let value = serde_json::to_value(profile).unwrap_or_else(|_| json!({}));
+        self.store
+            .put_user(user_id, &value)
+            .await
+            .map_err(store_error)
+    }
+}
+
+/// Store failures are internal errors: logged, not sent.
+pub fn store_error(e: store::StoreError) -> Error {
+    Error::Internal {
+        message: format!("store: {e}"),
+    }
+}
+
+fn actor_error(e: ActorError) -> Error {
+    Error::from_actor(e, 1)
+}

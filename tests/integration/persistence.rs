@@ -1,0 +1,428 @@
+//! Durability over the real server, on both store back-ends: restart equivalence (snapshot +
+//! restore answers byte for byte like the uninterrupted server), GDPR erasure (nothing left in
+//! any table or snapshot, and a restart does not bring the user back), and a crash test (a
+//! child process killed with SIGKILL mid-stream keeps every acknowledged event).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{settings, TestServer, ADMIN_KEY};
+use momentum::store::StoreKind;
+use momentum::Settings;
+
+/// Settings for a PostgreSQL store in a fresh schema at `DATABASE_URL` (the test fails if the
+/// database cannot be reached: the server does not start).
+fn postgres_settings() -> Settings {
+    let mut s = settings();
+    s.store.kind = StoreKind::Postgres;
+    s.store.url = Some(
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    );
+    s.store.schema = Some(format!("momentum_it_{:016x}", rand_u64()));
+    s
+}
+
+/// Drops the schema a PostgreSQL test used.
+async fn drop_schema(settings: &Settings) {
+    let (Some(url), Some(schema)) = (&settings.store.url, &settings.store.schema) else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to DATABASE_URL");
+    actix_web::rt::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .expect("drop schema");
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A deterministic workload: 40 users, 30 items with metadata, ratings and implicit events.
+fn workload() -> (Vec<(String, Value)>, Vec<Value>) {
+    let items = (0..30)
+        .map(|i| {
+            let tags = if i % 3 == 0 {
+                vec!["fitness", "outdoor"]
+            } else if i % 3 == 1 {
+                vec!["learning"]
+            } else {
+                vec!["mindfulness", "health"]
+            };
+            let word = ["run", "read", "meditate"][i % 3];
+            let kind = ["habit", "project", "practice"][i % 3];
+            (
+                format!("g{i}"),
+                json!({"title": format!("Goal number {i} {word}"), "tags": tags, "type": kind}),
+            )
+        })
+        .collect();
+    let kinds = [
+        "view", "click", "start", "checkin", "complete", "like", "abandon",
+    ];
+    let mut events = Vec::new();
+    for u in 0..40u64 {
+        for k in 0..12u64 {
+            let item = (u * 7 + k * k * 3 + k) % 30;
+            let n = u * 100 + k;
+            let e = if k % 4 == 0 {
+                json!({"event_id": format!("ev{n}"), "user_id": format!("u{u}"), "item_id": format!("g{item}"), "kind": "rate", "value": ((u + k) % 5 + 1) as f64 * 0.9, "ts": 1_700_000_000_000u64 + n})
+            } else {
+                json!({"event_id": format!("ev{n}"), "user_id": format!("u{u}"), "item_id": format!("g{item}"), "kind": kinds[((u + k) % 7) as usize], "ts": 1_700_000_000_000u64 + n})
+            };
+            events.push(e);
+        }
+    }
+    (items, events)
+}
+
+/// What must survive a restart, as the API shows it (minus per-response ids and flags).
+async fn observable(s: &TestServer) -> Vec<Value> {
+    let mut out = Vec::new();
+    for u in 0..40 {
+        let (_, mut recs) = s.get(&format!("/v1/users/u{u}/recommendations?n=8")).await;
+        let items = recs["items"].take();
+        out.push(json!({"user": u, "strategy": recs["strategy"], "items": items}));
+        let (_, sim) = s.get(&format!("/v1/users/u{u}/similar-users")).await;
+        out.push(sim);
+        let (_, user) = s.get(&format!("/v1/users/u{u}")).await;
+        out.push(user);
+    }
+    for i in 0..30 {
+        out.push(s.get(&format!("/v1/items/g{i}/similar-items")).await.1);
+        out.push(s.get(&format!("/v1/items/g{i}")).await.1);
+    }
+    out
+}
+
+async fn load(s: &TestServer, items: &[(String, Value)], events: &[Value]) {
+    for (id, meta) in items {
+        let (status, body) = s.put_json(&format!("/v1/items/{id}"), meta).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    for chunk in events.chunks(97) {
+        let (status, body) = s.post_json("/v1/events", &json!(chunk)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+async fn snapshot_now(s: &TestServer) -> Value {
+    let res = s
+        .client
+        .post(s.url("/v1/admin/snapshot"))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(res.status().as_u16(), 200);
+    res.json().await.expect("json")
+}
+
+async fn restart_equivalence(settings: Settings) {
+    let (items, events) = workload();
+    let (first, second) = events.split_at(300);
+    let mut a = TestServer::start_with(settings.clone());
+    a.keep_store = true;
+    load(&a, &items, first).await;
+    // A snapshot in the middle, then more events that only the log tail holds.
+    let snap = snapshot_now(&a).await;
+    assert!(
+        snap["covers_seq"].as_u64().is_some_and(|s| s >= 300),
+        "{snap}"
+    );
+    load(&a, &[], second).await;
+    let profile = json!({"preferences": {"goal": "health"}, "locale": "en-GB"});
+    assert_eq!(a.put_json("/v1/users/u3", &profile).await.0, 200);
+    let before = observable(&a).await;
+    drop(a); // graceful stop: final snapshot
+
+    let b = TestServer::start_with(settings.clone());
+    let after = observable(&b).await;
+    assert_eq!(before.len(), after.len());
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!(x.to_string(), y.to_string(), "restart changed an answer");
+    }
+    // Retries of logged events are still recognised.
+    let (_, body) = b.post_json("/v1/events", &json!(&events[..50])).await;
+    assert_eq!(body["duplicates"], 50, "{body}");
+}
+
+async fn erasure(settings: Settings) {
+    let (items, events) = workload();
+    let mut a = TestServer::start_with(settings.clone());
+    a.keep_store = true;
+    load(&a, &items, &events).await;
+    assert_eq!(
+        a.put_json("/v1/users/u7", &json!({"locale": "fr"})).await.0,
+        200
+    );
+    snapshot_now(&a).await;
+    let store = a.state().journal.store().clone();
+    assert!(store.count_user_rows("u7").await.expect("count").total() > 0);
+
+    let url = a.url("/v1/users/u7");
+    assert_eq!(
+        a.client
+            .delete(&url)
+            .send()
+            .await
+            .expect("delete")
+            .status()
+            .as_u16(),
+        401
+    );
+    let res = a
+        .client
+        .delete(&url)
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(a.get("/v1/users/u7").await.0, 404);
+    let footprint = store.count_user_rows("u7").await.expect("count");
+    assert_eq!(
+        footprint.total(),
+        0,
+        "rows left after erasure: {footprint:?}"
+    );
+    assert!(
+        store.count_user_rows("u8").await.expect("count").total() > 0,
+        "others stay"
+    );
+    // Nobody lists them as a neighbour any more.
+    for u in 0..40 {
+        let (_, sim) = a.get(&format!("/v1/users/u{u}/similar-users")).await;
+        assert!(!sim.to_string().contains("\"u7\""), "{sim}");
+    }
+    // Later snapshots cannot bring them back; neither can a restart.
+    snapshot_now(&a).await;
+    assert_eq!(store.count_user_rows("u7").await.expect("count").total(), 0);
+    drop(store); // the embedded database allows one open handle
+    drop(a);
+    let b = TestServer::start_with(settings);
+    assert_eq!(b.get("/v1/users/u7").await.0, 404);
+    assert_eq!(b.get("/v1/users/u8").await.0, 200);
+    let res = b
+        .client
+        .delete(b.url("/v1/users/u7"))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status().as_u16(), 404);
+}
+
+#[actix_web::test]
+async fn restart_reproduces_answers_embedded() {
+    restart_equivalence(settings()).await;
+}
+
+#[actix_web::test]
+async fn restart_reproduces_answers_postgres() {
+    let settings = postgres_settings();
+    restart_equivalence(settings.clone()).await;
+    drop_schema(&settings).await;
+}
+
+#[actix_web::test]
+async fn erasure_leaves_no_trace_embedded() {
+    erasure(settings()).await;
+}
+
+#[actix_web::test]
+async fn erasure_leaves_no_trace_postgres() {
+    let settings = postgres_settings();
+    erasure(settings.clone()).await;
+    drop_schema(&settings).await;
+}
+
+#[actix_web::test]
+async fn async_durability_flushes_on_shutdown() {
+    let mut cfg = settings();
+    cfg.store.durability = momentum::store::Durability::Async;
+    cfg.store.flush_interval_ms = 60_000; // only the shutdown flush writes the log
+    let (items, events) = workload();
+    let mut a = TestServer::start_with(cfg.clone());
+    a.keep_store = true;
+    load(&a, &items, &events).await;
+    let before = observable(&a).await;
+    drop(a);
+    let b = TestServer::start_with(cfg);
+    assert_eq!(before, observable(&b).await);
+}
+
+/// A server in a child process, so it can be killed with SIGKILL.
+struct ChildServer {
+    child: Child,
+    base: String,
+}
+
+fn spawn_child(store_dir: &std::path::Path) -> ChildServer {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_momentum"))
+        .env("MOMENTUM__SERVER__BIND", "127.0.0.1:0")
+        .env("MOMENTUM__SERVER__WORKERS", "2")
+        .env("MOMENTUM__STORE__PATH", store_dir)
+        .env("MOMENTUM__STORE__DURABILITY", "sync")
+        .env("MOMENTUM__SNAPSHOT__INTERVAL_SECS", "1")
+        .env("MOMENTUM__RECOMMEND__POPULAR_REFRESH_MS", "0")
+        .env("MOMENTUM__LOGGING__FORMAT", "plain")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn momentum");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("child prints its address");
+    ChildServer {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..1000 {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
+            if res.status().as_u16() == 200 {
+                return;
+            }
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("child server not ready");
+}
+
+#[actix_web::test]
+async fn sigkill_mid_stream_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    let mut server = spawn_child(dir.path());
+    wait_ready(&client, &server.base).await;
+
+    // 30 batches of 50 events over 60 users and 25 items, each acknowledged.
+    let batch = |b: u64| -> Value {
+        json!((0..50u64).map(|k| {
+            let n = b * 50 + k;
+            let kind = ["view", "start", "checkin", "complete"][(n % 4) as usize];
+            json!({"event_id": format!("c{n}"), "user_id": format!("u{}", (n * 7) % 60), "item_id": format!("i{}", (n * 13 + b) % 25), "kind": kind, "ts": 1_700_000_000_000u64 + n})
+        }).collect::<Vec<_>>())
+    };
+    let mut acked = Vec::new();
+    for b in 0..30 {
+        let body = batch(b);
+        let res = client
+            .post(format!("{}/v1/events", server.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status().as_u16(), 200);
+        acked.push(body);
+    }
+    let sample: Vec<String> = (0..60).step_by(6).map(|u| format!("u{u}")).collect();
+    let mut before = Vec::new();
+    for u in &sample {
+        let v: Value = client
+            .get(format!("{}/v1/users/{u}/recommendations?n=5", server.base))
+            .send()
+            .await
+            .expect("recs")
+            .json()
+            .await
+            .expect("json");
+        let c: Value = client
+            .get(format!("{}/v1/users/{u}", server.base))
+            .send()
+            .await
+            .expect("user")
+            .json()
+            .await
+            .expect("json");
+        before.push((v["items"].clone(), c["interactions"].clone()));
+    }
+    // An island of other users and items is in flight when the process dies; whether it
+    // landed or not, it cannot change the sample's answers.
+    let island = json!((0..2000u64).map(|n| json!({"event_id": format!("x{n}"), "user_id": format!("x{}", n % 300), "item_id": format!("y{}", n % 40), "kind": "view"})).collect::<Vec<_>>());
+    let url = format!("{}/v1/events", server.base);
+    let in_flight = actix_web::rt::spawn({
+        let client = client.clone();
+        async move {
+            let _ = client.post(url).json(&island).send().await;
+        }
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(2)).await;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    let _ = in_flight.await;
+
+    let mut server = spawn_child(dir.path());
+    wait_ready(&client, &server.base).await;
+    for (u, (items, interactions)) in sample.iter().zip(&before) {
+        let v: Value = client
+            .get(format!("{}/v1/users/{u}/recommendations?n=5", server.base))
+            .send()
+            .await
+            .expect("recs")
+            .json()
+            .await
+            .expect("json");
+        let c: Value = client
+            .get(format!("{}/v1/users/{u}", server.base))
+            .send()
+            .await
+            .expect("user")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(&c["interactions"], interactions, "{u}");
+        assert_eq!(
+            &v["items"], items,
+            "{u}: recommendations changed across the crash"
+        );
+    }
+    // Every acknowledged event is there: resending them all only finds duplicates.
+    for body in &acked {
+        let res: Value = client
+            .post(format!("{}/v1/events", server.base))
+            .json(body)
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(res["accepted"], 0, "{res}");
+        assert_eq!(res["duplicates"], 50, "{res}");
+    }
+    server.child.kill().ok();
+    server.child.wait().ok();
+}
