@@ -92,7 +92,7 @@ def main() -> int:
         return 2
     results = [check_file(directory, f, m, tol, check) for f, m, tol in FILES]
     passed = sum(results)
-    print(f"litert: {passed} passed, {len(results) - passed} failed")
+    print(f"litert_check: {passed} of {len(results)} files match the Rust model")
     return 0 if all(results) else 1
 
 

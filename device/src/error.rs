@@ -75,7 +75,8 @@ impl From<ExportError> for DeviceError {
 }
 
 impl DeviceError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         DeviceError::Io {
             path: path.display().to_string(),
             source,

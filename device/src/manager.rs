@@ -24,7 +24,7 @@ use momentum_models::export::{
     check_tflite, decrypt, sha256_hex, ModelKey, ModelMetadata, Variant,
 };
 use momentum_models::features::FEATURE_NAMES;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::interpreter::{compile, InterpreterPool};
 use crate::server::{Download, ModelServer};
@@ -166,6 +166,8 @@ pub struct ModelManager {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     hold_hook: RwLock<Option<HoldHook>>,
+    /// Serialises loads and syncs, so two updates never race to download or swap.
+    updating: Mutex<()>,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -193,6 +195,7 @@ impl ModelManager {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             hold_hook: RwLock::new(None),
+            updating: Mutex::new(()),
         }
     }
 
@@ -212,6 +215,7 @@ impl ModelManager {
 
     /// Verifies plain `.tflite` bytes against `metadata` and puts them in service.
     pub fn load_bytes(&self, bytes: &[u8], metadata: ModelMetadata) -> Result<u64, DeviceError> {
+        let _updating = self.updating.lock();
         self.admit(bytes, metadata, None)
     }
 
@@ -221,17 +225,20 @@ impl ModelManager {
         sealed: &[u8],
         metadata: ModelMetadata,
     ) -> Result<u64, DeviceError> {
+        let _updating = self.updating.lock();
         let plain = self.decrypt(sealed).inspect_err(|e| self.refused(e))?;
         self.admit(&plain, metadata, None)
     }
 
     /// Loads a `.tflite` file and its metadata JSON file.
     pub fn load_files(&self, model: &Path, metadata: &Path) -> Result<u64, DeviceError> {
+        let _updating = self.updating.lock();
         let bytes = std::fs::read(model).map_err(|e| DeviceError::io(model, e))?;
         let json = std::fs::read(metadata).map_err(|e| DeviceError::io(metadata, e))?;
-        let metadata = ModelMetadata::from_json(&json).inspect_err(|e| {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "model metadata refused");
+        let metadata = ModelMetadata::from_json(&json).map_err(|e| {
+            let e = DeviceError::from(e);
+            self.refused(&e);
+            e
         })?;
         self.admit(&bytes, metadata, None)
     }
@@ -243,6 +250,7 @@ impl ModelManager {
         let Some(dir) = &self.config.cache_dir else {
             return Ok(None);
         };
+        let _updating = self.updating.lock();
         let model = dir.join(CACHED_MODEL);
         let metadata = dir.join(CACHED_METADATA);
         if !model.exists() || !metadata.exists() {
@@ -251,7 +259,11 @@ impl ModelManager {
         let etag = std::fs::read_to_string(dir.join(CACHED_ETAG)).ok();
         let bytes = std::fs::read(&model).map_err(|e| DeviceError::io(&model, e))?;
         let json = std::fs::read(&metadata).map_err(|e| DeviceError::io(&metadata, e))?;
-        let metadata = ModelMetadata::from_json(&json)?;
+        let metadata = ModelMetadata::from_json(&json).map_err(|e| {
+            let e = DeviceError::from(e);
+            self.refused(&e);
+            e
+        })?;
         self.admit(&bytes, metadata, etag).map(Some)
     }
 
@@ -266,6 +278,7 @@ impl ModelManager {
         if policy.connection == Connection::Offline {
             return Ok(SyncOutcome::Offline);
         }
+        let _updating = self.updating.lock();
         let current = self.current();
         let serving = current.as_ref().map(|m| m.version());
         let latest = server.latest(&self.config.model_name, serving)?;
@@ -557,8 +570,8 @@ fn verify(
         let mut state = pool.acquire(Duration::from_secs(5))?;
         for (index, golden) in metadata.golden.iter().enumerate() {
             let actual = f64::from(state.run(&golden.input)?);
-            // NaN fails this comparison too.
-            if !((actual - golden.probability).abs() <= tolerance) {
+            let error = (actual - golden.probability).abs();
+            if error.is_nan() || error > tolerance {
                 return Err(DeviceError::GoldenMismatch {
                     index,
                     expected: golden.probability,

@@ -1,6 +1,7 @@
 //! The device crate end to end: export → verify → serve, refusals, the pool bound, updates
 //! from a (fake) server, the feature store, and agreement with the Rust model. One test binary
 //! on purpose: tract is slow to link.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -347,8 +348,11 @@ fn callers_time_out_when_the_pool_stays_busy() {
 #[derive(Default)]
 struct FakeServer {
     routes: Mutex<HashMap<String, HttpResponse>>,
-    requests: Mutex<Vec<(String, Vec<(String, String)>)>>,
+    requests: Mutex<Vec<Request>>,
 }
+
+/// A request the fake server saw: URL and headers.
+type Request = (String, Vec<(String, String)>);
 
 struct FakeClient(Arc<FakeServer>);
 
@@ -754,4 +758,124 @@ fn a_90_day_log_has_sensible_features() {
     assert!(f.user_experience_days > 80.0 && f.user_experience_days <= 90.0);
     assert!(f.consistency > 0.3);
     assert!(NOW_MS - log[0].ts_ms <= 90 * DAY_MS);
+}
+
+/// A one-thread HTTP/1.1 server on loopback serving `routes` (path → body, etag) for at most
+/// `max_requests` requests, answering `304` when `If-None-Match` matches.
+fn serve(
+    routes: HashMap<String, (Vec<u8>, String)>,
+    max_requests: usize,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for stream in listener.incoming().take(max_requests) {
+            let mut stream = stream.unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            let mut if_none_match = None;
+            let mut version_header = None;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                let (k, v) = line.split_once(':').unwrap();
+                match k.to_ascii_lowercase().as_str() {
+                    "if-none-match" => if_none_match = Some(v.trim().to_string()),
+                    "x-model-version" => version_header = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+            seen.push(format!("{path} v={}", version_header.unwrap_or_default()));
+            let response = match routes.get(&path) {
+                Some((_, etag)) if if_none_match.as_deref() == Some(etag.as_str()) => format!(
+                    "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes(),
+                Some((body, etag)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            stream.write_all(&response).unwrap();
+        }
+        seen
+    });
+    (base, handle)
+}
+
+#[test]
+fn ureq_client_syncs_over_real_http() {
+    let v1 = exported(1);
+    let latest = serde_json::json!({
+        "version": 1,
+        "sha256": v1.metadata.sha256,
+        "size": v1.metadata.size,
+        "metadata": serde_json::from_str::<serde_json::Value>(&v1.metadata.to_json()).unwrap(),
+    });
+    let etag = format!("\"{}\"", v1.metadata.sha256);
+    let routes = HashMap::from([
+        (
+            "/v1/models/success/latest".to_string(),
+            (latest.to_string().into_bytes(), "\"latest\"".to_string()),
+        ),
+        (
+            "/v1/models/success/versions/1/model.tflite".to_string(),
+            (v1.bytes.clone(), etag.clone()),
+        ),
+    ]);
+    let (base, server_thread) = serve(routes, 5);
+    let server = ModelServer::http(&base);
+    let manager = manager();
+    assert_eq!(
+        manager.sync(&server, NetworkPolicy::any()).unwrap(),
+        SyncOutcome::Updated {
+            previous: None,
+            version: 1
+        }
+    );
+    assert_eq!(manager.current().unwrap().etag, Some(etag.clone()));
+    assert_eq!(
+        manager.sync(&server, NetworkPolicy::any()).unwrap(),
+        SyncOutcome::UpToDate { version: 1 }
+    );
+    // A conditional download of what the device holds: 304, nothing transferred.
+    let client = UreqClient::default();
+    let url = format!("{base}/v1/models/success/versions/1/model.tflite");
+    let response = client.get(&url, &[("If-None-Match", &etag)]).unwrap();
+    assert_eq!((response.status, response.body.len()), (304, 0));
+    let missing = client.get(&format!("{base}/nope"), &[]).unwrap();
+    assert_eq!(missing.status, 404);
+    let seen = server_thread.join().unwrap();
+    assert_eq!(
+        seen,
+        [
+            "/v1/models/success/latest v=none",
+            "/v1/models/success/versions/1/model.tflite v=none",
+            "/v1/models/success/latest v=1",
+            "/v1/models/success/versions/1/model.tflite v=",
+            "/nope v=",
+        ]
+    );
 }
