@@ -19,8 +19,7 @@ use serde_json::json;
 use momentum_device::fixtures;
 use momentum_device::{
     events, Clock, Connection, Device, DeviceError, FeatureStore, FeatureStoreConfig,
-    ManagerConfig, ManualClock, ModelManager, ModelServer, NetworkPolicy, SystemClock,
-    UreqClient,
+    ManagerConfig, ManualClock, ModelManager, ModelServer, NetworkPolicy, SystemClock, UreqClient,
 };
 use momentum_models::export::{ModelKey, Variant};
 
@@ -28,7 +27,10 @@ use momentum_models::export::{ModelKey, Variant};
 const KEY_ENV: &str = "MOMENTUM_MODEL_KEY";
 
 #[derive(Debug, Parser)]
-#[command(name = "momentum-device", about = "Play a phone: sync the model, predict offline")]
+#[command(
+    name = "momentum-device",
+    about = "Play a phone: sync the model, predict offline"
+)]
 struct Args {
     /// Server to sync the model from, e.g. http://127.0.0.1:8080.
     #[arg(long)]
@@ -127,7 +129,10 @@ fn run(args: Args) -> Result<(), DeviceError> {
     }
     let mut sync = serde_json::Value::Null;
     if let Some(url) = &args.server {
-        let server = ModelServer::new(url, Box::new(UreqClient::new(Duration::from_secs(10), 64 << 20)));
+        let server = ModelServer::new(
+            url,
+            Box::new(UreqClient::new(Duration::from_secs(10), 64 << 20)),
+        );
         let policy = NetworkPolicy {
             connection: if args.cellular {
                 Connection::Cellular
@@ -146,14 +151,11 @@ fn run(args: Args) -> Result<(), DeviceError> {
         return Err(DeviceError::NoModel);
     }
 
-    let file =
-        std::fs::File::open(&args.events).map_err(|e| DeviceError::io(&args.events, e))?;
+    let file = std::fs::File::open(&args.events).map_err(|e| DeviceError::io(&args.events, e))?;
     let user = events::read_user_log(std::io::BufReader::new(file), &args.user)?;
     let now_ms = match args.now.as_str() {
         "system" => SystemClock.now_ms(),
-        "latest" => user
-            .latest_ts_ms
-            .unwrap_or_else(|| SystemClock.now_ms()),
+        "latest" => user.latest_ts_ms.unwrap_or_else(|| SystemClock.now_ms()),
         ms => ms.parse().map_err(|_| DeviceError::InvalidInput {
             reason: format!("--now {ms:?} is not unix ms, `latest` or `system`"),
         })?,
@@ -187,8 +189,12 @@ fn run(args: Args) -> Result<(), DeviceError> {
             .map(|_| {
                 let device = &device;
                 scope.spawn(move || {
-                    (0..per_thread)
-                        .try_for_each(|_| device.models.run_inference(&row, Duration::from_secs(5)).map(|_| ()))
+                    (0..per_thread).try_for_each(|_| {
+                        device
+                            .models
+                            .run_inference(&row, Duration::from_secs(5))
+                            .map(|_| ())
+                    })
                 })
             })
             .collect();
