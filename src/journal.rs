@@ -416,16 +416,10 @@ impl Journal {
             self.last_snapshot_id.store(meta.id, Ordering::Release);
         }
         let mut replayed = 0u64;
-        let mut after = covers;
-        loop {
-            let page = self
-                .store
-                .events_after(after, REPLAY_PAGE)
-                .await
-                .map_err(store_error)?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                break;
-            };
+        // The reader fetches the next page while the engine applies the current one.
+        let mut log = self.store.read_log(covers, REPLAY_PAGE);
+        while let Some(page) = log.next_page().await {
+            let page = page.map_err(store_error)?;
             let events: Vec<NewEvent> = page
                 .into_iter()
                 .enumerate()
@@ -444,7 +438,6 @@ impl Journal {
                 .collect();
             replayed += events.len() as u64;
             engine.record_events(events).await.map_err(actor_error)?;
-            after = last;
         }
         // Metadata after the rows: items interned by the snapshot and the log keep their ids,
         // and events replayed above were applied while their items were still live.

@@ -138,6 +138,7 @@ pub struct ItemCatalog {
     similar_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
     popular_computed: Option<(Instant, u64)>,
     tokenizer: Tokenizer,
+    restarts: Option<prometheus::IntCounter>,
 }
 
 impl ItemCatalog {
@@ -148,7 +149,14 @@ impl ItemCatalog {
             config,
             similar_cache: FxHashMap::default(),
             popular_computed: None,
+            restarts: None,
         }
+    }
+
+    /// Counts restarts under actix supervision in `counter`.
+    pub fn with_restart_counter(mut self, counter: prometheus::IntCounter) -> Self {
+        self.restarts = Some(counter);
+        self
     }
 
     fn refresh_popular(&mut self, force: bool) {
@@ -178,6 +186,15 @@ impl Actor for ItemCatalog {
         ctx.set_mailbox_capacity(1 << 20);
         let every = Duration::from_millis(self.config.recommend.popular_refresh_ms.max(100));
         ctx.run_interval(every, |act, _| act.refresh_popular(false));
+    }
+}
+
+impl actix::Supervised for ItemCatalog {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        if let Some(counter) = &self.restarts {
+            counter.inc();
+        }
+        tracing::warn!("item catalogue restarting with its state");
     }
 }
 

@@ -14,7 +14,7 @@ use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
     DeleteItem, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarItems,
-    GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents,
+    GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents, Restart,
     UserSummary,
 };
 use crate::metrics::ActorMetrics;
@@ -126,9 +126,10 @@ impl Engine {
         };
         let capacity = config.actors.mailbox_capacity;
         let catalog_arbiter = Arbiter::new();
-        let catalog_actor = ItemCatalog::new(index.clone(), config.clone());
+        let catalog_actor = ItemCatalog::new(index.clone(), config.clone())
+            .with_restart_counter(metrics.restarts.with_label_values(&["item_catalog"]));
         let catalog_addr =
-            ItemCatalog::start_in_arbiter(&catalog_arbiter.handle(), |_| catalog_actor);
+            actix::Supervisor::start_in_arbiter(&catalog_arbiter.handle(), |_| catalog_actor);
         let catalog = Mailbox::new(catalog_addr, capacity, "item_catalog", &metrics);
         let shard_arbiters: Vec<Arbiter> = (0..threads.min(config.actors.shards))
             .map(|_| Arbiter::new())
@@ -138,7 +139,7 @@ impl Engine {
                 let state = ShardState::new(index.clone(), config.clone(), metrics.clone());
                 let actor = UserShard::new(state, catalog.clone());
                 let arbiter = &shard_arbiters[s % shard_arbiters.len()];
-                let addr = UserShard::start_in_arbiter(&arbiter.handle(), |_| actor);
+                let addr = actix::Supervisor::start_in_arbiter(&arbiter.handle(), |_| actor);
                 Mailbox::new(addr, capacity, "user_shard", &metrics)
             })
             .collect();
@@ -510,6 +511,14 @@ impl Engine {
         Ok(true)
     }
 
+    /// Stops shard `shard` so its supervisor restarts it (tests of supervision).
+    pub fn restart_shard(&self, shard: usize) -> Result<(), ActorError> {
+        match self.shards.get(shard) {
+            Some(mailbox) => mailbox.try_send(Restart),
+            None => Ok(()),
+        }
+    }
+
     /// External id of a dense item id.
     pub fn item_name(&self, item: u32) -> Option<Arc<str>> {
         self.index.items.name(item)
@@ -532,6 +541,39 @@ fn capacity_rejection(index: usize, what: &'static str, capacity: usize) -> Reje
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix::test]
+    async fn a_restarted_shard_keeps_its_state_and_is_counted() {
+        let mut config = EngineConfig::default();
+        config.actors.shards = 2;
+        config.actors.threads = 1;
+        let metrics = ActorMetrics::unregistered();
+        let engine = Engine::start(config, metrics.clone());
+        let event = |item: &str| NewEvent {
+            index: 0,
+            event_id: None,
+            user_id: "alice".into(),
+            item_id: Some(item.into()),
+            kind: EventKind::Complete,
+            value: None,
+            ts_ms: 1,
+        };
+        engine
+            .record_events(vec![event("a")])
+            .await
+            .expect("recorded");
+        engine
+            .restart_shard(shard_for("alice", 2))
+            .expect("restart sent");
+        engine
+            .record_events(vec![event("b")])
+            .await
+            .expect("recorded after restart");
+        let summary = engine.get_user("alice").await.expect("known");
+        assert_eq!(summary.interactions, 2, "the row survived the restart");
+        assert_eq!(metrics.restarts.with_label_values(&["user_shard"]).get(), 1);
+        engine.stop();
+    }
 
     #[test]
     fn shard_routing_is_md5_based_and_stable() {

@@ -162,3 +162,9 @@ pub struct GetActivity {
     pub user: u32,
     pub reply: oneshot::Sender<Option<Vec<momentum_models::features::Activity>>>,
 }
+
+/// Stop the actor; its actix supervisor restarts it at once with the same state (counted in
+/// `momentum_actor_restarts_total`). Operators never need it; tests use it to check supervision.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Restart;

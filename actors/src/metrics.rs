@@ -20,6 +20,8 @@ pub struct ActorMetrics {
     pub interactions: IntGauge,
     /// Intra-list diversity (mean pairwise 1 − TF-IDF cosine) of computed lists.
     pub diversity: Histogram,
+    /// Restarts of supervised actors, per actor kind.
+    pub restarts: IntCounterVec,
 }
 
 impl ActorMetrics {
@@ -67,7 +69,15 @@ impl ActorMetrics {
                 )
                 .buckets(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
             )?,
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "momentum_actor_restarts_total",
+                    "Restarts of supervised actors (their state is kept across a restart)",
+                ),
+                &["actor"],
+            )?,
         };
+        registry.register(Box::new(m.restarts.clone()))?;
         registry.register(Box::new(m.diversity.clone()))?;
         registry.register(Box::new(m.mailbox_depth.clone()))?;
         registry.register(Box::new(m.mailbox_capacity.clone()))?;

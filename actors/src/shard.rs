@@ -19,7 +19,7 @@ use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
     ApplyItemDeltas, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarUsers,
-    GetUser, ImportShard, InternedEvent, PutUser, RecordEvents, RowDelta, ShardOutcome,
+    GetUser, ImportShard, InternedEvent, PutUser, RecordEvents, Restart, RowDelta, ShardOutcome,
     UserSummary,
 };
 use crate::metrics::ActorMetrics;
@@ -520,13 +520,36 @@ fn strongest_verb(cell: &Interaction) -> &'static str {
 pub struct UserShard {
     state: ShardState,
     catalog: Mailbox<ItemCatalog>,
+    restarts: prometheus::IntCounter,
 }
 
 impl UserShard {
     pub fn new(state: ShardState, catalog: Mailbox<ItemCatalog>) -> Self {
-        UserShard { state, catalog }
+        let restarts = state.metrics.restarts.with_label_values(&["user_shard"]);
+        UserShard {
+            state,
+            catalog,
+            restarts,
+        }
     }
 }
+
+impl actix::Supervised for UserShard {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.restarts.inc();
+        tracing::warn!("user shard restarting with its state");
+    }
+}
+
+impl Handler<Restart> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+tracked_handler!(UserShard, Restart);
 
 impl Actor for UserShard {
     type Context = Context<Self>;

@@ -426,3 +426,33 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     server.child.kill().ok();
     server.child.wait().ok();
 }
+
+#[actix_web::test]
+async fn retention_prunes_old_events_once_a_snapshot_covers_them() {
+    let s = TestServer::start();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let day = 86_400_000u64;
+    let events: Vec<Value> = (0..5u64)
+        .map(|n| {
+            let ts = if n < 3 { now - 200 * day + n } else { now - day + n };
+            json!({"event_id": format!("r{n}"), "user_id": "ret", "item_id": format!("i{n}"), "kind": "view", "ts": ts})
+        })
+        .collect();
+    assert_eq!(s.post_json("/v1/events", &json!(events)).await.0, 200);
+    let store = s.state().journal.store().clone();
+    assert_eq!(
+        store.events_after(0, 100).await.expect("read").len(),
+        5,
+        "nothing pruned before a snapshot"
+    );
+    let snap = snapshot_now(&s).await;
+    assert_eq!(snap["pruned_events"], 3, "{snap}");
+    let left = store.events_after(0, 100).await.expect("read");
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|e| e.event.ts_ms as u64 > now - 2 * day));
+    // The state itself still holds the pruned events' effect.
+    assert_eq!(s.get("/v1/users/ret").await.1["interactions"], 5);
+}
