@@ -124,7 +124,7 @@ impl InterpreterPool {
         self.inner.lock().created
     }
 
-    /// Borrows a state, waiting until `deadline` for one to be free.
+    /// Borrows a state, waiting at most `timeout` for one to be free.
     pub fn acquire(&self, timeout: Duration) -> Result<PooledState<'_>, DeviceError> {
         let deadline = Instant::now() + timeout;
         let mut inner = self.inner.lock();
@@ -145,9 +145,11 @@ impl InterpreterPool {
                     }
                 }
             }
-            if self.returned.wait_until(&mut inner, deadline).timed_out() && inner.idle.is_empty() {
+            if Instant::now() >= deadline {
                 return Err(DeviceError::Timeout { timeout });
             }
+            // Woken by a returned state (or a failed creation), or at the deadline: look again.
+            self.returned.wait_until(&mut inner, deadline);
         };
         let now = self.in_use.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);

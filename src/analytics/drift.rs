@@ -8,8 +8,9 @@
 //! in bin `i` = the number of cut points below `x`, i.e. bins are `(-inf, c0], (c0, c1], …,
 //! (c_last, inf)`.
 //!
-//! Served vectors (every feature vector the server computed or received for a prediction) are
-//! counted into 24 hourly slots of bin counts, so memory is fixed (24 × features × bins
+//! Served vectors (the feature vectors the server computed or received for a prediction, of
+//! users active in the last 14 days, the population the reference describes) are counted into
+//! 24 hourly slots of bin counts, so memory is fixed (24 × features × bins
 //! counters) and "the last 24 hours" drops whole hours as they age. The gauges are recomputed
 //! at most every 10 seconds, and only once `min_samples` vectors are in the window.
 //!

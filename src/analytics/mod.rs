@@ -65,6 +65,9 @@ pub struct Shared {
     pub online: online::OnlineAccuracy,
     pub drift: drift::DriftMonitor,
     pub clock: Arc<dyn Clock>,
+    /// Served vectors of users active in this many days count for drift (the churn rows'
+    /// activity window).
+    pub drift_active_days: u32,
 }
 
 impl Shared {
@@ -266,7 +269,8 @@ impl Analytics {
         let metrics = AnalyticsMetrics::new(registry).map_err(|e| Error::Internal {
             message: e.to_string(),
         })?;
-        let horizon_ms = i64::from(config.trainer.pipeline().dataset.success_horizon_days) * DAY_MS;
+        let dataset = config.trainer.pipeline().dataset;
+        let horizon_ms = i64::from(dataset.success_horizon_days) * DAY_MS;
         let shared = Arc::new(Shared {
             online: online::OnlineAccuracy::new(
                 config.models.online_capacity,
@@ -279,6 +283,7 @@ impl Analytics {
             registry: Registry::default(),
             metrics,
             clock,
+            drift_active_days: dataset.churn_active_days,
         });
         let store_err = |e: crate::store::StoreError| Error::Internal {
             message: format!("reading models: {e}"),
@@ -413,7 +418,7 @@ impl Analytics {
             .with_label_values(&["success"])
             .observe(started.elapsed().as_secs_f64());
         let now = s.clock.now_ms();
-        s.drift.record(&x, now, &s.metrics);
+        self.record_drift(features, &x, now);
         if let Some((user, goal)) = pair {
             let predicted = probability >= model.threshold;
             if let Some(score) = s.online.record_prediction(user, goal, predicted, now) {
@@ -427,6 +432,17 @@ impl Analytics {
             model_version: model.version,
             recommended_actions: advice(recommended_actions(features, 3)),
         })
+    }
+
+    /// Counts a served vector for drift if its user belongs to the population the reference
+    /// describes: users active in the `churn_active_days` (14) before the training cutoffs.
+    /// (Vectors of long-inactive users would otherwise show as drift that is only a different
+    /// mix of who asks.)
+    fn record_drift(&self, features: &Features, x: &[f64; FEATURE_COUNT], now_ms: i64) {
+        let s = &self.shared;
+        if features.days_since_last_activity <= f64::from(s.drift_active_days) {
+            s.drift.record(x, now_ms, &s.metrics);
+        }
     }
 
     /// Churn probability, confidence, tier, risk factors and the tier's interventions.
@@ -443,7 +459,7 @@ impl Analytics {
             .inference_duration
             .with_label_values(&["churn"])
             .observe(started.elapsed().as_secs_f64());
-        s.drift.record(&x, s.clock.now_ms(), &s.metrics);
+        self.record_drift(features, &x, s.clock.now_ms());
         let tier = s.config.churn.tiers().tier(probability);
         Ok(ChurnPrediction {
             probability,
