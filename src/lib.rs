@@ -113,12 +113,8 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let engine = Engine::start(settings.engine(), actor_metrics);
     // ---- Predictive analytics (issue 5): restore the live models from the store. ----
     let analytics_store = Arc::new(journal.store().clone());
-    let analytics = analytics::Analytics::new(
-        analytics::AnalyticsConfig::default(),
-        analytics_store,
-        &registry,
-    )
-    .await?;
+    let analytics =
+        analytics::Analytics::new(settings.analytics(), analytics_store, &registry).await?;
     // ---- end of predictive analytics ----
     let listener = TcpListener::bind(&settings.server.bind).map_err(|source| Error::Io {
         context: format!("cannot bind {}", settings.server.bind),

@@ -12,6 +12,7 @@ use momentum_actors::config::{ActorsConfig, RecommendConfig};
 use momentum_actors::EngineConfig;
 use momentum_models::events::KindWeights;
 
+use crate::analytics::config::{AnalyticsConfig, ChurnConfig, ModelsConfig, TrainerConfig};
 use crate::error::Error;
 use crate::journal::SnapshotSettings;
 use crate::store::StoreConfig;
@@ -31,6 +32,9 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub store: StoreConfig,
     pub snapshot: SnapshotSettings,
+    pub models: ModelsConfig,
+    pub trainer: TrainerConfig,
+    pub churn: ChurnConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,9 +133,21 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return fail("server.max_body_bytes must be at least 1024");
         }
+        self.analytics()
+            .validate()
+            .map_err(|message| Error::Config { message })?;
         self.engine()
             .validate()
             .map_err(|message| Error::Config { message })
+    }
+
+    /// The part of the configuration the predictive models need.
+    pub fn analytics(&self) -> AnalyticsConfig {
+        AnalyticsConfig {
+            models: self.models.clone(),
+            trainer: self.trainer.clone(),
+            churn: self.churn.clone(),
+        }
     }
 
     /// The part of the configuration the actors need.
