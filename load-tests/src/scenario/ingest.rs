@@ -66,11 +66,11 @@ struct Rejected {
     code: String,
 }
 
-/// What one worker measured.
-struct WorkerResult {
-    recorder: Recorder,
-    details: IngestDetails,
-    batch_latency: LatencyHistogram,
+/// What one worker measured (also used by `simulate --post`).
+pub(crate) struct WorkerResult {
+    pub(crate) recorder: Recorder,
+    pub(crate) details: IngestDetails,
+    pub(crate) batch_latency: LatencyHistogram,
 }
 
 /// Runs the scenario against `config.target` until every batch is answered or `stop` is raised.
@@ -191,7 +191,7 @@ async fn worker(
             break;
         };
         let first_sent = Instant::now();
-        let ok = send_batch(&client, batch, max_retries, &mut stop, &mut result).await;
+        let ok = send_batch(&client, &batch.request, max_retries, &mut stop, &mut result).await;
         result.batch_latency.record(first_sent.elapsed());
         result.details.batches += 1;
         result.details.events_sent += batch.events;
@@ -204,9 +204,10 @@ async fn worker(
 }
 
 /// Sends one batch, retrying `503` up to `max_retries` times; true when it got a 2xx.
-async fn send_batch(
+/// Shared with `simulate --post`.
+pub(crate) async fn send_batch(
     client: &Client,
-    batch: &PreparedBatch,
+    request: &Request,
     max_retries: u32,
     stop: &mut Stop,
     result: &mut WorkerResult,
@@ -214,7 +215,7 @@ async fn send_batch(
     let mut retries = 0;
     loop {
         // Bodies built from bytes are always clonable; the `None` arm cannot happen.
-        let Some(request) = batch.request.try_clone() else {
+        let Some(attempt) = request.try_clone() else {
             result.recorder.failure(ROUTE, "transport", Duration::ZERO);
             return false;
         };
@@ -222,7 +223,7 @@ async fn send_batch(
             sent,
             done,
             outcome,
-        } = client::send(client, request).await;
+        } = client::send(client, attempt).await;
         let latency = done.duration_since(sent);
         let (status, retry_after, body) = match outcome {
             Outcome::Failed { kind } => {

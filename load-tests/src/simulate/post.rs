@@ -11,16 +11,17 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::{Client, Method, Request, Url};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{SimStats, Simulation};
-use crate::client::{self, Attempt, ClientOptions, Outcome, Target, DEFAULT_RETRY_AFTER};
+use crate::client::{self, ClientOptions, Target};
 use crate::error::LoadError;
 use crate::report::{IngestDetails, LatencyHistogram, Recorder, Report, RunSummary};
+use crate::scenario::ingest::{send_batch, WorkerResult};
 use crate::scenario::{join_workers, Stop};
 
 /// Route label of the measurements.
@@ -74,30 +75,6 @@ fn encode(sim: &Simulation, index: usize, batch: usize) -> Result<(u64, Vec<u8>)
         source,
     })?;
     Ok((events.len() as u64, body))
-}
-
-/// Body of a `200` from `POST /v1/events`.
-#[derive(Debug, Deserialize)]
-struct IngestResponse {
-    #[serde(default)]
-    accepted: u64,
-    #[serde(default)]
-    duplicates: u64,
-    #[serde(default)]
-    rejected: Vec<Rejected>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Rejected {
-    #[serde(default)]
-    code: String,
-}
-
-/// What one worker measured.
-struct WorkerResult {
-    recorder: Recorder,
-    details: IngestDetails,
-    batch_latency: LatencyHistogram,
 }
 
 /// Posts every event of `sim` to `config.target` (or until `stop`), and reports.
@@ -223,71 +200,6 @@ async fn worker(mut job: Job) -> Result<WorkerResult, LoadError> {
     Ok(result)
 }
 
-/// Sends one batch, retrying `503` up to `max_retries` times; true when it got a 2xx.
-async fn send_batch(
-    client: &Client,
-    request: &Request,
-    max_retries: u32,
-    stop: &mut Stop,
-    result: &mut WorkerResult,
-) -> bool {
-    let mut retries = 0;
-    loop {
-        // Bodies built from bytes are always clonable; the `None` arm cannot happen.
-        let Some(attempt) = request.try_clone() else {
-            result.recorder.failure(ROUTE, "transport", Duration::ZERO);
-            return false;
-        };
-        let Attempt {
-            sent,
-            done,
-            outcome,
-        } = client::send(client, attempt).await;
-        let latency = done.duration_since(sent);
-        let (status, retry_after, body) = match outcome {
-            Outcome::Failed { kind } => {
-                result.recorder.failure(ROUTE, kind, latency);
-                return false;
-            }
-            Outcome::Response {
-                status,
-                retry_after,
-                body,
-            } => (status, retry_after, body),
-        };
-        result.recorder.response(ROUTE, status, latency);
-        if status == 503 && retries < max_retries && !stop.is_set() {
-            retries += 1;
-            result.details.retries += 1;
-            let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
-            tokio::select! {
-                () = tokio::time::sleep(wait) => continue,
-                () = stop.wait() => return false,
-            }
-        }
-        if !(200..300).contains(&status) {
-            return false;
-        }
-        account(&body, &mut result.details);
-        return true;
-    }
-}
-
-/// Adds a `200` body's counts to `details`.
-fn account(body: &[u8], details: &mut IngestDetails) {
-    match serde_json::from_slice::<IngestResponse>(body) {
-        Ok(response) => {
-            details.accepted += response.accepted;
-            details.duplicates += response.duplicates;
-            details.rejected += response.rejected.len() as u64;
-            for rejected in response.rejected {
-                *details.rejected_by_code.entry(rejected.code).or_default() += 1;
-            }
-        }
-        Err(_) => details.bad_responses += 1,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{simulate, Kind, SimConfig, DEFAULT_START_MS};
@@ -314,20 +226,5 @@ mod tests {
         let last = sim.events.len().div_ceil(7) - 1;
         let (n, _) = encode(&sim, last, 7).unwrap();
         assert_eq!(n as usize, sim.events.len() - 7 * last);
-    }
-
-    #[test]
-    fn response_counts_are_accumulated() {
-        let mut details = IngestDetails::default();
-        account(
-            br#"{"accepted": 7, "duplicates": 2, "rejected": [{"index": 3, "code": "invalid_id"}]}"#,
-            &mut details,
-        );
-        account(b"not json", &mut details);
-        assert_eq!(
-            (details.accepted, details.duplicates, details.rejected),
-            (7, 2, 1)
-        );
-        assert_eq!(details.bad_responses, 1);
     }
 }
