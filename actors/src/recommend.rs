@@ -257,6 +257,9 @@ pub fn collaborative(
         scratch.dots.add(j, uw * s);
     }
     let ranked = top_k(scratch.dots.drain(), n);
+    // Per-source scores of the ranked items, looked up once each below.
+    let item_by_id: rustc_hash::FxHashMap<u32, f64> = item_scores.iter().copied().collect();
+    let user_by_id: rustc_hash::FxHashMap<u32, f64> = user_scores.iter().copied().collect();
 
     ranked
         .into_iter()
@@ -278,8 +281,8 @@ pub fn collaborative(
             }
             let neighbour_support = rows.iter().filter(|r| r.weight(j) > 0.0).count();
             let mut reasons = Vec::new();
-            let item_part = item_scores_lookup(&item_scores, j) * (1.0 - uw);
-            let user_part = item_scores_lookup(&user_scores, j) * uw;
+            let item_part = item_by_id.get(&j).copied().unwrap_or(0.0) * (1.0 - uw);
+            let user_part = user_by_id.get(&j).copied().unwrap_or(0.0) * uw;
             if let Some((i, _)) = best {
                 reasons.push(Reason::SimilarTo {
                     item: i,
@@ -439,13 +442,6 @@ pub fn hybrid(
 pub fn intra_list_diversity(index: &Index, items: &[u32]) -> f64 {
     let content = index.content.read();
     momentum_models::content::diversity::intra_list_diversity(items, |a, b| content.cosine(a, b))
-}
-
-fn item_scores_lookup(list: &[Neighbour], item: u32) -> f64 {
-    list.iter()
-        .find(|e| e.0 == item)
-        .map(|e| e.1)
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
