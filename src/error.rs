@@ -39,6 +39,9 @@ pub enum Error {
         actor: &'static str,
         retry_after: u64,
     },
+    /// `server.max_inflight_requests` requests are being served; retry after the seconds.
+    #[error("the server is serving its limit of {limit} requests at once, retry later")]
+    Shed { limit: usize, retry_after: u64 },
     /// Admin route without the right key.
     #[error("a valid X-Admin-Key header is required")]
     Unauthorized,
@@ -99,7 +102,7 @@ impl Error {
             Error::UnknownExperiment { .. } => "unknown_experiment",
             Error::Conflict { .. } => "conflict",
             Error::NotFound { .. } => "not_found",
-            Error::Overloaded { .. } => "overloaded",
+            Error::Overloaded { .. } | Error::Shed { .. } => "overloaded",
             Error::Unauthorized => "unauthorized",
             Error::AdminDisabled => "admin_disabled",
             Error::CapacityReached { .. } => "capacity_reached",
@@ -133,6 +136,7 @@ impl ResponseError for Error {
             | Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Overloaded { .. }
+            | Error::Shed { .. }
             | Error::ShuttingDown
             | Error::NotReady
             | Error::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -155,7 +159,7 @@ impl ResponseError for Error {
         };
         let mut res = HttpResponse::build(self.status_code());
         match self {
-            Error::Overloaded { retry_after, .. } => {
+            Error::Overloaded { retry_after, .. } | Error::Shed { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
             }
             Error::ShuttingDown | Error::NotReady => {

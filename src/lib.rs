@@ -13,15 +13,17 @@ pub mod cli;
 pub mod error;
 pub mod eval;
 pub mod experiments;
+pub mod fleet;
 pub mod journal;
 pub mod metrics;
 pub mod settings;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,62 @@ pub struct AppState {
     pub analytics: analytics::Analytics,
     /// Set if the start-up restore failed (the server then stops).
     pub restore_failed: AtomicBool,
+    /// Model versions reported by devices, model downloads.
+    pub fleet: fleet::Fleet,
+    /// `/v1/` requests being served (bounded by `server.max_inflight_requests`).
+    pub inflight: AtomicUsize,
+}
+
+/// Holds one of the `server.max_inflight_requests` slots until dropped (also when the client
+/// goes away and the request future is dropped unfinished).
+struct InflightSlot(Arc<AppState>);
+
+impl InflightSlot {
+    /// Takes a slot, or `None` at the limit.
+    fn acquire(state: &Arc<AppState>) -> Option<InflightSlot> {
+        let limit = state.settings.server.max_inflight_requests;
+        let taken = state
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            return None;
+        }
+        state.http_metrics.inflight.inc();
+        Some(InflightSlot(state.clone()))
+    }
+}
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.0.http_metrics.inflight.dec();
+    }
+}
+
+/// Notes the model version a device reports (`X-Model-Version`), keyed by `X-Device-Id` or
+/// the peer address.
+fn record_device(state: &AppState, req: &actix_web::dev::ServiceRequest) {
+    let headers = req.headers();
+    let Some(version) = headers
+        .get(fleet::MODEL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let device = headers
+        .get(fleet::DEVICE_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(fleet::device_id)
+        .map(str::to_string)
+        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()));
+    if let Some(device) = device {
+        state
+            .fleet
+            .record(&device, version, state.analytics.shared().clock.now_ms());
+    }
 }
 
 /// A started server.
@@ -129,6 +187,27 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         n => n,
     };
     let shutdown_timeout = settings.server.shutdown_timeout_secs;
+    let fleet = fleet::Fleet::new(
+        &registry,
+        Duration::from_secs(settings.models.device_window_secs),
+    )
+    .map_err(internal)?;
+    let tls = settings
+        .server
+        .tls_enabled()
+        .then(|| {
+            tls::server_config(
+                &settings.server.tls_cert_path,
+                &settings.server.tls_key_path,
+            )
+        })
+        .transpose()?;
+    if settings.security.model_key.is_empty() {
+        tracing::warn!(
+            "security.model_key is not set: models cannot be trained, stored or loaded \
+             (set MOMENTUM__SECURITY__MODEL_KEY to 64 hex digits)"
+        );
+    }
     let state = Arc::new(AppState {
         settings,
         engine,
@@ -140,13 +219,15 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         ready: AtomicBool::new(false),
         analytics,
         restore_failed: AtomicBool::new(false),
+        fleet,
+        inflight: AtomicUsize::new(0),
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let metrics = data.http_metrics.clone();
-        let gate = data.clone();
+        let gate = data.clone().into_inner();
         App::new()
             .app_data(data.clone())
             .app_data(api::json_config())
@@ -160,13 +241,32 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 let started = Instant::now();
                 let method = req.method().as_str().to_owned();
                 let metrics = metrics.clone();
-                // Until the restore finished, the data API is not served.
-                let restoring =
-                    !gate.ready.load(Ordering::Acquire) && req.path().starts_with("/v1/");
-                let fut = (!restoring).then(|| srv.call(req));
+                let api = req.path().starts_with("/v1/");
+                // Until the restore finished, the data API is not served; beyond the in-flight
+                // limit it is shed at once (health, readiness and metrics never are).
+                let admitted = if !api {
+                    Ok(None)
+                } else if !gate.ready.load(Ordering::Acquire) {
+                    Err(Error::NotReady)
+                } else {
+                    InflightSlot::acquire(&gate).map(Some).ok_or(Error::Shed {
+                        limit: gate.settings.server.max_inflight_requests,
+                        retry_after: gate.settings.server.retry_after_secs,
+                    })
+                };
+                if admitted.is_ok() && api {
+                    record_device(&gate, &req);
+                }
+                let fut = admitted.map(|slot| (slot, srv.call(req)));
                 async move {
-                    let Some(fut) = fut else {
-                        return Err(Error::NotReady.into());
+                    let (_slot, fut) = match fut {
+                        Ok(admitted) => admitted,
+                        Err(error) => {
+                            if matches!(error, Error::Shed { .. }) {
+                                metrics.shed.inc();
+                            }
+                            return Err(error.into());
+                        }
                     };
                     let res = fut.await?;
                     let route = res
@@ -192,14 +292,17 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
-    .shutdown_timeout(shutdown_timeout)
-    .listen(listener)
+    .shutdown_timeout(shutdown_timeout);
+    let http = match tls {
+        Some(config) => http.listen_rustls_0_23(listener, config),
+        None => http.listen(listener),
+    }
     .map_err(|source| Error::Io {
         context: "listen".into(),
         source,
     })?
     .run();
-    tracing::info!(%addr, workers, "momentum listening");
+    tracing::info!(%addr, workers, tls = state.settings.server.tls_enabled(), "momentum listening");
     let restoring = state.clone();
     let handle = http.handle();
     actix::spawn(async move {

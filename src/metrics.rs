@@ -1,7 +1,9 @@
 //! Prometheus metrics of the HTTP layer. One registry per server instance; `/metrics` renders
 //! it in the text format together with the actor metrics registered in it.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// HTTP and ingestion metrics.
 #[derive(Debug, Clone)]
@@ -12,6 +14,13 @@ pub struct HttpMetrics {
     pub events_duplicate: IntCounter,
     /// Rejected events by reason code (a small fixed set).
     pub events_rejected: IntCounterVec,
+    /// `/v1/` requests answered `503` at once because `server.max_inflight_requests` were
+    /// being served.
+    pub shed: IntCounter,
+    /// `/v1/` requests being served now.
+    pub inflight: IntGauge,
+    /// Resident set size of the process (read from `/proc/self/statm` on each scrape).
+    pub resident_memory: IntGauge,
 }
 
 impl HttpMetrics {
@@ -43,13 +52,36 @@ impl HttpMetrics {
                 ),
                 &["reason"],
             )?,
+            shed: IntCounter::new(
+                "momentum_http_shed_total",
+                "Requests refused with 503 because max_inflight_requests were being served",
+            )?,
+            inflight: IntGauge::new(
+                "momentum_http_inflight_requests",
+                "API requests being served now",
+            )?,
+            resident_memory: IntGauge::new(
+                "momentum_process_resident_memory_bytes",
+                "Resident set size of the server process",
+            )?,
         };
+        registry.register(Box::new(m.shed.clone()))?;
+        registry.register(Box::new(m.inflight.clone()))?;
+        registry.register(Box::new(m.resident_memory.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.events_accepted.clone()))?;
         registry.register(Box::new(m.events_duplicate.clone()))?;
         registry.register(Box::new(m.events_rejected.clone()))?;
         Ok(m)
     }
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`; `None` elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size is 4 KiB on every Linux target this server is built for.
+    Some(pages * 4096)
 }
 
 /// A/B experiment metrics. Labels are the experiment id and the variant name: both are bounded

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use momentum_actors::config::{ActorsConfig, RecommendConfig};
 use momentum_actors::EngineConfig;
 use momentum_models::events::KindWeights;
+use momentum_models::export::ModelKey;
 
 use crate::analytics::config::{AnalyticsConfig, ChurnConfig, ModelsConfig, TrainerConfig};
 use crate::error::Error;
@@ -45,6 +46,28 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub shutdown_timeout_secs: u64,
     pub retry_after_secs: u64,
+    /// Requests to `/v1/*` being served at once; beyond it `503` + `Retry-After` at once.
+    pub max_inflight_requests: usize,
+    /// PEM certificate chain and private key; both set = HTTPS (rustls, ring), both empty =
+    /// plain HTTP.
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
+}
+
+impl ServerSettings {
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert_path.is_empty()
+    }
+}
+
+/// How `GET /v1/models/{name}/versions/{v}/model.tflite` sends the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDownload {
+    /// AES-256-GCM under `security.device_key` (devices hold that key).
+    Encrypted,
+    /// The plain file; allowed only when the server itself speaks TLS.
+    Plain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,22 +94,51 @@ pub struct IngestSettings {
 #[serde(deny_unknown_fields)]
 pub struct SecuritySettings {
     pub admin_key: String,
+    /// 64 hex digits: seals stored model versions (AES-256-GCM).
+    pub model_key: String,
+    /// 64 hex digits: encrypts model downloads for devices; empty = `model_key`.
+    pub device_key: String,
+    pub model_download: ModelDownload,
 }
 
 impl std::fmt::Debug for SecuritySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Secrets never reach logs, even through `{:?}`.
+        let redact = |secret: &str| if secret.is_empty() { "" } else { "<redacted>" };
         f.debug_struct("SecuritySettings")
-            .field(
-                "admin_key",
-                &if self.admin_key.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("admin_key", &redact(&self.admin_key))
+            .field("model_key", &redact(&self.model_key))
+            .field("device_key", &redact(&self.device_key))
+            .field("model_download", &self.model_download)
             .finish()
     }
+}
+
+impl SecuritySettings {
+    /// The at-rest model key, if configured.
+    pub fn model_key(&self) -> Result<Option<ModelKey>, Error> {
+        parse_key("security.model_key", &self.model_key)
+    }
+
+    /// The key downloads are encrypted with: `device_key`, else `model_key`.
+    pub fn device_key(&self) -> Result<Option<ModelKey>, Error> {
+        match parse_key("security.device_key", &self.device_key)? {
+            Some(key) => Ok(Some(key)),
+            None => self.model_key(),
+        }
+    }
+}
+
+fn parse_key(name: &str, hex: &str) -> Result<Option<ModelKey>, Error> {
+    if hex.trim().is_empty() {
+        return Ok(None);
+    }
+    // The error names the setting, never the value.
+    ModelKey::from_hex(hex)
+        .map(Some)
+        .map_err(|e| Error::Config {
+            message: format!("{name}: {e}"),
+        })
 }
 
 impl Settings {
@@ -133,6 +185,20 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return fail("server.max_body_bytes must be at least 1024");
         }
+        if self.server.max_inflight_requests == 0 {
+            return fail("server.max_inflight_requests must be positive");
+        }
+        if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
+            return fail("server.tls_cert_path and server.tls_key_path are set together");
+        }
+        self.security.model_key()?;
+        self.security.device_key()?;
+        if self.security.model_download == ModelDownload::Plain && !self.server.tls_enabled() {
+            return fail(
+                "security.model_download = \"plain\" needs TLS (server.tls_cert_path and server.tls_key_path): \
+                 without it model files would cross the network in the clear",
+            );
+        }
         self.analytics()
             .validate()
             .map_err(|message| Error::Config { message })?;
@@ -147,6 +213,8 @@ impl Settings {
             models: self.models.clone(),
             trainer: self.trainer.clone(),
             churn: self.churn.clone(),
+            // Validated in `validate`; a malformed key cannot get here.
+            model_key: self.security.model_key().ok().flatten(),
         }
     }
 
@@ -188,9 +256,41 @@ mod tests {
     }
 
     #[test]
+    fn model_keys_are_checked_and_plain_downloads_need_tls() {
+        let mut s = Settings::defaults().expect("defaults");
+        assert_eq!(s.analytics().model_key, None);
+        s.security.model_key = "ab".repeat(32);
+        s.validate().expect("a 64-digit key is valid");
+        let key = s.analytics().model_key.expect("parsed");
+        assert_eq!(s.security.device_key().expect("ok"), Some(key.clone()));
+        s.security.device_key = "cd".repeat(32);
+        assert_ne!(s.security.device_key().expect("ok"), Some(key));
+        s.security.model_key = "xyz".into();
+        let err = s.validate().expect_err("malformed key").to_string();
+        assert!(err.contains("security.model_key"), "{err}");
+        assert!(!err.contains("xyz"), "the value is not echoed: {err}");
+        s.security.model_key = String::new();
+        s.security.model_download = ModelDownload::Plain;
+        let err = s.validate().expect_err("plain without TLS").to_string();
+        assert!(err.contains("needs TLS"), "{err}");
+        s.server.tls_cert_path = "cert.pem".into();
+        let err = s.validate().expect_err("cert without key").to_string();
+        assert!(err.contains("set together"), "{err}");
+        s.server.tls_key_path = "key.pem".into();
+        s.validate().expect("plain over TLS is allowed");
+    }
+
+    #[test]
     fn admin_key_is_redacted_in_debug() {
         let mut s = Settings::defaults().expect("defaults");
         s.security.admin_key = "hunter2".into();
-        assert!(!format!("{s:?}").contains("hunter2"));
+        s.security.model_key = "5e".repeat(32);
+        s.security.device_key = "d7".repeat(32);
+        let shown = format!("{s:?} {:?}", s.analytics());
+        assert!(!shown.contains("hunter2"));
+        assert!(
+            !shown.contains("5e5e5e") && !shown.contains("d7d7d7"),
+            "{shown}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use momentum_actors::churn::TierThresholds;
 use momentum_actors::trainer::PipelineParams;
+use momentum_models::export::ModelKey;
 use momentum_models::predict::classifier::ClassifierParams;
 use momentum_models::predict::forest::ForestParams;
 use momentum_models::predict::logistic::LogisticParams;
@@ -24,6 +25,9 @@ pub struct ModelsConfig {
     pub online_capacity: usize,
     /// Resolved outcomes in the rolling online accuracy / F1 window.
     pub online_window: usize,
+    /// Devices count in `momentum_model_version_active` for this many seconds after their
+    /// last request with `X-Model-Version`.
+    pub device_window_secs: u64,
 }
 
 impl Default for ModelsConfig {
@@ -33,6 +37,7 @@ impl Default for ModelsConfig {
             drift_min_samples: 100,
             online_capacity: 100_000,
             online_window: 1_000,
+            device_window_secs: 86_400,
         }
     }
 }
@@ -251,6 +256,9 @@ pub struct AnalyticsConfig {
     pub models: ModelsConfig,
     pub trainer: TrainerConfig,
     pub churn: ChurnConfig,
+    /// `security.model_key`: seals every stored model version (AES-256-GCM). Without it
+    /// nothing can be trained or loaded, and the trainer says so.
+    pub model_key: Option<ModelKey>,
 }
 
 impl AnalyticsConfig {

@@ -14,6 +14,7 @@
 //! before any model was trained is `503 model_not_ready`. Model evaluation is a few hundred
 //! nanoseconds, so it runs on the HTTP worker; training and batch scoring never do.
 
+pub mod artifacts;
 pub mod config;
 pub mod drift;
 pub mod metrics;
@@ -302,7 +303,7 @@ impl Analytics {
                 .await
                 .map_err(store_err)?
             {
-                match LiveModel::from_stored(&row, &bytes) {
+                match LiveModel::from_stored(&row, &bytes, shared.config.model_key.as_ref()) {
                     Ok(model) => {
                         tracing::info!(
                             model = kind.name(),

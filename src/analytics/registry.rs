@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use momentum_actors::trainer::{ModelKind, PromotionDecision, TrainingWindow};
 use momentum_models::dataset::DatasetParams;
+use momentum_models::export::ModelKey;
 use momentum_models::features::{FeatureParams, FEATURE_NAMES};
 use momentum_models::predict::classifier::{Classifier, ClassifierParams};
 use momentum_models::predict::metrics::ClassificationReport;
 
+use super::artifacts::{Bundle, ExportInfo, CLASSIFIER};
 use super::drift::Reference;
 use crate::store::analytics::ModelVersionRow;
 
@@ -56,6 +58,10 @@ pub struct VersionMetadata {
     pub fit_seconds: f64,
     /// Training-window distribution of the features, for drift.
     pub drift_reference: Option<Reference>,
+    /// The `.tflite` files of this version (the logistic success model has a float32 and an
+    /// int8 one; forests have none), described without decrypting the stored bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<ExportInfo>,
 }
 
 /// A version in service.
@@ -72,14 +78,24 @@ pub struct LiveModel {
     pub f1: f64,
     pub auc: Option<f64>,
     pub reference: Option<Arc<Reference>>,
+    /// The version's `.tflite` files (what `GET /v1/models/{name}/latest` describes).
+    pub exports: Vec<ExportInfo>,
 }
 
 impl LiveModel {
-    /// Rebuilds a live model from a stored version.
-    pub fn from_stored(row: &ModelVersionRow, bytes: &[u8]) -> Result<LiveModel, String> {
+    /// Rebuilds a live model from a stored version: `bytes` are the sealed bundle
+    /// ([`super::artifacts`]), opened with `key`.
+    pub fn from_stored(
+        row: &ModelVersionRow,
+        bytes: &[u8],
+        key: Option<&ModelKey>,
+    ) -> Result<LiveModel, String> {
         let meta: VersionMetadata = serde_json::from_value(row.metadata.clone())
             .map_err(|e| format!("metadata of {} v{}: {e}", row.name, row.version))?;
-        let classifier: Classifier = serde_json::from_slice(bytes)
+        let bundle = Bundle::open(key, bytes)
+            .map_err(|e| format!("model {} v{}: {e}", row.name, row.version))?;
+        let classifier_json = bundle.require(CLASSIFIER).map_err(|e| e.to_string())?;
+        let classifier: Classifier = serde_json::from_slice(classifier_json)
             .map_err(|e| format!("model bytes of {} v{}: {e}", row.name, row.version))?;
         if let Classifier::Forest(f) = &classifier {
             f.validate().map_err(|e| e.to_string())?;
@@ -105,6 +121,7 @@ impl LiveModel {
             f1: at.f1,
             auc: meta.metrics.auc,
             reference: meta.drift_reference.map(Arc::new),
+            exports: meta.exports,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use momentum_actors::churn::ScoringJob;
 use momentum_actors::trainer::{ManualClock, ModelKind, TrainingJob, Trigger};
 use momentum_models::events::EventKind;
+use momentum_models::export::ModelKey;
 use momentum_models::features::{Activity, DAY_MS};
 
 use super::scoring::{ActivitySource, StoreScoringJob};
@@ -87,6 +88,10 @@ async fn analytics(
     clock: Arc<ManualClock>,
 ) -> (Analytics, prometheus::Registry) {
     let registry = prometheus::Registry::new();
+    let mut config = config;
+    config.model_key = config
+        .model_key
+        .or_else(|| Some(ModelKey::from_bytes(&[7; 32]).expect("32 bytes")));
     let a = Analytics::with_clock(config, store, &registry, clock)
         .await
         .expect("analytics");

@@ -15,10 +15,13 @@ use momentum_actors::trainer::{
 };
 use momentum_models::dataset::UserHistory;
 use momentum_models::events::EventKind;
+use momentum_models::export::{self, ExportOptions, TrainingWindow as ExportWindow, Variant};
 use momentum_models::features::{Activity, DAY_MS, FEATURE_NAMES};
 use momentum_models::predict::classifier::Classifier;
+use momentum_models::predict::logistic::LogisticRegression;
 use momentum_models::predict::metrics::ClassificationReport;
 
+use super::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER};
 use super::drift::Reference;
 use super::registry::{LiveModel, RowCounts, VersionMetadata};
 use super::Shared;
@@ -181,7 +184,47 @@ pub fn metadata(
         live_metrics: t.live_report.clone(),
         fit_seconds: t.candidate.fit_seconds,
         drift_reference: t.reference.clone(),
+        exports: Vec::new(),
     }
+}
+
+/// The `.tflite` files of a logistic model version: float32 (what devices run) and int8
+/// dynamic range (for LiteRT consumers), each with its export metadata.
+pub fn export_files(
+    model: &LogisticRegression,
+    meta: &VersionMetadata,
+    version: u64,
+    created_ms: i64,
+) -> Result<Vec<(ExportInfo, Vec<u8>)>, JobError> {
+    let mut files = Vec::with_capacity(2);
+    for variant in [Variant::Float32, Variant::Int8DynamicRange] {
+        let mut options = ExportOptions::new(meta.model.name(), version, variant);
+        options.created_ms = created_ms;
+        options.feature_names = meta.feature_names.clone();
+        options.feature_params = meta.feature_params.clone();
+        options.training_window = Some(ExportWindow {
+            from_ms: meta.training_window.from_ms,
+            to_ms: meta.training_window.to_ms,
+        });
+        options.metrics = Some(meta.metrics.clone());
+        options.threshold = Some(meta.threshold);
+        let exported = export::export(model, &options).map_err(|e| {
+            JobError::Internal(format!(
+                "exporting {} v{version} ({}): {e}",
+                meta.model.name(),
+                variant.as_str()
+            ))
+        })?;
+        let info = ExportInfo {
+            variant,
+            file: variant.file_name().to_string(),
+            sha256: exported.metadata.sha256.clone(),
+            size: exported.metadata.size,
+            metadata: exported.metadata,
+        };
+        files.push((info, exported.bytes));
+    }
+    Ok(files)
 }
 
 /// The trainer's job against the store and the registry.
@@ -215,6 +258,10 @@ async fn run(
     trigger: Trigger,
     now_ms: i64,
 ) -> Result<TrainingReport, JobError> {
+    if shared.config.model_key.is_none() {
+        // Fail before reading a single event: nothing trained could be stored.
+        return Err(JobError::Unavailable(ArtifactError::MissingKey.to_string()));
+    }
     let cfg = &shared.config.trainer;
     let params = cfg.pipeline();
     let from_ms = now_ms - i64::from(params.window_days) * DAY_MS;
@@ -291,13 +338,35 @@ async fn run(
                 continue;
             }
         };
-        let meta = metadata(&trained, &params, &set.datasets_window);
-        let meta_json =
-            serde_json::to_value(&meta).map_err(|e| JobError::Internal(e.to_string()))?;
-        let bytes = serde_json::to_vec(&trained.candidate.classifier)
-            .map_err(|e| JobError::Internal(e.to_string()))?;
+        let mut meta = metadata(&trained, &params, &set.datasets_window);
         let parent = shared.registry.get(kind).map(|m| m.version);
         let created_ms = shared.clock.now_ms();
+        // The export carries its version number, so it is taken before the insert (the
+        // trainer is the only writer of model versions) and checked after it.
+        let expected = shared
+            .store
+            .model_versions(Some(kind.name()))
+            .await
+            .map_err(|e| JobError::Internal(format!("reading the {} versions: {e}", kind.name())))?
+            .last()
+            .map_or(1, |v| v.version + 1);
+        let mut bundle = Bundle::default();
+        bundle.insert(
+            CLASSIFIER,
+            serde_json::to_vec(&trained.candidate.classifier)
+                .map_err(|e| JobError::Internal(e.to_string()))?,
+        );
+        if let Classifier::Logistic(model) = &trained.candidate.classifier {
+            for (info, bytes) in export_files(model, &meta, expected, created_ms)? {
+                bundle.insert(&info.file, bytes);
+                meta.exports.push(info);
+            }
+        }
+        let meta_json =
+            serde_json::to_value(&meta).map_err(|e| JobError::Internal(e.to_string()))?;
+        let bytes = bundle
+            .seal(shared.config.model_key.as_ref())
+            .map_err(|e| JobError::Unavailable(e.to_string()))?;
         let version = shared
             .store
             .insert_model_version(&NewModelVersion {
@@ -309,6 +378,12 @@ async fn run(
             })
             .await
             .map_err(|e| JobError::Internal(format!("storing the {} model: {e}", kind.name())))?;
+        if version != expected {
+            return Err(JobError::Internal(format!(
+                "stored {} as version {version}, exported as {expected}: another writer stored a version meanwhile",
+                kind.name()
+            )));
+        }
         tracing::info!(
             model = kind.name(),
             version,

@@ -30,6 +30,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(rss) = crate::metrics::resident_memory_bytes() {
+        state
+            .http_metrics
+            .resident_memory
+            .set(i64::try_from(rss).unwrap_or(i64::MAX));
+    }
+    state.fleet.refresh(state.analytics.shared().clock.now_ms());
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&state.registry.gather(), &mut buf) {

@@ -5,15 +5,26 @@
 //! | `POST /v1/models/train[?wait=true]` | admin: starts a training run of both models; `202 {"status":"started"}`, or with `wait=true` `200` and the run's report; `409 conflict` while a run is in progress or when no model could be trained (the message says why) |
 //! | `GET /v1/models` | every stored version of each model (newest last) with its held-out metrics, the live version, and the trainer's and churn scheduler's schedules |
 //! | `GET /v1/models/{name}/versions/{v}` | one version's full metadata: metrics, parameters, feature schema, training window, promotion decision |
+//! | `GET /v1/models/{name}/latest[?variant=]` | the live version's exported file: version, sha256, size, export metadata (golden vectors), whether downloads are encrypted; `404` for a model without export (the churn forest), `503 model_not_ready` before any training |
+//! | `GET /v1/models/{name}/versions/{v}/model.tflite[?variant=]` | the file, AES-256-GCM under `security.device_key` (`X-Model-Encryption: aes-256-gcm`) or plain over TLS; `ETag` = the plain file's sha256, `If-None-Match` with it → `304` |
+//!
+//! `variant` is `float32` (default: what the `device` crate runs) or `int8` (dynamic range,
+//! for LiteRT). Requests carrying `X-Model-Version` feed `momentum_model_version_active`
+//! ([`crate::fleet`]); downloads are counted in `momentum_model_downloads_total`.
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use momentum_models::export::{encrypt, sha256_hex, Variant};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use momentum_actors::trainer::ModelKind;
 
+use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo};
+use crate::analytics::registry::VersionMetadata;
 use crate::api::require_admin;
 use crate::error::Error;
+use crate::settings::ModelDownload;
 use crate::store::analytics::ModelVersionRow;
 use crate::AppState;
 
@@ -23,7 +34,183 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/models/{name}/versions/{version}",
             web::get().to(version),
+        )
+        .route("/v1/models/{name}/latest", web::get().to(latest))
+        .route(
+            "/v1/models/{name}/versions/{version}/model.tflite",
+            web::get().to(download),
         );
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantQuery {
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl VariantQuery {
+    fn variant(&self) -> Result<Variant, Error> {
+        match self.variant.as_deref() {
+            None | Some("float32") => Ok(Variant::Float32),
+            Some("int8" | "int8_dynamic_range") => Ok(Variant::Int8DynamicRange),
+            Some(other) => Err(Error::bad(
+                "invalid_variant",
+                format!("unknown variant {other:?}: use \"float32\" or \"int8\""),
+            )),
+        }
+    }
+}
+
+fn model_kind(name: &str) -> Result<ModelKind, Error> {
+    ModelKind::parse(name).ok_or_else(|| Error::NotFound {
+        message: format!("unknown model {name:?}: the models are \"success\" and \"churn\""),
+    })
+}
+
+fn find_export<'a>(
+    exports: &'a [ExportInfo],
+    name: &str,
+    version: u64,
+    variant: Variant,
+) -> Result<&'a ExportInfo, Error> {
+    exports
+        .iter()
+        .find(|e| e.variant == variant)
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "model {name:?} version {version} has no {} .tflite export (only logistic-regression versions are exported)",
+                variant.as_str()
+            ),
+        })
+}
+
+/// The entity tag of an exported file: its plain sha256, whatever the transfer encoding.
+fn etag(info: &ExportInfo) -> String {
+    format!("\"{}\"", info.sha256)
+}
+
+/// Whether an `If-None-Match` header value matches `tag` (weak comparison, `*` matches).
+fn none_match(header: &str, tag: &str) -> bool {
+    header.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == tag
+    })
+}
+
+async fn latest(
+    path: web::Path<String>,
+    query: web::Query<VariantQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let name = path.into_inner();
+    let kind = model_kind(&name)?;
+    let variant = query.variant()?;
+    let live = state
+        .analytics
+        .shared()
+        .registry
+        .get(kind)
+        .ok_or(Error::ModelNotReady { model: kind.name() })?;
+    let info = find_export(&live.exports, kind.name(), live.version, variant)?;
+    let encrypted = state.settings.security.model_download == ModelDownload::Encrypted;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(info)))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(json!({
+            "name": kind.name(),
+            "version": live.version,
+            "variant": variant.as_str(),
+            "sha256": info.sha256,
+            "size": info.size,
+            "encrypted": encrypted,
+            "encryption": encrypted.then_some(ENCRYPTION_AES_GCM),
+            "download": format!(
+                "/v1/models/{}/versions/{}/model.tflite?variant={}",
+                kind.name(),
+                live.version,
+                variant.as_str()
+            ),
+            "metadata": info.metadata,
+        })))
+}
+
+async fn download(
+    req: HttpRequest,
+    path: web::Path<(String, u64)>,
+    query: web::Query<VariantQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let (name, v) = path.into_inner();
+    let kind = model_kind(&name)?;
+    let variant = query.variant()?;
+    let shared = state.analytics.shared();
+    let (row, stored) = shared
+        .store
+        .model_version(kind.name(), v)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| Error::NotFound {
+            message: format!("model {name:?} has no version {v}"),
+        })?;
+    let meta: VersionMetadata =
+        serde_json::from_value(row.metadata).map_err(|e| Error::Internal {
+            message: format!("metadata of {name} v{v}: {e}"),
+        })?;
+    let info = find_export(&meta.exports, kind.name(), v, variant)?;
+    let tag = etag(info);
+    let version_label = v.to_string();
+    let count = |result: &str| {
+        state
+            .fleet
+            .downloads
+            .with_label_values(&[kind.name(), &version_label, result])
+            .inc();
+    };
+    let if_none_match = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok());
+    if if_none_match.is_some_and(|h| none_match(h, &tag)) {
+        count("304");
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, tag))
+            .finish());
+    }
+    let internal = |message: String| Error::Internal { message };
+    let bundle = Bundle::open(shared.config.model_key.as_ref(), &stored)
+        .map_err(|e| internal(format!("model {name} v{v}: {e}")))?;
+    let file = bundle
+        .require(&info.file)
+        .map_err(|e| internal(format!("model {name} v{v}: {e}")))?;
+    if sha256_hex(file) != info.sha256 {
+        return Err(internal(format!(
+            "model {name} v{v}: the stored {} does not match its sha256",
+            info.file
+        )));
+    }
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("application/octet-stream")
+        .insert_header((header::ETAG, tag))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", info.file),
+        ));
+    let body = match state.settings.security.model_download {
+        ModelDownload::Plain => file.to_vec(),
+        ModelDownload::Encrypted => {
+            let key = state
+                .settings
+                .security
+                .device_key()?
+                .ok_or_else(|| internal(ArtifactError::MissingKey.to_string()))?;
+            response.insert_header((ENCRYPTION_HEADER, ENCRYPTION_AES_GCM));
+            encrypt(&key, file).map_err(|e| internal(format!("encrypting {name} v{v}: {e}")))?
+        }
+    };
+    count("200");
+    Ok(response.body(body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,11 +307,7 @@ async fn version(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let (name, v) = path.into_inner();
-    let Some(kind) = ModelKind::parse(&name) else {
-        return Err(Error::NotFound {
-            message: format!("unknown model {name:?}: the models are \"success\" and \"churn\""),
-        });
-    };
+    let kind = model_kind(&name)?;
     let found = state
         .analytics
         .shared()
@@ -151,4 +334,39 @@ async fn version(
         "live": live == Some(row.version),
         "metadata": row.metadata,
     })))
+}
+
+/// Response header marking an encrypted model body (the `device` crate reads it).
+pub const ENCRYPTION_HEADER: &str = "X-Model-Encryption";
+/// Value of [`ENCRYPTION_HEADER`].
+pub const ENCRYPTION_AES_GCM: &str = "aes-256-gcm";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly_and_accepts_lists_and_star() {
+        let tag = "\"abc\"";
+        assert!(none_match("\"abc\"", tag));
+        assert!(none_match("W/\"abc\"", tag));
+        assert!(none_match("\"x\", \"abc\"", tag));
+        assert!(none_match("*", tag));
+        assert!(!none_match("\"abd\"", tag));
+        assert!(!none_match("abc", tag));
+    }
+
+    #[test]
+    fn variants_parse_with_a_clear_error() {
+        let q = |v: Option<&str>| VariantQuery {
+            variant: v.map(str::to_string),
+        };
+        assert_eq!(q(None).variant().ok(), Some(Variant::Float32));
+        assert_eq!(
+            q(Some("int8")).variant().ok(),
+            Some(Variant::Int8DynamicRange)
+        );
+        let err = q(Some("fp16")).variant().expect_err("unknown");
+        assert_eq!(err.code(), "invalid_variant");
+    }
 }

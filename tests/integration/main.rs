@@ -4,6 +4,7 @@ mod bad_input;
 mod common;
 mod corpus;
 mod experiments;
+mod models;
 mod ops;
 mod persistence;
 mod predictions;

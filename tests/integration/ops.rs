@@ -532,6 +532,11 @@ async fn responses_match_the_documented_schemas() {
         step("GET", "/v1/models", 200),
         step("GET", "/v1/models/{name}/versions/{version}", 404)
             .at("/v1/models/success/versions/1"),
+        step("GET", "/v1/models/{name}/latest", 503).at("/v1/models/success/latest"),
+        step("GET", "/v1/models/{name}/latest", 400)
+            .at("/v1/models/success/latest?variant=fp16"),
+        step("GET", "/v1/models/{name}/versions/{version}/model.tflite", 404)
+            .at("/v1/models/success/versions/1/model.tflite"),
         step("GET", "/v1/interventions", 200).admin(),
         step("DELETE", "/v1/items/{id}", 401).at("/v1/items/run-5k"),
         step("DELETE", "/v1/items/{id}", 204)

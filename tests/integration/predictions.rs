@@ -11,7 +11,7 @@ use crate::common::{code, TestServer, ADMIN_KEY};
 const DAY: i64 = 86_400_000;
 const USERS: usize = 240;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -21,7 +21,7 @@ fn now_ms() -> i64 {
 /// A simulator-like population over the last 85 days: two thirds of the users open the app
 /// and check in (almost) daily and complete a goal every 9–14 days; the others check in every
 /// second or third day, sometimes abandon, and stop after 15–60 days.
-fn population(now: i64) -> Vec<Value> {
+pub(crate) fn population(now: i64) -> Vec<Value> {
     let mut events = Vec::new();
     for u in 0..USERS {
         let user = format!("user-{u}");
@@ -65,7 +65,7 @@ fn population(now: i64) -> Vec<Value> {
     events
 }
 
-async fn post_events(s: &TestServer, events: &[Value]) {
+pub(crate) async fn post_events(s: &TestServer, events: &[Value]) {
     for chunk in events.chunks(2000) {
         let (status, body) = s.post_json("/v1/events", &json!(chunk)).await;
         assert_eq!(status, 200, "{body}");
@@ -73,7 +73,7 @@ async fn post_events(s: &TestServer, events: &[Value]) {
     }
 }
 
-async fn admin(s: &TestServer, method: reqwest::Method, path: &str) -> (u16, Value) {
+pub(crate) async fn admin(s: &TestServer, method: reqwest::Method, path: &str) -> (u16, Value) {
     let res = s
         .client
         .request(method, s.url(path))
@@ -101,7 +101,7 @@ fn current_goal(events: &[Value], user: &str) -> String {
 }
 
 /// Starts a server, posts the population and trains both models.
-async fn trained_server() -> (TestServer, Vec<Value>) {
+pub(crate) async fn trained_server() -> (TestServer, Vec<Value>) {
     let s = TestServer::start();
     let events = population(now_ms());
     post_events(&s, &events).await;

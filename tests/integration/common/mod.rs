@@ -9,6 +9,8 @@ use momentum::Settings;
 use serde_json::Value;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
+/// 32 bytes in hex: seals stored models (and encrypts downloads) in tests.
+pub const MODEL_KEY: &str = "3f1c9a7e5b2d4f6081a3c5e7f9b1d3f5a7c9e1b3d5f7091b3d5f7a9c1e3b5d7f";
 
 pub struct TestServer {
     pub base: String,
@@ -30,6 +32,7 @@ pub fn settings() -> Settings {
     s.actors.threads = 2;
     s.recommend.popular_refresh_ms = 0;
     s.security.admin_key = ADMIN_KEY.into();
+    s.security.model_key = MODEL_KEY.into();
     // A fresh embedded store per server; the directory is removed when the server is dropped.
     s.store.path = tempfile::Builder::new()
         .prefix("momentum-test-")
