@@ -954,12 +954,16 @@ fn secrets_never_reach_the_logs() {
     const KEY: &str = "sEcReT-admin-key-7f3a9c";
     const NEAR_MISS: &str = "sEcReT-admin-key-7f3a9d";
     const DB_PASSWORD: &str = "db-pw-91c2e5";
+    const MODEL_KEY: &str = "6d6f64656c2d6b65792d736563726574216d6f64656c2d6b65792d7365637265";
+    const DEVICE_KEY: &str = "646576696365206b6579202d20736563726574202d20646576696365206b6579";
     for format in ["plain", "json"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_momentum"))
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
             .env("MOMENTUM__SECURITY__ADMIN_KEY", KEY)
+            .env("MOMENTUM__SECURITY__MODEL_KEY", MODEL_KEY)
+            .env("MOMENTUM__SECURITY__DEVICE_KEY", DEVICE_KEY)
             .env("MOMENTUM__SERVER__BIND", "127.0.0.1:0")
             .env("MOMENTUM__SERVER__WORKERS", "1")
             .env("MOMENTUM__ACTORS__THREADS", "1")
@@ -1024,7 +1028,7 @@ fn secrets_never_reach_the_logs() {
             logs.lines().count() >= 3,
             "debug logging is captured: {logs}"
         );
-        for secret in [KEY, NEAR_MISS, DB_PASSWORD] {
+        for secret in [KEY, NEAR_MISS, DB_PASSWORD, MODEL_KEY, DEVICE_KEY] {
             assert!(
                 !logs.contains(secret),
                 "{format} logs contain the secret {secret}:\n{logs}"
@@ -1058,6 +1062,8 @@ fn drive_with_keys(addr: &str, key: &str, near_miss: &str) {
                 client.get(url("/v1/experiments/exp-secret/results")),
                 client.delete(url("/v1/items/ghost")),
                 client.get(url("/v1/experiments/bad%20id")),
+                // Reaches the trainer (which holds the model key); no events: 409.
+                client.post(url("/v1/models/train?wait=true")),
             ];
             for req in requests.drain(..) {
                 let req = match k {
@@ -1071,8 +1077,8 @@ fn drive_with_keys(addr: &str, key: &str, near_miss: &str) {
                     .push(res.status().as_u16());
             }
         }
-        assert_eq!(statuses["right"], vec![201, 200, 404, 400]);
-        assert_eq!(statuses["wrong"], vec![401, 401, 401, 401]);
-        assert_eq!(statuses["none"], vec![401, 401, 401, 401]);
+        assert_eq!(statuses["right"], vec![201, 200, 404, 400, 409]);
+        assert_eq!(statuses["wrong"], vec![401, 401, 401, 401, 401]);
+        assert_eq!(statuses["none"], vec![401, 401, 401, 401, 401]);
     });
 }
