@@ -77,6 +77,25 @@ impl Target {
         ))
     }
 
+    /// `GET /v1/users/{id}/predictions/success?goal_id=`.
+    pub fn success_prediction_url(&self, user_id: &str, goal_id: &str) -> Result<Url, LoadError> {
+        self.join(&format!(
+            "v1/users/{}/predictions/success?goal_id={}",
+            encode_path_segment(user_id),
+            encode_path_segment(goal_id)
+        ))
+    }
+
+    /// `GET /v1/users/{id}/churn`.
+    pub fn churn_url(&self, user_id: &str) -> Result<Url, LoadError> {
+        self.join(&format!("v1/users/{}/churn", encode_path_segment(user_id)))
+    }
+
+    /// `GET /metrics` (Prometheus text format).
+    pub fn metrics_url(&self) -> Result<Url, LoadError> {
+        self.join("metrics")
+    }
+
     /// `GET /readyz`.
     pub fn readyz_url(&self) -> Result<Url, LoadError> {
         self.join("readyz")
@@ -135,6 +154,31 @@ pub fn build_client(options: &ClientOptions) -> Result<Client, LoadError> {
         .connect_timeout(options.timeout.min(Duration::from_secs(10)))
         .build()
         .map_err(|source| LoadError::Client { source })
+}
+
+/// One client shared by many concurrent requests (open-loop scenarios): like [`build_client`],
+/// but its pool keeps up to `max_idle` keep-alive connections, opening a new one whenever every
+/// pooled connection is busy. Concurrency is bounded by the caller, not by the pool.
+pub fn build_pooled_client(options: &ClientOptions, max_idle: usize) -> Result<Client, LoadError> {
+    Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(max_idle)
+        .pool_idle_timeout(None)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .timeout(options.timeout)
+        .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|source| LoadError::Client { source })
+}
+
+/// Soft limit on open file descriptors of this process (Linux `/proc/self/limits`); `None` where
+/// it cannot be read. Every connection is a descriptor, so open-loop runs compare it with
+/// `--max-inflight`.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Polls `GET /readyz` until it answers 200 or `options.ready_timeout` has passed.
@@ -286,6 +330,26 @@ mod tests {
         assert_eq!(
             prefixed.readyz_url().unwrap().as_str(),
             "http://lb.local/momentum/readyz"
+        );
+    }
+
+    #[test]
+    fn prediction_and_metrics_urls() {
+        let target = Target::parse("http://h:1/base").unwrap();
+        assert_eq!(
+            target
+                .success_prediction_url("u 1", "g/2")
+                .unwrap()
+                .as_str(),
+            "http://h:1/base/v1/users/u%201/predictions/success?goal_id=g%2F2"
+        );
+        assert_eq!(
+            target.churn_url("7").unwrap().as_str(),
+            "http://h:1/base/v1/users/7/churn"
+        );
+        assert_eq!(
+            target.metrics_url().unwrap().as_str(),
+            "http://h:1/base/metrics"
         );
     }
 

@@ -213,6 +213,16 @@ pub fn distinct_users(ratings: &[Rating]) -> Vec<String> {
         .collect()
 }
 
+/// Distinct item ids in order of first appearance.
+pub fn distinct_items(ratings: &[Rating]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    ratings
+        .iter()
+        .filter(|r| seen.insert(r.item_id.as_str()))
+        .map(|r| r.item_id.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +330,6 @@ mod tests {
     fn distinct_users_in_first_seen_order() {
         let ratings = parse("u,i,r,t\n7,1,1,1\n3,1,1,1\n7,2,1,1\n5,1,1,1\n").unwrap();
         assert_eq!(distinct_users(&ratings), ["7", "3", "5"]);
+        assert_eq!(distinct_items(&ratings), ["1", "2"]);
     }
 }

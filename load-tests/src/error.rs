@@ -68,6 +68,34 @@ pub enum LoadError {
         source: std::io::Error,
     },
 
+    /// The SVG chart beside the report could not be drawn or written.
+    #[error("cannot write chart {path}: {message}")]
+    WriteChart { path: PathBuf, message: String },
+
+    /// A report given to `compare` could not be read.
+    #[error("cannot read report {path}: {source}")]
+    ReadReport {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file given to `compare` is not a report.
+    #[error("{path} is not a momentum-load report: {message}")]
+    NotAReport { path: PathBuf, message: String },
+
+    /// A report of another layout version.
+    #[error("{path} is report version {found}; this momentum-load reads version {supported} only")]
+    ReportVersion {
+        path: PathBuf,
+        found: u64,
+        supported: u32,
+    },
+
+    /// `overload --check`: the run completed (report written) but a check failed.
+    #[error("checks failed: {failed}")]
+    ChecksFailed { failed: String },
+
     /// Per-worker latency histograms could not be merged.
     #[error("cannot merge latency histograms: {message}")]
     Histogram { message: String },

@@ -1,5 +1,6 @@
 //! Entry point of `momentum-load`: parses the command line and hands over to
-//! [`momentum_load::cli::run`]. Exits 1 when a run cannot start or its report cannot be written;
+//! [`momentum_load::cli::run`]. Exits 1 when a run cannot start or its report cannot be written,
+//! 3 when `overload --check` completed with a failed check (2 is clap's usage error); other
 //! errors measured during a run are in the report, not in the exit status.
 
 use std::process::ExitCode;
@@ -11,6 +12,10 @@ async fn main() -> ExitCode {
     let cli = momentum_load::cli::Cli::parse();
     match momentum_load::cli::run(cli).await {
         Ok(_) => ExitCode::SUCCESS,
+        Err(error @ momentum_load::LoadError::ChecksFailed { .. }) => {
+            eprintln!("momentum-load: {error}");
+            ExitCode::from(3)
+        }
         Err(error) => {
             eprintln!("momentum-load: {error}");
             ExitCode::FAILURE

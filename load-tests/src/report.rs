@@ -1,9 +1,11 @@
 //! Measurements and the report they become. Each worker task owns a [`Recorder`] (HDR latency
-//! histograms and status counts per route, no locks on the hot path); when the run ends the
-//! recorders are merged and turned into a [`Report`]: the scenario's configuration, start time,
-//! duration, throughput, latency percentiles per route and errors by status. The report is
-//! printed as one human line plus JSON, and optionally written to a file; it also deserialises,
-//! so a later `compare` subcommand can read two of them back.
+//! histograms and status counts per route, no locks on the hot path but the one short lock of the
+//! shared per-second [`timeline`](crate::timeline)); when the run ends the recorders are merged
+//! and turned into a [`Report`]: the scenario's configuration, start time, duration, throughput,
+//! latency percentiles per route, errors by status, the per-second time series and the
+//! scenario's own section. The report is printed as one human line plus JSON, and optionally
+//! written to a file (with an SVG chart beside it); it also deserialises, so `compare` can read
+//! two of them back.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +15,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
+use crate::timeline::{SharedTimeline, TimelineReport};
 
 /// Version of the JSON layout below; bump it when a field changes meaning.
 pub const REPORT_VERSION: u32 = 1;
@@ -140,7 +143,8 @@ impl RouteRecorder {
     }
 }
 
-fn is_success(status: u16) -> bool {
+/// 2xx.
+pub fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }
 
@@ -148,6 +152,8 @@ fn is_success(status: u16) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
     routes: BTreeMap<&'static str, RouteRecorder>,
+    /// Where every answer is also counted by completion second, when the run keeps a timeline.
+    timeline: Option<SharedTimeline>,
 }
 
 impl Recorder {
@@ -155,11 +161,22 @@ impl Recorder {
         Self::default()
     }
 
+    /// A recorder that also counts every answer in `timeline`.
+    pub fn with_timeline(timeline: SharedTimeline) -> Self {
+        Self {
+            routes: BTreeMap::new(),
+            timeline: Some(timeline),
+        }
+    }
+
     /// A complete response with `status` that took `latency`.
     pub fn response(&mut self, route: &'static str, status: u16, latency: Duration) {
         let r = self.routes.entry(route).or_default();
         r.latency.record(latency);
         *r.statuses.entry(status).or_default() += 1;
+        if let Some(timeline) = &self.timeline {
+            timeline.record(is_success(status), latency);
+        }
     }
 
     /// An attempt without a complete response. Only timeouts enter the latency histogram (their
@@ -170,6 +187,9 @@ impl Recorder {
             r.latency.record(latency);
         }
         *r.failures.entry(kind).or_default() += 1;
+        if let Some(timeline) = &self.timeline {
+            timeline.record(false, latency);
+        }
     }
 
     /// Adds `other`'s measurements to these.
@@ -240,6 +260,16 @@ pub struct Report {
     pub open_loop: Option<OpenLoopDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommend: Option<RecommendDetails>,
+    /// `mixed`, `soak`, `overload`: what the request mix sent and how events were taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<OverloadDetails>,
+    /// Answers per second by completion time (every scenario); the chart is drawn from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -311,6 +341,159 @@ pub struct OpenLoopDetails {
     /// How late requests left compared with their scheduled time; large values mean every
     /// connection was busy (server too slow for the rate, or too few `--connections`).
     pub send_lag_us: Percentiles,
+    /// Bound on outstanding requests (`mixed`, `soak`, `overload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<usize>,
+    /// Requests due while `max_inflight` were outstanding: never sent, counted here and in
+    /// `errors`.
+    #[serde(default)]
+    pub client_dropped: u64,
+}
+
+/// Request mix accounting of `mixed`, `soak` and `overload`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadDetails {
+    /// Distinct user and item ids the requests were drawn from.
+    pub users: u64,
+    pub items: u64,
+    /// Events in the `POST /v1/events` requests sent.
+    pub events_sent: u64,
+    /// From the 2xx answers' bodies.
+    pub events_accepted: u64,
+    pub events_duplicates: u64,
+    pub events_rejected: u64,
+    /// 2xx event answers whose body was not the documented JSON.
+    pub bad_responses: u64,
+}
+
+/// One `/metrics` scrape: the server's resident memory `t_s` seconds after the start, `null`
+/// when the scrape failed or the metric was missing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RssSample {
+    pub t_s: f64,
+    pub rss_bytes: Option<u64>,
+}
+
+/// What a `soak` run shows about drift.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakDetails {
+    pub sample_every_s: f64,
+    /// One entry per `sample_every` of answers (by completion time).
+    pub intervals: Vec<SoakInterval>,
+    /// Every scrape, the first at the start, the last after the run.
+    pub rss_samples: Vec<RssSample>,
+    pub drift: Drift,
+}
+
+/// Answers and memory of one soak interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakInterval {
+    /// Start of the interval, seconds after the start of the run.
+    pub t_s: f64,
+    /// Its length: `sample_every`, except for a last interval cut short by the end of the run.
+    pub span_s: f64,
+    pub ok: u64,
+    pub errors: u64,
+    /// 2xx answers per second over the interval (the last one may be shorter).
+    pub ok_per_s: f64,
+    /// Latency of the interval's 2xx answers.
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    /// The first memory sample taken at or after the interval's end.
+    pub rss_bytes: Option<u64>,
+}
+
+/// First against last interval, and least-squares slopes over all intervals (per hour of run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    pub first_p99_us: Option<u64>,
+    pub last_p99_us: Option<u64>,
+    pub p99_slope_us_per_h: Option<f64>,
+    pub first_rss_bytes: Option<u64>,
+    pub last_rss_bytes: Option<u64>,
+    pub rss_slope_bytes_per_h: Option<f64>,
+    pub first_ok_per_s: Option<f64>,
+    pub last_ok_per_s: Option<f64>,
+}
+
+/// What an `overload` run shows about load shedding.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverloadDetails {
+    /// The sustainable rate given (`--rate`) and the overload multiplier (`--factor`).
+    pub base_rate_per_s: f64,
+    pub factor: f64,
+    pub phases: Vec<PhaseReport>,
+    /// Last memory sample of the warm-up, last sample after the run, and their difference.
+    pub rss_baseline_bytes: Option<u64>,
+    pub rss_end_bytes: Option<u64>,
+    pub rss_growth_bytes: Option<i64>,
+    pub checks: Vec<CheckResult>,
+    /// No check failed (skipped ones do not count).
+    pub passed: bool,
+    /// `--check`: a failed check makes the run exit with status 3.
+    pub enforced: bool,
+}
+
+/// Accounting of one phase, by the phase each request was *scheduled* in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub rate_per_s: f64,
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub scheduled: u64,
+    /// Requests sent (answered or failed).
+    pub sent: u64,
+    /// 2xx answers.
+    pub accepted: u64,
+    pub accepted_per_s: f64,
+    /// `503` answers.
+    pub shed: u64,
+    /// `503` answers with a `Retry-After` in seconds.
+    pub shed_with_retry_after: u64,
+    /// `503` answers by the `error.code` of their body (`overloaded`, `model_not_ready`, ...;
+    /// `unknown` when the body is not the documented JSON).
+    pub shed_by_code: BTreeMap<String, u64>,
+    /// `shed_with_retry_after / shed`; `null` without any `503`.
+    pub retry_after_share: Option<f64>,
+    /// Other statuses by code and transport failures by kind.
+    pub other: BTreeMap<String, u64>,
+    pub client_dropped: u64,
+    pub unsent: u64,
+    /// Requests scheduled after the phase's first `grace_s` seconds, and how many of them did
+    /// not get a 2xx (failures and client drops included): the recovery check.
+    pub after_grace: GraceCounts,
+    /// Latency of the phase's 2xx answers, all routes.
+    pub accepted_latency_us: Percentiles,
+    pub rss_samples: Vec<RssSample>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GraceCounts {
+    pub grace_s: f64,
+    pub requests: u64,
+    /// Not 2xx, excused answers left out.
+    pub non_2xx: u64,
+    /// Answers about the data rather than the load, not held against the server: `404` and
+    /// `503 model_not_ready` (the prediction routes before a model is trained).
+    pub excused: u64,
+}
+
+/// One verdict of `overload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub status: CheckStatus,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Fail,
+    /// Not measurable in this run (e.g. the server has no memory metric).
+    Skip,
 }
 
 /// Response checks of a `recommend` run.
@@ -333,6 +516,8 @@ pub struct RunSummary<'a, C: Serialize> {
     pub elapsed: Duration,
     pub interrupted: bool,
     pub recorder: &'a Recorder,
+    /// The run's per-second series, when it kept one.
+    pub timeline: Option<TimelineReport>,
 }
 
 impl Report {
@@ -387,6 +572,10 @@ impl Report {
             ingest: None,
             open_loop: None,
             recommend: None,
+            workload: None,
+            soak: None,
+            overload: None,
+            timeline: run.timeline,
         })
     }
 
@@ -595,6 +784,7 @@ mod tests {
             elapsed: Duration::from_secs(2),
             interrupted: false,
             recorder: &rec,
+            timeline: None,
         })
         .unwrap();
         assert_eq!(report.requests, 4);

@@ -19,6 +19,7 @@ use crate::data::{self, EncodedBatch};
 use crate::error::LoadError;
 use crate::report::{self, IngestDetails, LatencyHistogram, Recorder, Report, RunSummary};
 use crate::scenario::{join_workers, Stop};
+use crate::timeline::SharedTimeline;
 
 /// Route label of the measurements.
 pub const ROUTE: &str = "POST /v1/events";
@@ -96,6 +97,7 @@ pub async fn run(config: IngestConfig, stop: Stop) -> Result<Report, LoadError> 
     let cursor = Arc::new(AtomicUsize::new(0));
     let started_at = SystemTime::now();
     let t0 = Instant::now();
+    let timeline = SharedTimeline::per_second(t0);
     let handles = clients
         .into_iter()
         .map(|client| {
@@ -105,6 +107,7 @@ pub async fn run(config: IngestConfig, stop: Stop) -> Result<Report, LoadError> 
                 Arc::clone(&cursor),
                 stop.clone(),
                 config.max_retries,
+                timeline.clone(),
             ))
         })
         .collect();
@@ -129,6 +132,7 @@ pub async fn run(config: IngestConfig, stop: Stop) -> Result<Report, LoadError> 
         elapsed,
         interrupted: stop.is_set(),
         recorder: &recorder,
+        timeline: Some(timeline.finish(elapsed)),
     })?;
     let secs = elapsed.as_secs_f64();
     report.throughput.events_per_s = Some(if secs > 0.0 {
@@ -180,9 +184,10 @@ async fn worker(
     cursor: Arc<AtomicUsize>,
     mut stop: Stop,
     max_retries: u32,
+    timeline: SharedTimeline,
 ) -> WorkerResult {
     let mut result = WorkerResult {
-        recorder: Recorder::new(),
+        recorder: Recorder::with_timeline(timeline),
         details: IngestDetails::default(),
         batch_latency: LatencyHistogram::new(),
     };

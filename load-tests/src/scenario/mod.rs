@@ -3,11 +3,16 @@
 //! [`Report`](crate::report::Report). What they share lives here: the [`Stop`] signal that lets
 //! Ctrl-C end a run early with a report, and joining the workers.
 //!
-//! Adding a scenario (mixed, soak, ...) means a new module with a `Config` that serialises into
-//! the report and an `async fn run(config, stop) -> Result<Report, LoadError>`.
+//! Adding a scenario means a new module with a `Config` that serialises into the report and an
+//! `async fn run(config, stop) -> Result<Report, LoadError>`. `mixed`, `soak` and `overload`
+//! share the open/closed-loop [`engine`] over the request mix of [`crate::workload`].
 
+pub mod engine;
 pub mod ingest;
+pub mod mixed;
+pub mod overload;
 pub mod recommend;
+pub mod soak;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -26,6 +26,7 @@ use crate::report::{
     self, LatencyHistogram, OpenLoopDetails, RecommendDetails, Recorder, Report, RunSummary,
 };
 use crate::scenario::{join_workers, Stop};
+use crate::timeline::SharedTimeline;
 
 /// Route label of the measurements.
 pub const ROUTE: &str = "GET /v1/users/{id}/recommendations";
@@ -142,14 +143,14 @@ impl Schedule {
 }
 
 /// When a free worker should wake for a slot due at `scheduled`.
-fn wake_at(scheduled: Instant) -> Instant {
+pub(crate) fn wake_at(scheduled: Instant) -> Instant {
     scheduled.checked_sub(TIMER_SLACK).unwrap_or(scheduled)
 }
 
 /// Where an open-loop latency is measured from: the scheduled time, or the actual send when the
 /// worker woke early (so latency is never longer than the request's own round trip plus the
 /// time it waited for a free connection).
-fn latency_origin(scheduled: Instant, sent: Instant) -> Instant {
+pub(crate) fn latency_origin(scheduled: Instant, sent: Instant) -> Instant {
     scheduled.min(sent)
 }
 
@@ -179,15 +180,26 @@ struct Shared {
     t0: Instant,
     /// Next request number to take (both modes).
     next: AtomicU64,
+    timeline: SharedTimeline,
 }
 
 /// What one worker measured.
-#[derive(Default)]
 struct WorkerResult {
     recorder: Recorder,
     details: RecommendDetails,
     send_lag: LatencyHistogram,
     sent: u64,
+}
+
+impl WorkerResult {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            recorder: Recorder::with_timeline(shared.timeline.clone()),
+            details: RecommendDetails::default(),
+            send_lag: LatencyHistogram::new(),
+            sent: 0,
+        }
+    }
 }
 
 /// Runs the scenario for `config.duration` (plus drain, open loop) or until `stop` is raised.
@@ -229,11 +241,13 @@ pub async fn run(config: RecommendConfig, stop: Stop) -> Result<Report, LoadErro
     }
 
     let started_at = SystemTime::now();
+    let t0 = Instant::now();
     let shared = Arc::new(Shared {
         urls,
         seed: config.seed,
-        t0: Instant::now(),
+        t0,
         next: AtomicU64::new(0),
+        timeline: SharedTimeline::per_second(t0),
     });
     let handles = clients
         .into_iter()
@@ -277,6 +291,7 @@ pub async fn run(config: RecommendConfig, stop: Stop) -> Result<Report, LoadErro
         elapsed,
         interrupted: stop.is_set(),
         recorder: &recorder,
+        timeline: Some(shared.timeline.finish(elapsed)),
     })?;
     if let (Some(schedule), Some(rate)) = (schedule, config.rate) {
         // Due = scheduled before the run ended (the whole window, unless Ctrl-C cut it short).
@@ -290,6 +305,8 @@ pub async fn run(config: RecommendConfig, stop: Stop) -> Result<Report, LoadErro
             sent,
             unsent,
             send_lag_us: send_lag.percentiles(),
+            max_inflight: None,
+            client_dropped: 0,
         });
     }
     report.recommend = Some(details);
@@ -305,7 +322,7 @@ async fn open_loop_worker(
     hard_stop_after: Duration,
     mut stop: Stop,
 ) -> WorkerResult {
-    let mut result = WorkerResult::default();
+    let mut result = WorkerResult::new(&shared);
     let hard_stop = shared.t0 + hard_stop_after;
     while !stop.is_set() {
         let k = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +362,7 @@ async fn closed_loop_worker(
     duration: Duration,
     stop: Stop,
 ) -> WorkerResult {
-    let mut result = WorkerResult::default();
+    let mut result = WorkerResult::new(&shared);
     let deadline = shared.t0 + duration;
     while !stop.is_set() && Instant::now() < deadline {
         let k = shared.next.fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,7 @@ use crate::error::LoadError;
 use crate::report::{IngestDetails, LatencyHistogram, Recorder, Report, RunSummary};
 use crate::scenario::ingest::{send_batch, WorkerResult};
 use crate::scenario::{join_workers, Stop};
+use crate::timeline::SharedTimeline;
 
 /// Route label of the measurements.
 pub const ROUTE: &str = "POST /v1/events";
@@ -102,6 +103,7 @@ pub async fn run(
     let cursor = Arc::new(AtomicUsize::new(0));
     let started_at = SystemTime::now();
     let t0 = Instant::now();
+    let timeline = SharedTimeline::per_second(t0);
     let handles = clients
         .into_iter()
         .map(|client| {
@@ -114,6 +116,7 @@ pub async fn run(
                 cursor: Arc::clone(&cursor),
                 stop: stop.clone(),
                 max_retries: config.max_retries,
+                timeline: timeline.clone(),
             }))
         })
         .collect();
@@ -138,6 +141,7 @@ pub async fn run(
         elapsed,
         interrupted: stop.is_set(),
         recorder: &recorder,
+        timeline: Some(timeline.finish(elapsed)),
     })?;
     let secs = elapsed.as_secs_f64();
     report.throughput.events_per_s = Some(if secs > 0.0 {
@@ -159,13 +163,14 @@ struct Job {
     cursor: Arc<AtomicUsize>,
     stop: Stop,
     max_retries: u32,
+    timeline: SharedTimeline,
 }
 
 /// Takes the next unsent batch until none is left (or `stop`), encodes and sends it. An
 /// encoding failure (which cannot happen for simulated events) fails the run.
 async fn worker(mut job: Job) -> Result<WorkerResult, LoadError> {
     let mut result = WorkerResult {
-        recorder: Recorder::new(),
+        recorder: Recorder::with_timeline(job.timeline.clone()),
         details: IngestDetails::default(),
         batch_latency: LatencyHistogram::new(),
     };

@@ -1,11 +1,13 @@
 //! End-to-end tests of the scenarios against a scripted fake server (`common`): what is sent
-//! (order, ids, batching, retries, schedule) and how it is accounted in the report. One test
-//! binary for the crate, to keep link time down.
+//! (order, ids, batching, retries, schedule) and how it is accounted in the report; the
+//! mixed-workload scenarios are in `mixed`. One test binary for the crate, to keep link time
+//! down.
 
 // Test code: a failed unwrap is a failed test (clippy's test exemption misses helper fns).
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod mixed;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

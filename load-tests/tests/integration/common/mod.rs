@@ -3,6 +3,7 @@
 //! closure, so each test scripts the server it needs without the real Momentum server.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,6 +20,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Answer only after this long (a slow server), without blocking other connections.
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -27,6 +30,17 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A plain-text answer (e.g. `/metrics`).
+    pub fn text(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -101,6 +115,9 @@ async fn serve(stream: TcpStream, handler: Arc<Handler>, log: Arc<Mutex<Vec<Seen
         let seen = Seen { method, path, body };
         let reply = handler(&seen);
         log.lock().unwrap().push(seen);
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
         let mut response = format!(
             "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             reply.status,
