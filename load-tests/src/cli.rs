@@ -1,7 +1,8 @@
 //! Command line of `momentum-load`: one subcommand per scenario, flags validated into the
 //! scenario's `Config` (so scenarios never see raw strings), and [`run`], which executes a
-//! scenario, prints its report and writes it with its chart; plus `compare`. Scripts depend on
-//! these flags: keep them stable.
+//! scenario, prints its report and writes it with its chart (recording the command line in it);
+//! plus `compare`, `chart` and `markdown`, which read reports back. Scripts depend on these
+//! flags: keep them stable.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use crate::client::{ClientOptions, Target};
 use crate::compare;
 use crate::data::MAX_BATCH;
 use crate::error::LoadError;
+use crate::markdown::{self, MarkdownOptions};
 use crate::report::{CheckStatus, Report};
 use crate::scenario::ingest::IngestConfig;
 use crate::scenario::mixed::MixedConfig;
@@ -37,6 +39,10 @@ const MIN_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The command line as started, program first (set by `main`, not a flag): every report
+    /// records it as `command` so the run can be repeated. Empty: not recorded.
+    #[arg(skip)]
+    pub argv: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +66,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// (Re)draw the SVG chart of a report.
     Chart(ChartArgs),
+    /// Render reports as one Markdown fragment (a README's performance section): per report the
+    /// settings, the command, the route table, the scenario's own figures and its chart.
+    Markdown(MarkdownArgs),
 }
 
 /// Flags every scenario has.
@@ -538,6 +547,21 @@ pub struct ChartArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MarkdownArgs {
+    /// Reports written by --report, rendered in this order.
+    #[arg(value_name = "REPORT.json", required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Description of the machine the runs were measured on (Markdown, may be a `- ` list),
+    /// printed first.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub machine: Option<String>,
+    /// Directory the chart links point into, relative to where the Markdown will be read
+    /// (`docs/perf`, or `.`) [default: each report's path as given, with .svg].
+    #[arg(long, value_name = "REL_PATH")]
+    pub chart_dir: Option<String>,
+}
+
+#[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["out_dir", "post"])))]
 pub struct SimulateArgs {
     /// Users in the population (they sign up uniformly over the period).
@@ -686,9 +710,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// Runs the chosen scenario, prints a summary line and the JSON report to stdout, and writes the
 /// report file (and its SVG chart) when asked to. `simulate` without `--post` has no report: it
 /// prints its summary line and statistics (JSON) instead, and returns `None`; so does `compare`,
-/// which prints its table. A completed `overload --check` whose checks failed is
-/// [`LoadError::ChecksFailed`], after its report was printed and written.
-pub async fn run(cli: Cli) -> Result<Option<Report>, LoadError> {
+/// which prints its table, `chart`, and `markdown`, which prints the fragment. Reports record
+/// `cli.argv` (when set) as their `command`. A completed `overload --check` whose checks failed
+/// is [`LoadError::ChecksFailed`], after its report was printed and written.
+pub async fn run(mut cli: Cli) -> Result<Option<Report>, LoadError> {
+    let argv = std::mem::take(&mut cli.argv);
     match &cli.command {
         Command::Compare(args) => {
             print!("{}", compare::run(&args.a, &args.b)?);
@@ -704,10 +730,18 @@ pub async fn run(cli: Cli) -> Result<Option<Report>, LoadError> {
             eprintln!("chart written to {}", out.display());
             return Ok(None);
         }
+        Command::Markdown(args) => {
+            let options = MarkdownOptions {
+                machine: args.machine.clone(),
+                chart_dir: args.chart_dir.clone(),
+            };
+            println!("{}", markdown::run(&args.reports, &options)?);
+            return Ok(None);
+        }
         _ => {}
     }
     let stop = Stop::on_ctrl_c();
-    let (report, path) = match cli.command {
+    let (mut report, path) = match cli.command {
         Command::Ingest(args) => {
             let path = args.common.report.clone();
             (
@@ -737,7 +771,7 @@ pub async fn run(cli: Cli) -> Result<Option<Report>, LoadError> {
                 path,
             )
         }
-        Command::Compare(_) | Command::Chart(_) => return Ok(None),
+        Command::Compare(_) | Command::Chart(_) | Command::Markdown(_) => return Ok(None),
         Command::Simulate(args) => {
             let path = args.report.clone();
             let outcome = sim::run(args.into_config()?, stop).await?;
@@ -757,6 +791,9 @@ pub async fn run(cli: Cli) -> Result<Option<Report>, LoadError> {
             }
         }
     };
+    if !argv.is_empty() {
+        report.command = Some(argv);
+    }
     // Files first: a reader that closes stdout early (`| head -1`) must not cost the report.
     if let Some(path) = &path {
         report.write(path)?;
@@ -1006,6 +1043,44 @@ mod tests {
             matches!(compare, Command::Compare(CompareArgs { a, .. }) if a == Path::new("a.json"))
         );
         assert!(parse_cmd("compare", &["a.json"]).is_err());
+    }
+
+    #[test]
+    fn markdown_flags() {
+        let Command::Markdown(args) = parse_cmd(
+            "markdown",
+            &[
+                "a.json",
+                "b.json",
+                "--machine",
+                "2 CPUs",
+                "--chart-dir",
+                "docs/perf",
+            ],
+        )
+        .unwrap() else {
+            panic!("wrong subcommand");
+        };
+        assert_eq!(args.reports, [Path::new("a.json"), Path::new("b.json")]);
+        assert_eq!(args.machine.as_deref(), Some("2 CPUs"));
+        assert_eq!(args.chart_dir.as_deref(), Some("docs/perf"));
+        let Command::Markdown(args) = parse_cmd("markdown", &["a.json"]).unwrap() else {
+            panic!("wrong subcommand");
+        };
+        assert_eq!((args.machine, args.chart_dir), (None, None));
+        // A Markdown list starts with a hyphen: still the value.
+        let Command::Markdown(args) =
+            parse_cmd("markdown", &["a.json", "--machine", "- 2 CPUs\n- 4 GiB"]).unwrap()
+        else {
+            panic!("wrong subcommand");
+        };
+        assert_eq!(args.machine.as_deref(), Some("- 2 CPUs\n- 4 GiB"));
+        assert!(
+            parse_cmd("markdown", &[]).is_err(),
+            "at least one report is required"
+        );
+        // `argv` is not a flag.
+        assert!(parse_cmd("markdown", &["a.json", "--argv", "x"]).is_err());
     }
 
     #[test]

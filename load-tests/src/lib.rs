@@ -5,8 +5,9 @@
 //! generates a synthetic goal-app population (CSV files with ground-truth outcomes, optionally
 //! posted to a server) for training and evaluating the models. The mixed-workload scenarios build
 //! their requests from [`workload`], keep per-second series in [`timeline`], read the server's
-//! memory through [`scrape`]; every report gets an SVG [`chart`], and [`compare`] puts two
-//! reports side by side. The binary is a thin wrapper over [`cli::run`].
+//! memory through [`scrape`]; every report gets an SVG [`chart`], [`compare`] puts two reports
+//! side by side, and [`markdown`] renders reports for a README's performance section. The binary
+//! is a thin wrapper over [`cli::run`].
 
 pub mod chart;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod client;
 pub mod compare;
 pub mod data;
 pub mod error;
+pub mod markdown;
 pub mod report;
 pub mod scenario;
 pub mod scrape;

@@ -9,7 +9,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = momentum_load::cli::Cli::parse();
+    let mut cli = momentum_load::cli::Cli::parse();
+    // Recorded in every report (`command`), so that the run can be repeated.
+    cli.argv = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
     match momentum_load::cli::run(cli).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(error @ momentum_load::LoadError::ChecksFailed { .. }) => {

@@ -236,6 +236,11 @@ pub struct Report {
     /// `closed` or `open` loop.
     pub mode: String,
     pub target: String,
+    /// The command line the run was started with (argv, program first), so that it can be
+    /// repeated; absent from reports of older versions and of runs not started from the command
+    /// line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
     /// The scenario's effective settings, flags and defaults alike.
     pub config: serde_json::Value,
     /// RFC 3339, UTC, when the timed part started.
@@ -555,6 +560,7 @@ impl Report {
             scenario: run.scenario.to_owned(),
             mode: run.mode.to_owned(),
             target: run.target.to_owned(),
+            command: None,
             config,
             started_at: rfc3339_utc(started_at_unix_ms),
             started_at_unix_ms,

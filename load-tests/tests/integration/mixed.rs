@@ -366,7 +366,7 @@ async fn cli_overload_check_fails_the_run_after_writing_report_and_chart() {
         std::process::id()
     ));
     let svg = path.with_extension("svg");
-    let cli = momentum_load::cli::Cli::try_parse_from([
+    let argv = [
         "momentum-load",
         "overload",
         "--target",
@@ -388,8 +388,9 @@ async fn cli_overload_check_fails_the_run_after_writing_report_and_chart() {
         "--check",
         "--report",
         path.to_str().unwrap(),
-    ])
-    .unwrap();
+    ];
+    let mut cli = momentum_load::cli::Cli::try_parse_from(argv).unwrap();
+    cli.argv = argv.iter().map(ToString::to_string).collect();
     let error = momentum_load::cli::run(cli).await.unwrap_err();
     match &error {
         LoadError::ChecksFailed { failed } => {
@@ -408,5 +409,9 @@ async fn cli_overload_check_fails_the_run_after_writing_report_and_chart() {
         .routes
         .contains_key("GET /v1/users/{id}/recommendations"));
     assert_eq!(report.config["route"], "recommend");
+    // The command line is recorded, program first, for `markdown` to show.
+    let command = report.command.as_deref().unwrap();
+    assert_eq!(command.len(), argv.len());
+    assert_eq!(&command[..2], ["momentum-load", "overload"]);
     assert!(chart.starts_with("<svg") && chart.contains("recovery"));
 }
