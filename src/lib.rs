@@ -137,7 +137,17 @@ impl Server {
     /// Runs until a signal or [`ServerHandle::stop`], then flushes the log, writes a final
     /// snapshot and stops the actors.
     pub async fn run(self) -> std::io::Result<()> {
+        // actix's own signal handling stops the whole actix System once the HTTP server has
+        // drained, which would take the shard arbiters down before the final snapshot: the
+        // signals are handled here instead, and only stop the HTTP server.
+        let handle = self.http.handle();
+        let signals = actix_web::rt::spawn(async move {
+            wait_for_shutdown_signal().await;
+            tracing::info!("shutdown signal received; draining requests");
+            handle.stop(true).await;
+        });
         let result = self.http.await;
+        signals.abort();
         self.state.ready.store(false, Ordering::Release);
         if let Some(supervisor) = self.state.supervisor.get() {
             let deadline = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
@@ -149,6 +159,23 @@ impl Server {
             return Err(std::io::Error::other("the start-up restore failed"));
         }
         result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (never, if no handler can be installed).
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
@@ -292,6 +319,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
+    .disable_signals()
     .shutdown_timeout(shutdown_timeout);
     let http = match tls {
         Some(config) => http.listen_rustls_0_23(listener, config),

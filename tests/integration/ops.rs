@@ -1024,6 +1024,9 @@ fn secrets_never_reach_the_logs() {
         );
         assert!(exit.success(), "{format}: exit {exit:?}\n{logs}");
         assert!(logs.contains("listening"), "{logs}");
+        // SIGTERM drains, flushes and writes the final snapshot before the actors stop.
+        assert!(logs.contains("final snapshot written"), "{logs}");
+        assert!(!logs.contains("final snapshot failed"), "{logs}");
         assert!(
             logs.lines().count() >= 3,
             "debug logging is captured: {logs}"
