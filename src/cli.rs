@@ -117,7 +117,8 @@ pub struct TrainArgs {
     /// Events CSV as `momentum-load simulate` writes it: `event_id,user_id,item_id,kind,value,ts`.
     #[arg(long)]
     pub events: PathBuf,
-    /// Days of events before the last one to learn from (default: `trainer.window_days`, 90).
+    /// Days of events before the last one to learn from (default: `trainer.window_days` of the
+    /// configuration, 90; the other `[trainer]` and `[models]` keys come from `--config` too).
     #[arg(long)]
     pub window_days: Option<u32>,
     /// Learning rate of the success model (default: `trainer.success_learning_rate`).
@@ -126,4 +127,25 @@ pub struct TrainArgs {
     /// Write both trained models and their metadata as JSON into this directory.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_global_config_reaches_every_command() {
+        for argv in [
+            [
+                "momentum", "--config", "c.toml", "train", "--events", "e.csv",
+            ],
+            [
+                "momentum", "train", "--events", "e.csv", "--config", "c.toml",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            assert!(matches!(cli.command, Some(Command::Train(_))), "{argv:?}");
+            assert_eq!(cli.serve.config, Some(PathBuf::from("c.toml")), "{argv:?}");
+        }
+    }
 }

@@ -23,7 +23,8 @@ fn main() -> ExitCode {
             .map(|report| println!("{report}"))
             .map_err(|e| e.to_string()),
         Some(Command::Train(args)) => {
-            momentum::analytics::offline::run(&args).map(|report| println!("{report}"))
+            momentum::analytics::offline::run(&args, cli.serve.config.as_deref())
+                .map(|report| println!("{report}"))
         }
     };
     match result {

@@ -287,7 +287,12 @@ impl Handler<GetChurnStatus> for ChurnScheduler {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::Semaphore;
+
     use super::*;
+    use crate::trainer::ManualClock;
 
     #[test]
     fn tiers_follow_the_documented_boundaries() {
@@ -309,5 +314,162 @@ mod tests {
             ["engagement_campaign", "content_recommendations"]
         );
         assert_eq!(names(Tier::Low), ["newsletter", "success_stories"]);
+    }
+
+    /// Records when it was run; each run then waits for a permit of `gate`, so a test decides
+    /// when a run ends.
+    struct GatedJob {
+        runs: Arc<Mutex<Vec<(Trigger, i64)>>>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl ScoringJob for GatedJob {
+        fn run(&self, trigger: Trigger, now_ms: i64) -> JobFuture<ScoringReport> {
+            self.runs.lock().expect("lock").push((trigger, now_ms));
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                gate.acquire().await.expect("gate open").forget();
+                Ok(ScoringReport {
+                    trigger,
+                    day: String::new(),
+                    started_ms: now_ms,
+                    duration_seconds: 0.0,
+                    model_version: 1,
+                    users_examined: 0,
+                    users_scored: 0,
+                    tiers: TierCounts::default(),
+                    interventions_added: 0,
+                    delivery: None,
+                })
+            })
+        }
+    }
+
+    async fn status(addr: &Addr<ChurnScheduler>) -> RunStatus {
+        let (reply, rx) = oneshot::channel();
+        addr.send(GetChurnStatus { reply })
+            .await
+            .expect("delivered");
+        rx.await.expect("answer")
+    }
+
+    /// The status once `expected` runs are complete (a run's future completes on one of the
+    /// actor's next polls), or after a bounded number of polls.
+    async fn after_runs(addr: &Addr<ChurnScheduler>, expected: u64) -> RunStatus {
+        let mut last = status(addr).await;
+        for _ in 0..100 {
+            if last.runs >= expected {
+                break;
+            }
+            tokio::task::yield_now().await;
+            last = status(addr).await;
+        }
+        last
+    }
+
+    async fn check(addr: &Addr<ChurnScheduler>) {
+        addr.send(CheckSchedule).await.expect("delivered");
+    }
+
+    #[test]
+    fn the_scheduler_scores_when_the_fake_clock_says_so() {
+        let day = Duration::from_secs(24 * 3600);
+        let day_ms = day.as_millis() as i64;
+        // As the server builds it: the first run `first_run_delay` after start-up.
+        let start = 1_700_000_000_000;
+        let first_due = start + 600_000;
+        actix::System::new().block_on(async move {
+            let runs = Arc::new(Mutex::new(Vec::new()));
+            let gate = Arc::new(Semaphore::new(0));
+            let clock = Arc::new(ManualClock::new(start));
+            let job = Arc::new(GatedJob {
+                runs: runs.clone(),
+                gate: gate.clone(),
+            });
+            let addr = ChurnScheduler::new(
+                job,
+                clock.clone(),
+                Schedule::new(day, Some(first_due)),
+                None,
+            )
+            .start();
+            let recorded = || runs.lock().expect("lock").clone();
+
+            check(&addr).await;
+            clock.set(first_due - 1);
+            check(&addr).await;
+            assert!(recorded().is_empty(), "not due before first_run_delay");
+            assert_eq!(status(&addr).await.next_due_ms, Some(first_due));
+
+            // Due: one run starts; while it runs neither the schedule nor a request starts
+            // another.
+            clock.set(first_due);
+            check(&addr).await;
+            assert_eq!(recorded(), [(Trigger::Schedule, first_due)]);
+            assert!(status(&addr).await.running);
+            check(&addr).await;
+            let (started, started_rx) = oneshot::channel();
+            addr.send(ScoreUsers {
+                trigger: Trigger::Request,
+                started,
+                done: None,
+            })
+            .await
+            .expect("delivered");
+            assert_eq!(
+                started_rx.await.expect("answer"),
+                Err(TrainError::AlreadyRunning)
+            );
+            assert_eq!(recorded().len(), 1);
+
+            // Finished: the next run is a day after this one started, and checking again at the
+            // same due time (or half a day later) starts nothing.
+            gate.add_permits(1);
+            let s = after_runs(&addr, 1).await;
+            assert_eq!((s.runs, s.running), (1, false));
+            assert_eq!(s.next_due_ms, Some(first_due + day_ms));
+            assert_eq!(s.last_error, None);
+            check(&addr).await;
+            clock.advance(day / 2);
+            check(&addr).await;
+            assert_eq!(recorded().len(), 1, "not twice for the same due time");
+
+            // A day after the first run: the second.
+            gate.add_permits(1);
+            clock.set(first_due + day_ms);
+            check(&addr).await;
+            check(&addr).await;
+            let s = after_runs(&addr, 2).await;
+            assert_eq!(s.runs, 2);
+            assert_eq!(
+                recorded(),
+                [
+                    (Trigger::Schedule, first_due),
+                    (Trigger::Schedule, first_due + day_ms)
+                ]
+            );
+            assert_eq!(s.next_due_ms, Some(first_due + 2 * day_ms));
+
+            // On request, any time; the reply carries the report.
+            gate.add_permits(1);
+            clock.advance(Duration::from_secs(3600));
+            let (started, started_rx) = oneshot::channel();
+            let (done, done_rx) = oneshot::channel();
+            addr.send(ScoreUsers {
+                trigger: Trigger::Request,
+                started,
+                done: Some(done),
+            })
+            .await
+            .expect("delivered");
+            assert_eq!(started_rx.await.expect("answer"), Ok(()));
+            let report = done_rx.await.expect("answer").expect("report");
+            assert_eq!(report.trigger, Trigger::Request);
+            let requested_at = first_due + day_ms + 3_600_000;
+            assert_eq!(report.started_ms, requested_at);
+            assert_eq!(recorded()[2], (Trigger::Request, requested_at));
+            let s = after_runs(&addr, 3).await;
+            assert_eq!(s.last_trigger, Some(Trigger::Request));
+        });
     }
 }

@@ -2,9 +2,15 @@
 //! simulator events CSV with exactly the pipeline of the server's trainer (same datasets,
 //! user split, threshold choice and held-out evaluation; `momentum_actors::trainer`), and prints
 //! the metrics as JSON. "Now" is just after the last event, and the window is the
-//! `window_days` before it. Progress goes to stderr.
+//! `window_days` before it. The settings are the server's (`--config FILE`, then
+//! `MOMENTUM__TRAINER__*`), with `--window-days` and `--learning-rate` on top.
+//!
+//! Progress goes to stderr: on a terminal, one bar redrawn in place over the four stages
+//! (reading the CSV, measured in bytes, then building the labelled rows and fitting each
+//! model); otherwise one line per stage, so logs and CI output stay readable.
 
-use std::io::Write;
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,10 +21,27 @@ use momentum_actors::trainer::ModelKind;
 use super::config::AnalyticsConfig;
 use super::training::{metadata, train_models, HistoryBuilder};
 use crate::cli::TrainArgs;
+use crate::settings::Settings;
 
-/// Runs the command; the JSON report or a message for stderr.
-pub fn run(args: &TrainArgs) -> Result<serde_json::Value, String> {
-    let mut cfg = AnalyticsConfig::default();
+/// Reading the CSV, building the rows, fitting the success model, fitting the churn model.
+const STAGES: usize = 4;
+/// Records read between two updates of the bar while reading.
+const READ_UPDATE_EVERY: u64 = 16_384;
+
+/// Runs the command with the settings of `config` (or the defaults); the JSON report or a
+/// message for stderr.
+pub fn run(args: &TrainArgs, config: Option<&Path>) -> Result<serde_json::Value, String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    let mut progress = Progress::stderr();
+    run_with(args, settings.analytics(), &mut progress)
+}
+
+/// [`run`] with explicit settings and progress output.
+fn run_with<W: Write>(
+    args: &TrainArgs,
+    mut cfg: AnalyticsConfig,
+    progress: &mut Progress<W>,
+) -> Result<serde_json::Value, String> {
     if let Some(days) = args.window_days {
         cfg.trainer.window_days = days;
     }
@@ -28,7 +51,7 @@ pub fn run(args: &TrainArgs) -> Result<serde_json::Value, String> {
     cfg.validate()?;
     let params = cfg.trainer.pipeline();
     let started = Instant::now();
-    let (builder, last_ts) = read_events(&args.events)?;
+    let (builder, last_ts) = read_events(&args.events, progress)?;
     let read_seconds = started.elapsed().as_secs_f64();
     let events = builder.events;
     let now_ms = last_ts.saturating_add(1);
@@ -44,20 +67,21 @@ pub fn run(args: &TrainArgs) -> Result<serde_json::Value, String> {
         .collect();
     let n_users = users.len();
     let train_started = Instant::now();
-    let step = std::cell::Cell::new(1);
-    let set = train_models(
-        &users,
-        now_ms,
-        &params,
-        cfg.trainer.promotion_margin,
-        &[None, None],
-        cfg.models.drift_bins,
-        &|what| {
-            eprintln!("[{}/3] {what}", step.get());
-            step.set(step.get() + 1);
-        },
-    );
+    let set = {
+        // `train_models` announces each of its three stages through a `Fn`.
+        let shared = RefCell::new(&mut *progress);
+        train_models(
+            &users,
+            now_ms,
+            &params,
+            cfg.trainer.promotion_margin,
+            &[None, None],
+            cfg.models.drift_bins,
+            &|what| shared.borrow_mut().stage(what),
+        )
+    };
     let train_seconds = train_started.elapsed().as_secs_f64();
+    progress.finish(&format!("done in {:.2} s", started.elapsed().as_secs_f64()));
     let mut models = Vec::new();
     for (kind, result) in &set.models {
         match result {
@@ -80,7 +104,6 @@ pub fn run(args: &TrainArgs) -> Result<serde_json::Value, String> {
             Err(error) => models.push(json!({"name": kind.name(), "error": error})),
         }
     }
-    eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
     Ok(json!({
         "events": events,
         "users_in_window": n_users,
@@ -91,8 +114,14 @@ pub fn run(args: &TrainArgs) -> Result<serde_json::Value, String> {
 }
 
 /// Reads the CSV into histories; returns them and the last event time.
-fn read_events(path: &Path) -> Result<(HistoryBuilder, i64), String> {
+fn read_events<W: Write>(
+    path: &Path,
+    progress: &mut Progress<W>,
+) -> Result<(HistoryBuilder, i64), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+    progress.stage("reading events");
+    // The bar advances with the bytes read; an unknown size leaves it at the stage's start.
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
@@ -123,16 +152,129 @@ fn read_events(path: &Path) -> Result<(HistoryBuilder, i64), String> {
         let item_id = Some(field(item)).filter(|s| !s.is_empty());
         builder.push(field(user), item_id, field(kind), t);
         last_ts = last_ts.max(t);
-        if line % 500_000 == 0 {
-            eprint!("\rreading events: {line}");
-            let _ = std::io::stderr().flush();
+        if line % READ_UPDATE_EVERY == 0 && bytes > 0 {
+            progress.advance(reader.position().byte() as f64 / bytes as f64);
         }
     }
-    eprintln!("\rread {line} events of {} users", builder.users());
+    progress.advance(1.0);
+    progress.note(&format!("read {line} events of {} users", builder.users()));
     if line == 0 {
         return Err(format!("{} has no events", path.display()));
     }
     Ok((builder, last_ts))
+}
+
+/// Width of the bar in characters.
+const BAR_WIDTH: usize = 30;
+
+/// The progress of a run as stages of equal weight. On a terminal (`draw`) one line is redrawn
+/// in place; otherwise each stage and note is a line of its own. Output is best-effort: a
+/// failed write to stderr must not fail the training.
+struct Progress<W: Write> {
+    out: W,
+    draw: bool,
+    stages: usize,
+    /// The current stage, from 1 (0: none started).
+    stage: usize,
+    label: String,
+    /// Share of the current stage done, in `[0, 1]`.
+    fraction: f64,
+    /// The percentage last drawn, to redraw only when it changes.
+    drawn: Option<u32>,
+}
+
+impl Progress<std::io::Stderr> {
+    /// On stderr, drawn as a bar only when stderr is a terminal.
+    fn stderr() -> Self {
+        let out = std::io::stderr();
+        let draw = out.is_terminal();
+        Progress::new(out, draw, STAGES)
+    }
+}
+
+impl<W: Write> Progress<W> {
+    fn new(out: W, draw: bool, stages: usize) -> Self {
+        Progress {
+            out,
+            draw,
+            stages,
+            stage: 0,
+            label: String::new(),
+            fraction: 0.0,
+            drawn: None,
+        }
+    }
+
+    /// Starts the next stage.
+    fn stage(&mut self, label: &str) {
+        self.stage += 1;
+        self.label = label.to_owned();
+        self.fraction = 0.0;
+        if self.draw {
+            self.redraw(true);
+        } else {
+            let line = format!("[{}/{}] {label}", self.stage, self.stages.max(self.stage));
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
+
+    /// Sets the share of the current stage that is done.
+    fn advance(&mut self, fraction: f64) {
+        self.fraction = fraction.clamp(0.0, 1.0);
+        if self.draw {
+            self.redraw(false);
+        }
+    }
+
+    /// A message on a line of its own; the bar goes on below it.
+    fn note(&mut self, message: &str) {
+        if self.draw {
+            let _ = write!(self.out, "\r\x1b[K{message}\n");
+            self.redraw(true);
+        } else {
+            let _ = writeln!(self.out, "{message}");
+        }
+    }
+
+    /// Ends the bar at 100 % with `message` in place of the stage's label.
+    fn finish(&mut self, message: &str) {
+        if self.draw {
+            self.stage = self.stages.max(self.stage);
+            self.fraction = 1.0;
+            self.label = message.to_owned();
+            self.redraw(true);
+            let _ = writeln!(self.out);
+        } else {
+            let _ = writeln!(self.out, "{message}");
+        }
+    }
+
+    /// Share of the whole run done: finished stages plus the current one's fraction.
+    fn overall(&self) -> f64 {
+        let stages = self.stages.max(self.stage).max(1);
+        let done = self.stage.saturating_sub(1) as f64 + self.fraction;
+        (done / stages as f64).clamp(0.0, 1.0)
+    }
+
+    fn redraw(&mut self, always: bool) {
+        let overall = self.overall();
+        let percent = (overall * 100.0).floor() as u32;
+        if !always && self.drawn == Some(percent) {
+            return;
+        }
+        self.drawn = Some(percent);
+        let filled = ((overall * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
+        let line = format!(
+            "\r[{}/{}] [{}{}] {percent:>3}% {}\x1b[K",
+            self.stage,
+            self.stages.max(self.stage),
+            "#".repeat(filled),
+            "-".repeat(BAR_WIDTH - filled),
+            self.label
+        );
+        let _ = self.out.write_all(line.as_bytes());
+        let _ = self.out.flush();
+    }
 }
 
 fn write_model(
@@ -146,4 +288,185 @@ fn write_model(
     let body = json!({"metadata": meta, "model": model});
     let text = serde_json::to_string(&body).map_err(|e| e.to_string())?;
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use momentum_models::features::DAY_MS;
+
+    /// A simulator-shaped `events.csv` (the columns of `momentum-load simulate`): two thirds of
+    /// the users open the app and check in daily, complete a goal every 12 days and rate it;
+    /// the rest check in every other day and stop after 20–50 days. Events are in time order.
+    fn simulator_csv(users: usize, end_ms: i64) -> String {
+        let mut events: Vec<(i64, String, String, &str, String)> = Vec::new();
+        for u in 0..users {
+            let keen = u % 3 != 0;
+            let start = end_ms - (85 - (u % 20) as i64) * DAY_MS;
+            let active_days = if keen { 90 } else { 20 + (u % 30) as i64 };
+            let user = format!("u{u}");
+            let mut goal = u * 10;
+            let mut push = |ts: i64, item: String, kind: &'static str, value: &str| {
+                events.push((ts, user.clone(), item, kind, value.to_string()));
+            };
+            push(start, format!("g{goal}"), "start", "");
+            for d in 1..active_days {
+                let ts = start + d * DAY_MS;
+                if ts > end_ms {
+                    break;
+                }
+                if keen || d % 2 == 0 {
+                    push(ts - 60_000, String::new(), "app_open", "");
+                    push(ts, format!("g{goal}"), "checkin", "");
+                }
+                if keen && d % 12 == 0 {
+                    push(ts + 1, format!("g{goal}"), "complete", "");
+                    push(ts + 2, format!("g{goal}"), "rate", "5");
+                    goal += 1;
+                    push(ts + 3, format!("g{goal}"), "start", "");
+                }
+            }
+        }
+        events.sort_by_key(|e| e.0);
+        let mut csv = String::from("event_id,user_id,item_id,kind,value,ts\n");
+        for (i, (ts, user, item, kind, value)) in events.iter().enumerate() {
+            csv.push_str(&format!("s7-{i},{user},{item},{kind},{value},{ts}\n"));
+        }
+        csv
+    }
+
+    fn args(events: &Path, out_dir: Option<&Path>) -> TrainArgs {
+        TrainArgs {
+            events: events.to_path_buf(),
+            window_days: None,
+            learning_rate: None,
+            out_dir: out_dir.map(Path::to_path_buf),
+        }
+    }
+
+    #[test]
+    fn train_learns_both_models_from_a_simulator_csv_with_the_configured_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.csv");
+        std::fs::write(&events, simulator_csv(300, 20_000 * DAY_MS)).expect("write csv");
+        // `--config`: a smaller forest than the default five trees, and fewer iterations.
+        let config = dir.path().join("momentum.toml");
+        std::fs::write(
+            &config,
+            "[trainer]\nchurn_trees = 3\nsuccess_max_iterations = 400\n",
+        )
+        .expect("write config");
+        let out_dir = dir.path().join("models");
+        let settings = Settings::load(Some(&config)).expect("settings");
+        let mut progress = Progress::new(Vec::new(), false, STAGES);
+        let report = run_with(
+            &args(&events, Some(&out_dir)),
+            settings.analytics(),
+            &mut progress,
+        )
+        .expect("trained");
+
+        assert_eq!(report["users_in_window"], 300, "{report}");
+        assert!(report["events"].as_u64().unwrap_or(0) > 20_000, "{report}");
+        let models = report["models"].as_array().expect("models");
+        let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
+        assert_eq!(names, ["success", "churn"]);
+        for m in models {
+            assert!(m.get("error").is_none(), "{m}");
+            let auc = m["holdout"]["auc"].as_f64().unwrap_or(0.0);
+            assert!(auc > 0.75, "{} held-out AUC {auc}", m["name"]);
+            assert!(m["holdout"]["at_default"]["f1"].as_f64().is_some(), "{m}");
+            assert!(m["rows"]["train"].as_u64().unwrap_or(0) >= 50, "{m}");
+            assert!(m["threshold"].as_f64().is_some() && m["fit_seconds"].as_f64().is_some());
+            let name = m["name"].as_str().unwrap_or_default();
+            assert!(out_dir.join(format!("{name}.json")).is_file(), "{name}");
+        }
+        assert_eq!(models[0]["algorithm"], "logistic_regression");
+        assert_eq!(models[0]["params"]["max_iterations"], 400);
+        assert_eq!(models[1]["algorithm"], "random_forest");
+        assert_eq!(models[1]["params"]["n_trees"], 3);
+
+        // Not a terminal: one line per stage, no bar redrawn with carriage returns.
+        let text = String::from_utf8(progress.out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "[1/4] reading events");
+        assert!(lines[1].starts_with("read ") && lines[1].ends_with(" events of 300 users"));
+        assert_eq!(
+            &lines[2..5],
+            [
+                "[2/4] building labelled rows",
+                "[3/4] training the success model",
+                "[4/4] training the churn model"
+            ]
+        );
+        assert!(lines[5].starts_with("done in "), "{text}");
+        assert!(!text.contains('\r'));
+    }
+
+    #[test]
+    fn train_honours_the_config_file_and_refuses_a_missing_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.csv");
+        std::fs::write(&events, simulator_csv(30, 20_000 * DAY_MS)).expect("write csv");
+        // An invalid value in the file is reported: the file is read, not the defaults.
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, "[trainer]\nholdout_fraction = 1.5\n").expect("write");
+        let err = run(&args(&events, None), Some(&config)).expect_err("invalid config");
+        assert!(err.contains("holdout_fraction"), "{err}");
+        let err = run(&args(&events, None), Some(&dir.path().join("none.toml")))
+            .expect_err("missing config");
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_csv_without_the_simulator_columns_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.csv");
+        std::fs::write(&events, "user_id,item_id,kind\nu1,g1,start\n").expect("write");
+        let mut progress = Progress::new(Vec::new(), false, STAGES);
+        let err = run_with(
+            &args(&events, None),
+            AnalyticsConfig::default(),
+            &mut progress,
+        )
+        .expect_err("no ts");
+        assert!(err.contains("no column `ts`"), "{err}");
+    }
+
+    #[test]
+    fn the_bar_is_redrawn_in_place_on_a_terminal() {
+        let mut p = Progress::new(Vec::new(), true, 4);
+        p.stage("reading events");
+        p.advance(0.5);
+        p.advance(0.5); // same percentage: not redrawn
+        p.note("read 10 events of 2 users");
+        p.stage("building labelled rows");
+        p.finish("done in 0.01 s");
+        let text = String::from_utf8(p.out).expect("utf-8");
+        let dashes = |n: usize| "-".repeat(n);
+        let hashes = |n: usize| "#".repeat(n);
+        let expected = [
+            format!("\r[1/4] [{}]   0% reading events\x1b[K", dashes(30)),
+            // A quarter of the run is one stage: half of it is 12.5 %, 3.75 of 30 cells.
+            format!(
+                "\r[1/4] [{}{}]  12% reading events\x1b[K",
+                hashes(4),
+                dashes(26)
+            ),
+            "\r\x1b[Kread 10 events of 2 users\n".to_string(),
+            format!(
+                "\r[1/4] [{}{}]  12% reading events\x1b[K",
+                hashes(4),
+                dashes(26)
+            ),
+            format!(
+                "\r[2/4] [{}{}]  25% building labelled rows\x1b[K",
+                hashes(8),
+                dashes(22)
+            ),
+            format!("\r[4/4] [{}] 100% done in 0.01 s\x1b[K\n", hashes(30)),
+        ]
+        .concat();
+        assert_eq!(text, expected);
+    }
 }

@@ -223,7 +223,16 @@ impl ActivitySource for FakeSource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
-    let events = population(120);
+    let mut events = population(120);
+    // A user whose last event is 100 days old: known to the shards, but not active in the last
+    // 90 days, so never scored.
+    let gone_from = NOW - 160 * DAY_MS;
+    events.push(("gone".into(), "g-gone".into(), EventKind::Start, gone_from));
+    for d in 1..=60 {
+        let ts = gone_from + d * DAY_MS;
+        events.push(("gone".into(), "g-gone".into(), EventKind::Checkin, ts));
+    }
+    assert_eq!(events.last().map(|e| e.3), Some(NOW - 100 * DAY_MS));
     let (_dir, store) = store_with(&events).await;
     let clock = Arc::new(ManualClock::new(NOW));
     let mut config = AnalyticsConfig::default();
@@ -249,8 +258,8 @@ async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
 
     let first = job.run(Trigger::Schedule, NOW).await.expect("first run");
     assert_eq!(first.day, day_string(NOW));
-    assert_eq!(first.users_examined, 120);
-    // Users who stopped more than 90 days ago are not scored; here everyone was active.
+    // Every known user is looked at; the one inactive for 100 days is not scored.
+    assert_eq!(first.users_examined, 121);
     assert_eq!(first.users_scored, 120);
     let t = first.tiers;
     assert_eq!(t.high + t.medium + t.low, 120);
@@ -288,6 +297,12 @@ async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
         .expect("read")
         .expect("scored");
     assert!((0.0..=1.0).contains(&score.probability));
+    let gone = store
+        .churn_score("gone", &day_string(NOW))
+        .await
+        .expect("read");
+    assert!(gone.is_none(), "{gone:?}");
+    assert!(!per_user.contains_key("gone"));
 
     // The next day: the same users get the day's interventions again.
     let tomorrow = NOW + DAY_MS;

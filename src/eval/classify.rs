@@ -199,3 +199,178 @@ fn write_predictions(path: &Path, probs: &[f64]) -> Result<(), ClassifyError> {
     }
     writer.flush().map_err(write_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `customer_id` (an id: dropped), `plan` (a string: one-hot), `tenure` (a number, empty in
+    /// every 20th row: imputed) and `churn`. Customers churn early in their tenure, and on the
+    /// `basic` plan for longer; every 17th label is flipped as noise.
+    fn training_table() -> (String, Vec<f64>) {
+        let mut csv = String::from("customer_id,plan,tenure,churn\n");
+        let mut tenures = Vec::new();
+        for i in 0..400 {
+            let plan = ["basic", "pro", "premium"][i % 3];
+            let tenure = 1 + (i * 7) % 72;
+            let mut churn = tenure < 20 || (plan == "basic" && tenure < 40);
+            if i % 17 == 0 {
+                churn = !churn;
+            }
+            let cell = if i % 20 == 0 {
+                String::new()
+            } else {
+                tenures.push(tenure as f64);
+                tenure.to_string()
+            };
+            let label = if churn { "Yes" } else { "No" };
+            csv.push_str(&format!("c{i},{plan},{cell},{label}\n"));
+        }
+        (csv, tenures)
+    }
+
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        }
+    }
+
+    fn read_predictions(path: &Path) -> Vec<(usize, f64)> {
+        let mut reader = csv::Reader::from_path(path).expect("predictions");
+        let header: Vec<String> = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(header, ["row", "probability"]);
+        reader
+            .records()
+            .map(|r| {
+                let r = r.expect("record");
+                (
+                    r[0].parse().expect("row"),
+                    r[1].parse().expect("probability"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn classify_encodes_imputes_and_writes_test_rows_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (train_csv, tenures) = training_table();
+        let median = median(tenures);
+        let train = dir.path().join("train.csv");
+        std::fs::write(&train, train_csv).expect("write");
+        // Rows 2 and 7 miss the tenure, row 3 has the training median: the same features.
+        // Rows 4 and 5 differ only in the plan; row 6's plan was never seen in training.
+        let test_csv = format!(
+            "customer_id,plan,tenure,churn\n\
+             t0,basic,3,Yes\n\
+             t1,premium,70,No\n\
+             t2,pro,,No\n\
+             t3,pro,{median},No\n\
+             t4,basic,30,Yes\n\
+             t5,pro,30,No\n\
+             t6,gold,30,No\n\
+             t7,pro,NA,No\n"
+        );
+        let test = dir.path().join("test.csv");
+        std::fs::write(&test, test_csv).expect("write");
+
+        for model in [ClassifierKind::Logistic, ClassifierKind::Forest] {
+            let out = dir.path().join(format!("{model:?}.csv"));
+            let args = ClassifyArgs {
+                train: train.clone(),
+                test: test.clone(),
+                target: "churn".into(),
+                positive: "Yes".into(),
+                model,
+                out: out.clone(),
+            };
+            let report = run(&args).expect("evaluated");
+            for field in [
+                "model",
+                "params",
+                "n_train",
+                "n_test",
+                "features",
+                "dropped_columns",
+                "train_seconds",
+                "auc",
+                "log_loss",
+                "accuracy",
+                "precision",
+                "recall",
+                "f1",
+                "best_threshold",
+                "validation_f1_at_best",
+                "f1_at_best",
+                "accuracy_at_best",
+                "precision_at_best",
+                "recall_at_best",
+            ] {
+                assert!(
+                    report.get(field).is_some(),
+                    "{model:?}: no {field} in {report}"
+                );
+            }
+            assert_eq!(
+                (report["n_train"].as_u64(), report["n_test"].as_u64()),
+                (Some(400), Some(8))
+            );
+            // Three plans one-hot plus the tenure; the id column is not a feature.
+            assert_eq!(report["features"], 4, "{report}");
+            assert_eq!(report["dropped_columns"], json!(["customer_id"]));
+            assert!(report["auc"].as_f64().unwrap_or(0.0) > 0.8, "{report}");
+            assert!(report["train_seconds"].as_f64().unwrap_or(-1.0) >= 0.0);
+
+            let predictions = read_predictions(&out);
+            let rows: Vec<usize> = predictions.iter().map(|p| p.0).collect();
+            assert_eq!(
+                rows,
+                (0..8).collect::<Vec<_>>(),
+                "{model:?}: test-row order"
+            );
+            let p: Vec<f64> = predictions.iter().map(|p| p.1).collect();
+            assert!(p.iter().all(|p| (0.0..=1.0).contains(p)), "{p:?}");
+            assert!(p[0] > 0.5 && p[1] < 0.5, "{model:?}: {p:?}");
+            assert_eq!(
+                p[2], p[3],
+                "{model:?}: a missing tenure is the training median"
+            );
+            assert_eq!(p[7], p[3], "{model:?}: `NA` is missing too");
+            assert!(
+                p[4] > p[5],
+                "{model:?}: the plan's one-hot features count: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn classify_names_a_missing_target_column() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let train = dir.path().join("train.csv");
+        std::fs::write(&train, training_table().0).expect("write");
+        let test = dir.path().join("test.csv");
+        std::fs::write(&test, "customer_id,plan,tenure\nt0,basic,3\n").expect("write");
+        let args = ClassifyArgs {
+            train,
+            test: test.clone(),
+            target: "churn".into(),
+            positive: "Yes".into(),
+            model: ClassifierKind::Logistic,
+            out: dir.path().join("out.csv"),
+        };
+        let err = run(&args).expect_err("no target in the test table");
+        assert!(
+            matches!(&err, ClassifyError::MissingColumn { path, column } if *path == test && column == "churn"),
+            "{err}"
+        );
+    }
+}

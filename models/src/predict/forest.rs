@@ -243,9 +243,29 @@ mod tests {
         assert!(forest.trees.windows(2).any(|w| w[0] != w[1]));
         // Far from the boundary every tree agrees; on it they disagree.
         let clear = forest.predict(&[0.99, 0.99, 0.5, 0.5]);
-        assert!(clear.probability > 0.9);
+        assert!(
+            clear.probability > 0.9 && clear.confidence > 0.8,
+            "{clear:?}"
+        );
         let certain = forest.predict(&[0.01, 0.01, 0.5, 0.5]);
-        assert!(certain.probability < 0.1 && certain.confidence > 0.8);
+        assert!(
+            certain.probability < 0.1 && certain.confidence > 0.8,
+            "{certain:?}"
+        );
+        // On the boundary (2·x0 + 0.5·x1 = 1.25) the trees split at different places.
+        let boundary = forest.predict(&[0.5, 0.5, 0.5, 0.5]);
+        let votes: Vec<f64> = forest
+            .trees
+            .iter()
+            .map(|t| t.predict_proba(&[0.5, 0.5, 0.5, 0.5]))
+            .collect();
+        let spread = votes.iter().cloned().fold(f64::MIN, f64::max)
+            - votes.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(spread > 0.5, "trees agree on the boundary: {votes:?}");
+        assert!(
+            boundary.confidence < clear.confidence.min(certain.confidence),
+            "{boundary:?} {clear:?} {certain:?}"
+        );
         // Without bootstrap (and without feature sampling) all trees are the same: confidence 1.
         let same = ForestParams {
             bootstrap: false,
