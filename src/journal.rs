@@ -21,7 +21,7 @@
 //! longer sees the user).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -96,6 +96,9 @@ pub struct Journal {
     snapshot_lock: tokio::sync::Mutex<()>,
     /// `async` mode: accepted events not yet in the log, oldest first.
     unflushed: parking_lot::Mutex<VecDeque<store::NewEvent>>,
+    /// Events taken out of `unflushed` by the writer and not yet in the log (they still
+    /// count against the window).
+    writing: AtomicUsize,
     /// One writer drains `unflushed` at a time (keeps the log in order).
     flush_lock: tokio::sync::Mutex<()>,
     /// Wakes the background writer before its interval (the window is half full).
@@ -123,6 +126,25 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A batch taken out of the unflushed queue; dropped while still holding it (the append
+/// failed or was cancelled), it goes back to the front of the queue.
+struct Requeue<'a> {
+    journal: &'a Journal,
+    batch: Option<Vec<store::NewEvent>>,
+}
+
+impl Drop for Requeue<'_> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            let mut queue = self.journal.unflushed.lock();
+            for event in batch.into_iter().rev() {
+                queue.push_front(event);
+            }
+            self.journal.writing.store(0, Ordering::Release);
+        }
+    }
+}
+
 impl Journal {
     /// Opens the store (creating it and applying migrations as needed).
     pub async fn open(
@@ -141,6 +163,7 @@ impl Journal {
             order: tokio::sync::Mutex::new(()),
             snapshot_lock: tokio::sync::Mutex::new(()),
             unflushed: parking_lot::Mutex::new(VecDeque::new()),
+            writing: AtomicUsize::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             kick: tokio::sync::Notify::new(),
             space: tokio::sync::Notify::new(),
@@ -228,7 +251,10 @@ impl Journal {
                     let deadline = Instant::now() + ASYNC_WAIT;
                     loop {
                         let room = self.space.notified();
-                        if self.unflushed.lock().len() + log.len() <= self.config.flush_max_events {
+                        let window = self.unflushed.lock().len()
+                            + self.writing.load(Ordering::Acquire)
+                            + log.len();
+                        if window <= self.config.flush_max_events {
                             break;
                         }
                         self.kick.notify_one();
@@ -244,7 +270,9 @@ impl Journal {
                     // Queued under the order lock, so the log keeps the dispatch order.
                     let mut queue = self.unflushed.lock();
                     queue.extend(log);
-                    self.metrics.unflushed.set(queue.len() as i64);
+                    self.metrics
+                        .unflushed
+                        .set((queue.len() + self.writing.load(Ordering::Acquire)) as i64);
                     if 2 * queue.len() >= self.config.flush_max_events {
                         self.kick.notify_one();
                     }
@@ -265,26 +293,38 @@ impl Journal {
         let _writer = self.flush_lock.lock().await;
         let mut written = 0;
         loop {
+            // Moved out, not copied: the writer is the only consumer (under `flush_lock`), and
+            // a failed append puts the batch back in front, in order.
             let batch: Vec<store::NewEvent> = {
-                let queue = self.unflushed.lock();
-                queue.iter().take(REPLAY_PAGE).cloned().collect()
+                let mut queue = self.unflushed.lock();
+                let n = queue.len().min(REPLAY_PAGE);
+                self.writing.store(n, Ordering::Release);
+                queue.drain(..n).collect()
             };
             if batch.is_empty() {
                 return Ok(written);
             }
+            let len = batch.len();
+            // Should the append fail, or this future be dropped mid-write (a caller's request
+            // cancelled), the guard puts the batch back in front, in order.
+            let mut guard = Requeue {
+                journal: self,
+                batch: Some(batch),
+            };
             let started = Instant::now();
-            self.store
-                .append_events(&batch)
-                .await
-                .map_err(store_error)?;
-            self.metrics.observe_append(started.elapsed(), batch.len());
-            {
-                let mut queue = self.unflushed.lock();
-                queue.drain(..batch.len());
-                self.metrics.unflushed.set(queue.len() as i64);
-            }
+            let appended = match guard.batch.as_deref() {
+                Some(batch) => self.store.append_events(batch).await.map(|_| ()),
+                None => Ok(()),
+            };
+            appended.map_err(store_error)?;
+            guard.batch = None;
+            self.metrics.observe_append(started.elapsed(), len);
+            self.writing.store(0, Ordering::Release);
+            self.metrics
+                .unflushed
+                .set(self.unflushed.lock().len() as i64);
             self.space.notify_waiters();
-            written += batch.len();
+            written += len;
         }
     }
 
