@@ -61,34 +61,57 @@ pub struct AppState {
     pub fleet: fleet::Fleet,
     /// `/v1/` requests being served (bounded by `server.max_inflight_requests`).
     pub inflight: AtomicUsize,
+    /// `POST /v1/events` requests being served (bounded by `server.max_inflight_ingest`).
+    pub inflight_ingest: AtomicUsize,
 }
 
-/// Holds one of the `server.max_inflight_requests` slots until dropped (also when the client
-/// goes away and the request future is dropped unfinished).
-struct InflightSlot(Arc<AppState>);
+/// Takes one unit of `counter` if it is below `limit`.
+fn take_slot(counter: &AtomicUsize, limit: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// Holds one of the `server.max_inflight_requests` slots (and, for ingestion, one of the
+/// `server.max_inflight_ingest` slots) until dropped — also when the client goes away and the
+/// request future is dropped unfinished.
+struct InflightSlot {
+    state: Arc<AppState>,
+    ingest: bool,
+}
 
 impl InflightSlot {
-    /// Takes a slot, or `None` at the limit.
-    fn acquire(state: &Arc<AppState>) -> Option<InflightSlot> {
-        let limit = state.settings.server.max_inflight_requests;
-        let taken = state
-            .inflight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok();
-        if !taken {
-            return None;
+    /// Takes the slots, or says which limit was reached.
+    fn acquire(state: &Arc<AppState>, ingest: bool) -> Result<InflightSlot, Error> {
+        let server = &state.settings.server;
+        let shed = |limit| Error::Shed {
+            limit,
+            retry_after: server.retry_after_secs,
+        };
+        if !take_slot(&state.inflight, server.max_inflight_requests) {
+            return Err(shed(server.max_inflight_requests));
+        }
+        if ingest && !take_slot(&state.inflight_ingest, server.max_inflight_ingest) {
+            state.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(shed(server.max_inflight_ingest));
         }
         state.http_metrics.inflight.inc();
-        Some(InflightSlot(state.clone()))
+        Ok(InflightSlot {
+            state: state.clone(),
+            ingest,
+        })
     }
 }
 
 impl Drop for InflightSlot {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.0.http_metrics.inflight.dec();
+        if self.ingest {
+            self.state.inflight_ingest.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.state.http_metrics.inflight.dec();
     }
 }
 
@@ -248,6 +271,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         restore_failed: AtomicBool::new(false),
         fleet,
         inflight: AtomicUsize::new(0),
+        inflight_ingest: AtomicUsize::new(0),
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
@@ -276,10 +300,9 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 } else if !gate.ready.load(Ordering::Acquire) {
                     Err(Error::NotReady)
                 } else {
-                    InflightSlot::acquire(&gate).map(Some).ok_or(Error::Shed {
-                        limit: gate.settings.server.max_inflight_requests,
-                        retry_after: gate.settings.server.retry_after_secs,
-                    })
+                    let ingest =
+                        req.method() == actix_web::http::Method::POST && req.path() == "/v1/events";
+                    InflightSlot::acquire(&gate, ingest).map(Some)
                 };
                 if admitted.is_ok() && api {
                     record_device(&gate, &req);

@@ -48,6 +48,9 @@ pub struct ServerSettings {
     pub retry_after_secs: u64,
     /// Requests to `/v1/*` being served at once; beyond it `503` + `Retry-After` at once.
     pub max_inflight_requests: usize,
+    /// Of those, `POST /v1/events` requests at once: ingestion waits for the event log, so
+    /// a queue of batches would otherwise hold every slot and grow its own latency.
+    pub max_inflight_ingest: usize,
     /// PEM certificate chain and private key; both set = HTTPS (rustls, ring), both empty =
     /// plain HTTP.
     pub tls_cert_path: String,
@@ -185,8 +188,10 @@ impl Settings {
         if self.server.max_body_bytes < 1024 {
             return fail("server.max_body_bytes must be at least 1024");
         }
-        if self.server.max_inflight_requests == 0 {
-            return fail("server.max_inflight_requests must be positive");
+        if self.server.max_inflight_requests == 0 || self.server.max_inflight_ingest == 0 {
+            return fail(
+                "server.max_inflight_requests and server.max_inflight_ingest must be positive",
+            );
         }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
             return fail("server.tls_cert_path and server.tls_key_path are set together");

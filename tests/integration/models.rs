@@ -283,6 +283,27 @@ async fn beyond_max_inflight_requests_the_api_sheds_with_retry_after_and_recover
 
     // Slots free again: served.
     state.inflight.store(0, Ordering::Release);
+
+    // Ingestion has its own, smaller bound: at it, batches are shed, reads are served.
+    let ingest_limit = state.settings.server.max_inflight_ingest;
+    state.inflight_ingest.store(ingest_limit, Ordering::Release);
+    let (status, body) = s
+        .post_json("/v1/events", &json!([event("u1", "i1", "view")]))
+        .await;
+    assert_eq!((status, code(&body)), (503, "overloaded"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&ingest_limit.to_string())),
+        "{body}"
+    );
+    assert_eq!(s.get("/v1/users/u1").await.0, 404, "reads still served");
+    assert_eq!(
+        state.inflight.load(Ordering::Acquire),
+        0,
+        "the general slot was given back"
+    );
+    state.inflight_ingest.store(0, Ordering::Release);
     let (status, _) = s.get("/v1/users/u1").await;
     assert_eq!(status, 404, "unknown user: the shed event was not applied");
 
@@ -333,10 +354,13 @@ async fn beyond_max_inflight_requests_the_api_sheds_with_retry_after_and_recover
         shed > 0 || accepted == 64 * 50,
         "every request was either shed or applied"
     );
-    // Two requests were shed while the slots were pinned.
-    assert_eq!(
-        s.metric("momentum_http_shed_total").await,
-        2.0 + shed as f64
+    // Three requests were shed while slots were pinned. The server may count more sheds than
+    // the clients saw: shedding a POST without reading its body closes the connection, and
+    // the HTTP client transparently resends such a request (it was then accepted or shed).
+    let counted = s.metric("momentum_http_shed_total").await;
+    assert!(
+        counted >= 3.0 + shed as f64 && counted <= 3.0 + 64.0,
+        "{counted} sheds counted, {shed} seen"
     );
     assert_eq!(
         state.inflight.load(Ordering::Acquire),
