@@ -16,8 +16,8 @@
 #   DATA           ml-100k directory (ratings.csv, items.csv) or a ratings CSV
 #                  [${MOMENTUM_DATA:-../shared/data}/ml-100k]
 #   REC_RATE       recommend open-loop rate, req/s, for 30 s [1000]
-#   MIXED_RATE     mixed open-loop rate, req/s, for 30 s [800]
-#   SUSTAINABLE    overload --rate (warm-up, recovery); overload at twice that [1000]
+#   MIXED_RATE     mixed open-loop rate, req/s, for 30 s [600]
+#   SUSTAINABLE    overload --rate (warm-up, recovery); overload at twice that [600]
 #   SOAK_RATE      soak rate, req/s [100]
 #   SOAK_DURATION  soak length [2m]
 #   DURABILITY     the server's store.durability, sync or async [sync]
@@ -38,8 +38,8 @@ SCENARIOS=(ingest recommend mixed overload soak)
 
 DATA=${DATA:-${MOMENTUM_DATA:-../shared/data}/ml-100k}
 REC_RATE=${REC_RATE:-1000}
-MIXED_RATE=${MIXED_RATE:-800}
-SUSTAINABLE=${SUSTAINABLE:-1000}
+MIXED_RATE=${MIXED_RATE:-600}
+SUSTAINABLE=${SUSTAINABLE:-600}
 SOAK_RATE=${SOAK_RATE:-100}
 SOAK_DURATION=${SOAK_DURATION:-2m}
 DURABILITY=${DURABILITY:-sync}
