@@ -21,7 +21,7 @@
 //! longer sees the user).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -106,7 +106,28 @@ pub struct Journal {
     /// Signalled whenever the writer made room in the window.
     space: tokio::sync::Notify,
     last_snapshot_id: AtomicU64,
+    /// `sync` mode with the group-commit writer running: batches queued in dispatch order,
+    /// appended together in one durable write, then applied in the same order.
+    sync_queue: parking_lot::Mutex<VecDeque<SyncEntry>>,
+    /// Batches queued or being written by the group-commit writer.
+    sync_pending: AtomicUsize,
+    /// Wakes the group-commit writer.
+    sync_kick: tokio::sync::Notify,
+    /// Signalled whenever the group-commit writer finished a group.
+    sync_done: tokio::sync::Notify,
+    /// Set while [`Journal::run_sync_writer`] runs; without it `sync` appends inline.
+    sync_writer: AtomicBool,
 }
+
+/// A batch waiting for the group-commit writer.
+struct SyncEntry {
+    log: Vec<store::NewEvent>,
+    events: Vec<NewEvent>,
+    done: tokio::sync::oneshot::Sender<Result<IngestReport, Error>>,
+}
+
+/// Most events the group-commit writer appends in one write.
+const GROUP_MAX_EVENTS: usize = 50_000;
 
 fn stored(event: &NewEvent, recommendation_id: Option<String>) -> store::NewEvent {
     store::NewEvent {
@@ -168,6 +189,11 @@ impl Journal {
             kick: tokio::sync::Notify::new(),
             space: tokio::sync::Notify::new(),
             last_snapshot_id: AtomicU64::new(0),
+            sync_queue: parking_lot::Mutex::new(VecDeque::new()),
+            sync_pending: AtomicUsize::new(0),
+            sync_kick: tokio::sync::Notify::new(),
+            sync_done: tokio::sync::Notify::new(),
+            sync_writer: AtomicBool::new(false),
         })
     }
 
@@ -233,6 +259,22 @@ impl Journal {
                 .admit(&keep)
                 .map_err(|e| Error::from_actor(e, self.retry_after))?;
             match self.config.durability {
+                Durability::Sync if self.sync_writer.load(Ordering::Acquire) => {
+                    // Queued under the order lock, so the group-commit writer appends and
+                    // applies in dispatch order; the request waits for its batch below.
+                    let (done, result) = tokio::sync::oneshot::channel();
+                    self.sync_pending.fetch_add(1, Ordering::AcqRel);
+                    self.sync_queue.lock().push_back(SyncEntry {
+                        log,
+                        events: keep,
+                        done,
+                    });
+                    self.sync_kick.notify_one();
+                    drop(_order);
+                    let mut report = result.await.map_err(|_| Error::ShuttingDown)??;
+                    report.rejected.extend(refused);
+                    return Ok(report);
+                }
                 Durability::Sync => {
                     // Durable before applied. Should the dispatch below still find a mailbox
                     // full, the client gets a 503 and the logged events apply on the next
@@ -286,6 +328,99 @@ impl Journal {
             .map_err(|e| Error::from_actor(e, self.retry_after))?;
         report.rejected.extend(refused);
         Ok(report)
+    }
+
+    /// `sync` mode: the group-commit writer. Takes every batch queued by [`Journal::record`]
+    /// (in dispatch order, up to [`GROUP_MAX_EVENTS`] events), appends them in one durable
+    /// write, then applies them to the engine in the same order and answers each request. Under
+    /// load many small batches share one commit instead of queueing for one each. Runs for the
+    /// life of the server (started once the state is restored); a failed write fails every
+    /// request of its group, which applied nothing.
+    pub async fn run_sync_writer(&self, engine: &Engine) {
+        self.sync_writer.store(true, Ordering::Release);
+        loop {
+            let kicked = self.sync_kick.notified();
+            if self.sync_queue.lock().is_empty() {
+                kicked.await;
+                continue;
+            }
+            self.write_sync_group(engine).await;
+        }
+    }
+
+    async fn write_sync_group(&self, engine: &Engine) {
+        let mut group: Vec<SyncEntry> = Vec::new();
+        {
+            let mut queue = self.sync_queue.lock();
+            let mut events = 0;
+            while let Some(entry) = queue.front() {
+                if !group.is_empty() && events + entry.log.len() > GROUP_MAX_EVENTS {
+                    break;
+                }
+                events += entry.log.len();
+                group.extend(queue.pop_front());
+            }
+        }
+        let batches = group.len();
+        let log: Vec<store::NewEvent> = group
+            .iter_mut()
+            .flat_map(|entry| std::mem::take(&mut entry.log))
+            .collect();
+        let started = Instant::now();
+        let appended = if log.is_empty() {
+            Ok(())
+        } else {
+            self.store.append_events(&log).await.map(|_| ())
+        };
+        match appended {
+            Err(error) => {
+                let message = format!("store: {error}");
+                for entry in group {
+                    let _ = entry.done.send(Err(Error::Internal {
+                        message: message.clone(),
+                    }));
+                }
+            }
+            Ok(()) => {
+                if !log.is_empty() {
+                    self.metrics.observe_append(started.elapsed(), log.len());
+                }
+                // Durable: apply in order (each dispatch queues its shard messages behind the
+                // previous one's), then wait for the shards and answer.
+                let mut applying = Vec::with_capacity(group.len());
+                for entry in group {
+                    let pending = engine
+                        .dispatch(entry.events)
+                        .map_err(|e| Error::from_actor(e, self.retry_after));
+                    applying.push((pending, entry.done));
+                }
+                for (pending, done) in applying {
+                    let result = match pending {
+                        Ok(pending) => pending
+                            .wait()
+                            .await
+                            .map_err(|e| Error::from_actor(e, self.retry_after)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = done.send(result);
+                }
+            }
+        }
+        self.sync_pending.fetch_sub(batches, Ordering::AcqRel);
+        self.sync_done.notify_waiters();
+    }
+
+    /// Waits until the group-commit writer has written and applied every queued batch (call
+    /// under the order lock, so none is added meanwhile).
+    async fn drain_sync(&self) {
+        loop {
+            let done = self.sync_done.notified();
+            if self.sync_pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            self.sync_kick.notify_one();
+            done.await;
+        }
     }
 
     /// `async` mode: writes every queued event to the log (in order). A no-op in `sync` mode.
@@ -348,6 +483,7 @@ impl Journal {
         let started = Instant::now();
         let (covers_seq, export) = {
             let _order = self.order.lock().await;
+            self.drain_sync().await;
             self.flush().await?;
             let covers = self.store.last_seq().await.map_err(store_error)?;
             let export = engine
@@ -526,6 +662,7 @@ impl Journal {
         let _snapshot = self.snapshot_lock.lock().await;
         let _order = self.order.lock().await;
         // Queued events of theirs must not reach the log after the erasure.
+        self.drain_sync().await;
         self.flush().await?;
         let known = engine.erase_user(user_id).await.map_err(actor_error)?;
         let report = self.store.erase_user(user_id).await.map_err(store_error)?;

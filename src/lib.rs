@@ -373,6 +373,12 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 )
                 .start();
                 let _ = restoring.supervisor.set(supervisor);
+                if matches!(restoring.settings.store.durability, store::Durability::Sync) {
+                    let writer = restoring.clone();
+                    actix::spawn(async move {
+                        writer.journal.run_sync_writer(&writer.engine).await;
+                    });
+                }
                 restoring.ready.store(true, Ordering::Release);
                 tracing::info!(
                     snapshot_users = stats.snapshot_users,

@@ -456,3 +456,82 @@ async fn retention_prunes_old_events_once_a_snapshot_covers_them() {
     // The state itself still holds the pruned events' effect.
     assert_eq!(s.get("/v1/users/ret").await.1["interactions"], 5);
 }
+
+/// `sync` mode under concurrency: many small batches at once share group commits, every
+/// acknowledged event is in the log exactly once, and a restart reproduces the answers.
+async fn concurrent_sync_batches(settings: Settings) {
+    assert!(matches!(
+        settings.store.durability,
+        momentum::store::Durability::Sync
+    ));
+    let mut a = TestServer::start_with(settings.clone());
+    a.keep_store = true;
+    let mut tasks = Vec::new();
+    for t in 0..24 {
+        let client = a.client.clone();
+        let url = a.url("/v1/events");
+        tasks.push(actix_web::rt::spawn(async move {
+            let batch: Vec<Value> = (0..10)
+                .map(|i| {
+                    json!({"event_id": format!("g-{t}-{i}"), "user_id": format!("g{}", t % 6),
+                           "item_id": format!("item-{}", (t + i) % 12), "kind": "click"})
+                })
+                .collect();
+            let res = client.post(&url).json(&batch).send().await.expect("post");
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.expect("json");
+            (status, body["accepted"].as_u64().unwrap_or(0))
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        let (status, n) = t.await.expect("join");
+        assert_eq!(status, 200);
+        accepted += n;
+    }
+    assert_eq!(accepted, 240);
+    let appended = a.metric("momentum_log_append_batch_events_sum").await;
+    let appends = a.metric("momentum_log_append_batch_events_count").await;
+    assert_eq!(appended, 240.0, "every acknowledged event logged once");
+    assert!(
+        (1.0..=24.0).contains(&appends),
+        "{appends} appends for 24 batches"
+    );
+    let stored = a
+        .state()
+        .journal
+        .store()
+        .last_seq()
+        .await
+        .expect("last seq");
+    assert_eq!(stored, 240);
+    let before = observable(&a).await;
+    drop(a);
+    // No snapshot was written by hand: the restart replays the log (or the final snapshot).
+    let b = TestServer::start_with(settings.clone());
+    assert_eq!(before, observable(&b).await);
+    // The retried batches are duplicates, not new events.
+    let (status, body) = b
+        .post_json(
+            "/v1/events",
+            &json!([{"event_id": "g-0-0", "user_id": "g0", "item_id": "item-0", "kind": "click"}]),
+        )
+        .await;
+    assert_eq!(
+        (status, body["duplicates"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    drop(b);
+    drop_schema(&settings).await;
+}
+
+#[actix_web::test]
+async fn concurrent_sync_batches_share_commits_embedded() {
+    concurrent_sync_batches(settings()).await;
+}
+
+#[actix_web::test]
+async fn concurrent_sync_batches_share_commits_postgres() {
+    concurrent_sync_batches(postgres_settings()).await;
+}
