@@ -255,8 +255,11 @@ impl Journal {
         }
         let pending = {
             let _order = self.order.lock().await;
+            // Batches queued for the group commit are admitted but not dispatched yet: keep
+            // room for them, so their dispatch after the durable append finds it.
+            let queued = self.sync_pending.load(Ordering::Acquire);
             engine
-                .admit(&keep)
+                .admit_reserving(&keep, queued)
                 .map_err(|e| Error::from_actor(e, self.retry_after))?;
             match self.config.durability {
                 Durability::Sync if self.sync_writer.load(Ordering::Acquire) => {

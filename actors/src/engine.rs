@@ -191,14 +191,23 @@ impl Engine {
     /// room. [`Engine::dispatch`] checks again; callers that must not act on a batch the
     /// engine would refuse (the event log in `sync` mode) check first.
     pub fn admit(&self, events: &[NewEvent]) -> Result<(), ActorError> {
+        self.admit_reserving(events, 0)
+    }
+
+    /// [`Engine::admit`], leaving room for `reserve` batches that were admitted before this
+    /// one but are not dispatched yet (the `sync` group commit dispatches after the append):
+    /// each touched shard needs `1 + reserve` free slots and the catalogue
+    /// `(1 + reserve) × touched shards`.
+    pub fn admit_reserving(&self, events: &[NewEvent], reserve: usize) -> Result<(), ActorError> {
         let mut touched: Vec<usize> = events
             .iter()
             .map(|e| shard_for(&e.user_id, self.shards.len()))
             .collect();
         touched.sort_unstable();
         touched.dedup();
-        if !self.catalog.has_room(touched.len())
-            || !touched.iter().all(|&s| self.shards[s].has_room(1))
+        let each = 1 + reserve;
+        if !self.catalog.has_room(touched.len() * each)
+            || !touched.iter().all(|&s| self.shards[s].has_room(each))
         {
             return Err(ActorError::Overloaded {
                 actor: "user_shard",
@@ -572,6 +581,34 @@ mod tests {
         let summary = engine.get_user("alice").await.expect("known");
         assert_eq!(summary.interactions, 2, "the row survived the restart");
         assert_eq!(metrics.restarts.with_label_values(&["user_shard"]).get(), 1);
+        engine.stop();
+    }
+
+    #[actix::test]
+    async fn admission_can_reserve_room_for_batches_not_dispatched_yet() {
+        let mut config = EngineConfig::default();
+        config.actors.shards = 1;
+        config.actors.threads = 1;
+        config.actors.mailbox_capacity = 8;
+        let engine = Engine::start(config, ActorMetrics::unregistered());
+        let batch = vec![NewEvent {
+            index: 0,
+            event_id: None,
+            user_id: "alice".into(),
+            item_id: Some("a".into()),
+            kind: EventKind::View,
+            value: None,
+            ts_ms: 1,
+        }];
+        assert!(engine.admit(&batch).is_ok());
+        assert!(engine.admit_reserving(&batch, 7).is_ok(), "8 slots: 1 + 7 fit");
+        assert!(
+            matches!(
+                engine.admit_reserving(&batch, 8),
+                Err(ActorError::Overloaded { .. })
+            ),
+            "1 + 8 do not"
+        );
         engine.stop();
     }
 
