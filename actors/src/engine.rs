@@ -601,7 +601,10 @@ mod tests {
             ts_ms: 1,
         }];
         assert!(engine.admit(&batch).is_ok());
-        assert!(engine.admit_reserving(&batch, 7).is_ok(), "8 slots: 1 + 7 fit");
+        assert!(
+            engine.admit_reserving(&batch, 7).is_ok(),
+            "8 slots: 1 + 7 fit"
+        );
         assert!(
             matches!(
                 engine.admit_reserving(&batch, 8),
