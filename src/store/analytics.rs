@@ -839,29 +839,23 @@ impl Ord for HeapEntry {
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::panic::AssertUnwindSafe;
 
-    use futures_util::FutureExt;
     use serde_json::json;
 
-    use super::super::{NewEvent, StoreConfig, StoreKind};
+    use super::super::tests as store_tests;
+    use super::super::NewEvent;
     use super::*;
 
+    /// The shared suite's back-ends ([`super::super::tests`]), handing each suite an open store.
     async fn on_embedded<F, Fut>(suite: F)
     where
         F: FnOnce(Store) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig {
-            kind: StoreKind::Embedded,
-            path: dir.path().join("data"),
-            cache_mb: 16,
-            ..StoreConfig::default()
+        store_tests::on_embedded(|cfg| async move {
+            suite(Store::open(&cfg).await.unwrap()).await;
         })
-        .await
-        .unwrap();
-        suite(store).await;
+        .await;
     }
 
     async fn on_postgres<F, Fut>(suite: F)
@@ -869,54 +863,13 @@ mod tests {
         F: FnOnce(Store) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL is required: {e:?}"));
-        tokio::spawn(connection);
-        let schema = format!("momentum_analytics_{:016x}", rand::random::<u64>());
-        let store = Store::open(&StoreConfig {
-            kind: StoreKind::Postgres,
-            url: Some(url),
-            schema: Some(schema.clone()),
-            pool_size: 2,
-            ..StoreConfig::default()
+        store_tests::on_postgres(|cfg| async move {
+            suite(Store::open(&cfg).await.unwrap()).await;
         })
-        .await
-        .unwrap();
-        let outcome = AssertUnwindSafe(suite(store)).catch_unwind().await;
-        admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .unwrap();
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
+        .await;
     }
 
-    macro_rules! both_backends {
-        ($($suite:ident),* $(,)?) => {
-            mod embedded {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $suite() {
-                        super::on_embedded(super::$suite).await;
-                    }
-                )*
-            }
-            mod postgres {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $suite() {
-                        super::on_postgres(super::$suite).await;
-                    }
-                )*
-            }
-        };
-    }
-
-    both_backends!(
+    store_tests::shared_suite!(
         model_versions_are_numbered_and_live_is_the_last_promoted,
         interventions_are_unique_per_user_day_channel_and_paged_by_id,
         churn_scores_replace_within_a_day,

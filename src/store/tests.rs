@@ -18,7 +18,7 @@ fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into())
 }
 
-async fn on_embedded<F, Fut>(suite: F)
+pub(super) async fn on_embedded<F, Fut>(suite: F)
 where
     F: FnOnce(StoreConfig) -> Fut,
     Fut: Future<Output = ()>,
@@ -33,7 +33,7 @@ where
     .await;
 }
 
-async fn on_postgres<F, Fut>(suite: F)
+pub(super) async fn on_postgres<F, Fut>(suite: F)
 where
     F: FnOnce(StoreConfig) -> Fut,
     Fut: Future<Output = ()>,
@@ -84,6 +84,7 @@ macro_rules! shared_suite {
         }
     };
 }
+pub(super) use shared_suite;
 
 shared_suite!(
     append_and_read,
