@@ -247,6 +247,26 @@ pub fn forecast_activity(
     })
 }
 
+/// Waits for a requested run to start and, with `wait`, for its report.
+async fn await_run<T>(
+    started: oneshot::Receiver<Result<(), TrainError>>,
+    done: oneshot::Receiver<Result<T, TrainError>>,
+    wait: bool,
+) -> Result<Option<T>, Error> {
+    started
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+        .map_err(run_error)?;
+    if !wait {
+        return Ok(None);
+    }
+    let report = done
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+        .map_err(run_error)?;
+    Ok(Some(report))
+}
+
 impl Analytics {
     /// Builds the handle and restores the live versions from the store.
     pub async fn new(
@@ -539,18 +559,7 @@ impl Analytics {
             actor: "trainer",
             retry_after,
         })?;
-        started_rx
-            .await
-            .map_err(|_| Error::ShuttingDown)?
-            .map_err(run_error)?;
-        if !wait {
-            return Ok(None);
-        }
-        let report = done_rx
-            .await
-            .map_err(|_| Error::ShuttingDown)?
-            .map_err(run_error)?;
-        Ok(Some(report))
+        await_run(started_rx, done_rx, wait).await
     }
 
     /// Starts a churn scoring run; with `wait`, returns its report.
@@ -571,18 +580,7 @@ impl Analytics {
             actor: "churn_scheduler",
             retry_after,
         })?;
-        started_rx
-            .await
-            .map_err(|_| Error::ShuttingDown)?
-            .map_err(run_error)?;
-        if !wait {
-            return Ok(None);
-        }
-        let report = done_rx
-            .await
-            .map_err(|_| Error::ShuttingDown)?
-            .map_err(run_error)?;
-        Ok(Some(report))
+        await_run(started_rx, done_rx, wait).await
     }
 
     /// The trainer's and the churn scheduler's schedules.
