@@ -106,6 +106,8 @@ pub struct UserFeatures {
     pub as_of_ms: i64,
     pub features: Features,
     pub log: Vec<Activity>,
+    /// When the feature computation started (inference latency counts from here).
+    pub computed_from: Instant,
 }
 
 /// An action or risk factor as the API shows it.
@@ -395,12 +397,14 @@ impl Analytics {
         user_id: &str,
     ) -> Result<UserFeatures, ActorError> {
         let log = engine.activity(user_id).await?;
+        let computed_from = Instant::now();
         let as_of_ms = self.shared.clock.now_ms();
         let features = Features::compute(&log, as_of_ms, None, &FeatureParams::default());
         Ok(UserFeatures {
             as_of_ms,
             features,
             log,
+            computed_from,
         })
     }
 

@@ -22,9 +22,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use momentum_actors::trainer::ModelKind;
-use momentum_models::features::{FeatureParams, Features, FEATURE_COUNT};
+use momentum_models::features::{Features, FEATURE_COUNT};
 
-use crate::analytics::{forecast_activity, Analytics};
+use crate::analytics::{forecast_activity, Analytics, UserFeatures};
 use crate::api::{path_id, validate_id};
 use crate::error::Error;
 use crate::AppState;
@@ -62,16 +62,21 @@ async fn get_features(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
-    let uf = state
-        .analytics
-        .user_features(&state.engine, &id)
-        .await
-        .map_err(|e| Error::from_actor(e, retry(&state)))?;
+    let uf = user_features(&state, &id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": id.as_str(),
         "as_of_ms": uf.as_of_ms,
         "features": features_json(&uf.features),
     })))
+}
+
+/// The user's activity log and features as of now.
+async fn user_features(state: &AppState, id: &str) -> Result<UserFeatures, Error> {
+    state
+        .analytics
+        .user_features(&state.engine, id)
+        .await
+        .map_err(|e| Error::from_actor(e, retry(state)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,17 +105,12 @@ async fn get_success(
         .ok_or_else(|| Error::UnknownItem {
             id: goal_id.to_owned(),
         })?;
-    let log = state
-        .engine
-        .activity(&id)
-        .await
-        .map_err(|e| Error::from_actor(e, retry(&state)))?;
-    let started = Instant::now();
-    let now = state.analytics.shared().clock.now_ms();
-    let features = Features::compute(&log, now, None, &FeatureParams::default());
+    let uf = user_features(&state, &id).await?;
     let pair = index.users.get(&id).map(|user| (user, goal));
-    let prediction = state.analytics.predict_success(&features, pair, started)?;
-    let status = Analytics::goal_status(&log, goal, now);
+    let prediction = state
+        .analytics
+        .predict_success(&uf.features, pair, uf.computed_from)?;
+    let status = Analytics::goal_status(&uf.log, goal, uf.as_of_ms);
     Ok(HttpResponse::Ok().json(json!({
         "user_id": id.as_str(),
         "goal_id": goal_id,
@@ -129,15 +129,10 @@ async fn get_churn(
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
     state.analytics.require(ModelKind::Churn)?;
-    let log = state
-        .engine
-        .activity(&id)
-        .await
-        .map_err(|e| Error::from_actor(e, retry(&state)))?;
-    let started = Instant::now();
-    let now = state.analytics.shared().clock.now_ms();
-    let features = Features::compute(&log, now, None, &FeatureParams::default());
-    let p = state.analytics.predict_churn(&features, started)?;
+    let uf = user_features(&state, &id).await?;
+    let p = state
+        .analytics
+        .predict_churn(&uf.features, uf.computed_from)?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": id.as_str(),
         "probability": p.probability,
