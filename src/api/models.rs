@@ -144,19 +144,34 @@ async fn download(
     let kind = model_kind(&name)?;
     let variant = query.variant()?;
     let shared = state.analytics.shared();
-    let (row, stored) = shared
-        .store
-        .model_version(kind.name(), v)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| Error::NotFound {
-            message: format!("model {name:?} has no version {v}"),
-        })?;
-    let meta: VersionMetadata =
-        serde_json::from_value(row.metadata).map_err(|e| Error::Internal {
-            message: format!("metadata of {name} v{v}: {e}"),
-        })?;
-    let info = find_export(&meta.exports, kind.name(), v, variant)?;
+    let read = || async {
+        shared
+            .store
+            .model_version(kind.name(), v)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Error::NotFound {
+                message: format!("model {name:?} has no version {v}"),
+            })
+    };
+    // The live version's exports are in memory, so an up-to-date device (304) costs no store
+    // read; the bytes are read only to send them.
+    let (info, stored) = match shared.registry.get(kind).filter(|m| m.version == v) {
+        Some(live) => (
+            find_export(&live.exports, kind.name(), v, variant)?.clone(),
+            None,
+        ),
+        None => {
+            let (row, stored) = read().await?;
+            let meta: VersionMetadata =
+                serde_json::from_value(row.metadata).map_err(|e| Error::Internal {
+                    message: format!("metadata of {name} v{v}: {e}"),
+                })?;
+            let info = find_export(&meta.exports, kind.name(), v, variant)?.clone();
+            (info, Some(stored))
+        }
+    };
+    let info = &info;
     let tag = etag(info);
     let version_label = v.to_string();
     let count = |result: &str| {
@@ -177,6 +192,10 @@ async fn download(
             .finish());
     }
     let internal = |message: String| Error::Internal { message };
+    let stored = match stored {
+        Some(stored) => stored,
+        None => read().await?.1,
+    };
     let bundle = Bundle::open(shared.config.model_key.as_ref(), &stored)
         .map_err(|e| internal(format!("model {name} v{v}: {e}")))?;
     let file = bundle
