@@ -339,8 +339,10 @@ impl Journal {
     /// load many small batches share one commit instead of queueing for one each. Runs for the
     /// life of the server (started once the state is restored); a failed write fails every
     /// request of its group, which applied nothing.
+    ///
+    /// [`Journal::enable_group_commit`] must be called first (before the server takes
+    /// traffic), so no batch takes the inline path while the writer starts.
     pub async fn run_sync_writer(&self, engine: &Engine) {
-        self.sync_writer.store(true, Ordering::Release);
         loop {
             let kicked = self.sync_kick.notified();
             if self.sync_queue.lock().is_empty() {
@@ -349,6 +351,12 @@ impl Journal {
             }
             self.write_sync_group(engine).await;
         }
+    }
+
+    /// From now on `sync` batches queue for [`Journal::run_sync_writer`] instead of being
+    /// appended inline (a journal without a running writer keeps the inline path).
+    pub fn enable_group_commit(&self) {
+        self.sync_writer.store(true, Ordering::Release);
     }
 
     async fn write_sync_group(&self, engine: &Engine) {

@@ -374,6 +374,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 .start();
                 let _ = restoring.supervisor.set(supervisor);
                 if matches!(restoring.settings.store.durability, store::Durability::Sync) {
+                    restoring.journal.enable_group_commit();
                     let writer = restoring.clone();
                     actix::spawn(async move {
                         writer.journal.run_sync_writer(&writer.engine).await;
