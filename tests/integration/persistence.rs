@@ -321,6 +321,24 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     panic!("child server not ready");
 }
 
+/// A user's recommendations and summary, as a child server answers them.
+async fn user_view(client: &reqwest::Client, base: &str, user: &str) -> (Value, Value) {
+    let get = |path: String| async move {
+        client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("request")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    (
+        get(format!("/v1/users/{user}/recommendations?n=5")).await,
+        get(format!("/v1/users/{user}")).await,
+    )
+}
+
 #[actix_web::test]
 async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -351,22 +369,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     let sample: Vec<String> = (0..60).step_by(6).map(|u| format!("u{u}")).collect();
     let mut before = Vec::new();
     for u in &sample {
-        let v: Value = client
-            .get(format!("{}/v1/users/{u}/recommendations?n=5", server.base))
-            .send()
-            .await
-            .expect("recs")
-            .json()
-            .await
-            .expect("json");
-        let c: Value = client
-            .get(format!("{}/v1/users/{u}", server.base))
-            .send()
-            .await
-            .expect("user")
-            .json()
-            .await
-            .expect("json");
+        let (v, c) = user_view(&client, &server.base, u).await;
         before.push((v["items"].clone(), c["interactions"].clone()));
     }
     // An island of other users and items is in flight when the process dies; whether it
@@ -387,22 +390,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     let mut server = spawn_child(dir.path());
     wait_ready(&client, &server.base).await;
     for (u, (items, interactions)) in sample.iter().zip(&before) {
-        let v: Value = client
-            .get(format!("{}/v1/users/{u}/recommendations?n=5", server.base))
-            .send()
-            .await
-            .expect("recs")
-            .json()
-            .await
-            .expect("json");
-        let c: Value = client
-            .get(format!("{}/v1/users/{u}", server.base))
-            .send()
-            .await
-            .expect("user")
-            .json()
-            .await
-            .expect("json");
+        let (v, c) = user_view(&client, &server.base, u).await;
         assert_eq!(&c["interactions"], interactions, "{u}");
         assert_eq!(
             &v["items"], items,
