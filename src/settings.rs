@@ -154,12 +154,14 @@ impl Settings {
                     message: format!("configuration file {} does not exist", path.display()),
                 });
             }
-            figment = figment.merge(Toml::file(path));
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+                message: format!("cannot read configuration file {}: {e}", path.display()),
+            })?;
+            check_toml_syntax(path, &text)?;
+            figment = figment.merge(Toml::string(&text));
         }
         figment = figment.merge(Env::prefixed("MOMENTUM__").split("__"));
-        let settings: Settings = figment.extract().map_err(|e| Error::Config {
-            message: e.to_string(),
-        })?;
+        let settings: Settings = figment.extract().map_err(redacted_config_error)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -182,6 +184,7 @@ impl Settings {
                 message: message.to_string(),
             })
         };
+        validate_log_level(&self.logging.level).map_err(|message| Error::Config { message })?;
         if self.ingest.max_batch == 0 {
             return fail("ingest.max_batch must be positive");
         }
@@ -231,6 +234,88 @@ impl Settings {
             recommend: self.recommend.clone(),
         }
     }
+}
+
+/// Settings whose values are secrets: a configuration error about one of them names the key
+/// and never the value.
+const SECRET_KEYS: [&str; 4] = [
+    "security.admin_key",
+    "security.model_key",
+    "security.device_key",
+    "store.url",
+];
+
+/// Checks a configuration file's TOML syntax before figment reads it. The TOML parser's own
+/// message quotes the offending line, which may hold a secret (an unterminated `admin_key`
+/// string, say), so only the position and the parser's reason are reported.
+fn check_toml_syntax(path: &Path, text: &str) -> Result<(), Error> {
+    let Err(error) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let position = error.span().map_or_else(String::new, |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    Err(Error::Config {
+        message: format!(
+            "configuration file {} is not valid TOML{position}: {} (the line is not shown: it may hold a secret)",
+            path.display(),
+            error.message().trim_end()
+        ),
+    })
+}
+
+/// Turns figment's errors into one message, replacing what it says about a secret setting
+/// (which can quote the value, e.g. "invalid type: found integer `1234`") by the key alone.
+fn redacted_config_error(errors: figment::Error) -> Error {
+    let messages: Vec<String> = errors
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            if SECRET_KEYS.contains(&key.as_str()) {
+                format!("invalid value for {key} (not shown: it is a secret)")
+            } else {
+                error.to_string()
+            }
+        })
+        .collect();
+    Error::Config {
+        message: messages.join("; "),
+    }
+}
+
+/// The levels `logging.level` accepts, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// `logging.level` is a level (`info`) or a comma-separated list of directives, each a level or
+/// `target=level` (`momentum=debug,actix_web=warn`). A bare word that is not a level would be
+/// read by the log filter as a target name and silence everything else, so it is refused.
+fn validate_log_level(level: &str) -> Result<(), String> {
+    let is_level = |word: &str| LOG_LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
+    let refuse = |what: &str| {
+        Err(format!(
+            "logging.level: {what:?} is neither a level ({}) nor a directive like \"momentum=debug\"",
+            LOG_LEVELS.join(", ")
+        ))
+    };
+    if level.trim().is_empty() {
+        return refuse(level);
+    }
+    for directive in level.split(',') {
+        let level_part = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return refuse(directive),
+            None => directive,
+        };
+        if !is_level(level_part) {
+            return refuse(directive);
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("logging.level: {e}"))
 }
 
 #[cfg(test)]
@@ -283,6 +368,41 @@ mod tests {
         assert!(err.contains("set together"), "{err}");
         s.server.tls_key_path = "key.pem".into();
         s.validate().expect("plain over TLS is allowed");
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for good in ["info", "WARN", "off", "momentum=debug,actix_web=warn", "info,redb=error"] {
+            validate_log_level(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["loud", "", "info,loud", "=debug", "momentum=loud", "momentum"] {
+            let err = validate_log_level(bad).expect_err(bad);
+            assert!(err.contains("logging.level"), "{err}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("loud.toml");
+        std::fs::write(&file, "[logging]\nlevel = \"loud\"\n").expect("write");
+        let err = Settings::load(Some(&file)).expect_err("loud is refused");
+        assert!(err.to_string().contains("\"loud\""), "{err}");
+    }
+
+    #[test]
+    fn secrets_in_a_broken_file_are_not_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            // An unterminated string: the TOML parser would quote the line.
+            "[security]\nadmin_key = \"hunter2-secret\n[server]\nworkers = 2\n",
+            // A value of the wrong type: figment would quote the value.
+            "[security]\nadmin_key = 424242\n",
+            "[store]\nurl = 424242\n",
+        ];
+        for (i, text) in cases.into_iter().enumerate() {
+            let file = dir.path().join(format!("broken{i}.toml"));
+            std::fs::write(&file, text).expect("write");
+            let err = Settings::load(Some(&file)).expect_err("broken").to_string();
+            assert!(!err.contains("hunter2") && !err.contains("424242"), "{err}");
+            assert!(err.contains("line 2") || err.contains("admin_key") || err.contains("store.url"), "{err}");
+        }
     }
 
     #[test]
