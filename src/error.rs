@@ -42,6 +42,12 @@ pub enum Error {
     /// `server.max_inflight_requests` requests are being served; retry after the seconds.
     #[error("the server is serving its limit of {limit} requests at once, retry later")]
     Shed { limit: usize, retry_after: u64 },
+    /// Request bodies being received already fill `server.max_body_buffer_bytes`.
+    #[error("the server is receiving its limit of request bodies at once, retry later")]
+    BodyBufferFull { retry_after: u64 },
+    /// The request body did not arrive within `server.body_timeout_secs`.
+    #[error("the request body did not arrive within {secs} s (server.body_timeout_secs)")]
+    BodyTimeout { secs: u64 },
     /// Admin route without the right key.
     #[error("a valid X-Admin-Key header is required")]
     Unauthorized,
@@ -102,7 +108,10 @@ impl Error {
             Error::UnknownExperiment { .. } => "unknown_experiment",
             Error::Conflict { .. } => "conflict",
             Error::NotFound { .. } => "not_found",
-            Error::Overloaded { .. } | Error::Shed { .. } => "overloaded",
+            Error::Overloaded { .. } | Error::Shed { .. } | Error::BodyBufferFull { .. } => {
+                "overloaded"
+            }
+            Error::BodyTimeout { .. } => "body_timeout",
             Error::Unauthorized => "unauthorized",
             Error::AdminDisabled => "admin_disabled",
             Error::CapacityReached { .. } => "capacity_reached",
@@ -137,9 +146,11 @@ impl ResponseError for Error {
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Overloaded { .. }
             | Error::Shed { .. }
+            | Error::BodyBufferFull { .. }
             | Error::ShuttingDown
             | Error::NotReady
             | Error::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -159,8 +170,14 @@ impl ResponseError for Error {
         };
         let mut res = HttpResponse::build(self.status_code());
         match self {
-            Error::Overloaded { retry_after, .. } | Error::Shed { retry_after, .. } => {
+            Error::Overloaded { retry_after, .. }
+            | Error::Shed { retry_after, .. }
+            | Error::BodyBufferFull { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
+            }
+            // The rest of the body is still on the wire: the connection cannot be reused.
+            Error::BodyTimeout { .. } => {
+                res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
             }
             Error::ShuttingDown | Error::NotReady => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(1u64)));

@@ -7,6 +7,7 @@
 //! in-flight requests (SIGINT/SIGTERM or [`Server::handle`]), the supervisor flushes the log
 //! and writes a final snapshot within `server.shutdown_timeout_secs`, then the actors stop.
 
+pub mod admission;
 pub mod analytics;
 pub mod api;
 pub mod cli;
@@ -25,11 +26,11 @@ pub mod tls;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::{Actor, Addr};
 
-use actix_web::dev::{Server as HttpServerFuture, ServerHandle, Service};
+use actix_web::dev::{Server as HttpServerFuture, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use prometheus::Registry;
 
@@ -63,61 +64,13 @@ pub struct AppState {
     pub inflight: AtomicUsize,
     /// `POST /v1/events` requests being served (bounded by `server.max_inflight_ingest`).
     pub inflight_ingest: AtomicUsize,
-}
-
-/// Takes one unit of `counter` if it is below `limit`.
-fn take_slot(counter: &AtomicUsize, limit: usize) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
-}
-
-/// Holds one of the `server.max_inflight_requests` slots (and, for ingestion, one of the
-/// `server.max_inflight_ingest` slots) until dropped — also when the client goes away and the
-/// request future is dropped unfinished.
-struct InflightSlot {
-    state: Arc<AppState>,
-    ingest: bool,
-}
-
-impl InflightSlot {
-    /// Takes the slots, or says which limit was reached.
-    fn acquire(state: &Arc<AppState>, ingest: bool) -> Result<InflightSlot, Error> {
-        let server = &state.settings.server;
-        let shed = |limit| Error::Shed {
-            limit,
-            retry_after: server.retry_after_secs,
-        };
-        if !take_slot(&state.inflight, server.max_inflight_requests) {
-            return Err(shed(server.max_inflight_requests));
-        }
-        if ingest && !take_slot(&state.inflight_ingest, server.max_inflight_ingest) {
-            state.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(shed(server.max_inflight_ingest));
-        }
-        state.http_metrics.inflight.inc();
-        Ok(InflightSlot {
-            state: state.clone(),
-            ingest,
-        })
-    }
-}
-
-impl Drop for InflightSlot {
-    fn drop(&mut self) {
-        if self.ingest {
-            self.state.inflight_ingest.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.state.http_metrics.inflight.dec();
-    }
+    /// Bytes of request bodies being received (bounded by `server.max_body_buffer_bytes`).
+    pub buffered_body_bytes: AtomicUsize,
 }
 
 /// Notes the model version a device reports (`X-Model-Version`), keyed by `X-Device-Id` or
 /// the peer address.
-fn record_device(state: &AppState, req: &actix_web::dev::ServiceRequest) {
+pub(crate) fn record_device(state: &AppState, req: &actix_web::dev::ServiceRequest) {
     let headers = req.headers();
     let Some(version) = headers
         .get(fleet::MODEL_VERSION_HEADER)
@@ -272,12 +225,12 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         fleet,
         inflight: AtomicUsize::new(0),
         inflight_ingest: AtomicUsize::new(0),
+        buffered_body_bytes: AtomicUsize::new(0),
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
-        let metrics = data.http_metrics.clone();
         let gate = data.clone().into_inner();
         App::new()
             .app_data(data.clone())
@@ -288,48 +241,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
                 api::method_not_allowed,
             ))
-            .wrap_fn(move |req, srv| {
-                let started = Instant::now();
-                let method = req.method().as_str().to_owned();
-                let metrics = metrics.clone();
-                let api = req.path().starts_with("/v1/");
-                // Until the restore finished, the data API is not served; beyond the in-flight
-                // limit it is shed at once (health, readiness and metrics never are).
-                let admitted = if !api {
-                    Ok(None)
-                } else if !gate.ready.load(Ordering::Acquire) {
-                    Err(Error::NotReady)
-                } else {
-                    let ingest =
-                        req.method() == actix_web::http::Method::POST && req.path() == "/v1/events";
-                    InflightSlot::acquire(&gate, ingest).map(Some)
-                };
-                if admitted.is_ok() && api {
-                    record_device(&gate, &req);
-                }
-                let fut = admitted.map(|slot| (slot, srv.call(req)));
-                async move {
-                    let (_slot, fut) = match fut {
-                        Ok(admitted) => admitted,
-                        Err(error) => {
-                            if matches!(error, Error::Shed { .. }) {
-                                metrics.shed.inc();
-                            }
-                            return Err(error.into());
-                        }
-                    };
-                    let res = fut.await?;
-                    let route = res
-                        .request()
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".into());
-                    metrics
-                        .request_duration
-                        .with_label_values(&[&route, &method, res.status().as_str()])
-                        .observe(started.elapsed().as_secs_f64());
-                    Ok(res)
-                }
-            })
+            .wrap(admission::Admission::new(gate.clone()))
             .configure(api::health::configure)
             .configure(api::events::configure)
             .configure(api::items::configure)

@@ -17,6 +17,8 @@ pub struct HttpMetrics {
     /// `/v1/` requests answered `503` at once because `server.max_inflight_requests` were
     /// being served.
     pub shed: IntCounter,
+    /// Requests whose body did not arrive within `server.body_timeout_secs` (answered 408).
+    pub body_timeouts: IntCounter,
     /// `/v1/` requests being served now.
     pub inflight: IntGauge,
     /// Resident set size of the process (read from `/proc/self/statm` on each scrape).
@@ -56,6 +58,10 @@ impl HttpMetrics {
                 "momentum_http_shed_total",
                 "Requests refused with 503 because max_inflight_requests were being served",
             )?,
+            body_timeouts: IntCounter::new(
+                "momentum_http_body_timeouts_total",
+                "Requests cut off with 408 because the body did not arrive within server.body_timeout_secs",
+            )?,
             inflight: IntGauge::new(
                 "momentum_http_inflight_requests",
                 "API requests being served now",
@@ -67,6 +73,7 @@ impl HttpMetrics {
         };
         registry.register(Box::new(m.shed.clone()))?;
         registry.register(Box::new(m.inflight.clone()))?;
+        registry.register(Box::new(m.body_timeouts.clone()))?;
         registry.register(Box::new(m.resident_memory.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.events_accepted.clone()))?;

@@ -44,6 +44,8 @@ pub struct ServerSettings {
     pub bind: String,
     pub workers: usize,
     pub max_body_bytes: usize,
+    pub body_timeout_secs: u64,
+    pub max_body_buffer_bytes: usize,
     pub shutdown_timeout_secs: u64,
     pub retry_after_secs: u64,
     /// Requests to `/v1/*` being served at once; beyond it `503` + `Retry-After` at once.
@@ -190,6 +192,12 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return fail("server.max_body_bytes must be at least 1024");
+        }
+        if self.server.body_timeout_secs == 0 {
+            return fail("server.body_timeout_secs must be positive");
+        }
+        if self.server.max_body_buffer_bytes < self.server.max_body_bytes {
+            return fail("server.max_body_buffer_bytes must be at least server.max_body_bytes");
         }
         if self.server.max_inflight_requests == 0 || self.server.max_inflight_ingest == 0 {
             return fail(
@@ -372,10 +380,23 @@ mod tests {
 
     #[test]
     fn log_levels_are_checked() {
-        for good in ["info", "WARN", "off", "momentum=debug,actix_web=warn", "info,redb=error"] {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "momentum=debug,actix_web=warn",
+            "info,redb=error",
+        ] {
             validate_log_level(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
-        for bad in ["loud", "", "info,loud", "=debug", "momentum=loud", "momentum"] {
+        for bad in [
+            "loud",
+            "",
+            "info,loud",
+            "=debug",
+            "momentum=loud",
+            "momentum",
+        ] {
             let err = validate_log_level(bad).expect_err(bad);
             assert!(err.contains("logging.level"), "{err}");
         }
@@ -401,7 +422,10 @@ mod tests {
             std::fs::write(&file, text).expect("write");
             let err = Settings::load(Some(&file)).expect_err("broken").to_string();
             assert!(!err.contains("hunter2") && !err.contains("424242"), "{err}");
-            assert!(err.contains("line 2") || err.contains("admin_key") || err.contains("store.url"), "{err}");
+            assert!(
+                err.contains("line 2") || err.contains("admin_key") || err.contains("store.url"),
+                "{err}"
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests of the `momentum` server over HTTP (one binary, see STYLE.md).
 
+mod admission;
 mod bad_input;
 mod common;
 mod corpus;
