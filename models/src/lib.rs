@@ -5,6 +5,7 @@
 
 pub mod content;
 pub mod dataset;
+pub mod ease;
 pub mod error;
 pub mod events;
 pub mod experiment;

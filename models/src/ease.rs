@@ -1,0 +1,316 @@
+//! EASE, the closed-form item-item model ("Embarrassingly Shallow Autoencoders", Steck 2019).
+//!
+//! With the binary user × item matrix `X`, the Gram matrix `G = XᵀX` (on the diagonal the
+//! number of users of each item, off it the number of users two items share — exactly the
+//! counts the catalogue keeps incrementally) and a ridge `λ`:
+//!
+//! ```text
+//! P = (G + λI)⁻¹        B_ij = −P_ij / P_jj  (i ≠ j),  B_ii = 0
+//! score(u, j) = Σ_i x_ui · B_ij
+//! ```
+//!
+//! Scoring is the same shape as item-based CF — a sum of the rows of `B` over the user's
+//! items — so it runs on the live rows while `B` is rebuilt in the background. Only the
+//! `neighbours` largest weights of each row are kept.
+//!
+//! **Linear algebra.** `G + λI` is symmetric positive definite. It is factorised in place with
+//! faer's Cholesky (`LLᵀ`), `L⁻¹` is computed into a second matrix, and `P = L⁻ᵀL⁻¹` is written
+//! back over the first (only lower triangles are read or written): `n³` flops in all and two
+//! `n × n` matrices of `f64` at the peak, never three.
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::{Accum, Mat, Par};
+
+/// Model parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EaseParams {
+    /// The ridge `λ` added to the diagonal (larger: smoother, favours popular items less).
+    pub lambda: f64,
+    /// Weights kept per row of `B` (the strongest positive ones).
+    pub neighbours: usize,
+    /// Threads for the factorisation (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for EaseParams {
+    fn default() -> Self {
+        EaseParams {
+            lambda: 300.0,
+            neighbours: 100,
+            threads: 0,
+        }
+    }
+}
+
+/// Why a model could not be fitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EaseError {
+    #[error("ease: lambda must be finite and positive, got {0}")]
+    BadLambda(f64),
+    #[error("ease: the Gram matrix is not positive definite (pivot {0}); counts are inconsistent")]
+    NotPositiveDefinite(usize),
+    #[error("ease: pair ({0}, {1}) is outside the {2} modelled items")]
+    OutOfRange(usize, usize, usize),
+}
+
+/// A fitted model: for each modelled item (by local index), its strongest weights
+/// `(local index j, B_ij)`, best first, ties by index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EaseRows {
+    pub rows: Vec<Vec<(u32, f32)>>,
+}
+
+/// Fits EASE on `n` items: `diag[i]` is `G_ii` (users of item `i`), `pairs` gives `G_ij` for
+/// `i ≠ j` (each unordered pair once, in either order; absent pairs are 0).
+pub fn fit(
+    diag: &[f64],
+    pairs: impl IntoIterator<Item = (usize, usize, f64)>,
+    params: &EaseParams,
+) -> Result<EaseRows, EaseError> {
+    if !(params.lambda.is_finite() && params.lambda > 0.0) {
+        return Err(EaseError::BadLambda(params.lambda));
+    }
+    let n = diag.len();
+    if n == 0 {
+        return Ok(EaseRows::default());
+    }
+    let par = if params.threads == 1 {
+        Par::Seq
+    } else {
+        Par::rayon(params.threads)
+    };
+    // G + λI, lower triangle only.
+    let mut a = Mat::<f64>::zeros(n, n);
+    for (i, &d) in diag.iter().enumerate() {
+        a[(i, i)] = d + params.lambda;
+    }
+    for (i, j, g) in pairs {
+        if i >= n || j >= n {
+            return Err(EaseError::OutOfRange(i, j, n));
+        }
+        if i != j {
+            a[(i.max(j), i.min(j))] = g;
+        }
+    }
+    let mut scratch = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+    cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut scratch),
+        Default::default(),
+    )
+    .map_err(|e| match e {
+        faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
+            EaseError::NotPositiveDefinite(index)
+        }
+    })?;
+    drop(scratch);
+    let mut l_inv = Mat::<f64>::zeros(n, n);
+    invert_lower_triangular(l_inv.as_mut(), a.as_ref(), par);
+    // P = L⁻ᵀ L⁻¹, lower triangle, over the factor (no longer needed).
+    matmul(
+        a.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        l_inv.adjoint(),
+        BlockStructure::TriangularUpper,
+        l_inv.as_ref(),
+        BlockStructure::TriangularLower,
+        1.0,
+        par,
+    );
+    drop(l_inv);
+    let p = |i: usize, j: usize| a[(i.max(j), i.min(j))];
+    let diag_p: Vec<f64> = (0..n).map(|j| p(j, j)).collect();
+    let keep = params.neighbours.min(n.saturating_sub(1));
+    let mut rows = Vec::with_capacity(n);
+    let mut row: Vec<(u32, f32)> = Vec::with_capacity(n);
+    for i in 0..n {
+        row.clear();
+        for (j, &pjj) in diag_p.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            let b = -p(i, j) / pjj;
+            if b > 0.0 {
+                row.push((j as u32, b as f32));
+            }
+        }
+        let order = |x: &(u32, f32), y: &(u32, f32)| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0));
+        if row.len() > keep && keep > 0 {
+            row.select_nth_unstable_by(keep - 1, order);
+            row.truncate(keep);
+        } else if keep == 0 {
+            row.clear();
+        }
+        row.sort_by(order);
+        rows.push(row.clone());
+    }
+    Ok(EaseRows { rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `B` from a plain Gauss–Jordan inverse: the reference the factorisation must match.
+    fn reference(g: &[Vec<f64>], lambda: f64) -> Vec<Vec<f64>> {
+        let n = g.len();
+        let mut m: Vec<Vec<f64>> = (0..n)
+            .map(|i| {
+                let mut row = g[i].clone();
+                row[i] += lambda;
+                row.extend((0..n).map(|j| f64::from(u8::from(i == j))));
+                row
+            })
+            .collect();
+        for c in 0..n {
+            let pivot = m[c][c];
+            for x in &mut m[c] {
+                *x /= pivot;
+            }
+            for r in 0..n {
+                if r != c {
+                    let f = m[r][c];
+                    let pivot_row = m[c].clone();
+                    for (x, p) in m[r].iter_mut().zip(pivot_row) {
+                        *x -= f * p;
+                    }
+                }
+            }
+        }
+        let p: Vec<Vec<f64>> = m.into_iter().map(|row| row[n..].to_vec()).collect();
+        (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| if i == j { 0.0 } else { -p[i][j] / p[j][j] })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A random binary user × item matrix and its Gram matrix.
+    fn gram(users: usize, items: usize, seed: u64) -> Vec<Vec<f64>> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let x: Vec<Vec<bool>> = (0..users)
+            .map(|_| {
+                (0..items)
+                    .map(|j| rng.gen_bool(0.1 + 0.5 / (j + 1) as f64))
+                    .collect()
+            })
+            .collect();
+        (0..items)
+            .map(|i| {
+                (0..items)
+                    .map(|j| x.iter().filter(|row| row[i] && row[j]).count() as f64)
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn fit_dense(g: &[Vec<f64>], params: &EaseParams) -> EaseRows {
+        let n = g.len();
+        let diag: Vec<f64> = (0..n).map(|i| g[i][i]).collect();
+        let pairs = (0..n).flat_map(|i| (0..i).map(move |j| (i, j, g[i][j])));
+        fit(&diag, pairs, params).expect("fit")
+    }
+
+    #[test]
+    fn matches_a_plain_inverse() {
+        let g = gram(60, 25, 7);
+        let lambda = 3.0;
+        let b = reference(&g, lambda);
+        let params = EaseParams {
+            lambda,
+            neighbours: 24,
+            threads: 1,
+        };
+        let rows = fit_dense(&g, &params);
+        let mut compared = 0;
+        for (i, row) in rows.rows.iter().enumerate() {
+            let expected_positive = b[i].iter().filter(|&&v| v > 0.0).count();
+            assert_eq!(row.len(), expected_positive, "row {i}");
+            for &(j, w) in row {
+                let want = b[i][j as usize];
+                assert!(
+                    (f64::from(w) - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                    "B[{i}][{j}] = {w}, want {want}"
+                );
+                compared += 1;
+            }
+            assert!(
+                row.windows(2).all(|p| p[0].1 >= p[1].1),
+                "row {i} is best first"
+            );
+        }
+        assert!(
+            compared > 50,
+            "too few positive weights compared: {compared}"
+        );
+    }
+
+    #[test]
+    fn rows_keep_the_strongest_neighbours_and_threads_do_not_change_them() {
+        let g = gram(80, 30, 11);
+        let one = fit_dense(
+            &g,
+            &EaseParams {
+                lambda: 5.0,
+                neighbours: 4,
+                threads: 1,
+            },
+        );
+        let all = fit_dense(
+            &g,
+            &EaseParams {
+                lambda: 5.0,
+                neighbours: 30,
+                threads: 2,
+            },
+        );
+        for (short, long) in one.rows.iter().zip(&all.rows) {
+            assert!(short.len() <= 4);
+            let ids = |r: &[(u32, f32)]| r.iter().map(|x| x.0).collect::<Vec<_>>();
+            assert_eq!(ids(short), ids(&long[..short.len()]));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let params = EaseParams::default();
+        assert_eq!(
+            fit(&[1.0, 1.0], [(0, 5, 1.0)], &params),
+            Err(EaseError::OutOfRange(0, 5, 2))
+        );
+        assert!(matches!(
+            fit(
+                &[1.0],
+                [],
+                &EaseParams {
+                    lambda: 0.0,
+                    ..params
+                }
+            ),
+            Err(EaseError::BadLambda(_))
+        ));
+        // Counts no binary matrix can produce (a pair shared by more users than either item
+        // has) make the matrix indefinite.
+        assert!(matches!(
+            fit(
+                &[1.0, 1.0],
+                [(1, 0, 50.0)],
+                &EaseParams {
+                    lambda: 1.0,
+                    ..params
+                }
+            ),
+            Err(EaseError::NotPositiveDefinite(_))
+        ));
+        assert_eq!(fit(&[], [], &params), Ok(EaseRows::default()));
+    }
+}
