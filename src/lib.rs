@@ -63,6 +63,8 @@ pub struct AppState {
     pub inflight: AtomicUsize,
     /// `POST /v1/events` requests being served (bounded by `server.max_inflight_ingest`).
     pub inflight_ingest: AtomicUsize,
+    /// The web console: session key and sampled live figures.
+    pub console: api::console::Console,
 }
 
 /// Takes one unit of `counter` if it is below `limit`.
@@ -272,9 +274,11 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         fleet,
         inflight: AtomicUsize::new(0),
         inflight_ingest: AtomicUsize::new(0),
+        console: api::console::Console::new(),
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
+    api::console::start(&state);
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let metrics = data.http_metrics.clone();
@@ -339,6 +343,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .configure(api::predictions::configure)
             .configure(api::models::configure)
             .configure(api::interventions::configure)
+            .configure(api::console::configure)
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
