@@ -318,7 +318,7 @@ function startForm(running) {
     h("h2", { id: "h-start" }, "Start an experiment"),
     running ? h("p", { class: "help" }, "One experiment runs at a time: stop the running one first.") : null,
     h("div", { class: "field" }, h("label", { for: "exp-id" }, "Experiment id"),
-      h("input", { id: "exp-id", name: "id", required: true, pattern: "[A-Za-z0-9_.:@-]{1,128}", placeholder: "hybrid-2025-06" })),
+      h("input", { id: "exp-id", name: "id", required: true, pattern: "[A-Za-z0-9_.:@\\-]{1,128}", placeholder: "hybrid-2025-06" })),
     h("div", { class: "field" }, h("label", { for: "exp-variants" }, "Variants"),
       h("textarea", { id: "exp-variants", name: "variants", "aria-describedby": "exp-variants-help" }, "control 50\ncontent_heavy 50 0.3 0.7"),
       h("div", { id: "exp-variants-help", class: "help" }, "One per line: name weight [cf content] — the first line is the control; cf and content override the hybrid blend.")),

@@ -273,11 +273,12 @@ struct Login {
 }
 
 fn session_cookie(state: &AppState, value: &str, max_age: u64) -> String {
-    let secure = if state.settings.server.tls_enabled() {
-        "; Secure"
-    } else {
-        ""
-    };
+    cookie_header(value, max_age, state.settings.server.tls_enabled())
+}
+
+/// The `Set-Cookie` value of the session cookie; `Secure` when the server runs HTTPS.
+fn cookie_header(value: &str, max_age: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
     format!("{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}")
 }
 
@@ -807,6 +808,16 @@ mod tests {
         assert!(c.verify(&bad, now).is_none());
         assert!(Console::new().verify(&v, now).is_none());
         assert_ne!(c.csrf(&nonce), c.csrf("0".repeat(32).as_str()));
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_under_tls() {
+        let plain = cookie_header("v", 60, false);
+        assert_eq!(
+            plain,
+            "momentum_console=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict"
+        );
+        assert_eq!(cookie_header("v", 60, true), format!("{plain}; Secure"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod console;
 mod corpus;
 mod experiments;
 mod models;
