@@ -95,6 +95,7 @@ async function main() {
       ...process.env,
       MOMENTUM__SECURITY__ADMIN_KEY: KEY,
       MOMENTUM__SECURITY__MODEL_KEY: MODEL_KEY,
+      MOMENTUM__SECURITY__DEVICE_KEY: MODEL_KEY.split("").reverse().join(""),
       MOMENTUM__STORE__PATH: join(work, "data"),
       MOMENTUM__LOGGING__FORMAT: "plain",
       RUST_LOG: "warn",
@@ -126,7 +127,15 @@ async function main() {
     log("data loaded");
     await call("POST", "/v1/models/train?wait=true");
     await call("POST", "/v1/churn/run?wait=true");
-    log("models trained, churn scored");
+    // Served predictions feed the drift monitor; phones report their model version and
+    // download the model.
+    const everyone = [...new Set(events.map((e) => e.user_id))];
+    for (const u of everyone) await get(`/v1/users/${u}/churn`);
+    for (let d = 0; d < 3; d++) {
+      await call("GET", "/v1/models/success/latest", undefined, { "X-Model-Version": "1", "X-Device-Id": "phone-" + d });
+    }
+    await call("GET", "/v1/models/success/versions/1/model.tflite", undefined, { "X-Device-Id": "phone-0", "X-Model-Version": "1" });
+    log("models trained, churn scored, predictions served");
 
     browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
     const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
@@ -215,6 +224,12 @@ async function main() {
       if (auc !== undefined && auc !== null) assert.ok(sec.includes(auc.toFixed(3)), `${m.name} AUC ${auc} in ${sec}`);
     }
     assert.ok(models.models.some((m) => m.live_version), "a model was trained");
+    const om = await get("/console/api/overview");
+    const driftRows = await page.locator('[data-testid="drift"] tbody tr').count();
+    assert.equal(driftRows, Object.keys(om.drift_psi).length);
+    assert.equal(driftRows, 10, "PSI of the 10 features");
+    assert.match(await text('[data-testid="devices"]'), new RegExp(`1\\s+${fmt(om.device_versions["1"])}`));
+    assert.match(await text('[data-testid="downloads"]'), /success\s+1\s+200\s+1/);
     await shot("models");
 
     // ---- users: recommendations as the API gives them (cached list).

@@ -45,7 +45,7 @@ function s(tag, attrs, ...children) {
 // ---------------------------------------------------------------- formatting
 
 const nf = new Intl.NumberFormat("en-US");
-function fmtInt(n) { return n === null || n === undefined ? "—" : nf.format(Math.round(n)); }
+function fmtInt(n) { return n === null || n === undefined ? "—" : nf.format(Math.round(n) || 0); }
 function fmtNum(n, d = 2) { return n === null || n === undefined || !isFinite(n) ? "—" : Number(n).toFixed(d); }
 function fmtPct(x, d = 1) { return x === null || x === undefined || !isFinite(x) ? "—" : (100 * x).toFixed(d) + " %"; }
 function fmtMs(x) {
@@ -147,7 +147,7 @@ function badge(text, kind) { return h("span", { class: "badge " + kind }, text);
  * The SVG has a text alternative (latest values) for screen readers.
  */
 function lineChart(title, series, yFormat, opts = {}) {
-  const W = 600, H = opts.height || 180, L = 64, R = 12, T = 10, B = 26;
+  const W = 380, H = opts.height || 170, L = 58, R = 10, T = 10, B = 24;
   const pts = series.flatMap((x) => x.points.filter((p) => p[1] !== null && isFinite(p[1])));
   const fig = h("figure", { class: "chart panel" }, h("figcaption", {}, title));
   if (pts.length === 0) {

@@ -460,9 +460,9 @@ impl Gathered {
             .map_or("", |l| l.value())
     }
 
-    /// Sum over every label set, or 0.
+    /// Sum over every label set, or 0 (`+ 0.0`: an empty float sum is −0).
     fn sum(&self, name: &str) -> f64 {
-        self.family(name).iter().map(Self::value).sum()
+        self.family(name).iter().map(Self::value).sum::<f64>() + 0.0
     }
 
     /// Sum over the label sets where `label` is `value`.
@@ -471,7 +471,8 @@ impl Gathered {
             .iter()
             .filter(|m| Self::label(m, label) == value)
             .map(Self::value)
-            .sum()
+            .sum::<f64>()
+            + 0.0
     }
 
     /// `label value → value` for a one-label family.
@@ -695,13 +696,30 @@ async fn overview(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             ],
             "churn_tiers": now.churn_tiers,
             "interventions_total": g.sum("momentum_interventions_total"),
-            "drift_psi": g.by_label("momentum_feature_drift_psi", "feature"),
+            "drift_psi": drift_psi(&state),
             "model_accuracy": g.by_label("momentum_model_accuracy", "model"),
             "model_online_accuracy": g.by_label("momentum_model_online_accuracy", "model"),
             "model_online_outcomes": g.by_label("momentum_model_online_outcomes", "model"),
             "device_versions": fleet.by_label("momentum_model_version_active", "version"),
             "model_downloads": downloads,
         })))
+}
+
+/// PSI per feature now (training window vs the last 24 hours of served vectors), computed like
+/// `momentum_feature_drift_psi`; empty below `models.drift_min_samples` vectors.
+fn drift_psi(state: &AppState) -> BTreeMap<&'static str, f64> {
+    let shared = state.analytics.shared();
+    shared
+        .drift
+        .current(shared.clock.now_ms())
+        .map(|values| {
+            momentum_models::features::FEATURE_NAMES
+                .iter()
+                .copied()
+                .zip(values)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `GET /console/api/experiments/{id}/series` (admin): the experiment's cumulative counts per
