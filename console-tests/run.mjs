@@ -8,7 +8,8 @@
 //   node console-tests/run.mjs        (after `cargo build -p momentum -p momentum-load`)
 //
 // Environment: MOMENTUM_BIN, MOMENTUM_LOAD_BIN (default target/debug/…), CHROMIUM
-// (default /usr/bin/chromium), OUT (default target/console-tests).
+// (default /usr/bin/chromium), OUT (default target/console-tests), TRAFFIC_SECS (default 0),
+// DOCS_SHOTS (set: also write docs/console-overview.png and docs/console-experiments.png).
 
 import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -136,6 +137,15 @@ async function main() {
     }
     await call("GET", "/v1/models/success/versions/1/model.tflite", undefined, { "X-Device-Id": "phone-0", "X-Model-Version": "1" });
     log("models trained, churn scored, predictions served");
+    // TRAFFIC_SECS=N: N seconds of recommendations and events first, so the overview's charts
+    // have minutes to show (used for the screenshots in docs/; CI does not set it).
+    const trafficEnd = Date.now() + 1000 * Number(process.env.TRAFFIC_SECS || 0);
+    for (let i = 0; Date.now() < trafficEnd; i++) {
+      const u = everyone[i % everyone.length];
+      await get(`/v1/users/${u}/recommendations?n=10`);
+      if (i % 5 === 0) await call("POST", "/v1/events", [{ user_id: u, item_id: items[i % items.length].item_id, kind: "view" }]);
+      if (i % 20 === 0) await new Promise((r) => setTimeout(r, 50));
+    }
 
     browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
     const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
@@ -174,6 +184,11 @@ async function main() {
     assert.match(await text('[data-testid="jobs"]'), /training/);
     await page.getByText("Recommendations latency").waitFor();
     await shot("overview");
+    // DOCS_SHOTS=1: the README's pictures (viewport-sized, committed under docs/).
+    const docsShot = (name) => process.env.DOCS_SHOTS
+      ? page.screenshot({ path: join(ROOT, "docs", `console-${name}.png`), clip: { x: 0, y: 0, width: 1280, height: 980 } })
+      : null;
+    await docsShot("overview");
 
     // ---- experiments: start one from the page, serve traffic, compare, stop it.
     await page.getByRole("link", { name: "Experiments" }).click();
@@ -208,6 +223,8 @@ async function main() {
     }
     assert.match(await text('[data-testid="mde-console-ab"]'), /impressions/);
     await shot("experiments");
+    await page.getByTestId("experiment-console-ab").scrollIntoViewIfNeeded();
+    await docsShot("experiments");
     await page.getByRole("button", { name: "Stop console-ab" }).click();
     await page.getByTestId("experiment-console-ab").getByText("stopped", { exact: true }).waitFor();
     assert.equal((await get("/v1/experiments/console-ab")).status, "stopped");

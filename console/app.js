@@ -235,7 +235,7 @@ function sampleSize(p1, mde) {
 function rateCell(k, n) {
   if (!n) return "—";
   const ci = wilson(k, n);
-  return `${fmtPct(k / n, 2)} [${fmtPct(ci[0], 2)}, ${fmtPct(ci[1], 2)}]`;
+  return h("span", { class: "nowrap" }, `${fmtPct(k / n, 2)} [${fmtPct(ci[0], 2)}, ${fmtPct(ci[1], 2)}]`);
 }
 
 function pCell(p) {
@@ -302,14 +302,14 @@ async function overviewPage() {
 
 async function experimentsPage() {
   page("Experiments", "A/B tests: rates with 95 % Wilson intervals, p-values of the pooled two-proportion z-test against the control.");
-  const [list, overview] = await Promise.all([api("/v1/experiments"), soft(api("/console/api/overview"))]);
+  const list = await api("/v1/experiments");
   main.append(h("div", { class: "notice", role: "note", "data-testid": "do-not-peek" },
     h("strong", {}, "Do not peek. "),
     "A p-value is only valid for a sample size fixed in advance. Decide the impressions per variant before you start (below: the minimum detectable effect), let every variant reach them — whole weeks if you can — and read the result once. Stopping the first time p < 0.05 inflates false positives far beyond 5 %."));
   main.append(startForm(list.experiments.some((e) => e.status === "running")));
   const exps = list.experiments.slice().sort((a, b) => (a.status === b.status ? b.created_ms - a.created_ms : a.status === "running" ? -1 : 1));
   if (!exps.length) main.append(h("p", { class: "muted" }, "No experiment yet."));
-  for (const e of exps) main.append(await experimentSection(e, overview));
+  for (const e of exps) main.append(await experimentSection(e));
 }
 
 function startForm(running) {
@@ -345,7 +345,7 @@ function startForm(running) {
   return form;
 }
 
-async function experimentSection(e, overview) {
+async function experimentSection(e) {
   const [r, series] = await Promise.all([
     api(`/v1/experiments/${encodeURIComponent(e.id)}/results`),
     soft(api(`/console/api/experiments/${encodeURIComponent(e.id)}/series`)),
@@ -398,7 +398,6 @@ async function experimentSection(e, overview) {
     } }, `Stop ${e.id}`));
   }
   sec.append(actions);
-  void overview;
   return sec;
 }
 

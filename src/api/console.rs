@@ -526,7 +526,11 @@ fn take_sample(state: &AppState) -> Sample {
         items: g.sum("momentum_items"),
         interactions: g.sum("momentum_interactions"),
         events_accepted: g.sum("momentum_events_accepted_total"),
-        cache_hits: g.sum_where("momentum_recommendation_cache_requests_total", "result", "hit"),
+        cache_hits: g.sum_where(
+            "momentum_recommendation_cache_requests_total",
+            "result",
+            "hit",
+        ),
         cache_misses: g.sum_where(
             "momentum_recommendation_cache_requests_total",
             "result",
@@ -801,7 +805,8 @@ async fn item_users(
         .iter()
         .map(|(u, w)| json!({"user_id": &**u, "weight": w}))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"item_id": id.as_str(), "total_users": total, "users": users})))
+    Ok(HttpResponse::Ok()
+        .json(json!({"item_id": id.as_str(), "total_users": total, "users": users})))
 }
 
 #[cfg(test)]

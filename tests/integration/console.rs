@@ -102,7 +102,10 @@ async fn a_wrong_key_gets_401_and_no_cookie() {
         .await;
     assert_eq!(status, 415, "{body}");
     let (status, body) = s.post_json("/console/login", &json!({"kee": "x"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("malformed_json")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
 }
 
 #[actix_web::test]
@@ -111,7 +114,10 @@ async fn without_an_admin_key_configured_nobody_logs_in() {
     cfg.security.admin_key = String::new();
     let s = TestServer::start_with(cfg);
     let (status, body) = s.post_json("/console/login", &json!({"key": ""})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("admin_disabled")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("admin_disabled"))
+    );
 }
 
 #[actix_web::test]
@@ -128,7 +134,11 @@ async fn without_a_session_the_console_redirects_and_its_data_is_refused() {
     let tampered = format!("{}{flipped}", &mine[..mine.len() - 1]);
     for cookie in [
         "momentum_console=1.2.3".to_string(),
-        format!("momentum_console=9999999999999.{}.{}", "a".repeat(32), "b".repeat(64)),
+        format!(
+            "momentum_console=9999999999999.{}.{}",
+            "a".repeat(32),
+            "b".repeat(64)
+        ),
         tampered,
         foreign,
     ] {
@@ -178,7 +188,10 @@ async fn without_a_session_the_console_redirects_and_its_data_is_refused() {
             .starts_with(ty));
     }
     let (status, body) = s.get("/console/assets/secret.txt").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 }
 
 #[actix_web::test]
@@ -222,7 +235,10 @@ async fn state_changes_with_the_cookie_need_the_csrf_token() {
     for headers in [
         vec![("cookie", cookie.as_str())],
         vec![("cookie", cookie.as_str()), ("x-csrf-token", "0123")],
-        vec![("cookie", cookie.as_str()), ("x-csrf-token", other_token.as_str())],
+        vec![
+            ("cookie", cookie.as_str()),
+            ("x-csrf-token", other_token.as_str()),
+        ],
     ] {
         let (status, body, _) = send(
             &s,
@@ -245,7 +261,10 @@ async fn state_changes_with_the_cookie_need_the_csrf_token() {
     .await;
     assert_eq!(list["experiments"], json!([]), "nothing was created");
     // With the token: start and stop an experiment.
-    let auth = [("cookie", cookie.as_str()), ("x-csrf-token", token.as_str())];
+    let auth = [
+        ("cookie", cookie.as_str()),
+        ("x-csrf-token", token.as_str()),
+    ];
     let (status, body, _) = send(
         &s,
         post.clone(),
@@ -255,13 +274,30 @@ async fn state_changes_with_the_cookie_need_the_csrf_token() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body, _) = send(&s, post.clone(), "/v1/experiments/e1/stop", &[auth[0]], None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("csrf_failed")));
+    let (status, body, _) = send(
+        &s,
+        post.clone(),
+        "/v1/experiments/e1/stop",
+        &[auth[0]],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("csrf_failed"))
+    );
     let (status, body, _) = send(&s, post.clone(), "/v1/experiments/e1/stop", &auth, None).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("stopped")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("stopped")),
+        "{body}"
+    );
     // Logout needs the token too; then the cookie is cleared.
     let (status, body, _) = send(&s, post.clone(), "/console/logout", &[auth[0]], None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("csrf_failed")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("csrf_failed"))
+    );
     let (status, _, headers) = send(&s, post.clone(), "/console/logout", &auth, None).await;
     assert_eq!(status, 204);
     let cleared = headers["set-cookie"].to_str().expect("ascii");
@@ -340,7 +376,14 @@ async fn item_users_are_the_heaviest_first_and_bad_input_is_a_4xx() {
     assert_eq!(status, 200);
     let key = [("x-admin-key", ADMIN_KEY)];
     let get = reqwest::Method::GET;
-    let (status, body, _) = send(&s, get.clone(), "/console/api/items/g1/users?n=3", &key, None).await;
+    let (status, body, _) = send(
+        &s,
+        get.clone(),
+        "/console/api/items/g1/users?n=3",
+        &key,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["total_users"], 4);
     let users: Vec<&str> = body["users"]
