@@ -500,7 +500,11 @@ impl Gathered {
 }
 
 fn take_sample(state: &AppState) -> Sample {
-    let g = Gathered::read(state);
+    sample_of(state, &Gathered::read(state))
+}
+
+/// The sample that the gathered metrics `g` (and the experiments registry) describe.
+fn sample_of(state: &AppState, g: &Gathered) -> Sample {
     let experiment = state
         .experiments
         .list()
@@ -605,8 +609,10 @@ fn point(a: &Sample, b: &Sample) -> Value {
 /// route over the sampled window, the background jobs and the store.
 async fn overview(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_admin(&req, &state)?;
-    let now = take_sample(&state);
+    // Devices that left the activity window drop out of the version gauge before the read.
+    state.fleet.refresh(state.analytics.shared().clock.now_ms());
     let g = Gathered::read(&state);
+    let now = sample_of(&state, &g);
     let samples: Vec<Sample> = state.console.samples.lock().iter().cloned().collect();
     let series: Vec<Value> = samples.windows(2).map(|w| point(&w[0], &w[1])).collect();
     // The window: from the oldest sample to now (everything since the start before the first).
@@ -634,17 +640,13 @@ async fn overview(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let recent = |f: fn(&Sample) -> f64| last.and_then(|s| rate(f(&now) - f(s), secs));
     let (trainer, churn) = state.analytics.statuses().await;
     let snapshot_last = g.sum("momentum_snapshot_last_success_timestamp_seconds");
-    let snapshot_last_ms = (snapshot_last > 0.0).then(|| (snapshot_last * 1000.0) as i64);
+    let snapshot_last_ms = (snapshot_last > 0.0).then_some((snapshot_last * 1000.0) as i64);
     let snapshot_every = state.settings.snapshot.interval_secs;
     let snapshot_next_ms = (snapshot_every > 0).then(|| {
         snapshot_last_ms.unwrap_or(state.console.started_ms) + snapshot_every as i64 * 1000
     });
     let store = &state.settings.store;
-    let fleet = {
-        state.fleet.refresh(state.analytics.shared().clock.now_ms());
-        Gathered::read(&state)
-    };
-    let downloads: Vec<Value> = fleet
+    let downloads: Vec<Value> = g
         .family("momentum_model_downloads_total")
         .iter()
         .map(|m| {
@@ -704,7 +706,7 @@ async fn overview(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             "model_accuracy": g.by_label("momentum_model_accuracy", "model"),
             "model_online_accuracy": g.by_label("momentum_model_online_accuracy", "model"),
             "model_online_outcomes": g.by_label("momentum_model_online_outcomes", "model"),
-            "device_versions": fleet.by_label("momentum_model_version_active", "version"),
+            "device_versions": g.by_label("momentum_model_version_active", "version"),
             "model_downloads": downloads,
         })))
 }
