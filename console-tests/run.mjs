@@ -277,6 +277,12 @@ async function main() {
     await loaded("churn");
     const o2 = await get("/console/api/overview");
     for (const t of ["high", "medium", "low"]) assert.equal(await text(`[data-testid="tier-${t}"]`), fmt(o2.churn_tiers[t] || 0));
+    const outbox = await get("/v1/interventions?since=0&limit=1000");
+    const last = outbox.interventions[outbox.interventions.length - 1];
+    assert.ok(last, "scoring wrote interventions");
+    const firstRow = (await page.locator('[data-testid="outbox"] tbody tr').first().innerText()).split("\t");
+    assert.deepEqual([firstRow[0], firstRow[2], firstRow[4], firstRow[5]],
+      [fmt(last.id), last.user_id, last.channel, last.payload.churn_probability.toFixed(2)]);
     await shot("churn");
 
     // ---- keyboard: the skip link comes first and moves focus to the content.

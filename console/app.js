@@ -576,8 +576,9 @@ async function churnPage() {
   const newest = all.slice(-50).reverse();
   main.append(h("section", { class: "panel", "aria-labelledby": "h-outbox" }, h("h2", { id: "h-outbox" }, "Intervention outbox"),
     h("p", { class: "help" }, `The newest ${newest.length} of ${fmtInt(all.length)} kept.`),
-    table(null, ["#Id", "Day", "User", "Tier", "Kind", "#Churn p", "Created"], newest.map((i) => [
-      fmtInt(i.id), i.day || "—", userLink(i.user_id), i.tier || "—", i.kind || i.intervention || "—", fmtNum(i.probability ?? i.churn_probability, 2), fmtTime(i.created_ms),
+    table(null, ["#Id", "Day", "User", "Tier", "Channel", "#Churn p", "Delivery", "Created"], newest.map((i) => [
+      fmtInt(i.id), i.day || "—", userLink(i.user_id), i.tier || "—", i.channel || "—",
+      fmtNum(i.payload ? i.payload.churn_probability : null, 2), i.delivery_state || "—", fmtTime(i.created_ms),
     ]), "outbox")));
 }
 
