@@ -529,7 +529,7 @@ async function itemsPage(id) {
   ]);
   if (failed(item)) { main.append(errorBox(item, "Item " + id)); return; }
   main.append(h("h2", { "data-testid": "item-title" }, item.title || id, " ", h("code", {}, id)));
-  main.append(h("p", {}, item.description || ""), h("p", { class: "help" }, [item.type ? "type " + item.type : null, item.tags && item.tags.length ? "tags " + item.tags.join(", ") : null, item.difficulty !== null && item.difficulty !== undefined ? "difficulty " + item.difficulty : null].filter(Boolean).join(" · ")));
+  main.append(h("p", {}, item.description || ""), h("p", { class: "help" }, [item.type ? "type " + item.type : null, item.tags && item.tags.length ? "tags " + item.tags.join(", ") : null, item.difficulty !== null && item.difficulty !== undefined ? "difficulty " + fmtNum(item.difficulty, 2) : null].filter(Boolean).join(" · ")));
   main.append(h("div", { class: "cards" }, card("Users engaged", fmtInt(item.users), "item-users")));
   const simSec = h("section", { class: "panel", "aria-labelledby": "h-isim" }, h("h2", { id: "h-isim" }, "Similar items"));
   if (failed(similar)) simSec.append(errorBox(similar, "Similar items"));
