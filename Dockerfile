@@ -27,8 +27,9 @@ RUN mkdir -p src actors/src models/src load-tests/src device/src \
  && rm -rf src actors/src models/src load-tests/src device/src
 
 # 2. The real sources and what the code embeds at compile time (config/default.toml, the
-#    OpenAPI document, the SQL migrations).
+#    OpenAPI document, the SQL migrations, the web console's pages).
 COPY config/ config/
+COPY console/ console/
 COPY migrations/ migrations/
 COPY openapi.json ./
 COPY models/ models/

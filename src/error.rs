@@ -54,6 +54,10 @@ pub enum Error {
     /// Admin route while no admin key is configured.
     #[error("admin routes are disabled: security.admin_key is not set")]
     AdminDisabled,
+    /// Authenticated, but the request may not do this (e.g. a console session without its
+    /// CSRF token on a state-changing request).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     /// A bounded table is full.
     #[error("the {what} table is full ({capacity} entries)")]
     CapacityReached { what: &'static str, capacity: usize },
@@ -101,7 +105,9 @@ impl Error {
     /// The stable code clients match on.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::BadRequest { code, .. } | Error::TooLarge { code, .. } => code,
+            Error::BadRequest { code, .. }
+            | Error::TooLarge { code, .. }
+            | Error::Forbidden { code, .. } => code,
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::UnknownUser { .. } => "unknown_user",
             Error::UnknownItem { .. } => "unknown_item",
@@ -152,7 +158,7 @@ impl ResponseError for Error {
             | Error::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::AdminDisabled => StatusCode::FORBIDDEN,
+            Error::AdminDisabled | Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::Config { .. } | Error::Io { .. } | Error::Internal { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR

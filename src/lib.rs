@@ -66,6 +66,8 @@ pub struct AppState {
     pub inflight_ingest: AtomicUsize,
     /// Bytes of request bodies being received (bounded by `server.max_body_buffer_bytes`).
     pub buffered_body_bytes: AtomicUsize,
+    /// The web console: session key and sampled live figures.
+    pub console: api::console::Console,
 }
 
 /// Notes the model version a device reports (`X-Model-Version`), keyed by `X-Device-Id` or
@@ -226,9 +228,11 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         inflight: AtomicUsize::new(0),
         inflight_ingest: AtomicUsize::new(0),
         buffered_body_bytes: AtomicUsize::new(0),
+        console: api::console::Console::new(),
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
+    api::console::start(&state);
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let gate = data.clone().into_inner();
@@ -251,6 +255,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .configure(api::predictions::configure)
             .configure(api::models::configure)
             .configure(api::interventions::configure)
+            .configure(api::console::configure)
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

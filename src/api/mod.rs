@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource, plus the extractor configuration that turns every
 //! malformed request into the JSON error format.
 
+pub mod console;
 pub mod events;
 pub mod experiments;
 pub mod health;
@@ -150,17 +151,17 @@ pub async fn read_json_body(
     Ok(body)
 }
 
-/// Checks the admin key in constant time.
+/// Checks the admin key in constant time. Without an `X-Admin-Key` header, a console session
+/// cookie stands for the key ([`console::session_admin`]: state-changing requests also need
+/// its CSRF token).
 pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
     let expected = state.settings.security.admin_key.as_bytes();
     if expected.is_empty() {
         return Err(Error::AdminDisabled);
     }
-    let given = req
-        .headers()
-        .get("x-admin-key")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
+    let Some(given) = req.headers().get("x-admin-key").map(|v| v.as_bytes()) else {
+        return console::session_admin(req, state).unwrap_or(Err(Error::Unauthorized));
+    };
     if constant_time_eq(given, expected) {
         Ok(())
     } else {

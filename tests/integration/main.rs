@@ -3,6 +3,7 @@
 mod admission;
 mod bad_input;
 mod common;
+mod console;
 mod corpus;
 mod experiments;
 mod models;
