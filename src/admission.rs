@@ -3,9 +3,9 @@
 //! In order:
 //! 1. Requests outside `/v1/` (health, readiness, metrics) pass straight through, never shed.
 //! 2. Until the state is restored, `/v1/` answers `503 not_ready`.
-//! 3. Admin routes (those the OpenAPI document marks with the `adminKey` scheme) check
-//!    `X-Admin-Key` first, so a caller without the key learns nothing about its input and
-//!    costs no body read.
+//! 3. Admin routes (those the OpenAPI document marks with the `adminKey` scheme, under `/v1/`
+//!    and the console's `/console/api/`) check `X-Admin-Key` (or the console session) first,
+//!    so a caller without the key learns nothing about its input and costs no body read.
 //! 4. The body is received in full, within `server.body_timeout_secs` (else `408
 //!    body_timeout`) and `server.max_body_bytes` (else `413`), into memory reserved from the
 //!    server-wide `server.max_body_buffer_bytes` (else `503 overloaded`). A slow client holds
@@ -127,7 +127,7 @@ async fn admit(
     if api && !state.ready.load(Ordering::Acquire) {
         return Err((req, Error::NotReady));
     }
-    if api && is_admin_route(&req) {
+    if is_admin_route(&req) {
         if let Err(error) = crate::api::require_admin(req.request(), state) {
             return Err((req, error));
         }
