@@ -56,9 +56,18 @@ pub struct RecommendArgs {
     /// Optional item metadata: `item_id,title,genres` (genres `|`-separated).
     #[arg(long)]
     pub items: Option<PathBuf>,
-    /// Which scores to use: collaborative only, content only, or the configured hybrid mix.
+    /// Which scores to use: the configured hybrid mix, collaborative only (`cf`: the configured
+    /// item model and user-based mix), one CF signal alone (`item`: item cosine, `user`:
+    /// user-based, `ease`: the learned item model), or content only.
     #[arg(long, value_enum, default_value_t = RecommendMode::Hybrid)]
     pub mode: RecommendMode,
+    /// Mix the content score into the single-signal modes (`item`, `user`, `ease`) with the
+    /// configured weights, as the hybrid does.
+    #[arg(long)]
+    pub with_content: bool,
+    /// Turn the diversity re-rank off (relevance order, no caps).
+    #[arg(long)]
+    pub no_diversity: bool,
     /// Number of recommendations per user.
     #[arg(long, default_value_t = 10)]
     pub k: usize,
@@ -72,6 +81,9 @@ pub enum RecommendMode {
     Cf,
     Content,
     Hybrid,
+    Item,
+    User,
+    Ease,
 }
 
 impl RecommendMode {
@@ -80,6 +92,9 @@ impl RecommendMode {
             RecommendMode::Cf => "cf",
             RecommendMode::Content => "content",
             RecommendMode::Hybrid => "hybrid",
+            RecommendMode::Item => "item",
+            RecommendMode::User => "user",
+            RecommendMode::Ease => "ease",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod experiments;
 pub mod fleet;
+pub mod item_model;
 pub mod journal;
 pub mod metrics;
 pub mod settings;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub buffered_body_bytes: AtomicUsize,
     /// The web console: session key and sampled live figures.
     pub console: api::console::Console,
+    /// Metrics of the learned item model's background job.
+    pub item_model_metrics: item_model::ItemModelMetrics,
 }
 
 /// Notes the model version a device reports (`X-Model-Version`), keyed by `X-Device-Id` or
@@ -166,6 +169,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let experiments =
         experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
     let journal_metrics = metrics::JournalMetrics::new(&registry).map_err(internal)?;
+    let item_model_metrics = item_model::ItemModelMetrics::new(&registry).map_err(internal)?;
     let journal = journal::Journal::open(
         settings.store.clone(),
         settings.snapshot.clone(),
@@ -229,6 +233,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         inflight_ingest: AtomicUsize::new(0),
         buffered_body_bytes: AtomicUsize::new(0),
         console: api::console::Console::new(),
+        item_model_metrics,
     });
     // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
@@ -297,6 +302,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                         writer.journal.run_sync_writer(&writer.engine).await;
                     });
                 }
+                item_model::spawn(&restoring);
                 restoring.ready.store(true, Ordering::Release);
                 tracing::info!(
                     snapshot_users = stats.snapshot_users,

@@ -8,7 +8,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use momentum_actors::config::{ActorsConfig, RecommendConfig};
+use momentum_actors::config::{ActorsConfig, EaseConfig, RecommendConfig};
 use momentum_actors::EngineConfig;
 use momentum_models::events::KindWeights;
 use momentum_models::export::ModelKey;
@@ -30,6 +30,8 @@ pub struct Settings {
     pub actors: ActorsConfig,
     pub weights: KindWeights,
     pub recommend: RecommendConfig,
+    #[serde(default)]
+    pub ease: EaseConfig,
     pub security: SecuritySettings,
     pub store: StoreConfig,
     pub snapshot: SnapshotSettings,
@@ -240,6 +242,7 @@ impl Settings {
             actors: self.actors.clone(),
             weights: self.weights.clone(),
             recommend: self.recommend.clone(),
+            ease: self.ease.clone(),
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct RecommendConfig {
     pub max_per_tag: usize,
     /// How many of the best candidates the diversity re-rank orders (the rest follow by score).
     pub diversity_depth: usize,
+    /// The item-based signal of collaborative filtering: `"ease"` (the learned model, see
+    /// `[ease]`) or `"cosine"`.
+    pub item_model: ItemModel,
 }
 
 impl Default for RecommendConfig {
@@ -93,7 +96,7 @@ impl Default for RecommendConfig {
         RecommendConfig {
             exclude_kinds: vec![EventKind::Complete, EventKind::Rate],
             user_neighbours: 50,
-            user_weight: 0.5,
+            user_weight: 0.2,
             similar_k: 10,
             default_n: 10,
             max_n: 100,
@@ -103,7 +106,7 @@ impl Default for RecommendConfig {
             popular_refresh_ms: 1000,
             candidate_pool: 30,
             cf_weight: 0.6,
-            content_weight: 0.4,
+            content_weight: 0.2,
             content_min_interactions: 3,
             profile_terms: 64,
             stop_words: Vec::new(),
@@ -111,6 +114,48 @@ impl Default for RecommendConfig {
             max_per_type: 5,
             max_per_tag: 0,
             diversity_depth: 30,
+            item_model: ItemModel::Ease,
+        }
+    }
+}
+
+/// Which item-item model drives the item-based part of collaborative filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemModel {
+    /// Cosine similarity over the live co-occurrence counts.
+    Cosine,
+    /// The learned EASE model, rebuilt in the background from the same counts; items it
+    /// does not cover (beyond `ease.max_items`, or before the first build) use cosine.
+    #[default]
+    Ease,
+}
+
+/// The learned item model (`[ease]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EaseConfig {
+    /// Ridge added to the diagonal of the Gram matrix.
+    pub lambda: f64,
+    /// Weights kept per item (the strongest).
+    pub neighbours: usize,
+    /// Most items modelled (the most popular); a dense `n × n` factorisation needs
+    /// `16 n²` bytes at its peak (1.6 GB for 10,000 items).
+    pub max_items: usize,
+    /// Rebuild after this many applied events…
+    pub rebuild_events: u64,
+    /// …or this many seconds after the last build, if anything changed.
+    pub rebuild_secs: u64,
+}
+
+impl Default for EaseConfig {
+    fn default() -> Self {
+        EaseConfig {
+            lambda: 300.0,
+            neighbours: 400,
+            max_items: 5_000,
+            rebuild_events: 50_000,
+            rebuild_secs: 600,
         }
     }
 }
@@ -121,6 +166,7 @@ pub struct EngineConfig {
     pub actors: ActorsConfig,
     pub weights: KindWeights,
     pub recommend: RecommendConfig,
+    pub ease: EaseConfig,
 }
 
 impl EngineConfig {
@@ -155,6 +201,16 @@ impl EngineConfig {
         }
         if r.profile_terms == 0 {
             return Err("recommend.profile_terms must be positive".into());
+        }
+        let e = &self.ease;
+        if !(e.lambda.is_finite() && e.lambda > 0.0) {
+            return Err("ease.lambda must be finite and positive".into());
+        }
+        if e.neighbours == 0 || e.max_items == 0 || e.max_items > 20_000 {
+            return Err("ease.neighbours must be positive and ease.max_items in 1..=20000".into());
+        }
+        if e.rebuild_events == 0 || e.rebuild_secs == 0 {
+            return Err("ease.rebuild_events and ease.rebuild_secs must be positive".into());
         }
         let w = &self.weights;
         let positive = |x: f32| x.is_finite() && x > 0.0;

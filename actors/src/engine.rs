@@ -81,6 +81,10 @@ impl PendingIngest<'_> {
             self.report.accepted += outcome.accepted;
             self.report.duplicates += outcome.duplicates.len();
         }
+        self.engine.index.events_applied.fetch_add(
+            self.report.accepted as u64,
+            std::sync::atomic::Ordering::AcqRel,
+        );
         let metrics = &self.engine.metrics;
         metrics.users.set(self.engine.index.users.len() as i64);
         metrics.items.set(self.engine.index.items.len() as i64);
@@ -529,6 +533,29 @@ impl Engine {
     }
 
     /// External id of a dense item id.
+    /// Builds the learned item model from the current counts and publishes it (the next
+    /// version). Blocks for as long as the factorisation takes: call it off the async
+    /// threads. On failure the previous model stays.
+    pub fn build_item_model(
+        &self,
+        now_ms: i64,
+    ) -> Result<Arc<crate::ease::EaseModel>, momentum_models::ease::EaseError> {
+        let version = self.index.ease.read().version + 1;
+        let model = Arc::new(crate::ease::build(
+            &self.index,
+            &self.config.ease,
+            version,
+            now_ms,
+        )?);
+        *self.index.ease.write() = model.clone();
+        Ok(model)
+    }
+
+    /// The published item model (version 0 and empty before the first build).
+    pub fn item_model(&self) -> Arc<crate::ease::EaseModel> {
+        self.index.ease.read().clone()
+    }
+
     pub fn item_name(&self, item: u32) -> Option<Arc<str>> {
         self.index.items.name(item)
     }

@@ -14,6 +14,7 @@ use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::ease::EaseModel;
 use crate::interner::Interner;
 use momentum_models::content::TfIdfIndex;
 use momentum_models::similarity::Neighbour;
@@ -109,6 +110,10 @@ pub struct Index {
     pub popular: RwLock<Arc<Vec<Neighbour>>>,
     /// Bumped by the catalogue after every applied batch.
     pub epoch: AtomicU64,
+    /// Events applied since start (the item-model job rebuilds after enough of them).
+    pub events_applied: AtomicU64,
+    /// The learned item model, replaced whole by each build.
+    pub ease: RwLock<Arc<EaseModel>>,
 }
 
 impl Index {
@@ -124,6 +129,8 @@ impl Index {
             content: RwLock::new(TfIdfIndex::new()),
             popular: RwLock::new(Arc::new(Vec::new())),
             epoch: AtomicU64::new(0),
+            events_applied: AtomicU64::new(0),
+            ease: RwLock::new(Arc::new(EaseModel::default())),
         }
     }
 

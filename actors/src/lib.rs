@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod churn;
 pub mod config;
+pub mod ease;
 pub mod engine;
 pub mod error;
 pub mod index;

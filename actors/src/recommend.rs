@@ -19,7 +19,7 @@ use momentum_models::content::ScoringLimits;
 use momentum_models::experiment::VariantOverrides;
 use momentum_models::similarity::{cosine, normalise_by_max, top_k, Neighbour, SparseAccumulator};
 
-use crate::config::RecommendConfig;
+use crate::config::{ItemModel, RecommendConfig};
 use crate::index::{Index, UserVector};
 
 /// Why an item was recommended: the strongest contributor to its score.
@@ -207,28 +207,51 @@ pub fn collaborative(
     n: usize,
     scratch: &mut Scratch,
 ) -> Vec<Scored> {
-    // Item-based: accumulate Σ_i w_ui · dot_ij / ‖i‖, divide by ‖j‖ once per candidate.
-    for &(item, w) in &vector.items {
-        if let Some(stats) = index.item_stats.get(&item) {
-            if stats.norm2 <= 0.0 {
-                continue;
-            }
-            let scale = f64::from(w) / stats.norm2.sqrt();
-            for (&other, c) in &stats.cooc {
-                scratch.item_acc.add(other, scale * c.dot);
+    let model = index.ease.read().clone();
+    let learned = config.item_model == ItemModel::Ease
+        && vector
+            .items
+            .iter()
+            .any(|&(i, w)| w > 0.0 && model.covers(i));
+    let mut item_scores: Vec<Neighbour> = if learned {
+        // EASE: Σ_i x_ui · B_ij over the user's items (binary x, as the model was fitted).
+        for &(item, w) in &vector.items {
+            if w > 0.0 {
+                for &(j, b) in model.row(item) {
+                    scratch.item_acc.add(j, f64::from(b));
+                }
             }
         }
-    }
-    let mut item_scores: Vec<Neighbour> = scratch
-        .item_acc
-        .drain()
-        .into_iter()
-        .filter(|&(j, _)| eligible(index, vector, j))
-        .map(|(j, s)| {
-            let n2 = index.item_norm2(j);
-            (j, if n2 > 0.0 { s / n2.sqrt() } else { 0.0 })
-        })
-        .collect();
+        scratch
+            .item_acc
+            .drain()
+            .into_iter()
+            .filter(|&(j, s)| s > 0.0 && eligible(index, vector, j))
+            .collect()
+    } else {
+        // Cosine: accumulate Σ_i w_ui · dot_ij / ‖i‖, divide by ‖j‖ once per candidate.
+        for &(item, w) in &vector.items {
+            if let Some(stats) = index.item_stats.get(&item) {
+                if stats.norm2 <= 0.0 {
+                    continue;
+                }
+                let scale = f64::from(w) / stats.norm2.sqrt();
+                for (&other, c) in &stats.cooc {
+                    scratch.item_acc.add(other, scale * c.dot);
+                }
+            }
+        }
+        scratch
+            .item_acc
+            .drain()
+            .into_iter()
+            .filter(|&(j, _)| eligible(index, vector, j))
+            .map(|(j, s)| {
+                let n2 = index.item_norm2(j);
+                (j, if n2 > 0.0 { s / n2.sqrt() } else { 0.0 })
+            })
+            .collect()
+    };
     normalise_by_max(&mut item_scores);
 
     // User-based: Σ_v sim(u, v) · w_vj.
@@ -261,24 +284,53 @@ pub fn collaborative(
     let item_by_id: rustc_hash::FxHashMap<u32, f64> = item_scores.iter().copied().collect();
     let user_by_id: rustc_hash::FxHashMap<u32, f64> = user_scores.iter().copied().collect();
 
-    ranked
-        .into_iter()
-        .map(|(j, score)| {
-            // Explain with the strongest item-based contributor, or the neighbours.
-            let mut best: Option<(u32, f64)> = None;
-            let mut item_support = 0usize;
-            let n2j = index.item_norm2(j);
-            for &(i, w) in &vector.items {
-                if let Some(stats) = index.item_stats.get(&i) {
-                    if let Some(c) = stats.cooc.get(&j) {
-                        item_support += 1;
-                        let contribution = f64::from(w) * cosine(c.dot, stats.norm2, n2j);
-                        if best.is_none_or(|b| contribution > b.1) {
-                            best = Some((i, contribution));
+    // The strongest item-based contributor of each ranked item and how many of the user's
+    // items point at it, in one pass over the user's rows.
+    let slot: rustc_hash::FxHashMap<u32, usize> =
+        ranked.iter().enumerate().map(|(k, r)| (r.0, k)).collect();
+    let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
+    let mut item_support = vec![0usize; ranked.len()];
+    let ranked_norm2: Vec<f64> = if learned {
+        Vec::new()
+    } else {
+        ranked.iter().map(|&(j, _)| index.item_norm2(j)).collect()
+    };
+    let mut note = |k: usize, i: u32, contribution: f64| {
+        item_support[k] += 1;
+        if best[k].is_none_or(|b| contribution > b.1) {
+            best[k] = Some((i, contribution));
+        }
+    };
+    for &(i, w) in &vector.items {
+        if learned {
+            if w > 0.0 {
+                for &(j, b) in model.row(i) {
+                    if let Some(&k) = slot.get(&j) {
+                        if b > 0.0 {
+                            note(k, i, f64::from(b));
                         }
                     }
                 }
             }
+        } else if let Some(stats) = index.item_stats.get(&i) {
+            for (k, &(j, _)) in ranked.iter().enumerate() {
+                if let Some(c) = stats.cooc.get(&j) {
+                    note(
+                        k,
+                        i,
+                        f64::from(w) * cosine(c.dot, stats.norm2, ranked_norm2[k]),
+                    );
+                }
+            }
+        }
+    }
+
+    ranked
+        .into_iter()
+        .enumerate()
+        .map(|(k, (j, score))| {
+            // Explain with the strongest item-based contributor, or the neighbours.
+            let (best, item_support) = (best[k], item_support[k]);
             let neighbour_support = rows.iter().filter(|r| r.weight(j) > 0.0).count();
             let mut reasons = Vec::new();
             let item_part = item_by_id.get(&j).copied().unwrap_or(0.0) * (1.0 - uw);

@@ -11,7 +11,7 @@
 //!
 //! Scoring is the same shape as item-based CF — a sum of the rows of `B` over the user's
 //! items — so it runs on the live rows while `B` is rebuilt in the background. Only the
-//! `neighbours` largest weights of each row are kept.
+//! `neighbours` weights of largest magnitude of each row are kept.
 //!
 //! **Linear algebra.** `G + λI` is symmetric positive definite. It is factorised in place with
 //! faer's Cholesky (`LLᵀ`), `L⁻¹` is computed into a second matrix, and `P = L⁻ᵀL⁻¹` is written
@@ -29,7 +29,7 @@ use faer::{Accum, Mat, Par};
 pub struct EaseParams {
     /// The ridge `λ` added to the diagonal (larger: smoother, favours popular items less).
     pub lambda: f64,
-    /// Weights kept per row of `B` (the strongest positive ones).
+    /// Weights kept per row of `B` (the largest in magnitude, positive or negative).
     pub neighbours: usize,
     /// Threads for the factorisation (0: all cores).
     pub threads: usize,
@@ -56,8 +56,8 @@ pub enum EaseError {
     OutOfRange(usize, usize, usize),
 }
 
-/// A fitted model: for each modelled item (by local index), its strongest weights
-/// `(local index j, B_ij)`, best first, ties by index.
+/// A fitted model: for each modelled item (by local index), its weights of largest magnitude
+/// `(local index j, B_ij)`, best (most positive) first, ties by index.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EaseRows {
     pub rows: Vec<Vec<(u32, f32)>>,
@@ -135,19 +135,22 @@ pub fn fit(
             if j == i {
                 continue;
             }
-            let b = -p(i, j) / pjj;
-            if b > 0.0 {
-                row.push((j as u32, b as f32));
+            let b = (-p(i, j) / pjj) as f32;
+            if b != 0.0 {
+                row.push((j as u32, b));
             }
         }
-        let order = |x: &(u32, f32), y: &(u32, f32)| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0));
-        if row.len() > keep && keep > 0 {
-            row.select_nth_unstable_by(keep - 1, order);
-            row.truncate(keep);
-        } else if keep == 0 {
+        // Negative weights matter as much as positive ones (they push down what users of
+        // item i avoid): keep the largest in magnitude, then order best first.
+        let strongest =
+            |x: &(u32, f32), y: &(u32, f32)| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0));
+        if keep == 0 {
             row.clear();
+        } else if row.len() > keep {
+            row.select_nth_unstable_by(keep - 1, strongest);
+            row.truncate(keep);
         }
-        row.sort_by(order);
+        row.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
         rows.push(row.clone());
     }
     Ok(EaseRows { rows })
@@ -233,8 +236,11 @@ mod tests {
         let rows = fit_dense(&g, &params);
         let mut compared = 0;
         for (i, row) in rows.rows.iter().enumerate() {
-            let expected_positive = b[i].iter().filter(|&&v| v > 0.0).count();
-            assert_eq!(row.len(), expected_positive, "row {i}");
+            assert_eq!(
+                row.len(),
+                b[i].iter().filter(|&&v| v != 0.0).count(),
+                "row {i}"
+            );
             for &(j, w) in row {
                 let want = b[i][j as usize];
                 assert!(
@@ -275,8 +281,14 @@ mod tests {
         );
         for (short, long) in one.rows.iter().zip(&all.rows) {
             assert!(short.len() <= 4);
-            let ids = |r: &[(u32, f32)]| r.iter().map(|x| x.0).collect::<Vec<_>>();
-            assert_eq!(ids(short), ids(&long[..short.len()]));
+            // The kept weights are the four of largest magnitude of the full row.
+            let mut by_magnitude = long.clone();
+            by_magnitude.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
+            let mut kept: Vec<u32> = short.iter().map(|x| x.0).collect();
+            let mut want: Vec<u32> = by_magnitude[..short.len()].iter().map(|x| x.0).collect();
+            kept.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(kept, want);
         }
     }
 

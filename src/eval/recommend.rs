@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::json;
 
+use momentum_actors::config::ItemModel;
 use momentum_actors::engine::NewEvent;
 use momentum_actors::index::ItemMeta;
 use momentum_actors::metrics::ActorMetrics;
@@ -97,7 +98,30 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
             settings.recommend.content_min_interactions = usize::MAX;
         }
         RecommendMode::Hybrid => {}
+        RecommendMode::Item | RecommendMode::User | RecommendMode::Ease => {
+            let r = &mut settings.recommend;
+            r.user_weight = if args.mode == RecommendMode::User {
+                1.0
+            } else {
+                0.0
+            };
+            r.item_model = if args.mode == RecommendMode::Item {
+                ItemModel::Cosine
+            } else {
+                ItemModel::Ease
+            };
+            if !args.with_content {
+                r.content_weight = 0.0;
+            }
+        }
     }
+    if args.no_diversity {
+        let r = &mut settings.recommend;
+        r.diversity_lambda = 1.0;
+        r.max_per_type = 0;
+        r.max_per_tag = 0;
+    }
+    let item_model = settings.recommend.item_model;
     let items = match &args.items {
         Some(path) => read_items(path)?,
         None => Vec::new(),
@@ -149,6 +173,17 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
             }
             accepted += report.accepted;
         }
+        if item_model == ItemModel::Ease {
+            let model = engine
+                .build_item_model(0)
+                .map_err(|e| format!("item model: {e}"))?;
+            tracing::info!(
+                items = model.items(),
+                seconds = model.build_seconds,
+                "item model built"
+            );
+        }
+        let lists_started = Instant::now();
         let users: Vec<String> = {
             let mut u: Vec<String> = test.iter().map(|r| r.user_id.clone()).collect();
             u.sort();
@@ -177,16 +212,17 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
                 }
             }
         }
+        let per_list = lists_started.elapsed().as_secs_f64() / lists.max(1) as f64;
         engine.stop();
         let diversity = if lists == 0 {
             0.0
         } else {
             diversity / lists as f64
         };
-        Ok::<_, String>(((recs, test), (accepted, diversity)))
+        Ok::<_, String>(((recs, test), (accepted, diversity, per_list)))
     })?;
     let (recs, test) = recs;
-    let (replayed, diversity) = replayed;
+    let (replayed, diversity, per_list) = replayed;
 
     let mut out =
         csv::Writer::from_path(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
@@ -219,6 +255,8 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
     let report = ranking::evaluate(&recs, &relevant, &trained, catalogue.len(), k);
     Ok(json!({
         "mode": args.mode.as_str(),
+        "with_content": args.with_content,
+        "diversity": !args.no_diversity,
         "k": k,
         "users": report.users,
         "precision_at_k": report.precision_at_k,
@@ -229,6 +267,7 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
         "intra_list_diversity": diversity,
         "train_events": replayed,
         "seconds": started.elapsed().as_secs_f64(),
+        "ms_per_list": per_list * 1e3,
     })
     .to_string())
 }

@@ -1,0 +1,123 @@
+//! The learned item model on the live state: built from the catalogue's published counts,
+//! published whole with a version, and read by the scorers.
+//!
+//! The Gram matrix of the binary interaction matrix is what [`ItemStats`] already holds: the
+//! number of users of an item (`column.len()`) on the diagonal and the number of users two items
+//! share (`Cooccurrence::users`) off it. [`build`] copies those counts for the most popular
+//! `ease.max_items` items (ties by external id, so every server picks the same items), fits
+//! EASE (`momentum_models::ease`) and keeps each item's strongest weights by dense id.
+//! Scoring sums those rows over the user's current items, so a user's own events move their
+//! list at once while the weights are rebuilt in the background.
+//!
+//! [`ItemStats`]: crate::index::ItemStats
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use momentum_models::ease::{fit, EaseError, EaseParams};
+
+use crate::config::EaseConfig;
+use crate::index::Index;
+
+/// A published model: item → its strongest `(item, weight)` pairs, best first.
+#[derive(Debug, Default)]
+pub struct EaseModel {
+    /// 0 before the first build; then increasing.
+    pub version: u64,
+    /// Unix milliseconds of the build.
+    pub built_ms: i64,
+    /// Wall time of the build, in seconds.
+    pub build_seconds: f64,
+    rows: FxHashMap<u32, Box<[(u32, f32)]>>,
+}
+
+impl EaseModel {
+    /// Items modelled.
+    pub fn items(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether `item` is modelled.
+    pub fn covers(&self, item: u32) -> bool {
+        self.rows.contains_key(&item)
+    }
+
+    /// The weights from `item` to others, best first (empty when not modelled).
+    pub fn row(&self, item: u32) -> &[(u32, f32)] {
+        self.rows.get(&item).map_or(&[], |r| r)
+    }
+
+    /// The weight `B[from][to]` if it is among the kept ones.
+    pub fn weight(&self, from: u32, to: u32) -> Option<f32> {
+        self.row(from).iter().find(|e| e.0 == to).map(|e| e.1)
+    }
+}
+
+/// Builds a model from the index's current counts. Runs for seconds on large catalogues:
+/// call it off the actors' threads.
+pub fn build(
+    index: &Index,
+    config: &EaseConfig,
+    version: u64,
+    now_ms: i64,
+) -> Result<EaseModel, EaseError> {
+    let started = std::time::Instant::now();
+    // The most popular live items, ties by external id.
+    let mut candidates: Vec<(u32, usize, Arc<str>)> = index
+        .item_stats
+        .iter()
+        .filter(|e| !e.column.is_empty() && index.is_live_item(*e.key()))
+        .filter_map(|e| {
+            let name = index.items.name(*e.key())?;
+            Some((*e.key(), e.column.len(), name))
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.2.cmp(&b.2)));
+    candidates.truncate(config.max_items);
+    // Local indices in external-id order, so the factorisation sees the same matrix on
+    // every server whatever the dense ids.
+    candidates.sort_by(|a, b| a.2.cmp(&b.2));
+    let local: FxHashMap<u32, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(l, c)| (c.0, l))
+        .collect();
+    let diag: Vec<f64> = candidates.iter().map(|c| c.1 as f64).collect();
+    let mut pairs = Vec::new();
+    for (li, c) in candidates.iter().enumerate() {
+        if let Some(stats) = index.item_stats.get(&c.0) {
+            for (other, co) in &stats.cooc {
+                if let Some(&lj) = local.get(other) {
+                    if lj < li && co.users > 0 {
+                        pairs.push((li, lj, f64::from(co.users)));
+                    }
+                }
+            }
+        }
+    }
+    let params = EaseParams {
+        lambda: config.lambda,
+        neighbours: config.neighbours,
+        threads: 0,
+    };
+    let fitted = fit(&diag, pairs, &params)?;
+    let rows = fitted
+        .rows
+        .into_iter()
+        .enumerate()
+        .map(|(l, row)| {
+            let row: Box<[(u32, f32)]> = row
+                .into_iter()
+                .map(|(j, w)| (candidates[j as usize].0, w))
+                .collect();
+            (candidates[l].0, row)
+        })
+        .collect();
+    Ok(EaseModel {
+        version,
+        built_ms: now_ms,
+        build_seconds: started.elapsed().as_secs_f64(),
+        rows,
+    })
+}
