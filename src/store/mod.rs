@@ -52,6 +52,7 @@ mod codec;
 mod embedded;
 mod group;
 mod postgres;
+pub mod repair;
 #[cfg(test)]
 mod tests;
 
@@ -102,6 +103,7 @@ pub enum Durability {
 /// | `flush_max_events` | `10000` | async mode: events that may wait unwritten before ingest waits for the log |
 /// | `flush_interval_ms` | `100` | async mode: longest time an accepted event waits to be written |
 /// | `retention_days` | `180` | events older than this are pruned once a snapshot covers them |
+/// | `lock_wait_secs` | `5` | how long start-up waits for another server to release the store (single writer) before giving up |
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -116,6 +118,7 @@ pub struct StoreConfig {
     pub flush_max_events: usize,
     pub flush_interval_ms: u64,
     pub retention_days: u32,
+    pub lock_wait_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -132,6 +135,7 @@ impl Default for StoreConfig {
             flush_max_events: 10_000,
             flush_interval_ms: 100,
             retention_days: 180,
+            lock_wait_secs: 5,
         }
     }
 }
@@ -151,6 +155,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("flush_max_events", &self.flush_max_events)
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("retention_days", &self.retention_days)
+            .field("lock_wait_secs", &self.lock_wait_secs)
             .finish()
     }
 }
@@ -196,6 +201,18 @@ pub enum StoreError {
     /// The configuration is unusable.
     #[error("store configuration: {message}")]
     Config { message: String },
+    /// Another server is the store's writer (start-up only); the message says which store and
+    /// what to do.
+    #[error("{message}")]
+    Locked { message: String },
+    /// This server is no longer the store's writer: another server took the store after this
+    /// one lost its lock. The write was refused and nothing of it is stored.
+    #[error("fenced: {message}")]
+    Fenced { message: String },
+    /// The store cannot be read completely (a damaged file, a snapshot that fails its
+    /// checksum); the message names it and the command that repairs it.
+    #[error("{message}")]
+    Damaged { message: String },
 }
 
 /// An accepted event as the log stores it.
@@ -425,7 +442,15 @@ impl Store {
         dispatch!(self.put_snapshot(meta, parts))
     }
 
-    /// The snapshot with the greatest id and all its parts (ordered by key).
+    /// Reads snapshot `id` back and checks it against the digest stored with it (every part,
+    /// in full); an error if it is missing or differs.
+    pub async fn verify_snapshot(&self, id: u64) -> Result<(), StoreError> {
+        dispatch!(self.verify_snapshot(id))
+    }
+
+    /// The snapshot with the greatest id and all its parts (ordered by key), checked against
+    /// the digest stored with it: a part that is missing, extra or altered is a
+    /// [`StoreError::Damaged`].
     pub async fn latest_snapshot(
         &self,
     ) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>)>, StoreError> {
@@ -488,6 +513,56 @@ impl Store {
     /// Every stored item, tombstones included, ordered by item id.
     pub async fn get_items(&self) -> Result<Vec<StoredItem>, StoreError> {
         dispatch!(self.get_items())
+    }
+}
+
+/// The digest stored with a snapshot: sha256 over the number of parts and, in key order, each
+/// part's key, owner and bytes (length-prefixed). Written by [`Store::put_snapshot`], checked by
+/// [`Store::latest_snapshot`] and [`Store::verify_snapshot`].
+pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut order: Vec<&SnapshotPart> = parts.iter().collect();
+    order.sort_unstable_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+    let mut h = Sha256::new();
+    h.update((order.len() as u64).to_le_bytes());
+    for part in order {
+        h.update((part.key.len() as u64).to_le_bytes());
+        h.update(part.key.as_bytes());
+        match &part.user_id {
+            Some(user) => {
+                h.update([1]);
+                h.update((user.len() as u64).to_le_bytes());
+                h.update(user.as_bytes());
+            }
+            None => h.update([0]),
+        }
+        h.update((part.bytes.len() as u64).to_le_bytes());
+        h.update(&part.bytes);
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(&h.finalize());
+    out
+}
+
+/// Checks parts read back against the digest stored with their snapshot (`None`: a snapshot
+/// written before digests were stored, accepted as it is).
+pub(crate) fn check_snapshot_digest(
+    id: u64,
+    parts: &[SnapshotPart],
+    stored: Option<&[u8]>,
+    store: &str,
+) -> Result<(), StoreError> {
+    match stored {
+        None => Ok(()),
+        Some(d) if d == snapshot_digest(parts).as_slice() => Ok(()),
+        Some(_) => Err(StoreError::Damaged {
+            message: format!(
+                "snapshot {id} in {store} does not match its checksum ({} parts read): the \
+                 store is damaged; run `momentum store check`, then `momentum store recover` \
+                 (see docs/operations.md, \"Store damage\")",
+                parts.len()
+            ),
+        }),
     }
 }
 
