@@ -40,16 +40,17 @@
 //! the same error instead of taking the process down.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::{decode_event, decode_ts_and_user, encode_event};
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, now_ms, snapshot_digest, ErasureReport, NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig,
-    StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_snapshot_digest, now_ms, snapshot_digest, ErasureReport, NewEvent, PageSender, SeqRange,
+    SnapshotMeta, SnapshotPart, StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser,
+    UserFootprint,
 };
 
 /// The database file inside `store.path`.
@@ -79,7 +80,8 @@ pub(super) const USER_SNAPSHOT_PARTS: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("user_snapshot_parts");
 pub(super) const SNAPSHOT_DIGESTS: TableDefinition<u64, &[u8]> =
     TableDefinition::new("snapshot_digests");
-pub(super) const TRAINING_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("training_rows");
+pub(super) const TRAINING_ROWS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("training_rows");
 pub(super) const MODELS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("models");
 pub(super) const INTERVENTIONS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("interventions");
@@ -161,7 +163,7 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             // A panic must reach the reader as an error, not as an early end of the log.
             let read = catch(|| read_log_blocking(&db, after_seq, page_size, &pages))
-            .unwrap_or_else(|panic| Err(panicked(&file, panic.as_ref())));
+                .unwrap_or_else(|panic| Err(panicked(&file, panic.as_ref())));
             if let Err(e) = read {
                 let _ = pages.blocking_send(Err(e));
             }
@@ -661,7 +663,11 @@ fn open_blocking(dir: &Path, cache_bytes: usize, lock_wait: Duration) -> Result<
     }
     let deadline = Instant::now() + lock_wait;
     let mut db = loop {
-        let opened = catch(|| Database::builder().set_cache_size(cache_bytes).create(&file))
+        let opened = catch(|| {
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&file)
+        })
         .map_err(|panic| panicked(&file, panic.as_ref()))?;
         match opened {
             Ok(db) => break db,
@@ -736,7 +742,10 @@ pub(super) fn panicked(file: &Path, panic: &(dyn std::any::Any + Send)) -> Store
         .chars()
         .take(200)
         .collect();
-    damaged(file, &format!("the database engine failed reading it: {what}"))
+    damaged(
+        file,
+        &format!("the database engine failed reading it: {what}"),
+    )
 }
 
 thread_local! {

@@ -34,8 +34,9 @@ use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, now_ms, snapshot_digest, ErasureReport, NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig,
-    StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_snapshot_digest, now_ms, snapshot_digest, ErasureReport, NewEvent, PageSender, SeqRange,
+    SnapshotMeta, SnapshotPart, StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser,
+    UserFootprint,
 };
 
 mod embedded {
@@ -769,7 +770,10 @@ async fn take_writer_lock(
     tokio::spawn(async move {
         let outcome = connection.await;
         if !watch.load(Ordering::Acquire) {
-            let cause = outcome.err().map(|e| pg_err(e).to_string()).unwrap_or_default();
+            let cause = outcome
+                .err()
+                .map(|e| pg_err(e).to_string())
+                .unwrap_or_default();
             tracing::error!(
                 store = %watched,
                 %cause,

@@ -26,8 +26,8 @@ use super::embedded::{
     TRAINING_ROWS, USERS, USER_SNAPSHOT_PARTS,
 };
 use super::{
-    check_snapshot_digest, now_ms, snapshot_digest, SnapshotMeta, SnapshotPart, Store,
-    StoreConfig, StoreError, StoreKind,
+    check_snapshot_digest, now_ms, snapshot_digest, SnapshotMeta, SnapshotPart, Store, StoreConfig,
+    StoreError, StoreKind,
 };
 
 /// What `check` or `recover` found, for the operator.
@@ -101,11 +101,9 @@ fn embedded(dir: &Path, write: bool) -> Result<Report, StoreError> {
     let meta = std::fs::metadata(&file).map_err(io(format!("no store at {}", file.display())))?;
     let stamp = now_ms();
     let mut report = Report::default();
-    report.lines.push(format!(
-        "store: {} ({} bytes)",
-        file.display(),
-        meta.len()
-    ));
+    report
+        .lines
+        .push(format!("store: {} ({} bytes)", file.display(), meta.len()));
     // The original is never opened: a scratch copy takes redb's in-place repair.
     let scratch = sibling(&file, &format!(".scratch-{stamp}"));
     let source = if write {
@@ -205,9 +203,9 @@ fn salvage(
     let mut db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => {
-            report
-                .lines
-                .push(format!("redb cannot open the file ({e}): nothing is readable"));
+            report.lines.push(format!(
+                "redb cannot open the file ({e}): nothing is readable"
+            ));
             if let Some(dst) = dst {
                 write_meta(dst, 0)?;
             }
@@ -235,9 +233,9 @@ fn salvage(
         }
         Ok(Err(e)) => {
             intact = false;
-            report
-                .lines
-                .push(format!("integrity check: failed ({e}); reading what is left"));
+            report.lines.push(format!(
+                "integrity check: failed ({e}); reading what is left"
+            ));
         }
         Err(_) => {
             intact = false;
@@ -359,10 +357,7 @@ fn salvage(
         if let Some((meta, parts)) = &chosen {
             write_snapshot(dst, meta, parts)?;
         }
-        write_meta(
-            dst,
-            last_seq.unwrap_or(0).max(max_seq).max(covers),
-        )?;
+        write_meta(dst, last_seq.unwrap_or(0).max(max_seq).max(covers))?;
     }
     Ok(intact)
 }

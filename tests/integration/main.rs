@@ -9,3 +9,4 @@ mod ops;
 mod persistence;
 mod predictions;
 mod routes;
+mod store_safety;
