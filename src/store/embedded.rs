@@ -48,9 +48,9 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use super::codec::{decode_event, decode_ts_and_user, encode_event};
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, now_ms, snapshot_digest, ErasureReport, NewEvent, PageSender, SeqRange,
-    SnapshotMeta, SnapshotPart, StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser,
-    UserFootprint,
+    check_snapshot_digest, digest_without, now_ms, part_hash, snapshot_digest, ErasureReport,
+    NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig, StoreError,
+    StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 /// The database file inside `store.path`.
@@ -426,10 +426,22 @@ impl EmbeddedStore {
                     }
                     parts.push((id, key.to_owned()));
                 }
+                let mut digests = txn.open_table(SNAPSHOT_DIGESTS).map_err(db_err)?;
                 for (id, key) in &parts {
-                    stored.remove((*id, key.as_str())).map_err(db_err)?;
+                    let bytes = stored.remove((*id, key.as_str())).map_err(db_err)?;
                     owners.remove((*id, key.as_str())).map_err(db_err)?;
                     by_user.remove((user, *id, key.as_str())).map_err(db_err)?;
+                    // The snapshot's digest no longer counts the part.
+                    let Some(bytes) = bytes else { continue };
+                    let hash = part_hash(key, Some(user), bytes.value());
+                    drop(bytes);
+                    let old = digests
+                        .get(*id)
+                        .map_err(db_err)?
+                        .map(|d| d.value().to_vec());
+                    if let Some(new) = old.and_then(|d| digest_without(&d, &hash)) {
+                        digests.insert(*id, new.as_slice()).map_err(db_err)?;
+                    }
                 }
                 removed.snapshot_parts = parts.len() as u64;
 
@@ -616,6 +628,26 @@ impl EmbeddedStore {
 
 #[cfg(test)]
 impl EmbeddedStore {
+    /// Changes (or deletes) one stored snapshot part, as damage would.
+    pub(super) async fn alter_snapshot_part(&self, id: u64, key: &str, delete: bool) -> Result<()> {
+        let key = key.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut parts = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
+                if delete {
+                    parts.remove((id, key.as_str())).map_err(db_err)?;
+                } else {
+                    parts
+                        .insert((id, key.as_str()), b"altered".as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
     /// Rows in the tables later issues fill, for the erasure test.
     pub(super) async fn seed_later_tables(&self, user: &str) -> Result<()> {
         let user = user.to_owned();

@@ -516,32 +516,61 @@ impl Store {
     }
 }
 
-/// The digest stored with a snapshot: sha256 over the number of parts and, in key order, each
-/// part's key, owner and bytes (length-prefixed). Written by [`Store::put_snapshot`], checked by
-/// [`Store::latest_snapshot`] and [`Store::verify_snapshot`].
-pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; 32] {
+/// Length of a snapshot digest: the part count (u64 LE) and the XOR of the parts' hashes.
+pub(crate) const DIGEST_LEN: usize = 40;
+
+/// sha256 over one part's key, owner and bytes (each length-prefixed).
+pub(crate) fn part_hash(key: &str, user_id: Option<&str>, bytes: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let mut order: Vec<&SnapshotPart> = parts.iter().collect();
-    order.sort_unstable_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
     let mut h = Sha256::new();
-    h.update((order.len() as u64).to_le_bytes());
-    for part in order {
-        h.update((part.key.len() as u64).to_le_bytes());
-        h.update(part.key.as_bytes());
-        match &part.user_id {
-            Some(user) => {
-                h.update([1]);
-                h.update((user.len() as u64).to_le_bytes());
-                h.update(user.as_bytes());
-            }
-            None => h.update([0]),
+    h.update((key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    match user_id {
+        Some(user) => {
+            h.update([1]);
+            h.update((user.len() as u64).to_le_bytes());
+            h.update(user.as_bytes());
         }
-        h.update((part.bytes.len() as u64).to_le_bytes());
-        h.update(&part.bytes);
+        None => h.update([0]),
     }
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
     let mut out = [0; 32];
     out.copy_from_slice(&h.finalize());
     out
+}
+
+/// The digest stored with a snapshot: the number of parts and the XOR of their
+/// [`part_hash`]es. Written by [`Store::put_snapshot`], checked by [`Store::latest_snapshot`]
+/// and [`Store::verify_snapshot`]; a part that is missing, extra or altered changes it.
+/// Erasure takes a user's parts out of it ([`digest_without`]) without reading the others.
+pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; DIGEST_LEN] {
+    let mut out = [0; DIGEST_LEN];
+    out[..8].copy_from_slice(&(parts.len() as u64).to_le_bytes());
+    for part in parts {
+        let h = part_hash(&part.key, part.user_id.as_deref(), &part.bytes);
+        for (o, b) in out[8..].iter_mut().zip(h) {
+            *o ^= b;
+        }
+    }
+    out
+}
+
+/// `digest` with one part (given by its [`part_hash`]) taken out; `None` for a malformed
+/// digest.
+pub(crate) fn digest_without(digest: &[u8], hash: &[u8; 32]) -> Option<Vec<u8>> {
+    if digest.len() != DIGEST_LEN {
+        return None;
+    }
+    let mut count = [0; 8];
+    count.copy_from_slice(&digest[..8]);
+    let count = u64::from_le_bytes(count).checked_sub(1)?;
+    let mut out = digest.to_vec();
+    out[..8].copy_from_slice(&count.to_le_bytes());
+    for (o, b) in out[8..].iter_mut().zip(hash) {
+        *o ^= b;
+    }
+    Some(out)
 }
 
 /// Checks parts read back against the digest stored with their snapshot (`None`: a snapshot

@@ -34,9 +34,9 @@ use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, now_ms, snapshot_digest, ErasureReport, NewEvent, PageSender, SeqRange,
-    SnapshotMeta, SnapshotPart, StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser,
-    UserFootprint,
+    check_snapshot_digest, digest_without, now_ms, part_hash, snapshot_digest, ErasureReport,
+    NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig, StoreError,
+    StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 mod embedded {
@@ -530,9 +530,45 @@ impl PostgresStore {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut removed = UserFootprint::default();
+        // The user's snapshot parts leave their snapshots' digests too.
+        let parts = tx
+            .query(
+                "DELETE FROM snapshot_parts WHERE user_id = $1 RETURNING snapshot_id, key, bytes",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg_err)?;
+        removed.snapshot_parts = parts.len() as u64;
+        let mut digests: std::collections::BTreeMap<i64, Option<Vec<u8>>> = Default::default();
+        for row in &parts {
+            let id: i64 = row.try_get(0).map_err(pg_err)?;
+            let key: String = row.try_get(1).map_err(pg_err)?;
+            let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
+            let hash = part_hash(&key, Some(user_id), &bytes);
+            if !digests.contains_key(&id) {
+                let stored: Option<Vec<u8>> = tx
+                    .query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
+                    .await
+                    .map_err(pg_err)?
+                    .and_then(|r| r.get(0));
+                digests.insert(id, stored);
+            }
+            if let Some(digest) = digests.get_mut(&id) {
+                *digest = digest.as_deref().and_then(|d| digest_without(d, &hash));
+            }
+        }
+        for (id, digest) in digests {
+            if let Some(digest) = digest {
+                tx.execute(
+                    "UPDATE snapshots SET digest = $2 WHERE id = $1",
+                    &[&id, &digest],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+        }
         for (table, slot) in [
             ("events", &mut removed.events),
-            ("snapshot_parts", &mut removed.snapshot_parts),
             ("users", &mut removed.users),
             ("training_rows", &mut removed.training_rows),
             ("interventions", &mut removed.interventions),
@@ -668,6 +704,19 @@ impl PostgresStore {
 
 #[cfg(test)]
 impl PostgresStore {
+    /// Changes (or deletes) one stored snapshot part, as damage would.
+    pub(super) async fn alter_snapshot_part(&self, id: u64, key: &str, delete: bool) -> Result<()> {
+        let id = to_i64(id, "snapshot id")?;
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let sql = if delete {
+            "DELETE FROM snapshot_parts WHERE snapshot_id = $1 AND key = $2"
+        } else {
+            "UPDATE snapshot_parts SET bytes = 'altered' WHERE snapshot_id = $1 AND key = $2"
+        };
+        client.execute(sql, &[&id, &key]).await.map_err(pg_err)?;
+        Ok(())
+    }
+
     /// Rows in the tables later issues fill, for the erasure test.
     pub(super) async fn seed_later_tables(&self, user: &str) -> Result<()> {
         let client = self.pool.get().await.map_err(pool_err)?;
