@@ -545,17 +545,16 @@ impl PostgresStore {
             let key: String = row.try_get(1).map_err(pg_err)?;
             let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
             let hash = part_hash(&key, Some(user_id), &bytes);
-            if !digests.contains_key(&id) {
-                let stored: Option<Vec<u8>> = tx
-                    .query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
-                    .await
-                    .map_err(pg_err)?
-                    .and_then(|r| r.get(0));
-                digests.insert(id, stored);
-            }
-            if let Some(digest) = digests.get_mut(&id) {
-                *digest = digest.as_deref().and_then(|d| digest_without(d, &hash));
-            }
+            let digest = match digests.entry(id) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
+                    tx.query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
+                        .await
+                        .map_err(pg_err)?
+                        .and_then(|r| r.get(0)),
+                ),
+            };
+            *digest = digest.as_deref().and_then(|d| digest_without(d, &hash));
         }
         for (id, digest) in digests {
             if let Some(digest) = digest {

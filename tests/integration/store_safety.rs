@@ -93,7 +93,7 @@ fn spawn(env: &[(&'static str, String)], args: &[&str]) -> Server {
             if let Some(a) = line.split("addr=").nth(1) {
                 let _ = tx.send(a.split_whitespace().next().unwrap_or("").to_string());
             }
-            lines.lock().unwrap().push(line);
+            lines.lock().expect("stderr lines").push(line);
         }
     });
     Server {
@@ -153,7 +153,7 @@ impl Server {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.lock().expect("stderr lines").clone()
     }
 
     fn last_line(&self) -> String {
