@@ -725,9 +725,17 @@ fn open_blocking(dir: &Path, cache_bytes: usize, lock_wait: Duration) -> Result<
             Err(other) => return Err(damaged(&file, &other.to_string())),
         }
     };
+    let checking = Instant::now();
     let intact = catch(|| db.check_integrity())
         .map_err(|panic| panicked(&file, panic.as_ref()))?
         .map_err(|e| damaged(&file, &format!("integrity check: {e}")))?;
+    tracing::info!(
+        file = %file.display(),
+        bytes = std::fs::metadata(&file).map_or(0, |m| m.len()),
+        seconds = checking.elapsed().as_secs_f64(),
+        intact,
+        "embedded store integrity check"
+    );
     if !intact {
         // redb rolled the file back to its last intact commit: mark it, so that it is not
         // served until an operator looked at it.
