@@ -26,8 +26,18 @@
 //!   [`Store::events_after`] pages through the log in sequence order (trainer, log tail);
 //!   [`Store::read_log`] streams it with read-ahead (restore).
 //! - **Snapshots.** [`Store::put_snapshot`] writes a snapshot's metadata and all its parts
-//!   atomically; the newest is the one with the greatest id. A part with `user_id = Some(u)`
-//!   belongs to user `u`, so erasure can delete it.
+//!   atomically, with a digest of the parts ([`snapshot_digest`]); the newest is the one with
+//!   the greatest id. [`Store::latest_snapshot`] and [`Store::verify_snapshot`] check the parts
+//!   against the digest ([`StoreError::Damaged`] if one is missing, extra or altered). A part
+//!   with `user_id = Some(u)` belongs to user `u`, so erasure can delete it (and takes it out
+//!   of the digest).
+//! - **One writer.** [`Store::open`] fails with [`StoreError::Locked`] while another process
+//!   has the store open (embedded: redb's file lock; PostgreSQL: a session advisory lock per
+//!   schema), after waiting up to `store.lock_wait_secs`. On PostgreSQL a writer that lost its
+//!   lock to a newer one has its writes refused ([`StoreError::Fenced`]).
+//! - **Damage.** The embedded store refuses a file it cannot read completely (empty, failing
+//!   redb's integrity check, or making redb panic) with [`StoreError::Damaged`];
+//!   [`repair`] is `momentum store check|recover`.
 //! - **Erasure.** [`Store::erase_user`] deletes, in one transaction, the user's events, snapshot
 //!   parts, profile row, training rows, interventions and churn scores;
 //!   [`Store::count_user_rows`] counts what is left (the erasure test expects zero). Deleted
