@@ -224,6 +224,7 @@ async fn a_second_server_on_a_postgres_schema_fails_to_start_then_takes_over() {
     assert!(
         line.starts_with("momentum: another Momentum server holds the store postgres schema")
             && line.contains(&format!("{schema:?}"))
+            && line.contains("held by PostgreSQL backend")
             && line.contains("stop it first"),
         "{line}"
     );
