@@ -1,4 +1,5 @@
-//! The command line: `momentum [serve]`, `momentum eval recommend|classify`, `momentum train`.
+//! The command line: `momentum [serve]`, `momentum eval recommend|classify`, `momentum train`,
+//! `momentum store check|recover`.
 //! Scripts and operators depend on these names (DESIGN.md §7), so they only ever grow.
 
 use std::path::PathBuf;
@@ -25,6 +26,18 @@ pub enum Command {
     Eval(EvalCommand),
     /// Train the app's success and churn models offline from a simulator events CSV.
     Train(TrainArgs),
+    /// Inspect or repair the configured store (stop the server first).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum StoreCommand {
+    /// Report what is readable; exit status 0 only if the store is intact.
+    Check,
+    /// Rebuild a damaged store from its newest intact snapshot and its readable log (the
+    /// embedded file is kept aside as `momentum.redb.damaged-<unix ms>`).
+    Recover,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -162,5 +175,12 @@ mod tests {
             assert!(matches!(cli.command, Some(Command::Train(_))), "{argv:?}");
             assert_eq!(cli.serve.config, Some(PathBuf::from("c.toml")), "{argv:?}");
         }
+        let cli = Cli::try_parse_from(["momentum", "store", "recover", "--config", "c.toml"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Store(StoreCommand::Recover))
+        ));
+        assert_eq!(cli.serve.config, Some(PathBuf::from("c.toml")));
     }
 }

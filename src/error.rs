@@ -83,6 +83,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store cannot be used (start-up: another server holds it, or it is damaged); the
+    /// message names the store and what to do.
+    #[error("{message}")]
+    Store { message: String },
     /// Anything else; the message is logged, the client sees a generic text.
     #[error("internal error: {message}")]
     Internal { message: String },
@@ -126,7 +130,7 @@ impl Error {
             Error::NotReady => "not_ready",
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
-            Error::Internal { .. } => "internal",
+            Error::Store { .. } | Error::Internal { .. } => "internal",
         }
     }
 
@@ -160,15 +164,19 @@ impl ResponseError for Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled | Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            Error::Config { .. } | Error::Io { .. } | Error::Internal { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Config { .. }
+            | Error::Io { .. }
+            | Error::Store { .. }
+            | Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let message = match self {
-            Error::Config { .. } | Error::Io { .. } | Error::Internal { .. } => {
+            Error::Config { .. }
+            | Error::Io { .. }
+            | Error::Store { .. }
+            | Error::Internal { .. } => {
                 tracing::error!(error = %self, "internal error");
                 "internal error".to_string()
             }

@@ -539,6 +539,9 @@ impl Journal {
             .await
             .map_err(store_error)?;
         self.last_snapshot_id.store(id, Ordering::Release);
+        // Read back what was written: a snapshot that does not verify must not be the one the
+        // next start restores (it fails loudly there instead of restoring less).
+        self.store.verify_snapshot(id).await.map_err(store_error)?;
         self.store
             .prune_snapshots(self.snapshots.keep.max(1))
             .await
@@ -706,10 +709,22 @@ impl Journal {
     }
 }
 
-/// Store failures are internal errors: logged, not sent.
+/// Store failures are internal errors: logged, not sent. A locked or damaged store keeps its
+/// one-line message (it names the store and what to do), as does unreadable stored data.
 pub fn store_error(e: store::StoreError) -> Error {
-    Error::Internal {
-        message: format!("store: {e}"),
+    match e {
+        store::StoreError::Locked { message } | store::StoreError::Damaged { message } => {
+            Error::Store { message }
+        }
+        store::StoreError::Corrupt { message } => Error::Store {
+            message: format!(
+                "the store holds data that cannot be decoded ({message}): run `momentum store \
+                 check`, then `momentum store recover` (docs/operations.md, \"Store damage\")"
+            ),
+        },
+        other => Error::Internal {
+            message: format!("store: {other}"),
+        },
     }
 }
 

@@ -57,8 +57,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Predictive analytics: live models, trainer, churn scheduler (issue 5).
     pub analytics: analytics::Analytics,
-    /// Set if the start-up restore failed (the server then stops).
-    pub restore_failed: AtomicBool,
+    /// Set if the start-up restore failed (the server then stops), with the reason.
+    pub restore_error: OnceLock<String>,
     /// Model versions reported by devices, model downloads.
     pub fleet: fleet::Fleet,
     /// `/v1/` requests being served (bounded by `server.max_inflight_requests`).
@@ -130,15 +130,21 @@ impl Server {
         let result = self.http.await;
         signals.abort();
         self.state.ready.store(false, Ordering::Release);
+        let mut stopped = Ok(());
         if let Some(supervisor) = self.state.supervisor.get() {
             let deadline = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
-            let _ = supervisor.send(supervisor::Shutdown { deadline }).await;
+            stopped = supervisor
+                .send(supervisor::Shutdown { deadline })
+                .await
+                .unwrap_or_else(|e| Err(format!("the supervisor stopped early: {e}")));
         }
         self.state.engine.stop();
         tracing::info!("momentum stopped");
-        if self.state.restore_failed.load(Ordering::Acquire) {
-            return Err(std::io::Error::other("the start-up restore failed"));
+        if let Some(message) = self.state.restore_error.get() {
+            return Err(std::io::Error::other(message.clone()));
         }
+        // A final snapshot that failed is an unclean stop: the exit status says so.
+        stopped.map_err(std::io::Error::other)?;
         result
     }
 }
@@ -227,7 +233,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         supervisor: OnceLock::new(),
         ready: AtomicBool::new(false),
         analytics,
-        restore_failed: AtomicBool::new(false),
+        restore_error: OnceLock::new(),
         fleet,
         inflight: AtomicUsize::new(0),
         inflight_ingest: AtomicUsize::new(0),
@@ -312,7 +318,11 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             }
             Err(error) => {
                 tracing::error!(%error, "restore failed; stopping");
-                restoring.restore_failed.store(true, Ordering::Release);
+                let message = match error {
+                    Error::Store { message } => message,
+                    other => format!("the start-up restore failed: {other}"),
+                };
+                let _ = restoring.restore_error.set(message);
                 handle.stop(false).await;
             }
         }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use momentum::cli::{Cli, Command, EvalCommand, ServeArgs};
+use momentum::cli::{Cli, Command, EvalCommand, ServeArgs, StoreCommand};
 use momentum::{eval, telemetry, Settings};
 
 /// mimalloc instead of glibc's allocator: ingestion allocates and frees many small strings
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(EvalCommand::Classify(args))) => eval::classify::run(&args)
             .map(|report| println!("{report}"))
             .map_err(|e| e.to_string()),
+        Some(Command::Store(command)) => store(command, cli.serve.config.as_deref()),
         Some(Command::Train(args)) => {
             momentum::analytics::offline::run(&args, cli.serve.config.as_deref())
                 .map(|report| println!("{report}"))
@@ -39,6 +40,30 @@ fn main() -> ExitCode {
             eprintln!("momentum: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `momentum store check|recover`: prints the report; fails if the store is not intact
+/// (`check`) or could not be rebuilt (`recover`).
+fn store(command: StoreCommand, config: Option<&std::path::Path>) -> Result<(), String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = runtime
+        .block_on(async {
+            match command {
+                StoreCommand::Check => momentum::store::repair::check(&settings.store).await,
+                StoreCommand::Recover => momentum::store::repair::recover(&settings.store).await,
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    println!("{report}");
+    if report.ok {
+        Ok(())
+    } else {
+        Err("the store is not intact (see above)".into())
     }
 }
 

@@ -74,15 +74,16 @@ impl Handler<RunSnapshot> for Supervisor {
     }
 }
 
-/// Flush the log and write a final snapshot, within `deadline`.
+/// Flush the log and write a final snapshot, within `deadline`. Answers why it failed, if it
+/// did (the process then exits non-zero).
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), String>")]
 pub struct Shutdown {
     pub deadline: Duration,
 }
 
 impl Handler<Shutdown> for Supervisor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
         let state = self.state.clone();
@@ -90,14 +91,26 @@ impl Handler<Shutdown> for Supervisor {
             let work = async {
                 if let Err(error) = state.journal.flush().await {
                     tracing::error!(%error, "final log flush failed");
+                    return Err(format!("the final log flush failed: {error}"));
                 }
                 match state.journal.snapshot(&state.engine).await {
-                    Ok(stats) => tracing::info!(id = stats.id, "final snapshot written"),
-                    Err(error) => tracing::error!(%error, "final snapshot failed"),
+                    Ok(stats) => {
+                        tracing::info!(id = stats.id, "final snapshot written");
+                        Ok(())
+                    }
+                    Err(error) => {
+                        state.journal.metrics().snapshot_failures.inc();
+                        tracing::error!(%error, "final snapshot failed");
+                        Err(format!("the final snapshot failed: {error}"))
+                    }
                 }
             };
-            if tokio::time::timeout(msg.deadline, work).await.is_err() {
-                tracing::error!("shutdown deadline passed before the final snapshot finished");
+            match tokio::time::timeout(msg.deadline, work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::error!("shutdown deadline passed before the final snapshot finished");
+                    Err("the shutdown deadline passed before the final snapshot finished".into())
+                }
             }
         })
     }

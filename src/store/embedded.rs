@@ -16,6 +16,7 @@
 //! | `snapshots` | id | (covers_seq, created_ms) |
 //! | `snapshot_parts` | (snapshot_id, key) | bytes |
 //! | `snapshot_part_users` | (snapshot_id, key) | user_id, for parts that have one |
+//! | `snapshot_digests` | snapshot_id | sha256 over the parts ([`snapshot_digest`](super::snapshot_digest)) |
 //! | `user_snapshot_parts` | (user_id, snapshot_id, key) | `()`: index for erasure |
 //! | `training_rows` | (user_id, row_id) | bytes (for the trainer) |
 //! | `models` | (name, version) | bytes (for model storage) |
@@ -29,17 +30,27 @@
 //! million events, without holding the writer), and pruning scans the covered prefix the same
 //! way. The schema version in `meta` guards against opening a file written by a newer,
 //! incompatible binary.
+//!
+//! **Damage.** Opening refuses a file that is empty, that redb cannot open, or that fails
+//! redb's integrity check (every page checksum), with [`StoreError::Damaged`] naming the file
+//! and the repair command (`momentum store check|recover`, [`super::repair`]). When the check
+//! finds damage it can roll back (the newest commit), redb repairs the file in place; the
+//! store then records `damaged_ms` in `meta` and keeps refusing until `momentum store recover`
+//! has rebuilt it, so a damaged store never serves silently. A redb panic in any call becomes
+//! the same error instead of taking the process down.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::{decode_event, decode_ts_and_user, encode_event};
 use super::group::GroupCommit;
 use super::{
-    now_ms, ErasureReport, NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig,
-    StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_snapshot_digest, digest_without, now_ms, part_hash, snapshot_digest, ErasureReport,
+    NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig, StoreError,
+    StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 /// The database file inside `store.path`.
@@ -48,6 +59,9 @@ pub const FILE_NAME: &str = "momentum.redb";
 const SCHEMA_VERSION: u64 = 1;
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 const LAST_SEQ_KEY: &str = "last_seq";
+/// Set in `meta` when the integrity check had to repair the file: it then refuses to open
+/// until `momentum store recover` rebuilt it.
+pub(super) const DAMAGED_KEY: &str = "damaged_ms";
 /// Events deleted per transaction when pruning, so a large prune neither holds the writer
 /// for long nor collects millions of keys in memory.
 /// (Small under test so the suite crosses chunk boundaries cheaply.)
@@ -55,15 +69,19 @@ const PRUNE_CHUNK: usize = if cfg!(test) { 1_000 } else { 50_000 };
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
-const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
-const SNAPSHOTS: TableDefinition<u64, (u64, i64)> = TableDefinition::new("snapshots");
-const SNAPSHOT_PARTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("snapshot_parts");
-const SNAPSHOT_PART_USERS: TableDefinition<(u64, &str), &str> =
+pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+pub(super) const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
+pub(super) const SNAPSHOTS: TableDefinition<u64, (u64, i64)> = TableDefinition::new("snapshots");
+pub(super) const SNAPSHOT_PARTS: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("snapshot_parts");
+pub(super) const SNAPSHOT_PART_USERS: TableDefinition<(u64, &str), &str> =
     TableDefinition::new("snapshot_part_users");
-const USER_SNAPSHOT_PARTS: TableDefinition<(&str, u64, &str), ()> =
+pub(super) const USER_SNAPSHOT_PARTS: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("user_snapshot_parts");
-const TRAINING_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("training_rows");
+pub(super) const SNAPSHOT_DIGESTS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("snapshot_digests");
+pub(super) const TRAINING_ROWS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("training_rows");
 pub(super) const MODELS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("models");
 pub(super) const INTERVENTIONS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("interventions");
@@ -75,6 +93,8 @@ pub(super) const CHURN_SCORES: TableDefinition<(&str, &str), &[u8]> =
 pub struct EmbeddedStore {
     db: Arc<Database>,
     group: Arc<GroupCommit>,
+    /// The database file, for messages.
+    file: Arc<PathBuf>,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -98,11 +118,14 @@ impl EmbeddedStore {
     /// current schema version.
     pub(crate) async fn open(cfg: &StoreConfig) -> Result<Self> {
         let dir = cfg.path.clone();
+        let file = Arc::new(dir.join(FILE_NAME));
         let cache_bytes = cfg.cache_mb.saturating_mul(1 << 20);
-        let db = blocking(move || open_blocking(&dir, cache_bytes)).await?;
+        let wait = Duration::from_secs(cfg.lock_wait_secs);
+        let db = blocking(file.clone(), move || open_blocking(&dir, cache_bytes, wait)).await?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
             group: Arc::new(GroupCommit::default()),
+            file,
         })
     }
 
@@ -113,7 +136,7 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T> + Send + 'static,
     {
         let db = self.db.clone();
-        blocking(move || f(&db)).await
+        blocking(self.file.clone(), move || f(&db)).await
     }
 
     pub(crate) async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange> {
@@ -125,9 +148,10 @@ impl EmbeddedStore {
             });
         }
         let db = self.db.clone();
+        let file = self.file.clone();
         self.group
             .append(batch, move |batches| {
-                blocking(move || append_blocking(&db, &batches))
+                blocking(file, move || append_blocking(&db, &batches))
             })
             .await
     }
@@ -135,8 +159,12 @@ impl EmbeddedStore {
     /// Streams the log into `pages` from one read transaction (a consistent view).
     pub(crate) fn spawn_log_reader(&self, after_seq: u64, page_size: usize, pages: PageSender) {
         let db = self.db.clone();
+        let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = read_log_blocking(&db, after_seq, page_size, &pages) {
+            // A panic must reach the reader as an error, not as an early end of the log.
+            let read = catch(|| read_log_blocking(&db, after_seq, page_size, &pages))
+                .unwrap_or_else(|panic| Err(panicked(&file, panic.as_ref())));
+            if let Err(e) = read {
                 let _ = pages.blocking_send(Err(e));
             }
         });
@@ -177,9 +205,14 @@ impl EmbeddedStore {
     ) -> Result<()> {
         let meta = *meta;
         let parts = parts.to_vec();
+        let digest = snapshot_digest(&parts);
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
+                txn.open_table(SNAPSHOT_DIGESTS)
+                    .map_err(db_err)?
+                    .insert(meta.id, digest.as_slice())
+                    .map_err(db_err)?;
                 let mut snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
                 if snapshots.get(meta.id).map_err(db_err)?.is_some() {
                     return Err(StoreError::Conflict {
@@ -219,44 +252,38 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(crate) async fn verify_snapshot(&self, id: u64) -> Result<()> {
+        let file = self.file.clone();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let name = file.display().to_string();
+            match read_snapshot(&txn, Some(id))? {
+                Some((meta, parts, Some(digest))) => {
+                    check_snapshot_digest(meta.id, &parts, Some(&digest), &name)
+                }
+                Some(_) => Err(StoreError::Damaged {
+                    message: format!("snapshot {id} in {name} was written without its checksum"),
+                }),
+                None => Err(StoreError::Damaged {
+                    message: format!("snapshot {id} is missing from {name} right after writing"),
+                }),
+            }
+        })
+        .await
+    }
+
     pub(crate) async fn latest_snapshot(
         &self,
     ) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>)>> {
-        self.run(|db| {
+        let file = self.file.clone();
+        self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
-            let snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
-            let Some((id, value)) = snapshots.last().map_err(db_err)? else {
+            let Some((meta, parts, digest)) = read_snapshot(&txn, None)? else {
                 return Ok(None);
             };
-            let id = id.value();
-            let (covers_seq, created_ms) = value.value();
-            let stored = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
-            let owners = txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
-            let mut parts = Vec::new();
-            for entry in stored.range((id, "")..).map_err(db_err)? {
-                let (key, bytes) = entry.map_err(db_err)?;
-                let (snapshot_id, key) = key.value();
-                if snapshot_id != id {
-                    break;
-                }
-                let user_id = owners
-                    .get((id, key))
-                    .map_err(db_err)?
-                    .map(|u| u.value().to_owned());
-                parts.push(SnapshotPart {
-                    key: key.to_owned(),
-                    user_id,
-                    bytes: bytes.value().to_vec(),
-                });
-            }
-            Ok(Some((
-                SnapshotMeta {
-                    id,
-                    covers_seq,
-                    created_ms,
-                },
-                parts,
-            )))
+            let name = file.display().to_string();
+            check_snapshot_digest(meta.id, &parts, digest.as_deref(), &name)?;
+            Ok(Some((meta, parts)))
         })
         .await
     }
@@ -276,8 +303,10 @@ impl EmbeddedStore {
                 let mut stored = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
                 let mut owners = txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
                 let mut by_user = txn.open_table(USER_SNAPSHOT_PARTS).map_err(db_err)?;
+                let mut digests = txn.open_table(SNAPSHOT_DIGESTS).map_err(db_err)?;
                 for &id in doomed {
                     snapshots.remove(id).map_err(db_err)?;
+                    digests.remove(id).map_err(db_err)?;
                     let mut keys = Vec::new();
                     for entry in stored.range((id, "")..).map_err(db_err)? {
                         let (key, _) = entry.map_err(db_err)?;
@@ -397,10 +426,22 @@ impl EmbeddedStore {
                     }
                     parts.push((id, key.to_owned()));
                 }
+                let mut digests = txn.open_table(SNAPSHOT_DIGESTS).map_err(db_err)?;
                 for (id, key) in &parts {
-                    stored.remove((*id, key.as_str())).map_err(db_err)?;
+                    let bytes = stored.remove((*id, key.as_str())).map_err(db_err)?;
                     owners.remove((*id, key.as_str())).map_err(db_err)?;
                     by_user.remove((user, *id, key.as_str())).map_err(db_err)?;
+                    // The snapshot's digest no longer counts the part.
+                    let Some(bytes) = bytes else { continue };
+                    let hash = part_hash(key, Some(user), bytes.value());
+                    drop(bytes);
+                    let old = digests
+                        .get(*id)
+                        .map_err(db_err)?
+                        .map(|d| d.value().to_vec());
+                    if let Some(new) = old.and_then(|d| digest_without(&d, &hash)) {
+                        digests.insert(*id, new.as_slice()).map_err(db_err)?;
+                    }
                 }
                 removed.snapshot_parts = parts.len() as u64;
 
@@ -587,6 +628,26 @@ impl EmbeddedStore {
 
 #[cfg(test)]
 impl EmbeddedStore {
+    /// Changes (or deletes) one stored snapshot part, as damage would.
+    pub(super) async fn alter_snapshot_part(&self, id: u64, key: &str, delete: bool) -> Result<()> {
+        let key = key.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut parts = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
+                if delete {
+                    parts.remove((id, key.as_str())).map_err(db_err)?;
+                } else {
+                    parts
+                        .insert((id, key.as_str()), b"altered".as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
     /// Rows in the tables later issues fill, for the erasure test.
     pub(super) async fn seed_later_tables(&self, user: &str) -> Result<()> {
         let user = user.to_owned();
@@ -616,27 +677,215 @@ impl EmbeddedStore {
     }
 }
 
-fn open_blocking(dir: &Path, cache_bytes: usize) -> Result<Database> {
+fn open_blocking(dir: &Path, cache_bytes: usize, lock_wait: Duration) -> Result<Database> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
         context: format!("cannot create the store directory {}", dir.display()),
         source,
     })?;
     let file = dir.join(FILE_NAME);
-    let db = Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(&file)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Db {
-                message: format!("{} is already open in another store", file.display()),
-            },
-            other => db_err(other),
-        })?;
-    migrate(&db)?;
+    if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
+        return Err(StoreError::Damaged {
+            message: format!(
+                "the embedded store file {} is empty (0 bytes), so it holds no Momentum store: \
+                 restore it from a backup, or run `momentum store recover` to start over with \
+                 an empty store (it keeps the empty file aside)",
+                file.display()
+            ),
+        });
+    }
+    let deadline = Instant::now() + lock_wait;
+    let mut db = loop {
+        let opened = catch(|| {
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&file)
+        })
+        .map_err(|panic| panicked(&file, panic.as_ref()))?;
+        match opened {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked {
+                    message: format!(
+                        "another Momentum server holds the embedded store {} (file lock; waited \
+                         {} s, store.lock_wait_secs): stop it first or use another store.path",
+                        file.display(),
+                        lock_wait.as_secs()
+                    ),
+                })
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
+                return Err(StoreError::Io {
+                    context: format!("cannot open the embedded store {}", file.display()),
+                    source,
+                })
+            }
+            Err(other) => return Err(damaged(&file, &other.to_string())),
+        }
+    };
+    let checking = Instant::now();
+    let intact = catch(|| db.check_integrity())
+        .map_err(|panic| panicked(&file, panic.as_ref()))?
+        .map_err(|e| damaged(&file, &format!("integrity check: {e}")))?;
+    tracing::info!(
+        file = %file.display(),
+        bytes = std::fs::metadata(&file).map_or(0, |m| m.len()),
+        seconds = checking.elapsed().as_secs_f64(),
+        intact,
+        "embedded store integrity check"
+    );
+    if !intact {
+        // redb rolled the file back to its last intact commit: mark it, so that it is not
+        // served until an operator looked at it.
+        mark_damaged(&db).map_err(|e| damaged(&file, &e.to_string()))?;
+    }
+    let marked = read_meta(&db, DAMAGED_KEY).map_err(|e| damaged(&file, &e.to_string()))?;
+    if marked.is_some() {
+        return Err(damaged(
+            &file,
+            "it failed redb's integrity check and was rolled back to its last intact commit, \
+             so recent writes may be missing",
+        ));
+    }
+    migrate(&db).map_err(|e| match e {
+        StoreError::Corrupt { message } => damaged(&file, &message),
+        other => other,
+    })?;
     Ok(db)
 }
 
+/// The one-line error of a damaged store file.
+pub(super) fn damaged(file: &Path, detail: &str) -> StoreError {
+    StoreError::Damaged {
+        message: format!(
+            "the embedded store file {} is damaged ({detail}): run `momentum store check` to \
+             see what is readable, then `momentum store recover` to rebuild it from the last \
+             intact snapshot and the readable log (docs/operations.md, \"Store damage\")",
+            file.display()
+        ),
+    }
+}
+
+/// A panic inside redb, as the error of a damaged file (on one line).
+pub(super) fn panicked(file: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    let what: String = what
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect();
+    damaged(
+        file,
+        &format!("the database engine failed reading it: {what}"),
+    )
+}
+
+thread_local! {
+    /// Set while this thread runs redb calls whose panics are caught and reported as
+    /// [`StoreError::Damaged`]: the panic hook then stays silent instead of printing a
+    /// backtrace for an error that is reported anyway.
+    static CAUGHT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` catching panics, with the panic hook silenced for this thread.
+pub(super) fn catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CAUGHT.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = CAUGHT.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CAUGHT.with(|c| c.set(was));
+    result
+}
+
+fn mark_damaged(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    txn.open_table(META)
+        .map_err(db_err)?
+        .insert(DAMAGED_KEY, u64::try_from(now_ms()).unwrap_or(0))
+        .map_err(db_err)?;
+    txn.commit().map_err(db_err)
+}
+
+pub(super) fn read_meta(db: &Database, key: &str) -> Result<Option<u64>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(db_err(e)),
+    };
+    let value = meta.get(key).map_err(db_err)?.map(|g| g.value());
+    Ok(value)
+}
+
+/// Snapshot `id` (or the newest) with its parts and stored digest.
+#[allow(clippy::type_complexity)]
+pub(super) fn read_snapshot(
+    txn: &redb::ReadTransaction,
+    id: Option<u64>,
+) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>, Option<Vec<u8>>)>> {
+    let snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+    let found = match id {
+        Some(id) => snapshots.get(id).map_err(db_err)?.map(|v| (id, v.value())),
+        None => snapshots
+            .last()
+            .map_err(db_err)?
+            .map(|(id, v)| (id.value(), v.value())),
+    };
+    let Some((id, (covers_seq, created_ms))) = found else {
+        return Ok(None);
+    };
+    let stored = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
+    let owners = txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
+    let mut parts = Vec::new();
+    for entry in stored.range((id, "")..).map_err(db_err)? {
+        let (key, bytes) = entry.map_err(db_err)?;
+        let (snapshot_id, key) = key.value();
+        if snapshot_id != id {
+            break;
+        }
+        let user_id = owners
+            .get((id, key))
+            .map_err(db_err)?
+            .map(|u| u.value().to_owned());
+        parts.push(SnapshotPart {
+            key: key.to_owned(),
+            user_id,
+            bytes: bytes.value().to_vec(),
+        });
+    }
+    let digest = match txn.open_table(SNAPSHOT_DIGESTS) {
+        Ok(digests) => digests.get(id).map_err(db_err)?.map(|d| d.value().to_vec()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db_err(e)),
+    };
+    Ok(Some((
+        SnapshotMeta {
+            id,
+            covers_seq,
+            created_ms,
+        },
+        parts,
+        digest,
+    )))
+}
+
 /// Creates missing tables and records the schema version; refuses a newer file.
-fn migrate(db: &Database) -> Result<()> {
+pub(super) fn migrate(db: &Database) -> Result<()> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut meta = txn.open_table(META).map_err(db_err)?;
@@ -670,6 +919,7 @@ fn migrate(db: &Database) -> Result<()> {
         txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
         txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
         txn.open_table(USER_SNAPSHOT_PARTS).map_err(db_err)?;
+        txn.open_table(SNAPSHOT_DIGESTS).map_err(db_err)?;
         txn.open_table(TRAINING_ROWS).map_err(db_err)?;
         txn.open_table(MODELS).map_err(db_err)?;
         txn.open_table(INTERVENTIONS).map_err(db_err)?;
@@ -766,17 +1016,20 @@ fn read_last_seq(db: &Database) -> Result<u64> {
     Ok(last)
 }
 
-/// Runs a blocking closure on tokio's blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T>
+/// Runs a blocking closure on tokio's blocking pool; a panic in it (redb panics on some kinds
+/// of damage) becomes [`StoreError::Damaged`] naming `file`.
+async fn blocking<T, F>(file: Arc<PathBuf>, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Db {
+    match tokio::task::spawn_blocking(move || catch(f)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(panicked(&file, panic.as_ref())),
+        Err(e) => Err(StoreError::Db {
             message: format!("embedded store task failed: {e}"),
-        })?
+        }),
+    }
 }
 
 fn count<I, T, E>(mut iter: I) -> Result<u64>

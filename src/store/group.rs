@@ -102,6 +102,15 @@ impl StoreError {
             StoreError::Config { message } => StoreError::Config {
                 message: message.clone(),
             },
+            StoreError::Locked { message } => StoreError::Locked {
+                message: message.clone(),
+            },
+            StoreError::Fenced { message } => StoreError::Fenced {
+                message: message.clone(),
+            },
+            StoreError::Damaged { message } => StoreError::Damaged {
+                message: message.clone(),
+            },
         }
     }
 }

@@ -26,8 +26,18 @@
 //!   [`Store::events_after`] pages through the log in sequence order (trainer, log tail);
 //!   [`Store::read_log`] streams it with read-ahead (restore).
 //! - **Snapshots.** [`Store::put_snapshot`] writes a snapshot's metadata and all its parts
-//!   atomically; the newest is the one with the greatest id. A part with `user_id = Some(u)`
-//!   belongs to user `u`, so erasure can delete it.
+//!   atomically, with a digest of the parts ([`snapshot_digest`]); the newest is the one with
+//!   the greatest id. [`Store::latest_snapshot`] and [`Store::verify_snapshot`] check the parts
+//!   against the digest ([`StoreError::Damaged`] if one is missing, extra or altered). A part
+//!   with `user_id = Some(u)` belongs to user `u`, so erasure can delete it (and takes it out
+//!   of the digest).
+//! - **One writer.** [`Store::open`] fails with [`StoreError::Locked`] while another process
+//!   has the store open (embedded: redb's file lock; PostgreSQL: a session advisory lock per
+//!   schema), after waiting up to `store.lock_wait_secs`. On PostgreSQL a writer that lost its
+//!   lock to a newer one has its writes refused ([`StoreError::Fenced`]).
+//! - **Damage.** The embedded store refuses a file it cannot read completely (empty, failing
+//!   redb's integrity check, or making redb panic) with [`StoreError::Damaged`];
+//!   [`repair`] is `momentum store check|recover`.
 //! - **Erasure.** [`Store::erase_user`] deletes, in one transaction, the user's events, snapshot
 //!   parts, profile row, training rows, interventions and churn scores;
 //!   [`Store::count_user_rows`] counts what is left (the erasure test expects zero). Deleted
@@ -52,6 +62,7 @@ mod codec;
 mod embedded;
 mod group;
 mod postgres;
+pub mod repair;
 #[cfg(test)]
 mod tests;
 
@@ -102,6 +113,7 @@ pub enum Durability {
 /// | `flush_max_events` | `10000` | async mode: events that may wait unwritten before ingest waits for the log |
 /// | `flush_interval_ms` | `100` | async mode: longest time an accepted event waits to be written |
 /// | `retention_days` | `180` | events older than this are pruned once a snapshot covers them |
+/// | `lock_wait_secs` | `5` | how long start-up waits for another server to release the store (single writer) before giving up |
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -116,6 +128,7 @@ pub struct StoreConfig {
     pub flush_max_events: usize,
     pub flush_interval_ms: u64,
     pub retention_days: u32,
+    pub lock_wait_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -132,6 +145,7 @@ impl Default for StoreConfig {
             flush_max_events: 10_000,
             flush_interval_ms: 100,
             retention_days: 180,
+            lock_wait_secs: 5,
         }
     }
 }
@@ -151,6 +165,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("flush_max_events", &self.flush_max_events)
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("retention_days", &self.retention_days)
+            .field("lock_wait_secs", &self.lock_wait_secs)
             .finish()
     }
 }
@@ -196,6 +211,18 @@ pub enum StoreError {
     /// The configuration is unusable.
     #[error("store configuration: {message}")]
     Config { message: String },
+    /// Another server is the store's writer (start-up only); the message says which store and
+    /// what to do.
+    #[error("{message}")]
+    Locked { message: String },
+    /// This server is no longer the store's writer: another server took the store after this
+    /// one lost its lock. The write was refused and nothing of it is stored.
+    #[error("fenced: {message}")]
+    Fenced { message: String },
+    /// The store cannot be read completely (a damaged file, a snapshot that fails its
+    /// checksum); the message names it and the command that repairs it.
+    #[error("{message}")]
+    Damaged { message: String },
 }
 
 /// An accepted event as the log stores it.
@@ -425,7 +452,15 @@ impl Store {
         dispatch!(self.put_snapshot(meta, parts))
     }
 
-    /// The snapshot with the greatest id and all its parts (ordered by key).
+    /// Reads snapshot `id` back and checks it against the digest stored with it (every part,
+    /// in full); an error if it is missing or differs.
+    pub async fn verify_snapshot(&self, id: u64) -> Result<(), StoreError> {
+        dispatch!(self.verify_snapshot(id))
+    }
+
+    /// The snapshot with the greatest id and all its parts (ordered by key), checked against
+    /// the digest stored with it: a part that is missing, extra or altered is a
+    /// [`StoreError::Damaged`].
     pub async fn latest_snapshot(
         &self,
     ) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>)>, StoreError> {
@@ -488,6 +523,85 @@ impl Store {
     /// Every stored item, tombstones included, ordered by item id.
     pub async fn get_items(&self) -> Result<Vec<StoredItem>, StoreError> {
         dispatch!(self.get_items())
+    }
+}
+
+/// Length of a snapshot digest: the part count (u64 LE) and the XOR of the parts' hashes.
+pub(crate) const DIGEST_LEN: usize = 40;
+
+/// sha256 over one part's key, owner and bytes (each length-prefixed).
+pub(crate) fn part_hash(key: &str, user_id: Option<&str>, bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    match user_id {
+        Some(user) => {
+            h.update([1]);
+            h.update((user.len() as u64).to_le_bytes());
+            h.update(user.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(&h.finalize());
+    out
+}
+
+/// The digest stored with a snapshot: the number of parts and the XOR of their
+/// [`part_hash`]es. Written by [`Store::put_snapshot`], checked by [`Store::latest_snapshot`]
+/// and [`Store::verify_snapshot`]; a part that is missing, extra or altered changes it.
+/// Erasure takes a user's parts out of it ([`digest_without`]) without reading the others.
+pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; DIGEST_LEN] {
+    let mut out = [0; DIGEST_LEN];
+    out[..8].copy_from_slice(&(parts.len() as u64).to_le_bytes());
+    for part in parts {
+        let h = part_hash(&part.key, part.user_id.as_deref(), &part.bytes);
+        for (o, b) in out[8..].iter_mut().zip(h) {
+            *o ^= b;
+        }
+    }
+    out
+}
+
+/// `digest` with one part (given by its [`part_hash`]) taken out; `None` for a malformed
+/// digest.
+pub(crate) fn digest_without(digest: &[u8], hash: &[u8; 32]) -> Option<Vec<u8>> {
+    if digest.len() != DIGEST_LEN {
+        return None;
+    }
+    let mut count = [0; 8];
+    count.copy_from_slice(&digest[..8]);
+    let count = u64::from_le_bytes(count).checked_sub(1)?;
+    let mut out = digest.to_vec();
+    out[..8].copy_from_slice(&count.to_le_bytes());
+    for (o, b) in out[8..].iter_mut().zip(hash) {
+        *o ^= b;
+    }
+    Some(out)
+}
+
+/// Checks parts read back against the digest stored with their snapshot (`None`: a snapshot
+/// written before digests were stored, accepted as it is).
+pub(crate) fn check_snapshot_digest(
+    id: u64,
+    parts: &[SnapshotPart],
+    stored: Option<&[u8]>,
+    store: &str,
+) -> Result<(), StoreError> {
+    match stored {
+        None => Ok(()),
+        Some(d) if d == snapshot_digest(parts).as_slice() => Ok(()),
+        Some(_) => Err(StoreError::Damaged {
+            message: format!(
+                "snapshot {id} in {store} does not match its checksum ({} parts read): the \
+                 store is damaged; run `momentum store check`, then `momentum store recover` \
+                 (see docs/operations.md, \"Store damage\")",
+                parts.len()
+            ),
+        }),
     }
 }
 

@@ -7,22 +7,36 @@
 //! batch with binary `COPY` in the same transaction, so sequence order is commit order.
 //! The store is as durable as the server makes a commit (`synchronous_commit`).
 //!
+//! **One writer per schema.** [`PostgresStore::open`] takes the session advisory lock
+//! `(WRITER_LOCK_CLASS, hashtext('momentum.writer:<schema>'))` on a connection of its own,
+//! outside the pool, and keeps that connection for the store's lifetime; a second server on
+//! the same schema waits up to `store.lock_wait_secs` for it, then fails to start with
+//! [`StoreError::Locked`]. Holding the lock, the server increments `log_state.writer_epoch`
+//! and remembers the value: every write (append, snapshot, prune, erasure, profile, item)
+//! checks in its own transaction that the epoch is still its own. Should the lock connection
+//! die and another server take the schema, the epoch has moved on and the old server's writes
+//! are refused ([`StoreError::Fenced`]) instead of landing behind the new writer's back. The
+//! check shares the `log_state` row lock with the new writer's increment, so a write either
+//! commits before the new writer starts reading the store or is refused.
+//!
 //! Connections use no TLS; the URL may not demand it (`sslmode=require`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures_util::TryStreamExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 
 use super::group::GroupCommit;
 use super::{
-    now_ms, ErasureReport, NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig,
-    StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_snapshot_digest, digest_without, now_ms, part_hash, snapshot_digest, ErasureReport,
+    NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig, StoreError,
+    StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 mod embedded {
@@ -52,6 +66,53 @@ const SELECT_LOG: &str = "SELECT seq, event_id, user_id, item_id, kind, value, t
 const PART_TYPES: [Type; 4] = [Type::INT8, Type::TEXT, Type::TEXT, Type::BYTEA];
 const COPY_PARTS: &str =
     "COPY snapshot_parts (snapshot_id, key, user_id, bytes) FROM STDIN (FORMAT binary)";
+/// First key of the writer's advisory lock (the second is the hash of the schema name), so it
+/// cannot collide with the one-argument advisory locks of other software.
+const WRITER_LOCK_CLASS: i32 = 0x4d4f_4d45;
+const TRY_WRITER_LOCK: &str = "SELECT pg_try_advisory_lock($1, \
+                               hashtext('momentum.writer:' || coalesce($2::text, current_schema())))";
+/// Who holds the writer lock, for the start-up error (best effort).
+const WRITER_LOCK_HOLDER: &str = "SELECT l.pid, coalesce(host(a.client_addr), 'local socket'), \
+     coalesce(a.application_name, ''), coalesce(to_char(a.backend_start, \
+     'YYYY-MM-DD\"T\"HH24:MI:SSOF'), '') \
+     FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND l.classid = $1::int8::oid \
+     AND l.objid = (hashtext('momentum.writer:' || coalesce($2::text, current_schema()))::int8 \
+                    & 4294967295)::oid";
+
+/// The writer lock's connection and the epoch this server took with it.
+struct Writer {
+    /// Keeps the session (and so the advisory lock) alive; dropping it releases the lock.
+    _client: tokio_postgres::Client,
+    /// Set when the store is dropped, so the connection's end is not reported as a loss.
+    released: Arc<AtomicBool>,
+    /// `log_state.writer_epoch` as this server set it.
+    epoch: i64,
+    /// `postgres schema "x"`, for messages.
+    name: String,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.released.store(true, Ordering::Release);
+    }
+}
+
+impl Writer {
+    /// The error (and the loud log line) of a write refused because another server became the
+    /// writer.
+    fn fenced(&self, current: i64) -> StoreError {
+        let message = format!(
+            "another Momentum server became the writer of the store {} (writer epoch {current}, \
+             this server's {}); this server's writes are refused: stop it",
+            self.name, self.epoch
+        );
+        tracing::error!(%message, "store write refused: this server is no longer the writer");
+        StoreError::Fenced { message }
+    }
+}
 
 /// The PostgreSQL store; clones share the pool and the append lock.
 #[derive(Clone)]
@@ -60,6 +121,8 @@ pub struct PostgresStore {
     /// Serialises appends in this process (and groups concurrent ones) so they do not queue
     /// on the `log_state` row lock holding pooled connections.
     group: Arc<GroupCommit>,
+    /// The single-writer lock and fencing epoch.
+    writer: Arc<Writer>,
 }
 
 /// Maps a driver error to a message with its cause (never the URL); unique violations are
@@ -129,8 +192,9 @@ fn validate_schema(schema: &str) -> Result<()> {
 }
 
 impl PostgresStore {
-    /// Builds the pool, creates the schema if one is configured and applies pending
-    /// migrations. Fails if the server cannot be reached.
+    /// Takes the schema's writer lock (waiting up to `store.lock_wait_secs`), builds the pool,
+    /// creates the schema if one is configured, applies pending migrations and takes the next
+    /// writer epoch. Fails if the server cannot be reached or another server holds the lock.
     pub(crate) async fn open(cfg: &StoreConfig) -> Result<Self> {
         let url = cfg.resolved_url()?;
         let mut pg: tokio_postgres::Config = url.parse().map_err(|_| StoreError::Config {
@@ -150,6 +214,11 @@ impl PostgresStore {
             };
             pg.options(options);
         }
+        let name = format!(
+            "postgres schema {:?}",
+            cfg.schema.as_deref().unwrap_or("public")
+        );
+        let (lock_client, released) = take_writer_lock(&pg, cfg, &name).await?;
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -167,12 +236,57 @@ impl PostgresStore {
             .map_err(|e| StoreError::Config {
                 message: format!("connection pool: {e}"),
             })?;
-        let store = PostgresStore {
+        let unmigrated = PostgresStore {
             pool,
             group: Arc::new(GroupCommit::default()),
+            writer: Arc::new(Writer {
+                _client: lock_client,
+                released,
+                epoch: 0,
+                name,
+            }),
         };
-        store.migrate(cfg.schema.as_deref()).await?;
-        Ok(store)
+        unmigrated.migrate(cfg.schema.as_deref()).await?;
+        let PostgresStore {
+            pool,
+            group,
+            writer,
+        } = unmigrated;
+        let Ok(mut writer) = Arc::try_unwrap(writer) else {
+            unreachable!("the store was not cloned yet");
+        };
+        writer.epoch = writer
+            ._client
+            .query_one(
+                "UPDATE log_state SET writer_epoch = writer_epoch + 1 RETURNING writer_epoch",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        tracing::info!(store = %writer.name, epoch = writer.epoch, "took the store's writer lock");
+        Ok(PostgresStore {
+            pool,
+            group,
+            writer: Arc::new(writer),
+        })
+    }
+
+    /// Fails with [`StoreError::Fenced`] unless this server is still the writer; holds a share
+    /// lock on `log_state` until `tx` ends, so a new writer's epoch increment waits for it.
+    async fn check_writer(&self, tx: &Transaction<'_>) -> Result<()> {
+        let current: i64 = tx
+            .query_one("SELECT writer_epoch FROM log_state FOR SHARE", &[])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        if current == self.writer.epoch {
+            Ok(())
+        } else {
+            Err(self.writer.fenced(current))
+        }
     }
 
     async fn migrate(&self, schema: Option<&str>) -> Result<()> {
@@ -217,9 +331,10 @@ impl PostgresStore {
             });
         }
         let pool = self.pool.clone();
+        let writer = self.writer.clone();
         self.group
             .append(batch, move |batches| async move {
-                append_group(&pool, &batches).await
+                append_group(&pool, &writer, &batches).await
             })
             .await
     }
@@ -271,11 +386,12 @@ impl PostgresStore {
     ) -> Result<()> {
         let id = to_i64(meta.id, "snapshot id")?;
         let covers = to_i64(meta.covers_seq, "covers_seq")?;
+        let digest = snapshot_digest(parts).to_vec();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         tx.execute(
-            "INSERT INTO snapshots (id, covers_seq, created_ms) VALUES ($1, $2, $3)",
-            &[&id, &covers, &meta.created_ms],
+            "INSERT INTO snapshots (id, covers_seq, created_ms, digest) VALUES ($1, $2, $3, $4)",
+            &[&id, &covers, &meta.created_ms, &digest],
         )
         .await
         .map_err(pg_err)?;
@@ -289,7 +405,37 @@ impl PostgresStore {
                 .map_err(pg_err)?;
         }
         writer.as_mut().finish().await.map_err(pg_err)?;
+        // Checked last, so the share lock on `log_state` is held only for the commit.
+        self.check_writer(&tx).await?;
         tx.commit().await.map_err(pg_err)
+    }
+
+    pub(crate) async fn verify_snapshot(&self, id: u64) -> Result<()> {
+        let id = to_i64(id, "snapshot id")?;
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let row = tx
+            .query_opt(
+                "SELECT id, covers_seq, created_ms, digest FROM snapshots WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg_err)?
+            .ok_or_else(|| StoreError::Damaged {
+                message: format!("snapshot {id} is missing right after it was written"),
+            })?;
+        let (meta, parts, digest) = read_snapshot(&tx, &row).await?;
+        tx.commit().await.map_err(pg_err)?;
+        let digest = digest.ok_or_else(|| StoreError::Damaged {
+            message: format!("snapshot {} was written without its checksum", meta.id),
+        })?;
+        check_snapshot_digest(meta.id, &parts, Some(&digest), &self.writer.name)
     }
 
     pub(crate) async fn latest_snapshot(
@@ -306,7 +452,7 @@ impl PostgresStore {
             .map_err(pg_err)?;
         let Some(row) = tx
             .query_opt(
-                "SELECT id, covers_seq, created_ms FROM snapshots ORDER BY id DESC LIMIT 1",
+                "SELECT id, covers_seq, created_ms, digest FROM snapshots ORDER BY id DESC LIMIT 1",
                 &[],
             )
             .await
@@ -314,38 +460,40 @@ impl PostgresStore {
         else {
             return Ok(None);
         };
-        let id: i64 = row.try_get(0).map_err(pg_err)?;
-        let meta = SnapshotMeta {
-            id: to_u64(id, "snapshot id")?,
-            covers_seq: to_u64(row.try_get(1).map_err(pg_err)?, "covers_seq")?,
-            created_ms: row.try_get(2).map_err(pg_err)?,
-        };
-        let rows = tx
-            .query(
-                "SELECT key, user_id, bytes FROM snapshot_parts WHERE snapshot_id = $1 \
-                 ORDER BY key COLLATE \"C\"",
-                &[&id],
-            )
+        let (meta, parts, digest) = read_snapshot(&tx, &row).await?;
+        tx.commit().await.map_err(pg_err)?;
+        check_snapshot_digest(meta.id, &parts, digest.as_deref(), &self.writer.name)?;
+        Ok(Some((meta, parts)))
+    }
+
+    /// The greatest snapshot id (for `momentum store recover`).
+    pub(super) async fn newest_snapshot_id(&self) -> Result<Option<u64>> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_opt("SELECT id FROM snapshots ORDER BY id DESC LIMIT 1", &[])
             .await
             .map_err(pg_err)?;
-        let parts = rows
-            .iter()
-            .map(|r| {
-                Ok(SnapshotPart {
-                    key: r.try_get(0).map_err(pg_err)?,
-                    user_id: r.try_get(1).map_err(pg_err)?,
-                    bytes: r.try_get(2).map_err(pg_err)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit().await.map_err(pg_err)?;
-        Ok(Some((meta, parts)))
+        row.map(|r| to_u64(r.try_get(0).map_err(pg_err)?, "snapshot id"))
+            .transpose()
+    }
+
+    /// Deletes one snapshot and its parts (for `momentum store recover`).
+    pub(super) async fn delete_snapshot(&self, id: u64) -> Result<()> {
+        let id = to_i64(id, "snapshot id")?;
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("DELETE FROM snapshots WHERE id = $1", &[&id])
+            .await
+            .map_err(pg_err)?;
+        self.check_writer(&tx).await?;
+        tx.commit().await.map_err(pg_err)
     }
 
     pub(crate) async fn prune_snapshots(&self, keep: usize) -> Result<usize> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let removed = client
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let removed = tx
             .execute(
                 "DELETE FROM snapshots WHERE id IN \
                  (SELECT id FROM snapshots ORDER BY id DESC OFFSET $1)",
@@ -353,6 +501,8 @@ impl PostgresStore {
             )
             .await
             .map_err(pg_err)?;
+        self.check_writer(&tx).await?;
+        tx.commit().await.map_err(pg_err)?;
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
@@ -362,23 +512,62 @@ impl PostgresStore {
         covered_seq: u64,
     ) -> Result<u64> {
         let covered = i64::try_from(covered_seq).unwrap_or(i64::MAX);
-        let client = self.pool.get().await.map_err(pool_err)?;
-        client
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let removed = tx
             .execute(
                 "DELETE FROM events WHERE ts_ms < $1 AND seq <= $2",
                 &[&older_than_ts_ms, &covered],
             )
             .await
-            .map_err(pg_err)
+            .map_err(pg_err)?;
+        self.check_writer(&tx).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(removed)
     }
 
     pub(crate) async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut removed = UserFootprint::default();
+        // The user's snapshot parts leave their snapshots' digests too.
+        let parts = tx
+            .query(
+                "DELETE FROM snapshot_parts WHERE user_id = $1 RETURNING snapshot_id, key, bytes",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg_err)?;
+        removed.snapshot_parts = parts.len() as u64;
+        let mut digests: std::collections::BTreeMap<i64, Option<Vec<u8>>> = Default::default();
+        for row in &parts {
+            let id: i64 = row.try_get(0).map_err(pg_err)?;
+            let key: String = row.try_get(1).map_err(pg_err)?;
+            let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
+            let hash = part_hash(&key, Some(user_id), &bytes);
+            let digest = match digests.entry(id) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
+                    tx.query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
+                        .await
+                        .map_err(pg_err)?
+                        .and_then(|r| r.get(0)),
+                ),
+            };
+            *digest = digest.as_deref().and_then(|d| digest_without(d, &hash));
+        }
+        for (id, digest) in digests {
+            if let Some(digest) = digest {
+                tx.execute(
+                    "UPDATE snapshots SET digest = $2 WHERE id = $1",
+                    &[&id, &digest],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+        }
         for (table, slot) in [
             ("events", &mut removed.events),
-            ("snapshot_parts", &mut removed.snapshot_parts),
             ("users", &mut removed.users),
             ("training_rows", &mut removed.training_rows),
             ("interventions", &mut removed.interventions),
@@ -392,6 +581,7 @@ impl PostgresStore {
                 .await
                 .map_err(pg_err)?;
         }
+        self.check_writer(&tx).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(ErasureReport { removed })
     }
@@ -423,17 +613,18 @@ impl PostgresStore {
     }
 
     pub(crate) async fn put_user(&self, user_id: &str, profile: &serde_json::Value) -> Result<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        client
-            .execute(
-                "INSERT INTO users (user_id, profile, updated_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id) DO UPDATE \
-                 SET profile = EXCLUDED.profile, updated_ms = EXCLUDED.updated_ms",
-                &[&user_id, profile, &now_ms()],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO users (user_id, profile, updated_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE \
+             SET profile = EXCLUDED.profile, updated_ms = EXCLUDED.updated_ms",
+            &[&user_id, profile, &now_ms()],
+        )
+        .await
+        .map_err(pg_err)?;
+        self.check_writer(&tx).await?;
+        tx.commit().await.map_err(pg_err)
     }
 
     pub(crate) async fn get_users(&self) -> Result<Vec<StoredUser>> {
@@ -457,32 +648,34 @@ impl PostgresStore {
     }
 
     pub(crate) async fn put_item(&self, item_id: &str, meta: &serde_json::Value) -> Result<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        client
-            .execute(
-                "INSERT INTO items (item_id, meta, deleted, updated_ms) VALUES ($1, $2, FALSE, $3) \
-                 ON CONFLICT (item_id) DO UPDATE \
-                 SET meta = EXCLUDED.meta, deleted = FALSE, updated_ms = EXCLUDED.updated_ms",
-                &[&item_id, meta, &now_ms()],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO items (item_id, meta, deleted, updated_ms) VALUES ($1, $2, FALSE, $3) \
+             ON CONFLICT (item_id) DO UPDATE \
+             SET meta = EXCLUDED.meta, deleted = FALSE, updated_ms = EXCLUDED.updated_ms",
+            &[&item_id, meta, &now_ms()],
+        )
+        .await
+        .map_err(pg_err)?;
+        self.check_writer(&tx).await?;
+        tx.commit().await.map_err(pg_err)
     }
 
     pub(crate) async fn delete_item(&self, item_id: &str) -> Result<()> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        client
-            .execute(
-                "INSERT INTO items (item_id, meta, deleted, updated_ms) \
-                 VALUES ($1, 'null'::jsonb, TRUE, $2) \
-                 ON CONFLICT (item_id) DO UPDATE \
-                 SET deleted = TRUE, updated_ms = EXCLUDED.updated_ms",
-                &[&item_id, &now_ms()],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO items (item_id, meta, deleted, updated_ms) \
+             VALUES ($1, 'null'::jsonb, TRUE, $2) \
+             ON CONFLICT (item_id) DO UPDATE \
+             SET deleted = TRUE, updated_ms = EXCLUDED.updated_ms",
+            &[&item_id, &now_ms()],
+        )
+        .await
+        .map_err(pg_err)?;
+        self.check_writer(&tx).await?;
+        tx.commit().await.map_err(pg_err)
     }
 
     pub(crate) async fn get_items(&self) -> Result<Vec<StoredItem>> {
@@ -510,6 +703,19 @@ impl PostgresStore {
 
 #[cfg(test)]
 impl PostgresStore {
+    /// Changes (or deletes) one stored snapshot part, as damage would.
+    pub(super) async fn alter_snapshot_part(&self, id: u64, key: &str, delete: bool) -> Result<()> {
+        let id = to_i64(id, "snapshot id")?;
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let sql = if delete {
+            "DELETE FROM snapshot_parts WHERE snapshot_id = $1 AND key = $2"
+        } else {
+            "UPDATE snapshot_parts SET bytes = 'altered' WHERE snapshot_id = $1 AND key = $2"
+        };
+        client.execute(sql, &[&id, &key]).await.map_err(pg_err)?;
+        Ok(())
+    }
+
     /// Rows in the tables later issues fill, for the erasure test.
     pub(super) async fn seed_later_tables(&self, user: &str) -> Result<()> {
         let client = self.pool.get().await.map_err(pool_err)?;
@@ -530,21 +736,37 @@ impl PostgresStore {
 /// Writes the batches of one group in one transaction: takes the next range of sequence
 /// numbers from `log_state` (its row lock serialises writers across processes too), then
 /// binary `COPY`.
-async fn append_group(pool: &Pool, batches: &[Vec<NewEvent>]) -> Result<Vec<SeqRange>> {
+async fn append_group(
+    pool: &Pool,
+    writer: &Writer,
+    batches: &[Vec<NewEvent>],
+) -> Result<Vec<SeqRange>> {
     let total: usize = batches.iter().map(Vec::len).sum();
     let count = to_i64(total as u64, "batch size")?;
     let mut client = pool.get().await.map_err(pool_err)?;
     let tx = client.transaction().await.map_err(pg_err)?;
+    // Only while this server is the writer: a newer writer's epoch makes this match nothing.
     let allocate = tx
-        .prepare_cached("UPDATE log_state SET last_seq = last_seq + $1 RETURNING last_seq")
+        .prepare_cached(
+            "UPDATE log_state SET last_seq = last_seq + $1 WHERE writer_epoch = $2 \
+             RETURNING last_seq",
+        )
         .await
         .map_err(pg_err)?;
-    let last: i64 = tx
-        .query_one(&allocate, &[&count])
+    let Some(row) = tx
+        .query_opt(&allocate, &[&count, &writer.epoch])
         .await
         .map_err(pg_err)?
-        .try_get(0)
-        .map_err(pg_err)?;
+    else {
+        let current: i64 = tx
+            .query_one("SELECT writer_epoch FROM log_state", &[])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        return Err(writer.fenced(current));
+    };
+    let last: i64 = row.try_get(0).map_err(pg_err)?;
     let first = to_u64(last - count + 1, "seq")?;
     let sink = tx.copy_in(COPY_EVENTS).await.map_err(pg_err)?;
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &EVENT_TYPES));
@@ -579,6 +801,110 @@ async fn append_group(pool: &Pool, batches: &[Vec<NewEvent>]) -> Result<Vec<SeqR
     debug_assert_eq!(written, total as u64);
     tx.commit().await.map_err(pg_err)?;
     Ok(ranges)
+}
+
+/// Takes the schema's writer lock on a connection of its own, retrying until
+/// `store.lock_wait_secs` have passed. The connection's end is logged loudly unless the store
+/// was dropped (the returned flag).
+async fn take_writer_lock(
+    pg: &tokio_postgres::Config,
+    cfg: &StoreConfig,
+    name: &str,
+) -> Result<(tokio_postgres::Client, Arc<AtomicBool>)> {
+    let (client, connection) = pg.connect(NoTls).await.map_err(pg_err)?;
+    let released = Arc::new(AtomicBool::new(false));
+    let watch = released.clone();
+    let watched = name.to_owned();
+    tokio::spawn(async move {
+        let outcome = connection.await;
+        if !watch.load(Ordering::Acquire) {
+            let cause = outcome
+                .err()
+                .map(|e| pg_err(e).to_string())
+                .unwrap_or_default();
+            tracing::error!(
+                store = %watched,
+                %cause,
+                "lost the connection holding the store's writer lock: another server may now \
+                 take the store, and this server's writes will then be refused; restart it"
+            );
+        }
+    });
+    let schema = cfg.schema.as_deref();
+    let wait = Duration::from_secs(cfg.lock_wait_secs);
+    let deadline = Instant::now() + wait;
+    loop {
+        let taken: bool = client
+            .query_one(TRY_WRITER_LOCK, &[&WRITER_LOCK_CLASS, &schema])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        if taken {
+            return Ok((client, released));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let class = i64::from(WRITER_LOCK_CLASS);
+    let holder = match client
+        .query_opt(WRITER_LOCK_HOLDER, &[&class, &schema])
+        .await
+    {
+        Ok(Some(row)) => {
+            let pid: i32 = row.try_get(0).unwrap_or(0);
+            let addr: String = row.try_get(1).unwrap_or_default();
+            let app: String = row.try_get(2).unwrap_or_default();
+            let since: String = row.try_get(3).unwrap_or_default();
+            format!(", held by PostgreSQL backend {pid} of {app:?} from {addr} since {since}")
+        }
+        _ => String::new(),
+    };
+    released.store(true, Ordering::Release);
+    Err(StoreError::Locked {
+        message: format!(
+            "another Momentum server holds the store {name} (advisory lock \
+             momentum.writer:{}{holder}; waited {} s, store.lock_wait_secs): stop it first or \
+             use another store.schema",
+            schema.unwrap_or("public"),
+            wait.as_secs()
+        ),
+    })
+}
+
+/// Reads a snapshot's parts and stored digest (`row`: id, covers_seq, created_ms, digest).
+async fn read_snapshot(
+    tx: &Transaction<'_>,
+    row: &Row,
+) -> Result<(SnapshotMeta, Vec<SnapshotPart>, Option<Vec<u8>>)> {
+    let id: i64 = row.try_get(0).map_err(pg_err)?;
+    let meta = SnapshotMeta {
+        id: to_u64(id, "snapshot id")?,
+        covers_seq: to_u64(row.try_get(1).map_err(pg_err)?, "covers_seq")?,
+        created_ms: row.try_get(2).map_err(pg_err)?,
+    };
+    let digest: Option<Vec<u8>> = row.try_get(3).map_err(pg_err)?;
+    let rows = tx
+        .query(
+            "SELECT key, user_id, bytes FROM snapshot_parts WHERE snapshot_id = $1 \
+             ORDER BY key COLLATE \"C\"",
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
+    let parts = rows
+        .iter()
+        .map(|r| {
+            Ok(SnapshotPart {
+                key: r.try_get(0).map_err(pg_err)?,
+                user_id: r.try_get(1).map_err(pg_err)?,
+                bytes: r.try_get(2).map_err(pg_err)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((meta, parts, digest))
 }
 
 async fn read_log(pool: &Pool, after_seq: u64, page_size: usize, pages: &PageSender) -> Result<()> {

@@ -96,9 +96,18 @@ shared_suite!(
     erase_user_removes_every_trace,
     users_and_items,
     reopen_keeps_data_and_migrations_are_idempotent,
+    altered_snapshots_fail_their_checksum,
 );
 
 impl Store {
+    /// Changes (or deletes) one stored snapshot part behind the store's back.
+    async fn alter_snapshot_part(&self, id: u64, key: &str, delete: bool) {
+        match self {
+            Store::Embedded(s) => s.alter_snapshot_part(id, key, delete).await.unwrap(),
+            Store::Postgres(s) => s.alter_snapshot_part(id, key, delete).await.unwrap(),
+        }
+    }
+
     /// Puts rows for `user` in the tables later issues fill (training rows, interventions,
     /// churn scores), so erasure is checked against them too.
     async fn seed_later_tables(&self, user: &str) {
@@ -610,6 +619,41 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(cfg: StoreConfig) {
     );
 }
 
+async fn altered_snapshots_fail_their_checksum(cfg: StoreConfig) {
+    let store = Store::open(&cfg).await.unwrap();
+    let meta = SnapshotMeta {
+        id: 3,
+        covers_seq: 0,
+        created_ms: 1,
+    };
+    let parts = vec![part("a", None, b"state-a"), part("u:1", Some("1"), b"row")];
+    store.put_snapshot(&meta, &parts).await.unwrap();
+    store.verify_snapshot(3).await.unwrap();
+    assert_eq!(store.latest_snapshot().await.unwrap(), Some((meta, parts)));
+    for change in ["bytes", "missing"] {
+        let id = if change == "bytes" { 4 } else { 5 };
+        let meta = SnapshotMeta { id, ..meta };
+        store
+            .put_snapshot(&meta, &[part("a", None, b"state-a"), part("b", None, b"b")])
+            .await
+            .unwrap();
+        store
+            .alter_snapshot_part(id, "b", change == "missing")
+            .await;
+        let err = store.latest_snapshot().await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Damaged { .. }),
+            "{change}: {err:?}"
+        );
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let err = store.verify_snapshot(id).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Damaged { .. }),
+            "{change}: {err:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn embedded_store_cannot_be_opened_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -618,20 +662,64 @@ async fn embedded_store_cannot_be_opened_twice() {
         ..StoreConfig::default()
     };
     let _first = Store::open(&cfg).await.unwrap();
-    let err = Store::open(&cfg).await.unwrap_err();
-    assert!(matches!(err, StoreError::Db { .. }), "{err:?}");
+    let err = Store::open(&StoreConfig {
+        lock_wait_secs: 0,
+        ..cfg
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("stop it first"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_concurrent_opens_migrate_once() {
+async fn postgres_concurrent_opens_migrate_once_and_one_becomes_the_writer() {
     on_postgres(|cfg| async move {
+        let cfg = StoreConfig {
+            lock_wait_secs: 0,
+            ..cfg
+        };
         let (a, b, c) = tokio::join!(Store::open(&cfg), Store::open(&cfg), Store::open(&cfg));
-        let (a, b) = (a.unwrap(), b.unwrap());
-        c.unwrap();
-        a.append_events(&synthetic(3, 0)).await.unwrap();
-        assert_eq!(b.last_seq().await.unwrap(), 3);
+        let mut opened: Vec<Store> = Vec::new();
+        for result in [a, b, c] {
+            match result {
+                Ok(store) => opened.push(store),
+                Err(StoreError::Locked { message }) => {
+                    assert!(
+                        message.contains("another Momentum server holds"),
+                        "{message}"
+                    );
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(opened.len(), 1, "exactly one writer");
+        opened[0].append_events(&synthetic(3, 0)).await.unwrap();
+        assert_eq!(opened[0].last_seq().await.unwrap(), 3);
+        // Once the writer is gone, the next one opens (waiting for the release).
+        drop(opened);
+        let next = Store::open(&StoreConfig {
+            lock_wait_secs: 10,
+            ..cfg
+        })
+        .await
+        .unwrap();
+        assert_eq!(next.last_seq().await.unwrap(), 3);
     })
     .await;
+}
+
+#[tokio::test]
+async fn embedded_store_refuses_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(crate::store::embedded::FILE_NAME), b"").unwrap();
+    let cfg = StoreConfig {
+        path: dir.path().to_path_buf(),
+        ..StoreConfig::default()
+    };
+    let err = Store::open(&cfg).await.unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("momentum store recover"), "{err}");
 }
 
 #[tokio::test]

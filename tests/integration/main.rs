@@ -11,3 +11,4 @@ mod ops;
 mod persistence;
 mod predictions;
 mod routes;
+mod store_safety;
