@@ -50,7 +50,7 @@ pub fn bucket(salt: &str, user_id: &str) -> u32 {
 
 /// One variant as submitted by an operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct VariantDef {
     /// Name matching `[a-z0-9_-]{1,32}`, unique within the experiment.
     pub name: String,
@@ -63,6 +63,7 @@ pub struct VariantDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diversity: Option<DiversityOverride>,
 }
+crate::object_only!(VariantDef, serialize);
 
 impl VariantDef {
     /// A variant without overrides.
@@ -87,16 +88,17 @@ impl VariantDef {
 /// Weights of the hybrid blend `(cf · CF + content · content) / (cf + content)` (see
 /// [`crate::content::hybrid`]): finite, ≥ 0, not both 0.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct HybridWeights {
     pub cf: f64,
     pub content: f64,
 }
+crate::object_only!(HybridWeights, serialize);
 
 /// Diversity settings of a variant; each absent field keeps the configured value. Caps follow
 /// the server configuration's convention: `0` means no cap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DiversityOverride {
     /// MMR trade-off in [0, 1]: 1 = relevance only, 0 = novelty only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +110,7 @@ pub struct DiversityOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_per_tag: Option<usize>,
 }
+crate::object_only!(DiversityOverride, serialize);
 
 /// Largest diversity cap a variant may set (a list is at most a few hundred items long).
 pub const MAX_DIVERSITY_CAP: usize = 1000;
@@ -154,7 +157,7 @@ fn validate_overrides(v: &VariantDef) -> Result<(), String> {
 
 /// An experiment definition as submitted (`POST /v1/experiments`), before validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ExperimentDef {
     /// 1 to 10 variants, in bucket order.
     pub variants: Vec<VariantDef>,
@@ -162,6 +165,7 @@ pub struct ExperimentDef {
     #[serde(default)]
     pub control: Option<String>,
 }
+crate::object_only!(ExperimentDef, serialize);
 
 fn invalid(reason: impl Into<String>) -> ModelError {
     ModelError::InvalidInput {

@@ -23,12 +23,12 @@ use crate::experiments::{Attributable, BatchDedupe};
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/events", web::post().to(post_events));
+    cfg.service(web::resource("/v1/events").route(web::post().to(post_events)));
 }
 
 /// An event as it arrives on the wire.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct WireEvent {
     #[serde(default)]
     event_id: Option<String>,
@@ -44,6 +44,7 @@ struct WireEvent {
     #[serde(default)]
     recommendation_id: Option<String>,
 }
+momentum_models::object_only!(WireEvent);
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
