@@ -11,7 +11,7 @@ pub mod openapi;
 pub mod predictions;
 pub mod users;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::{ErrorHandlerResponse, Next};
@@ -97,28 +97,52 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-/// Marks a request that arrived as `HEAD` and is routed as `GET` by [`head_as_get`].
+/// Marks a request that arrived as `HEAD` and is routed as `GET` by [`http_contract`].
 #[derive(Debug, Clone, Copy)]
 pub struct HeadRequest;
 
-/// Routes `HEAD` like `GET`: every `GET` route answers `HEAD` with the same status and headers.
-/// The HTTP layer (actix-http's h1 and h2 dispatchers) knows the request was `HEAD` and sends no
-/// body, keeping the `Content-Length` of the `GET` answer. A path without `GET` answers `405`
-/// as for any other method. Installed with `middleware::from_fn` in [`crate::start`], inside
-/// the admission middleware, so metrics and logs still see `HEAD`.
-pub async fn head_as_get(
+/// Largest request head the application serves, in bytes: the request line plus every header
+/// line. actix-http itself accepts up to 128 KiB and 96 headers (and answers `431` with an empty
+/// body beyond that); between this bound and those, the answer is a JSON `431`.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// The request-level part of the HTTP contract, before routing:
+///
+/// - a request head over [`MAX_HEAD_BYTES`] is a `431 headers_too_large`;
+/// - `HEAD` is routed like `GET`, so every `GET` route answers `HEAD` with the same status and
+///   headers. The HTTP layer (actix-http's h1 and h2 dispatchers) knows the request was `HEAD`
+///   and sends no body, keeping the `Content-Length` of the `GET` answer. A path without `GET`
+///   answers `405` as for any other method.
+///
+/// Installed with `middleware::from_fn` in [`crate::start`], inside the admission middleware,
+/// so metrics and logs still see `HEAD`.
+pub async fn http_contract(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
+) -> actix_web::Result<ServiceResponse<EitherBody<impl MessageBody>>> {
+    let head_bytes = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_bytes > MAX_HEAD_BYTES {
+        let res = Error::HeadersTooLarge {
+            limit: MAX_HEAD_BYTES,
+        }
+        .error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
     if req.method() == Method::HEAD {
         req.head_mut().method = Method::GET;
         req.extensions_mut().insert(HeadRequest);
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// The `Allow` value for a path whose routes accept `methods`: `HEAD` is added after `GET`
-/// (see [`head_as_get`]).
+/// (see [`http_contract`]).
 pub fn allow_value(methods: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     for m in methods.split(',').map(str::trim).filter(|m| !m.is_empty()) {
