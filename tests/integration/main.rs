@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod contract;
 mod corpus;
 mod experiments;
 mod models;
