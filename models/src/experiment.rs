@@ -55,6 +55,7 @@ pub struct VariantDef {
     /// Name matching `[a-z0-9_-]{1,32}`, unique within the experiment.
     pub name: String,
     /// Relative weight, > 0.
+    #[serde(deserialize_with = "crate::wire::integral::exact")]
     pub weight: u32,
     /// Hybrid blend for this variant's users; the configured blend when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,10 +105,18 @@ pub struct DiversityOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<f64>,
     /// At most this many items of one type (0 = no cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::integral::option"
+    )]
     pub max_per_type: Option<usize>,
     /// At most this many items sharing a dominant tag (0 = no cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::integral::option"
+    )]
     pub max_per_tag: Option<usize>,
 }
 crate::object_only!(DiversityOverride, serialize);
@@ -222,16 +231,16 @@ pub struct Experiment {
 }
 
 impl Experiment {
-    /// Validates `def` and computes its allocation. Rules: the salt is 1 to 128 bytes (usually
+    /// Validates `def` and computes its allocation. Rules: the salt is 1 to 128 characters (usually
     /// the experiment id); 1 to 10 variants; names match `[a-z0-9_-]{1,32}` and are unique;
     /// weights are > 0 and each variant receives at least one bucket; `control`, when given,
     /// names one of the variants (exactly one control: that one, or the first variant);
     /// overrides are in range (hybrid weights finite, ≥ 0 and not both 0; diversity `lambda` in
     /// [0, 1]; caps at most [`MAX_DIVERSITY_CAP`]).
     pub fn new(salt: &str, def: &ExperimentDef) -> Result<Self, ModelError> {
-        if salt.is_empty() || salt.len() > MAX_SALT_LEN {
+        if salt.is_empty() || salt.chars().count() > MAX_SALT_LEN {
             return Err(invalid(format!(
-                "experiment salt must be 1 to {MAX_SALT_LEN} bytes"
+                "experiment salt must be 1 to {MAX_SALT_LEN} characters"
             )));
         }
         let n = def.variants.len();

@@ -136,3 +136,106 @@ mod tests {
         assert_eq!(serde_json::to_string(&o).unwrap(), r#"{"name":"n"}"#);
     }
 }
+
+/// Integer fields that also accept a JSON number with an integral value (`2.0`, `1e3`): JSON
+/// has one number type and JSON Schema's `integer` includes them, so a client may send one.
+/// Anything fractional, negative or out of range is refused. Use with
+/// `#[serde(deserialize_with = "momentum_models::wire::integral::exact")]` (or `::option`
+/// for an `Option` with `#[serde(default)]`).
+pub mod integral {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Error, Visitor};
+    use serde::Deserializer;
+
+    struct Integral<T>(PhantomData<T>);
+
+    impl<T: TryFrom<u64>> Visitor<'_> for Integral<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<T, E> {
+            u64::try_from(v)
+                .map_err(|_| E::custom(format!("{v} is negative")))
+                .and_then(|v| self.visit_u64(v))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<T, E> {
+            // 2^64 is the first f64 beyond u64::MAX.
+            if v.is_finite() && v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v)
+            {
+                self.visit_u64(v as u64)
+            } else {
+                Err(E::custom(format!("{v} is not a non-negative integer")))
+            }
+        }
+    }
+
+    /// A required integer.
+    pub fn exact<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(Integral(PhantomData))
+    }
+
+    /// An optional integer (`null` is absent).
+    pub fn option<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        struct Opt<T>(PhantomData<T>);
+        impl<'de, T: TryFrom<u64>> Visitor<'de> for Opt<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer or null")
+            }
+            fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                exact(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt(PhantomData))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use serde::Deserialize;
+
+        #[derive(Debug, Deserialize)]
+        struct N {
+            #[serde(deserialize_with = "super::exact")]
+            n: u32,
+            #[serde(default, deserialize_with = "super::option")]
+            m: Option<usize>,
+        }
+
+        #[test]
+        fn integral_numbers_are_accepted_and_others_refused() {
+            let n: N = serde_json::from_str(r#"{"n": 2089.0, "m": 1e3}"#).unwrap();
+            assert_eq!((n.n, n.m), (2089, Some(1000)));
+            let n: N = serde_json::from_str(r#"{"n": 7, "m": null}"#).unwrap();
+            assert_eq!((n.n, n.m), (7, None));
+            let n: N = serde_json::from_str(r#"{"n": 7}"#).unwrap();
+            assert_eq!(n.m, None);
+            for bad in [
+                r#"{"n": 1.5}"#,
+                r#"{"n": -1}"#,
+                r#"{"n": -1.0}"#,
+                r#"{"n": 4294967296}"#,
+                r#"{"n": 1e300}"#,
+                r#"{"n": "1"}"#,
+                r#"{"n": 1, "m": 0.5}"#,
+            ] {
+                assert!(serde_json::from_str::<N>(bad).is_err(), "{bad}");
+            }
+        }
+    }
+}

@@ -50,6 +50,8 @@ momentum_models::object_only!(WireEvent);
 #[serde(untagged)]
 enum WireTimestamp {
     Millis(i64),
+    /// Another JSON number: milliseconds too when integral (`1.7e12`), refused otherwise.
+    Number(f64),
     Text(String),
 }
 
@@ -110,6 +112,14 @@ fn validate(
     let ts_ms = match e.ts {
         None => now,
         Some(WireTimestamp::Millis(ms)) => ms,
+        // Beyond ±2^63 the cast saturates, which the range check below refuses.
+        Some(WireTimestamp::Number(ms)) if ms.is_finite() && ms.fract() == 0.0 => ms as i64,
+        Some(WireTimestamp::Number(ms)) => {
+            return Err((
+                "invalid_timestamp",
+                format!("ts {ms} is not a whole number of milliseconds"),
+            ))
+        }
         Some(WireTimestamp::Text(s)) => OffsetDateTime::parse(&s, &Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
             .map_err(|_| {
@@ -341,6 +351,15 @@ mod tests {
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":99999999999999}"#);
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":"yesterday"}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":1.7e12}"#);
+        assert_eq!(
+            validate(0, e, &w, now).expect("integral").event.ts_ms,
+            1_700_000_000_000
+        );
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":1700000000000.5}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":1e300}"#);
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
     }
 
