@@ -1,9 +1,10 @@
 """Schemathesis hooks for tools/schemathesis.sh.
 
 openapi.json states every rule of a request that JSON Schema can express. A few rules relate
-fields to each other or to the server clock, and JSON Schema cannot state them; the document
-describes them in words. Generated bodies that break one of those rules are dropped here, so a
-400 for them is not reported as "schema-valid request rejected". Nothing else is filtered.
+fields to each other, to the server clock or to the server's state, and JSON Schema cannot
+state them; the document describes them in words. A "schema-valid request rejected" report is
+dropped here only when the request breaks one of those rules and the server's answer names it.
+Nothing else is filtered.
 """
 
 import time
@@ -15,63 +16,120 @@ BUCKETS = 10_000
 DAY_MS = 24 * 3600 * 1000
 
 
+def _error(response):
+    """(error code, rejection codes) of a JSON error answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, []
+    if not isinstance(body, dict):
+        return None, []
+    code = (body.get("error") or {}).get("code")
+    rejected = [r.get("code") for r in body.get("rejected") or [] if isinstance(r, dict)]
+    return code, rejected
+
+
 def _ts_ms(ts):
-    """Unix milliseconds of an event's `ts` (int or RFC 3339 text); None if unreadable."""
+    """Unix milliseconds of an event's `ts` (number or RFC 3339 text); None if unreadable."""
     if isinstance(ts, bool):
         return None
-    if isinstance(ts, int):
+    if isinstance(ts, (int, float)):
         return ts
     if isinstance(ts, str):
         try:
-            return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
         except (ValueError, OverflowError, OSError):
             return None
     return None
 
 
-@schemathesis.hook("filter_body").apply_to(method="POST", path="/v1/events")
-def events_within_the_clock_window(ctx, body):
-    """`ts` must lie between 1970-01-01 and one day ahead of the server clock."""
-    if not isinstance(body, list):
-        return True
-    now = int(time.time() * 1000)
-    for event in body:
-        if isinstance(event, dict) and "ts" in event:
-            ms = _ts_ms(event["ts"])
-            if ms is not None and not 0 <= ms <= now + DAY_MS - 60_000:
-                return False
-    return True
-
-
-@schemathesis.hook("filter_body").apply_to(method="POST", path="/v1/experiments")
-def experiments_with_consistent_variants(ctx, body):
-    """Unique variant names, `control` among them, at least one bucket per variant."""
-    if not isinstance(body, dict) or not isinstance(body.get("variants"), list):
-        return True
-    variants = [v for v in body["variants"] if isinstance(v, dict)]
-    names = [v.get("name") for v in variants]
-    if len(set(map(str, names))) != len(names):
+def _event_breaks_unwritable_rule(event):
+    """`ts` outside 1970-01-01 .. one day ahead of the clock."""
+    if not isinstance(event, dict) or event.get("ts") is None:
         return False
-    if "control" in body and body["control"] not in names:
-        return False
-    weights = [v.get("weight") for v in variants]
-    if all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in weights):
-        total = sum(weights)
-        # Largest-remainder allocation gives each variant at least its floor share: a floor
-        # of 1 bucket is enough.
-        if any(w * BUCKETS < total for w in weights):
-            return False
-    return True
+    ms = _ts_ms(event["ts"])
+    now = time.time() * 1000
+    return ms is not None and not 0 <= ms <= now + DAY_MS - 60_000
 
 
 @schemathesis.hook("filter_failure").apply_to(method="POST", path="/v1/events")
-def events_on_deleted_items(ctx, failure, case, response):
-    """A batch whose every event names an item deleted earlier in the run is a `400`: events on
-    deleted items are refused (README), a rule about the server's state, not the request."""
-    if response.status_code != 400:
+def events_refused_for_the_clock_or_deleted_items(ctx, failure, case, response):
+    """A batch whose every event is refused because its `ts` is outside the window relative to
+    the server clock, or because it names an item deleted earlier in the run (events on deleted
+    items are refused: a rule about the server's state, not the request)."""
+    code, rejected = _error(response)
+    if response.status_code != 400 or code != "invalid_events" or not rejected:
+        return True
+    events = case.body if isinstance(case.body, list) else []
+    for index, reason in enumerate(rejected):
+        if reason == "item_deleted":
+            continue
+        event = events[index] if index < len(events) else None
+        if reason == "invalid_timestamp" and _event_breaks_unwritable_rule(event):
+            continue
+        return True
+    return False
+
+
+def _experiment_breaks_unwritable_rule(body):
+    """Duplicate variant names, `control` not among them, or a variant without a bucket."""
+    if not isinstance(body, dict) or not isinstance(body.get("variants"), list):
+        return False
+    variants = [v for v in body["variants"] if isinstance(v, dict)]
+    names = [v.get("name") for v in variants]
+    if len(set(map(str, names))) != len(names):
+        return True
+    if body.get("control") is not None and body["control"] not in names:
+        return True
+    weights = [v.get("weight") for v in variants]
+    if all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights):
+        total = sum(weights)
+        # Largest-remainder allocation can leave a variant whose share is under one bucket
+        # without any.
+        if any(w * BUCKETS < total for w in weights):
+            return True
+    return False
+
+
+@schemathesis.hook("filter_failure").apply_to(method="POST", path="/v1/experiments")
+def experiments_with_inconsistent_variants(ctx, failure, case, response):
+    code, _ = _error(response)
+    if response.status_code == 400 and code == "invalid_experiment":
+        return not _experiment_breaks_unwritable_rule(case.body)
+    return True
+
+
+def _event_validator():
+    """A validator of one event, from the document's `Event` schema."""
+    import json
+    import os
+
+    import jsonschema_rs
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "openapi.json")
+    with open(root, encoding="utf-8") as f:
+        doc = json.load(f)
+    schemas = doc["components"]["schemas"]
+    event = dict(schemas["Event"])
+    event["properties"] = dict(event["properties"])
+    event["properties"]["kind"] = schemas["EventKind"]
+    return jsonschema_rs.Draft202012Validator(event)
+
+
+EVENT = _event_validator()
+
+
+@schemathesis.hook("filter_failure").apply_to(method="POST", path="/v1/events")
+def events_refused_one_by_one(ctx, failure, case, response):
+    """Events are validated one by one (README): a batch that mixes valid and invalid events is
+    a `200` that applies the valid ones and lists each invalid one in `rejected`. Such an answer
+    to a batch with schema-violating events is dropped only if every one of them is listed."""
+    if response.status_code != 200 or not isinstance(case.body, list):
         return True
     try:
-        rejected = response.json().get("rejected") or []
+        body = response.json()
     except ValueError:
         return True
-    return not rejected or any(r.get("code") != "item_deleted" for r in rejected)
+    listed = {r.get("index") for r in body.get("rejected") or [] if isinstance(r, dict)}
+    invalid = {i for i, event in enumerate(case.body) if not EVENT.is_valid(event)}
+    return not invalid or not invalid <= listed

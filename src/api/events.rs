@@ -96,8 +96,9 @@ fn validate(
         (None, false) => {}
     }
     let value = match (e.value, kind) {
-        // Values are stored as f32: 1e300 is a finite f64 but an infinite f32.
-        (Some(v), _) if !v.is_finite() || !(v as f32).is_finite() => {
+        // Values are stored as f32: 1e300 is a finite f64 but an infinite f32, and values just
+        // above f32::MAX would round down to it.
+        (Some(v), _) if !v.is_finite() || v.abs() > f64::from(f32::MAX) => {
             return Err(("invalid_value", "value must be a finite number".into()))
         }
         (Some(v), EventKind::Rate) if v < 0.0 || v > f64::from(weights.max_rating) => {
