@@ -399,7 +399,6 @@ fn cases() -> Vec<Case> {
         ("value", r#""4""#),
         ("value", "true"),
         ("ts", "true"),
-        ("ts", "1.5"),
         ("ts", "[1]"),
         ("event_id", "7"),
         ("recommendation_id", "{}"),
@@ -770,11 +769,12 @@ fn cases() -> Vec<Case> {
             refused("invalid_timestamp"),
         );
     }
-    for raw in ["18446744073709551615", "1e20", "-1e20"] {
+    // A number that is not a whole i64 of milliseconds is a timestamp out of range.
+    for raw in ["18446744073709551615", "1e20", "-1e20", "1.5"] {
         add(
             &format!("events: ts {raw} (not an i64)"),
             post_events(event_with("ts", raw)),
-            refused("invalid_event"),
+            refused("invalid_timestamp"),
         );
     }
 
