@@ -335,35 +335,40 @@ async fn head_answers_like_get_without_a_body_on_every_get_route() {
             continue;
         }
         let concrete = concrete(&path);
-        let (a, b, c) = (addr(&s), addr(&s), addr(&s));
-        let (g, h, g2) = (
-            bare("GET", &concrete),
-            bare("HEAD", &concrete),
-            bare("GET", &concrete),
-        );
-        let get = blocking(move || exchange(&a, &g, false)).await;
-        let head = blocking(move || exchange(&b, &h, true)).await;
-        let again = blocking(move || exchange(&c, &g2, false)).await;
-        statuses.insert(get.status);
-        assert_eq!(head.status, get.status, "HEAD {path}: {head:?} vs {get:?}");
-        assert!(head.body.is_empty(), "HEAD {path} sent a body: {head:?}");
-        // `date` moves, and so does the length of bodies that carry a clock, counters or a
-        // cache flag (metrics, features, recommendations): the length must match where the
-        // GETs before and after agree on it.
-        let stable_length = get.header("content-length") == again.header("content-length");
-        // Header order is not part of the answer.
-        let comparable = |r: &Raw| -> BTreeSet<(String, String)> {
-            r.headers
-                .iter()
-                .filter(|(n, _)| n != "date" && (stable_length || n != "content-length"))
-                .cloned()
-                .collect()
-        };
-        assert_eq!(comparable(&head), comparable(&get), "HEAD {path}");
-        assert!(
-            head.header("content-length").is_some(),
-            "HEAD {path}: {head:?}"
-        );
+        // Bodies that carry a clock, counters or a cache flag (metrics, features,
+        // recommendations) change length between requests: the HEAD's length must equal the
+        // length of the GET before or after it, in one of a few tries.
+        let mut matched = false;
+        for _ in 0..5 {
+            let (a, b, c) = (addr(&s), addr(&s), addr(&s));
+            let (g, h, g2) = (
+                bare("GET", &concrete),
+                bare("HEAD", &concrete),
+                bare("GET", &concrete),
+            );
+            let get = blocking(move || exchange(&a, &g, false)).await;
+            let head = blocking(move || exchange(&b, &h, true)).await;
+            let again = blocking(move || exchange(&c, &g2, false)).await;
+            statuses.insert(get.status);
+            assert_eq!(head.status, get.status, "HEAD {path}: {head:?} vs {get:?}");
+            assert!(head.body.is_empty(), "HEAD {path} sent a body: {head:?}");
+            // `date` moves; header order is not part of the answer.
+            let comparable = |r: &Raw| -> BTreeSet<(String, String)> {
+                r.headers
+                    .iter()
+                    .filter(|(n, _)| n != "date" && n != "content-length")
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(comparable(&head), comparable(&get), "HEAD {path}");
+            let length = head.header("content-length");
+            assert!(length.is_some(), "HEAD {path}: {head:?}");
+            if length == get.header("content-length") || length == again.header("content-length") {
+                matched = true;
+                break;
+            }
+        }
+        assert!(matched, "HEAD {path}: Content-Length differs from GET's");
     }
     assert!(
         statuses.contains(&200) && statuses.len() > 1,
