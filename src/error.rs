@@ -18,6 +18,9 @@ pub enum Error {
     /// The body or batch is larger than allowed.
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
+    /// The request line and headers are larger than the server serves.
+    #[error("the request line and headers exceed {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     /// The body is not JSON.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -112,6 +115,7 @@ impl Error {
             Error::BadRequest { code, .. }
             | Error::TooLarge { code, .. }
             | Error::Forbidden { code, .. } => code,
+            Error::HeadersTooLarge { .. } => "headers_too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::UnknownUser { .. } => "unknown_user",
             Error::UnknownItem { .. } => "unknown_item",
@@ -148,6 +152,7 @@ impl ResponseError for Error {
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::UnknownUser { .. }
             | Error::UnknownItem { .. }

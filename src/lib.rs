@@ -252,6 +252,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             .app_data(api::json_config())
             .app_data(api::query_config())
             .app_data(api::path_config())
+            .wrap(actix_web::middleware::from_fn(api::http_contract))
             .wrap(actix_web::middleware::ErrorHandlers::new().handler(
                 actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
                 api::method_not_allowed,

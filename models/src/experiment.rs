@@ -50,11 +50,12 @@ pub fn bucket(salt: &str, user_id: &str) -> u32 {
 
 /// One variant as submitted by an operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct VariantDef {
     /// Name matching `[a-z0-9_-]{1,32}`, unique within the experiment.
     pub name: String,
     /// Relative weight, > 0.
+    #[serde(deserialize_with = "crate::wire::integral::exact")]
     pub weight: u32,
     /// Hybrid blend for this variant's users; the configured blend when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +64,7 @@ pub struct VariantDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diversity: Option<DiversityOverride>,
 }
+crate::object_only!(VariantDef, serialize);
 
 impl VariantDef {
     /// A variant without overrides.
@@ -87,27 +89,37 @@ impl VariantDef {
 /// Weights of the hybrid blend `(cf · CF + content · content) / (cf + content)` (see
 /// [`crate::content::hybrid`]): finite, ≥ 0, not both 0.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct HybridWeights {
     pub cf: f64,
     pub content: f64,
 }
+crate::object_only!(HybridWeights, serialize);
 
 /// Diversity settings of a variant; each absent field keeps the configured value. Caps follow
 /// the server configuration's convention: `0` means no cap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DiversityOverride {
     /// MMR trade-off in [0, 1]: 1 = relevance only, 0 = novelty only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<f64>,
     /// At most this many items of one type (0 = no cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::integral::option"
+    )]
     pub max_per_type: Option<usize>,
     /// At most this many items sharing a dominant tag (0 = no cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::integral::option"
+    )]
     pub max_per_tag: Option<usize>,
 }
+crate::object_only!(DiversityOverride, serialize);
 
 /// Largest diversity cap a variant may set (a list is at most a few hundred items long).
 pub const MAX_DIVERSITY_CAP: usize = 1000;
@@ -154,7 +166,7 @@ fn validate_overrides(v: &VariantDef) -> Result<(), String> {
 
 /// An experiment definition as submitted (`POST /v1/experiments`), before validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ExperimentDef {
     /// 1 to 10 variants, in bucket order.
     pub variants: Vec<VariantDef>,
@@ -162,6 +174,7 @@ pub struct ExperimentDef {
     #[serde(default)]
     pub control: Option<String>,
 }
+crate::object_only!(ExperimentDef, serialize);
 
 fn invalid(reason: impl Into<String>) -> ModelError {
     ModelError::InvalidInput {
@@ -218,16 +231,16 @@ pub struct Experiment {
 }
 
 impl Experiment {
-    /// Validates `def` and computes its allocation. Rules: the salt is 1 to 128 bytes (usually
+    /// Validates `def` and computes its allocation. Rules: the salt is 1 to 128 characters (usually
     /// the experiment id); 1 to 10 variants; names match `[a-z0-9_-]{1,32}` and are unique;
     /// weights are > 0 and each variant receives at least one bucket; `control`, when given,
     /// names one of the variants (exactly one control: that one, or the first variant);
     /// overrides are in range (hybrid weights finite, ≥ 0 and not both 0; diversity `lambda` in
     /// [0, 1]; caps at most [`MAX_DIVERSITY_CAP`]).
     pub fn new(salt: &str, def: &ExperimentDef) -> Result<Self, ModelError> {
-        if salt.is_empty() || salt.len() > MAX_SALT_LEN {
+        if salt.is_empty() || salt.chars().count() > MAX_SALT_LEN {
             return Err(invalid(format!(
-                "experiment salt must be 1 to {MAX_SALT_LEN} bytes"
+                "experiment salt must be 1 to {MAX_SALT_LEN} characters"
             )));
         }
         let n = def.variants.len();

@@ -14,5 +14,6 @@ pub mod features;
 pub mod predict;
 pub mod ranking;
 pub mod similarity;
+pub mod wire;
 
 pub use error::ModelError;

@@ -23,12 +23,12 @@ use crate::experiments::{Attributable, BatchDedupe};
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/events", web::post().to(post_events));
+    cfg.service(web::resource("/v1/events").route(web::post().to(post_events)));
 }
 
 /// An event as it arrives on the wire.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct WireEvent {
     #[serde(default)]
     event_id: Option<String>,
@@ -44,11 +44,14 @@ struct WireEvent {
     #[serde(default)]
     recommendation_id: Option<String>,
 }
+momentum_models::object_only!(WireEvent);
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum WireTimestamp {
     Millis(i64),
+    /// Another JSON number: milliseconds too when integral (`1.7e12`), refused otherwise.
+    Number(f64),
     Text(String),
 }
 
@@ -93,8 +96,9 @@ fn validate(
         (None, false) => {}
     }
     let value = match (e.value, kind) {
-        // Values are stored as f32: 1e300 is a finite f64 but an infinite f32.
-        (Some(v), _) if !v.is_finite() || !(v as f32).is_finite() => {
+        // Values are stored as f32: 1e300 is a finite f64 but an infinite f32, and values just
+        // above f32::MAX would round down to it.
+        (Some(v), _) if !v.is_finite() || v.abs() > f64::from(f32::MAX) => {
             return Err(("invalid_value", "value must be a finite number".into()))
         }
         (Some(v), EventKind::Rate) if v < 0.0 || v > f64::from(weights.max_rating) => {
@@ -109,6 +113,14 @@ fn validate(
     let ts_ms = match e.ts {
         None => now,
         Some(WireTimestamp::Millis(ms)) => ms,
+        // Beyond ±2^63 the cast saturates, which the range check below refuses.
+        Some(WireTimestamp::Number(ms)) if ms.is_finite() && ms.fract() == 0.0 => ms as i64,
+        Some(WireTimestamp::Number(ms)) => {
+            return Err((
+                "invalid_timestamp",
+                format!("ts {ms} is not a whole number of milliseconds"),
+            ))
+        }
         Some(WireTimestamp::Text(s)) => OffsetDateTime::parse(&s, &Rfc3339)
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
             .map_err(|_| {
@@ -340,6 +352,15 @@ mod tests {
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":99999999999999}"#);
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
         let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":"yesterday"}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":1.7e12}"#);
+        assert_eq!(
+            validate(0, e, &w, now).expect("integral").event.ts_ms,
+            1_700_000_000_000
+        );
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":1700000000000.5}"#);
+        assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
+        let e = wire(r#"{"user_id":"u","item_id":"i","kind":"view","ts":1e300}"#);
         assert_eq!(validate(0, e, &w, now).unwrap_err().0, "invalid_timestamp");
     }
 

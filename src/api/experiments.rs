@@ -23,8 +23,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(get))
             .route(web::delete().to(delete)),
     )
-    .route("/v1/experiments/{id}/results", web::get().to(results))
-    .route("/v1/experiments/{id}/stop", web::post().to(stop));
+    .service(web::resource("/v1/experiments/{id}/results").route(web::get().to(results)))
+    .service(web::resource("/v1/experiments/{id}/stop").route(web::post().to(stop)));
 }
 
 /// Largest experiment definition, in bytes (ten variants take well under 4 KiB).
@@ -32,7 +32,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `POST /v1/experiments` body.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct CreateBody {
     /// `[A-Za-z0-9_.:@-]{1,128}`.
     id: String,
@@ -43,6 +43,7 @@ struct CreateBody {
     #[serde(default)]
     control: Option<String>,
 }
+momentum_models::object_only!(CreateBody);
 
 fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

@@ -19,8 +19,8 @@ use crate::AppState;
 pub const MAX_LIMIT: usize = 1000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/interventions", web::get().to(list))
-        .route("/v1/churn/run", web::post().to(run));
+    cfg.service(web::resource("/v1/interventions").route(web::get().to(list)))
+        .service(web::resource("/v1/churn/run").route(web::post().to(run)));
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(get_item))
             .route(web::delete().to(delete_item)),
     )
-    .route("/v1/items/{id}/similar-items", web::get().to(similar_items));
+    .service(web::resource("/v1/items/{id}/similar-items").route(web::get().to(similar_items)));
 }
 
 /// Limits on metadata so one item cannot take unbounded memory.
@@ -27,7 +27,7 @@ const MAX_TAGS: usize = 64;
 const MAX_TAG: usize = 64;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct ItemBody {
     #[serde(default)]
     title: String,
@@ -40,6 +40,7 @@ struct ItemBody {
     #[serde(default)]
     difficulty: Option<f64>,
 }
+momentum_models::object_only!(ItemBody);
 
 impl ItemBody {
     fn validate(self) -> Result<ItemMeta, Error> {

@@ -12,9 +12,11 @@ pub mod openapi;
 pub mod predictions;
 pub mod users;
 
-use actix_web::dev::ServiceResponse;
-use actix_web::middleware::ErrorHandlerResponse;
-use actix_web::{error::InternalError, web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::{ErrorHandlerResponse, Next};
+use actix_web::{error::InternalError, web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use crate::error::Error;
@@ -85,25 +87,99 @@ pub fn path_config() -> web::PathConfig {
 
 /// Fallback for unknown routes.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let method = if req.extensions().get::<HeadRequest>().is_some() {
+        &Method::HEAD
+    } else {
+        req.method()
+    };
     Error::NotFound {
-        message: format!("no route for {} {}", req.method(), req.path()),
+        message: format!("no route for {method} {}", req.path()),
     }
     .error_response()
 }
 
-/// Turns actix's bare `405` (a known path, another method) into the JSON error format, keeping
-/// its `Allow` header. Installed with `middleware::ErrorHandlers` in [`crate::start`].
+/// Marks a request that arrived as `HEAD` and is routed as `GET` by [`http_contract`].
+#[derive(Debug, Clone, Copy)]
+pub struct HeadRequest;
+
+/// Largest request head the application serves, in bytes: the request line plus every header
+/// line. actix-http itself accepts up to 128 KiB and 96 headers (and answers `431` with an empty
+/// body beyond that); between this bound and those, the answer is a JSON `431`.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// The request-level part of the HTTP contract, before routing:
+///
+/// - a request head over [`MAX_HEAD_BYTES`] is a `431 headers_too_large`;
+/// - `HEAD` is routed like `GET`, so every `GET` route answers `HEAD` with the same status and
+///   headers. The HTTP layer (actix-http's h1 and h2 dispatchers) knows the request was `HEAD`
+///   and sends no body, keeping the `Content-Length` of the `GET` answer. A path without `GET`
+///   answers `405` as for any other method.
+///
+/// Installed with `middleware::from_fn` in [`crate::start`], inside the admission middleware,
+/// so metrics and logs still see `HEAD`.
+pub async fn http_contract(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> actix_web::Result<ServiceResponse<EitherBody<impl MessageBody>>> {
+    let head_bytes = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_bytes > MAX_HEAD_BYTES {
+        let res = Error::HeadersTooLarge {
+            limit: MAX_HEAD_BYTES,
+        }
+        .error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    if req.method() == Method::HEAD {
+        req.head_mut().method = Method::GET;
+        req.extensions_mut().insert(HeadRequest);
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// The `Allow` value for a path whose routes accept `methods`: `HEAD` is added after `GET`
+/// (see [`http_contract`]).
+pub fn allow_value(methods: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for m in methods.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        if !out.contains(&m) {
+            out.push(m);
+        }
+        if m == "GET" && !methods.split(',').any(|x| x.trim() == "HEAD") {
+            out.push("HEAD");
+        }
+    }
+    out.join(", ")
+}
+
+/// Turns actix's bare `405` (a known path, another method) into the JSON error format with an
+/// `Allow` header listing the path's methods (`HEAD` included where `GET` is). Installed with
+/// `middleware::ErrorHandlers` in [`crate::start`].
 pub fn method_not_allowed<B>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let (req, res) = res.into_parts();
+    let method = if req.extensions().get::<HeadRequest>().is_some() {
+        Method::HEAD
+    } else {
+        req.method().clone()
+    };
     let mut out = HttpResponse::MethodNotAllowed();
-    if let Some(allow) = res.headers().get(actix_web::http::header::ALLOW) {
-        out.insert_header((actix_web::http::header::ALLOW, allow.clone()));
+    if let Some(allow) = res
+        .headers()
+        .get(actix_web::http::header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+    {
+        out.insert_header((actix_web::http::header::ALLOW, allow_value(allow)));
     }
     let out = out.json(serde_json::json!({"error": {
         "code": "method_not_allowed",
-        "message": format!("{} is not allowed on {}", req.method(), req.path()),
+        "message": format!("{method} is not allowed on {}", req.path()),
     }}));
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, out).map_into_right_body(),

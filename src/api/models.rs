@@ -29,16 +29,15 @@ use crate::store::analytics::ModelVersionRow;
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/models/train", web::post().to(train))
-        .route("/v1/models", web::get().to(list))
-        .route(
-            "/v1/models/{name}/versions/{version}",
-            web::get().to(version),
+    cfg.service(web::resource("/v1/models/train").route(web::post().to(train)))
+        .service(web::resource("/v1/models").route(web::get().to(list)))
+        .service(
+            web::resource("/v1/models/{name}/versions/{version}").route(web::get().to(version)),
         )
-        .route("/v1/models/{name}/latest", web::get().to(latest))
-        .route(
-            "/v1/models/{name}/versions/{version}/model.tflite",
-            web::get().to(download),
+        .service(web::resource("/v1/models/{name}/latest").route(web::get().to(latest)))
+        .service(
+            web::resource("/v1/models/{name}/versions/{version}/model.tflite")
+                .route(web::get().to(download)),
         );
 }
 

@@ -10,7 +10,7 @@ use actix_web::{web, HttpResponse};
 pub const DOCUMENT: &str = include_str!("../../openapi.json");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi));
+    cfg.service(web::resource("/openapi.json").route(web::get().to(openapi)));
 }
 
 async fn openapi() -> HttpResponse {

@@ -33,15 +33,14 @@ use crate::AppState;
 pub const MAX_FORECAST_DAYS: usize = 90;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/users/{id}/features", web::get().to(get_features))
-        .route(
-            "/v1/users/{id}/predictions/success",
-            web::get().to(get_success),
+    cfg.service(web::resource("/v1/users/{id}/features").route(web::get().to(get_features)))
+        .service(
+            web::resource("/v1/users/{id}/predictions/success").route(web::get().to(get_success)),
         )
-        .route("/v1/users/{id}/churn", web::get().to(get_churn))
-        .route("/v1/users/{id}/forecast", web::get().to(get_forecast))
-        .route("/v1/predictions/success", web::post().to(post_success))
-        .route("/v1/predictions/churn", web::post().to(post_churn));
+        .service(web::resource("/v1/users/{id}/churn").route(web::get().to(get_churn)))
+        .service(web::resource("/v1/users/{id}/forecast").route(web::get().to(get_forecast)))
+        .service(web::resource("/v1/predictions/success").route(web::post().to(post_success)))
+        .service(web::resource("/v1/predictions/churn").route(web::post().to(post_churn)));
 }
 
 fn retry(state: &AppState) -> u64 {
@@ -180,7 +179,7 @@ async fn get_forecast(
 
 /// A feature vector computed on a device.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct DeviceVector {
     /// The feature names in order; must equal the live model's.
     feature_names: Vec<String>,
@@ -191,6 +190,7 @@ struct DeviceVector {
     #[serde(default)]
     goal_id: Option<String>,
 }
+momentum_models::object_only!(DeviceVector);
 
 /// Checks a device vector against a model's input schema (see the module docs).
 pub fn check_vector(

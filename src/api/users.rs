@@ -19,11 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(get_user))
             .route(web::delete().to(erase_user)),
     )
-    .route(
-        "/v1/users/{id}/recommendations",
-        web::get().to(recommendations),
-    )
-    .route("/v1/users/{id}/similar-users", web::get().to(similar_users));
+    .service(web::resource("/v1/users/{id}/recommendations").route(web::get().to(recommendations)))
+    .service(web::resource("/v1/users/{id}/similar-users").route(web::get().to(similar_users)));
 }
 
 /// Bounds on a profile.
@@ -31,7 +28,7 @@ const MAX_PREFERENCES: usize = 64;
 const MAX_PROFILE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct ProfileBody {
     #[serde(default)]
     preferences: serde_json::Map<String, serde_json::Value>,
@@ -40,6 +37,7 @@ struct ProfileBody {
     #[serde(default)]
     locale: Option<String>,
 }
+momentum_models::object_only!(ProfileBody);
 
 impl ProfileBody {
     fn validate(self) -> Result<UserProfile, Error> {

@@ -4,6 +4,7 @@ mod admission;
 mod bad_input;
 mod common;
 mod console;
+mod contract;
 mod corpus;
 mod experiments;
 mod models;

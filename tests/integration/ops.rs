@@ -21,14 +21,14 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn document() -> Value {
+pub fn document() -> Value {
     serde_json::from_str(&read("openapi.json")).expect("openapi.json is JSON")
 }
 
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
 /// Every (path template, method) of the document.
-fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
+pub fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
     let paths = doc["paths"].as_object().expect("paths");
     paths
         .iter()
