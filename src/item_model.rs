@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
 
 use momentum_actors::config::ItemModel;
+use momentum_actors::ease::EaseModel;
 
 use crate::AppState;
 
@@ -62,6 +63,38 @@ impl ItemModelMetrics {
     }
 }
 
+/// Builds the model now on the blocking pool, publishes it and records the metrics. The
+/// previous model stays when the build fails.
+pub async fn rebuild(state: &Arc<AppState>) -> Result<Arc<EaseModel>, crate::Error> {
+    let metrics = &state.item_model_metrics;
+    let builder = state.clone();
+    let now_ms = state.analytics.shared().clock.now_ms();
+    let built =
+        actix_web::rt::task::spawn_blocking(move || builder.engine.build_item_model(now_ms)).await;
+    let failure = match built {
+        Ok(Ok(model)) => {
+            metrics.builds.with_label_values(&["ok"]).inc();
+            metrics.build_seconds.set(model.build_seconds);
+            metrics.items.set(model.items() as i64);
+            metrics.version.set(model.version as i64);
+            tracing::info!(
+                version = model.version,
+                items = model.items(),
+                seconds = model.build_seconds,
+                "item model built"
+            );
+            return Ok(model);
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => format!("the build panicked: {error}"),
+    };
+    metrics.builds.with_label_values(&["error"]).inc();
+    tracing::warn!(error = %failure, "item model build failed; the previous model stays");
+    Err(crate::Error::Internal {
+        message: format!("item model build failed: {failure}"),
+    })
+}
+
 /// Starts the job (call once the state is restored). It ends when the server is dropped.
 pub fn spawn(state: &Arc<AppState>) {
     if state.settings.recommend.item_model != ItemModel::Ease {
@@ -89,42 +122,17 @@ async fn run(weak: Weak<AppState>) {
                         && at.elapsed() >= Duration::from_secs(ease.rebuild_secs))
             }
         };
-        let metrics = state.item_model_metrics.clone();
         if due {
-            let builder = state.clone();
-            let now_ms = state.analytics.shared().clock.now_ms();
-            let built = actix_web::rt::task::spawn_blocking(move || {
-                builder.engine.build_item_model(now_ms)
-            })
-            .await;
-            match built {
-                Ok(Ok(model)) => {
-                    metrics.builds.with_label_values(&["ok"]).inc();
-                    metrics.build_seconds.set(model.build_seconds);
-                    metrics.items.set(model.items() as i64);
-                    metrics.version.set(model.version as i64);
-                    tracing::info!(
-                        version = model.version,
-                        items = model.items(),
-                        seconds = model.build_seconds,
-                        "item model built"
-                    );
-                }
-                Ok(Err(error)) => {
-                    metrics.builds.with_label_values(&["error"]).inc();
-                    tracing::warn!(%error, "item model build failed; the previous model stays");
-                }
-                Err(error) => {
-                    metrics.builds.with_label_values(&["error"]).inc();
-                    tracing::error!(%error, "item model build panicked; the previous model stays");
-                }
-            }
+            let _ = rebuild(&state).await;
             last = Some((Instant::now(), applied, epoch));
         }
         let model = state.engine.item_model();
         if model.version > 0 {
             let age_ms = state.analytics.shared().clock.now_ms() - model.built_ms;
-            metrics.age_seconds.set(age_ms.max(0) as f64 / 1e3);
+            state
+                .item_model_metrics
+                .age_seconds
+                .set(age_ms.max(0) as f64 / 1e3);
         }
         drop(state);
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;

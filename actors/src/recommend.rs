@@ -127,6 +127,9 @@ pub struct Recommendations {
     pub complete: bool,
     /// The blend the list was computed with (a different experiment variant recomputes).
     pub blend: Blend,
+    /// The version of the learned item model the list was computed with (a newer model
+    /// recomputes).
+    pub item_model: u64,
 }
 
 /// Evidence → confidence: `1 − exp(−support / 5)`, where support counts the user's items

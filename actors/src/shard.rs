@@ -304,17 +304,18 @@ impl ShardState {
     }
 
     /// Ranked recommendations, at least `n` when the catalogue allows, from the cache when a
-    /// fresh list of at least that length, computed with the same blend, is there. Lists are
+    /// fresh list of at least that length, computed with the same blend and the same version
+    /// of the item model, is there. Lists are
     /// computed for `max(n, default_n)` items, so the common request sizes share one list.
     pub fn recommend(&mut self, user: u32, n: usize, blend: Option<Blend>) -> Recommendations {
         let blend = blend.unwrap_or_else(|| Blend::from_config(&self.config.recommend));
         let want = n
             .max(self.config.recommend.default_n)
             .min(self.config.recommend.max_n);
-        let hit = self
-            .rec_cache
-            .get(user)
-            .filter(|r| r.blend == blend && (r.items.len() >= n || r.complete));
+        let item_model = self.index.ease.read().version;
+        let hit = self.rec_cache.get(user).filter(|r| {
+            r.blend == blend && r.item_model == item_model && (r.items.len() >= n || r.complete)
+        });
         if let Some(mut hit) = hit {
             self.metrics.rec_cache.with_label_values(&["hit"]).inc();
             hit.cached = true;
@@ -359,6 +360,7 @@ impl ShardState {
             items: Arc::new(items),
             cached: false,
             blend,
+            item_model,
         };
         self.rec_cache.put(user, recs.clone());
         recs
@@ -749,6 +751,7 @@ mod tests {
             cached: false,
             complete: true,
             blend: Blend::from_config(&crate::config::RecommendConfig::default()),
+            item_model: 0,
         };
         c.put(1, recs.clone());
         c.put(2, recs.clone());

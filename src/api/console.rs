@@ -223,20 +223,21 @@ fn csrf_error() -> Error {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/console", web::get().to(index))
+    // One resource per path, so another method on a known path answers 405, not 404.
+    cfg.service(web::resource("/console").route(web::get().to(index)))
         .service(
             web::resource("/console/login")
                 .route(web::get().to(login_page))
                 .route(web::post().to(login)),
         )
-        .route("/console/logout", web::post().to(logout))
-        .route("/console/assets/{name}", web::get().to(asset))
-        .route("/console/api/overview", web::get().to(overview))
-        .route(
-            "/console/api/experiments/{id}/series",
-            web::get().to(experiment_series),
+        .service(web::resource("/console/logout").route(web::post().to(logout)))
+        .service(web::resource("/console/assets/{name}").route(web::get().to(asset)))
+        .service(web::resource("/console/api/overview").route(web::get().to(overview)))
+        .service(
+            web::resource("/console/api/experiments/{id}/series")
+                .route(web::get().to(experiment_series)),
         )
-        .route("/console/api/items/{id}/users", web::get().to(item_users));
+        .service(web::resource("/console/api/items/{id}/users").route(web::get().to(item_users)));
 }
 
 fn page(html: String) -> HttpResponse {

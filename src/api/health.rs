@@ -12,7 +12,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(healthz)))
         .service(web::resource("/readyz").route(web::get().to(readyz)))
         .service(web::resource("/metrics").route(web::get().to(metrics)))
-        .service(web::resource("/v1/admin/snapshot").route(web::post().to(snapshot)));
+        .service(web::resource("/v1/admin/snapshot").route(web::post().to(snapshot)))
+        .service(web::resource("/v1/admin/item-model").route(web::post().to(item_model)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -66,5 +67,21 @@ async fn snapshot(
         "bytes": stats.bytes,
         "seconds": stats.seconds,
         "pruned_events": stats.pruned_events,
+    })))
+}
+
+/// `POST /v1/admin/item-model` (admin): rebuild the learned item model now (after a bulk
+/// import, say) instead of waiting for `ease.rebuild_events` or `ease.rebuild_secs`.
+async fn item_model(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, crate::Error> {
+    crate::api::require_admin(&req, &state)?;
+    let state = state.into_inner();
+    let model = crate::item_model::rebuild(&state).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "version": model.version,
+        "items": model.items(),
+        "seconds": model.build_seconds,
     })))
 }

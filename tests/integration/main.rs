@@ -1,4 +1,5 @@
-//! Integration tests of the `momentum` server over HTTP (one binary, see STYLE.md).
+//! Integration tests of the `momentum` server over HTTP, in one test binary so the server
+//! crate is linked once.
 
 mod admission;
 mod bad_input;
@@ -7,6 +8,7 @@ mod console;
 mod contract;
 mod corpus;
 mod experiments;
+mod item_model;
 mod models;
 mod ops;
 mod persistence;

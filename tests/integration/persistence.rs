@@ -90,8 +90,21 @@ fn workload() -> (Vec<(String, Value)>, Vec<Value>) {
     (items, events)
 }
 
+/// Rebuilds the learned item model from the current state, so that lists are a function of
+/// the state alone (the background job would otherwise rebuild at times of its own).
+async fn rebuild_item_model(client: &reqwest::Client, base: &str) {
+    let res = client
+        .post(format!("{base}/v1/admin/item-model"))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("rebuild");
+    assert_eq!(res.status().as_u16(), 200);
+}
+
 /// What must survive a restart, as the API shows it (minus per-response ids and flags).
 async fn observable(s: &TestServer) -> Vec<Value> {
+    rebuild_item_model(&s.client, &s.base).await;
     let mut out = Vec::new();
     for u in 0..40 {
         let (_, mut recs) = s.get(&format!("/v1/users/u{u}/recommendations?n=8")).await;
@@ -280,6 +293,7 @@ fn spawn_child(store_dir: &std::path::Path) -> ChildServer {
         .env("MOMENTUM__STORE__DURABILITY", "sync")
         .env("MOMENTUM__SNAPSHOT__INTERVAL_SECS", "1")
         .env("MOMENTUM__RECOMMEND__POPULAR_REFRESH_MS", "0")
+        .env("MOMENTUM__SECURITY__ADMIN_KEY", ADMIN_KEY)
         .env("MOMENTUM__LOGGING__FORMAT", "plain")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -367,6 +381,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         acked.push(body);
     }
     let sample: Vec<String> = (0..60).step_by(6).map(|u| format!("u{u}")).collect();
+    rebuild_item_model(&client, &server.base).await;
     let mut before = Vec::new();
     for u in &sample {
         let (v, c) = user_view(&client, &server.base, u).await;
@@ -389,6 +404,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
 
     let mut server = spawn_child(dir.path());
     wait_ready(&client, &server.base).await;
+    rebuild_item_model(&client, &server.base).await;
     for (u, (items, interactions)) in sample.iter().zip(&before) {
         let (v, c) = user_view(&client, &server.base, u).await;
         assert_eq!(&c["interactions"], interactions, "{u}");
