@@ -29,8 +29,7 @@ use serde_json::json;
 use momentum_actors::engine::{EngineExport, IngestReport, NewEvent, Rejection};
 use momentum_actors::index::{ItemMeta, UserProfile};
 use momentum_actors::snapshot::{
-    decode_event_ids, decode_item_slots, decode_user, encode_event_ids, encode_item_slots,
-    encode_user,
+    decode_dedupe, decode_item_slots, decode_user, encode_dedupe, encode_item_slots, encode_user,
 };
 use momentum_actors::{ActorError, Engine};
 use momentum_models::events::EventKind;
@@ -38,6 +37,9 @@ use momentum_models::events::EventKind;
 use crate::error::Error;
 use crate::metrics::JournalMetrics;
 use crate::store::{self, Durability, SnapshotMeta, SnapshotPart, Store, StoreConfig};
+
+/// Key prefix of the snapshot parts holding a shard's remembered event ids (`event_ids:N`).
+const EVENT_IDS_PREFIX: &str = "event_ids:";
 
 /// Events read per page when replaying the log (and written per append when flushing).
 const REPLAY_PAGE: usize = 10_000;
@@ -513,9 +515,9 @@ impl Journal {
         });
         for (shard, ids) in export.event_ids.iter().enumerate() {
             parts.push(SnapshotPart {
-                key: format!("event_ids:{shard}"),
+                key: format!("{EVENT_IDS_PREFIX}{shard}"),
                 user_id: None,
-                bytes: encode_event_ids(ids),
+                bytes: encode_dedupe(ids),
             });
         }
         let users = export.users.len();
@@ -576,16 +578,16 @@ impl Journal {
         let mut snapshot_users = 0;
         if let Some((meta, parts)) = self.store.latest_snapshot().await.map_err(store_error)? {
             let mut export = EngineExport::default();
-            let mut shard_ids: Vec<(usize, Vec<Box<str>>)> = Vec::new();
+            let mut shard_ids: Vec<(usize, Vec<_>)> = Vec::new();
             for part in parts {
                 let corrupt = |e: momentum_actors::snapshot::DecodeError| Error::Internal {
                     message: format!("snapshot {} part {}: {e}", meta.id, part.key),
                 };
                 if part.key == "items" {
                     export.items = decode_item_slots(&part.bytes).map_err(corrupt)?;
-                } else if let Some(shard) = part.key.strip_prefix("event_ids:") {
+                } else if let Some(shard) = part.key.strip_prefix(EVENT_IDS_PREFIX) {
                     let shard = shard.parse().unwrap_or(0);
-                    shard_ids.push((shard, decode_event_ids(&part.bytes).map_err(corrupt)?));
+                    shard_ids.push((shard, decode_dedupe(&part.bytes).map_err(corrupt)?));
                 } else if part.user_id.is_some() {
                     export
                         .users
@@ -675,10 +677,32 @@ impl Journal {
         // Queued events of theirs must not reach the log after the erasure.
         self.drain_sync().await;
         self.flush().await?;
+        // Their remembered event ids sit in every stored snapshot's shared `event_ids:` parts,
+        // under their dense id: those parts are rewritten without them (older-format parts,
+        // which hold the id texts, are rewritten hashed).
+        let dense = engine.index().users.get(user_id);
         let known = engine.erase_user(user_id).await.map_err(actor_error)?;
-        let report = self.store.erase_user(user_id).await.map_err(store_error)?;
+        let scrub: store::PartScrub = std::sync::Arc::new(move |bytes: &[u8]| {
+            let entries = decode_dedupe(bytes).ok()?;
+            let old_format = bytes.first() != encode_dedupe(&[]).first();
+            let kept: Vec<_> = entries
+                .iter()
+                .copied()
+                .filter(|e| Some(e.0) != dense)
+                .collect();
+            (old_format || kept.len() != entries.len()).then(|| encode_dedupe(&kept))
+        });
+        let report = self
+            .store
+            .erase_user_scrubbing(user_id, EVENT_IDS_PREFIX, scrub)
+            .await
+            .map_err(store_error)?;
         let stored = report.removed.total() > 0;
-        tracing::info!(removed_rows = report.removed.total(), "user erased");
+        tracing::info!(
+            removed_rows = report.removed.total(),
+            rewritten_parts = report.rewritten_parts,
+            "user erased"
+        );
         Ok(known || stored)
     }
 

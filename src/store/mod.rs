@@ -313,7 +313,13 @@ impl UserFootprint {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ErasureReport {
     pub removed: UserFootprint,
+    /// Shared snapshot parts rewritten without the user (see [`Store::erase_user_scrubbing`]).
+    pub rewritten_parts: u64,
 }
+
+/// Rewrites the bytes of a snapshot part shared by many users without one of them: the new
+/// bytes, or `None` to keep the part as it is.
+pub type PartScrub = std::sync::Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
 /// The store: one of the two back-ends. Cheap to clone (both hold shared handles).
 #[derive(Clone)]
@@ -449,7 +455,20 @@ impl Store {
 
     /// Deletes every stored row of the user (see [`UserFootprint`]) in one transaction.
     pub async fn erase_user(&self, user_id: &str) -> Result<ErasureReport, StoreError> {
-        dispatch!(self.erase_user(user_id))
+        dispatch!(self.erase_user(user_id, None))
+    }
+
+    /// [`Store::erase_user`], and in the same transaction every part of every stored snapshot
+    /// whose key starts with `shared_prefix` (parts that hold several users' data and so have no
+    /// owner) is passed to `scrub` and replaced by what it returns.
+    pub async fn erase_user_scrubbing(
+        &self,
+        user_id: &str,
+        shared_prefix: &str,
+        scrub: PartScrub,
+    ) -> Result<ErasureReport, StoreError> {
+        let scrub = Some((shared_prefix.to_owned(), scrub));
+        dispatch!(self.erase_user(user_id, scrub))
     }
 
     /// Counts the rows in every table that mention the user.

@@ -21,8 +21,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::group::GroupCommit;
 use super::{
-    now_ms, ErasureReport, NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig,
-    StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+    now_ms, ErasureReport, NewEvent, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
+    StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 mod embedded {
@@ -372,7 +372,11 @@ impl PostgresStore {
             .map_err(pg_err)
     }
 
-    pub(crate) async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
+    pub(crate) async fn erase_user(
+        &self,
+        user_id: &str,
+        scrub: Option<(String, PartScrub)>,
+    ) -> Result<ErasureReport> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut removed = UserFootprint::default();
@@ -392,8 +396,36 @@ impl PostgresStore {
                 .await
                 .map_err(pg_err)?;
         }
+        let mut rewritten_parts = 0;
+        if let Some((prefix, scrub)) = &scrub {
+            let rows = tx
+                .query(
+                    "SELECT snapshot_id, key, bytes FROM snapshot_parts \
+                     WHERE user_id IS NULL AND starts_with(key, $1) FOR UPDATE",
+                    &[prefix],
+                )
+                .await
+                .map_err(pg_err)?;
+            for row in rows {
+                let id: i64 = row.try_get(0).map_err(pg_err)?;
+                let key: String = row.try_get(1).map_err(pg_err)?;
+                let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
+                if let Some(new) = scrub(&bytes) {
+                    tx.execute(
+                        "UPDATE snapshot_parts SET bytes = $3 WHERE snapshot_id = $1 AND key = $2",
+                        &[&id, &key, &new],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                    rewritten_parts += 1;
+                }
+            }
+        }
         tx.commit().await.map_err(pg_err)?;
-        Ok(ErasureReport { removed })
+        Ok(ErasureReport {
+            removed,
+            rewritten_parts,
+        })
     }
 
     pub(crate) async fn count_user_rows(&self, user_id: &str) -> Result<UserFootprint> {
