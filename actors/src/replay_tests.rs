@@ -129,13 +129,13 @@ proptest! {
         }
         let m = batch_matrix(&h.index, &fed, &config);
         let k = config.recommend.similar_k;
-        let want_items = batch::similar_items(&m, k);
+        let want_items = batch::similar_items_by(&m, k, &h.index.item_order());
         for item in 0..h.index.items.slots() as u32 {
             let got = similar_items(&h.index, item, k);
             let want = want_items.get(&item).cloned().unwrap_or_default();
             assert_same(&got, &want, &format!("item {item}"));
         }
-        let want_users = batch::similar_users(&m, k);
+        let want_users = batch::similar_users_by(&m, k, &h.index.user_order());
         for user in 0..h.index.users.slots() as u32 {
             let got = h.similar_users(user);
             let want = want_users.get(&user).cloned().unwrap_or_default();
