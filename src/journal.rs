@@ -492,6 +492,17 @@ impl Journal {
     /// last appended sequence number; then prunes old snapshots and, past the retention,
     /// covered events.
     pub async fn snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+        self.snapshot_with(engine, true).await
+    }
+
+    /// The final snapshot at shutdown: [`Journal::snapshot`] without the clean-up (older
+    /// snapshots and covered events stay until the next snapshot prunes them), so the time
+    /// left before the deadline goes to making the new snapshot durable.
+    pub async fn final_snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+        self.snapshot_with(engine, false).await
+    }
+
+    async fn snapshot_with(&self, engine: &Engine, clean_up: bool) -> Result<SnapshotStats, Error> {
         let _snapshot = self.snapshot_lock.lock().await;
         let started = Instant::now();
         let (covers_seq, export) = {
@@ -507,6 +518,7 @@ impl Journal {
         let export = export
             .await
             .map_err(|e| Error::from_actor(e, self.retry_after))?;
+        let exported = started.elapsed().as_secs_f64();
         let mut parts = Vec::with_capacity(export.users.len() + export.event_ids.len() + 1);
         parts.push(SnapshotPart {
             key: "items".into(),
@@ -529,6 +541,7 @@ impl Journal {
             });
         }
         let bytes = parts.iter().map(|p| p.bytes.len()).sum();
+        let encoded = started.elapsed().as_secs_f64();
         let created_ms = now_ms();
         let id = (created_ms.max(0) as u64).max(self.last_snapshot_id.load(Ordering::Acquire) + 1);
         let meta = SnapshotMeta {
@@ -541,16 +554,20 @@ impl Journal {
             .await
             .map_err(store_error)?;
         self.last_snapshot_id.store(id, Ordering::Release);
-        self.store
-            .prune_snapshots(self.snapshots.keep.max(1))
-            .await
-            .map_err(store_error)?;
-        let cutoff = created_ms - i64::from(self.config.retention_days) * 86_400_000;
-        let pruned_events = self
-            .store
-            .prune_events(cutoff, covers_seq)
-            .await
-            .map_err(store_error)?;
+        let written = started.elapsed().as_secs_f64();
+        let mut pruned_events = 0;
+        if clean_up {
+            self.store
+                .prune_snapshots(self.snapshots.keep.max(1))
+                .await
+                .map_err(store_error)?;
+            let cutoff = created_ms - i64::from(self.config.retention_days) * 86_400_000;
+            pruned_events = self
+                .store
+                .prune_events(cutoff, covers_seq)
+                .await
+                .map_err(store_error)?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.snapshot_duration.observe(seconds);
         self.metrics.snapshot_bytes.set(bytes as i64);
@@ -559,7 +576,18 @@ impl Journal {
             .snapshot_last_success
             .set(created_ms as f64 / 1000.0);
         self.metrics.pruned_events.inc_by(pruned_events);
-        tracing::info!(id, covers_seq, users, bytes, seconds, "snapshot written");
+        tracing::info!(
+            id,
+            covers_seq,
+            users,
+            bytes,
+            seconds,
+            export_s = exported,
+            encode_s = encoded - exported,
+            write_s = written - encoded,
+            clean_up_s = seconds - written,
+            "snapshot written"
+        );
         Ok(SnapshotStats {
             id,
             covers_seq,

@@ -91,7 +91,7 @@ impl Handler<Shutdown> for Supervisor {
                 if let Err(error) = state.journal.flush().await {
                     tracing::error!(%error, "final log flush failed");
                 }
-                match state.journal.snapshot(&state.engine).await {
+                match state.journal.final_snapshot(&state.engine).await {
                     Ok(stats) => tracing::info!(id = stats.id, "final snapshot written"),
                     Err(error) => tracing::error!(%error, "final snapshot failed"),
                 }
