@@ -29,7 +29,8 @@ use serde_json::json;
 use momentum_actors::engine::{EngineExport, IngestReport, NewEvent, Rejection};
 use momentum_actors::index::{ItemMeta, UserProfile};
 use momentum_actors::snapshot::{
-    decode_dedupe, decode_item_slots, decode_user, encode_dedupe, encode_item_slots, encode_user,
+    decode_dedupe, decode_item_slots, decode_user, decode_user_chunk, encode_dedupe,
+    encode_item_slots, encode_user_chunk, user_chunk, USER_CHUNKS,
 };
 use momentum_actors::{ActorError, Engine};
 use momentum_models::events::EventKind;
@@ -40,6 +41,14 @@ use crate::store::{self, Durability, SnapshotMeta, SnapshotPart, Store, StoreCon
 
 /// Key prefix of the snapshot parts holding a shard's remembered event ids (`event_ids:N`).
 const EVENT_IDS_PREFIX: &str = "event_ids:";
+
+/// Key prefix of the snapshot parts holding chunks of user records (`users:N.`).
+const USERS_PREFIX: &str = "users:";
+
+/// The key of user chunk `chunk`; the final dot keeps one key from prefixing another.
+fn users_chunk_key(chunk: usize) -> String {
+    format!("{USERS_PREFIX}{chunk}.")
+}
 
 /// Events read per page when replaying the log (and written per append when flushing).
 const REPLAY_PAGE: usize = 10_000;
@@ -532,13 +541,22 @@ impl Journal {
                 bytes: encode_dedupe(ids),
             });
         }
+        // Users in a fixed number of chunks (by a hash of the id), not one part each: a
+        // million parts cost the store seconds of index updates per snapshot.
         let users = export.users.len();
+        let mut chunks: Vec<Vec<&momentum_actors::snapshot::UserRecord>> =
+            vec![Vec::new(); USER_CHUNKS];
         for record in &export.users {
-            parts.push(SnapshotPart {
-                key: format!("user:{}", record.user_id),
-                user_id: Some(record.user_id.to_string()),
-                bytes: encode_user(record),
-            });
+            chunks[user_chunk(&record.user_id)].push(record);
+        }
+        for (chunk, records) in chunks.into_iter().enumerate() {
+            if !records.is_empty() {
+                parts.push(SnapshotPart {
+                    key: users_chunk_key(chunk),
+                    user_id: None,
+                    bytes: encode_user_chunk(records),
+                });
+            }
         }
         let bytes = parts.iter().map(|p| p.bytes.len()).sum();
         let encoded = started.elapsed().as_secs_f64();
@@ -616,6 +634,10 @@ impl Journal {
                 } else if let Some(shard) = part.key.strip_prefix(EVENT_IDS_PREFIX) {
                     let shard = shard.parse().unwrap_or(0);
                     shard_ids.push((shard, decode_dedupe(&part.bytes).map_err(corrupt)?));
+                } else if part.key.starts_with(USERS_PREFIX) {
+                    export
+                        .users
+                        .extend(decode_user_chunk(&part.bytes).map_err(corrupt)?);
                 } else if part.user_id.is_some() {
                     export
                         .users
@@ -705,12 +727,23 @@ impl Journal {
         // Queued events of theirs must not reach the log after the erasure.
         self.drain_sync().await;
         self.flush().await?;
-        // Their remembered event ids sit in every stored snapshot's shared `event_ids:` parts,
-        // under their dense id: those parts are rewritten without them (older-format parts,
-        // which hold the id texts, are rewritten hashed).
+        // Their record sits in one user chunk of every stored snapshot, and their remembered
+        // event ids in the shared `event_ids:` parts under their dense id: those parts are
+        // rewritten without them (older-format event id parts, which hold the id texts, are
+        // rewritten hashed). Parts of older snapshots owned by them are deleted.
         let dense = engine.index().users.get(user_id);
         let known = engine.erase_user(user_id).await.map_err(actor_error)?;
-        let scrub: store::PartScrub = std::sync::Arc::new(move |bytes: &[u8]| {
+        let erased: std::sync::Arc<str> = std::sync::Arc::from(user_id);
+        let scrub: store::PartScrub = std::sync::Arc::new(move |key: &str, bytes: &[u8]| {
+            if key.starts_with(USERS_PREFIX) {
+                let records = decode_user_chunk(bytes).ok()?;
+                let before = records.len();
+                let kept: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.user_id != erased)
+                    .collect();
+                return (kept.len() != before).then(|| encode_user_chunk(&kept));
+            }
             let entries = decode_dedupe(bytes).ok()?;
             let old_format = bytes.first() != encode_dedupe(&[]).first();
             let kept: Vec<_> = entries
@@ -722,7 +755,14 @@ impl Journal {
         });
         let report = self
             .store
-            .erase_user_scrubbing(user_id, EVENT_IDS_PREFIX, scrub)
+            .erase_user_scrubbing(
+                user_id,
+                vec![
+                    EVENT_IDS_PREFIX.to_owned(),
+                    users_chunk_key(user_chunk(user_id)),
+                ],
+                scrub,
+            )
             .await
             .map_err(store_error)?;
         let stored = report.removed.total() > 0;

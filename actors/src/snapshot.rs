@@ -186,6 +186,60 @@ pub fn decode_user(bytes: &[u8]) -> Result<UserRecord, DecodeError> {
     })
 }
 
+/// Version byte of a chunk of user records.
+const CHUNK_VERSION: u8 = 3;
+
+/// How many chunks a snapshot spreads its user records over ([`user_chunk`]).
+pub const USER_CHUNKS: usize = 256;
+
+/// The chunk a user's record goes to: the first 8 bytes of `md5(user_id)`, big-endian, modulo
+/// [`USER_CHUNKS`]. Fixed, so an erasure knows which chunk of every snapshot holds the user.
+pub fn user_chunk(user_id: &str) -> usize {
+    crate::engine::shard_for(user_id, USER_CHUNKS)
+}
+
+/// Encodes user records as one chunk: `version u8 (3), count u32, then (u32 len + record)` per
+/// record ([`encode_user`]).
+pub fn encode_user_chunk<'a>(records: impl IntoIterator<Item = &'a UserRecord>) -> Vec<u8> {
+    let mut out = vec![CHUNK_VERSION, 0, 0, 0, 0];
+    let mut n = 0u32;
+    for record in records {
+        let bytes = encode_user(record);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+        n += 1;
+    }
+    out[1..5].copy_from_slice(&n.to_le_bytes());
+    out
+}
+
+/// Decodes a chunk of user records.
+pub fn decode_user_chunk(bytes: &[u8]) -> Result<Vec<UserRecord>, DecodeError> {
+    let mut r = Reader { bytes };
+    if r.array::<1>()?[0] != CHUNK_VERSION {
+        return Err(DecodeError {
+            reason: "unknown version",
+        });
+    }
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    if n > r.bytes.len() / 4 {
+        return Err(DecodeError {
+            reason: "record count exceeds chunk",
+        });
+    }
+    let mut records = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = u32::from_le_bytes(r.array()?) as usize;
+        records.push(decode_user(r.take(len)?)?);
+    }
+    if !r.bytes.is_empty() {
+        return Err(DecodeError {
+            reason: "trailing bytes",
+        });
+    }
+    Ok(records)
+}
+
 /// Encodes a shard's recent event id entries (oldest first).
 pub fn encode_dedupe(entries: &[DedupeEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + entries.len() * 12);
@@ -328,6 +382,25 @@ mod tests {
         assert!(decode_dedupe(&[VERSION, 255, 255, 255, 255]).is_err());
         assert!(decode_dedupe(&[9]).is_err());
         assert!(decode_user(&[9]).is_err());
+    }
+
+    #[test]
+    fn user_chunks_round_trip_and_truncation_is_refused() {
+        let record = |id: &str| UserRecord {
+            user_id: Arc::from(id),
+            dense_id: 3,
+            last_event_ms: Some(5),
+            cells: vec![(Arc::from("g1"), Interaction::default())],
+            activity: Vec::new(),
+        };
+        let records = vec![record("alice"), record("bob")];
+        let bytes = encode_user_chunk(&records);
+        assert_eq!(decode_user_chunk(&bytes), Ok(records));
+        for cut in 0..bytes.len() {
+            assert!(decode_user_chunk(&bytes[..cut]).is_err());
+        }
+        assert_eq!(decode_user_chunk(&encode_user_chunk(&[])), Ok(Vec::new()));
+        assert!(user_chunk("alice") < USER_CHUNKS);
     }
 
     #[test]

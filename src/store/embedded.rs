@@ -384,7 +384,7 @@ impl EmbeddedStore {
     pub(crate) async fn erase_user(
         &self,
         user_id: &str,
-        scrub: Option<(String, PartScrub)>,
+        scrub: Option<(Vec<String>, PartScrub)>,
     ) -> Result<ErasureReport> {
         let user = user_id.to_owned();
         let report = self
@@ -436,7 +436,10 @@ impl EmbeddedStore {
                     }
                     removed.snapshot_parts = parts.len() as u64;
 
-                    if let Some((prefix, scrub)) = &scrub {
+                    for (prefix, scrub) in scrub
+                        .iter()
+                        .flat_map(|(prefixes, scrub)| prefixes.iter().map(move |p| (p, scrub)))
+                    {
                         let ids = txn
                             .open_table(SNAPSHOTS)
                             .map_err(db_err)?
@@ -453,7 +456,7 @@ impl EmbeddedStore {
                                 if snapshot_id != id || !key.starts_with(prefix.as_str()) {
                                     break;
                                 }
-                                if let Some(new) = scrub(bytes.value()) {
+                                if let Some(new) = scrub(key, bytes.value()) {
                                     rewrites.push((key.to_owned(), new));
                                 }
                             }

@@ -317,9 +317,9 @@ pub struct ErasureReport {
     pub rewritten_parts: u64,
 }
 
-/// Rewrites the bytes of a snapshot part shared by many users without one of them: the new
-/// bytes, or `None` to keep the part as it is.
-pub type PartScrub = std::sync::Arc<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
+/// Rewrites a snapshot part shared by many users (given its key and bytes) without one of
+/// them: the new bytes, or `None` to keep the part as it is.
+pub type PartScrub = std::sync::Arc<dyn Fn(&str, &[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
 /// The store: one of the two back-ends. Cheap to clone (both hold shared handles).
 #[derive(Clone)]
@@ -459,15 +459,15 @@ impl Store {
     }
 
     /// [`Store::erase_user`], and in the same transaction every part of every stored snapshot
-    /// whose key starts with `shared_prefix` (parts that hold several users' data and so have no
-    /// owner) is passed to `scrub` and replaced by what it returns.
+    /// whose key starts with one of `shared_prefixes` (parts that hold several users' data and
+    /// so have no owner) is passed to `scrub` and replaced by what it returns.
     pub async fn erase_user_scrubbing(
         &self,
         user_id: &str,
-        shared_prefix: &str,
+        shared_prefixes: Vec<String>,
         scrub: PartScrub,
     ) -> Result<ErasureReport, StoreError> {
-        let scrub = Some((shared_prefix.to_owned(), scrub));
+        let scrub = Some((shared_prefixes, scrub));
         dispatch!(self.erase_user(user_id, scrub))
     }
 

@@ -375,7 +375,7 @@ impl PostgresStore {
     pub(crate) async fn erase_user(
         &self,
         user_id: &str,
-        scrub: Option<(String, PartScrub)>,
+        scrub: Option<(Vec<String>, PartScrub)>,
     ) -> Result<ErasureReport> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -397,7 +397,10 @@ impl PostgresStore {
                 .map_err(pg_err)?;
         }
         let mut rewritten_parts = 0;
-        if let Some((prefix, scrub)) = &scrub {
+        for (prefix, scrub) in scrub
+            .iter()
+            .flat_map(|(prefixes, scrub)| prefixes.iter().map(move |p| (p, scrub)))
+        {
             let rows = tx
                 .query(
                     "SELECT snapshot_id, key, bytes FROM snapshot_parts \
@@ -410,7 +413,7 @@ impl PostgresStore {
                 let id: i64 = row.try_get(0).map_err(pg_err)?;
                 let key: String = row.try_get(1).map_err(pg_err)?;
                 let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
-                if let Some(new) = scrub(&bytes) {
+                if let Some(new) = scrub(&key, &bytes) {
                     tx.execute(
                         "UPDATE snapshot_parts SET bytes = $3 WHERE snapshot_id = $1 AND key = $2",
                         &[&id, &key, &new],
