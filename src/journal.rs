@@ -29,8 +29,8 @@ use serde_json::json;
 use momentum_actors::engine::{EngineExport, IngestReport, NewEvent, Rejection};
 use momentum_actors::index::{ItemMeta, UserProfile};
 use momentum_actors::snapshot::{
-    decode_event_ids, decode_item_slots, decode_user, encode_event_ids, encode_item_slots,
-    encode_user,
+    decode_dedupe, decode_item_slots, decode_user, decode_user_chunk, encode_dedupe,
+    encode_item_slots, encode_user_chunk, user_chunk, USER_CHUNKS,
 };
 use momentum_actors::{ActorError, Engine};
 use momentum_models::events::EventKind;
@@ -38,6 +38,17 @@ use momentum_models::events::EventKind;
 use crate::error::Error;
 use crate::metrics::JournalMetrics;
 use crate::store::{self, Durability, SnapshotMeta, SnapshotPart, Store, StoreConfig};
+
+/// Key prefix of the snapshot parts holding a shard's remembered event ids (`event_ids:N`).
+const EVENT_IDS_PREFIX: &str = "event_ids:";
+
+/// Key prefix of the snapshot parts holding chunks of user records (`users:N.`).
+const USERS_PREFIX: &str = "users:";
+
+/// The key of user chunk `chunk`; the final dot keeps one key from prefixing another.
+fn users_chunk_key(chunk: usize) -> String {
+    format!("{USERS_PREFIX}{chunk}.")
+}
 
 /// Events read per page when replaying the log (and written per append when flushing).
 const REPLAY_PAGE: usize = 10_000;
@@ -490,6 +501,17 @@ impl Journal {
     /// last appended sequence number; then prunes old snapshots and, past the retention,
     /// covered events.
     pub async fn snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+        self.snapshot_with(engine, true).await
+    }
+
+    /// The final snapshot at shutdown: [`Journal::snapshot`] without the clean-up (older
+    /// snapshots and covered events stay until the next snapshot prunes them), so the time
+    /// left before the deadline goes to making the new snapshot durable.
+    pub async fn final_snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+        self.snapshot_with(engine, false).await
+    }
+
+    async fn snapshot_with(&self, engine: &Engine, clean_up: bool) -> Result<SnapshotStats, Error> {
         let _snapshot = self.snapshot_lock.lock().await;
         let started = Instant::now();
         let (covers_seq, export) = {
@@ -505,6 +527,7 @@ impl Journal {
         let export = export
             .await
             .map_err(|e| Error::from_actor(e, self.retry_after))?;
+        let exported = started.elapsed().as_secs_f64();
         let mut parts = Vec::with_capacity(export.users.len() + export.event_ids.len() + 1);
         parts.push(SnapshotPart {
             key: "items".into(),
@@ -513,20 +536,30 @@ impl Journal {
         });
         for (shard, ids) in export.event_ids.iter().enumerate() {
             parts.push(SnapshotPart {
-                key: format!("event_ids:{shard}"),
+                key: format!("{EVENT_IDS_PREFIX}{shard}"),
                 user_id: None,
-                bytes: encode_event_ids(ids),
+                bytes: encode_dedupe(ids),
             });
         }
+        // Users in a fixed number of chunks (by a hash of the id), not one part each: a
+        // million parts cost the store seconds of index updates per snapshot.
         let users = export.users.len();
+        let mut chunks: Vec<Vec<&momentum_actors::snapshot::UserRecord>> =
+            vec![Vec::new(); USER_CHUNKS];
         for record in &export.users {
-            parts.push(SnapshotPart {
-                key: format!("user:{}", record.user_id),
-                user_id: Some(record.user_id.to_string()),
-                bytes: encode_user(record),
-            });
+            chunks[user_chunk(&record.user_id)].push(record);
+        }
+        for (chunk, records) in chunks.into_iter().enumerate() {
+            if !records.is_empty() {
+                parts.push(SnapshotPart {
+                    key: users_chunk_key(chunk),
+                    user_id: None,
+                    bytes: encode_user_chunk(records),
+                });
+            }
         }
         let bytes = parts.iter().map(|p| p.bytes.len()).sum();
+        let encoded = started.elapsed().as_secs_f64();
         let created_ms = now_ms();
         let id = (created_ms.max(0) as u64).max(self.last_snapshot_id.load(Ordering::Acquire) + 1);
         let meta = SnapshotMeta {
@@ -542,16 +575,20 @@ impl Journal {
         // Read back what was written: a snapshot that does not verify must not be the one the
         // next start restores (it fails loudly there instead of restoring less).
         self.store.verify_snapshot(id).await.map_err(store_error)?;
-        self.store
-            .prune_snapshots(self.snapshots.keep.max(1))
-            .await
-            .map_err(store_error)?;
-        let cutoff = created_ms - i64::from(self.config.retention_days) * 86_400_000;
-        let pruned_events = self
-            .store
-            .prune_events(cutoff, covers_seq)
-            .await
-            .map_err(store_error)?;
+        let written = started.elapsed().as_secs_f64();
+        let mut pruned_events = 0;
+        if clean_up {
+            self.store
+                .prune_snapshots(self.snapshots.keep.max(1))
+                .await
+                .map_err(store_error)?;
+            let cutoff = created_ms - i64::from(self.config.retention_days) * 86_400_000;
+            pruned_events = self
+                .store
+                .prune_events(cutoff, covers_seq)
+                .await
+                .map_err(store_error)?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.snapshot_duration.observe(seconds);
         self.metrics.snapshot_bytes.set(bytes as i64);
@@ -560,7 +597,18 @@ impl Journal {
             .snapshot_last_success
             .set(created_ms as f64 / 1000.0);
         self.metrics.pruned_events.inc_by(pruned_events);
-        tracing::info!(id, covers_seq, users, bytes, seconds, "snapshot written");
+        tracing::info!(
+            id,
+            covers_seq,
+            users,
+            bytes,
+            seconds,
+            export_s = exported,
+            encode_s = encoded - exported,
+            write_s = written - encoded,
+            clean_up_s = seconds - written,
+            "snapshot written"
+        );
         Ok(SnapshotStats {
             id,
             covers_seq,
@@ -579,16 +627,20 @@ impl Journal {
         let mut snapshot_users = 0;
         if let Some((meta, parts)) = self.store.latest_snapshot().await.map_err(store_error)? {
             let mut export = EngineExport::default();
-            let mut shard_ids: Vec<(usize, Vec<Box<str>>)> = Vec::new();
+            let mut shard_ids: Vec<(usize, Vec<_>)> = Vec::new();
             for part in parts {
                 let corrupt = |e: momentum_actors::snapshot::DecodeError| Error::Internal {
                     message: format!("snapshot {} part {}: {e}", meta.id, part.key),
                 };
                 if part.key == "items" {
                     export.items = decode_item_slots(&part.bytes).map_err(corrupt)?;
-                } else if let Some(shard) = part.key.strip_prefix("event_ids:") {
+                } else if let Some(shard) = part.key.strip_prefix(EVENT_IDS_PREFIX) {
                     let shard = shard.parse().unwrap_or(0);
-                    shard_ids.push((shard, decode_event_ids(&part.bytes).map_err(corrupt)?));
+                    shard_ids.push((shard, decode_dedupe(&part.bytes).map_err(corrupt)?));
+                } else if part.key.starts_with(USERS_PREFIX) {
+                    export
+                        .users
+                        .extend(decode_user_chunk(&part.bytes).map_err(corrupt)?);
                 } else if part.user_id.is_some() {
                     export
                         .users
@@ -678,10 +730,50 @@ impl Journal {
         // Queued events of theirs must not reach the log after the erasure.
         self.drain_sync().await;
         self.flush().await?;
+        // Their record sits in one user chunk of every stored snapshot, and their remembered
+        // event ids in the shared `event_ids:` parts under their dense id: those parts are
+        // rewritten without them (older-format event id parts, which hold the id texts, are
+        // rewritten hashed). Parts of older snapshots owned by them are deleted.
+        let dense = engine.index().users.get(user_id);
         let known = engine.erase_user(user_id).await.map_err(actor_error)?;
-        let report = self.store.erase_user(user_id).await.map_err(store_error)?;
+        let erased: std::sync::Arc<str> = std::sync::Arc::from(user_id);
+        let scrub: store::PartScrub = std::sync::Arc::new(move |key: &str, bytes: &[u8]| {
+            if key.starts_with(USERS_PREFIX) {
+                let records = decode_user_chunk(bytes).ok()?;
+                let before = records.len();
+                let kept: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.user_id != erased)
+                    .collect();
+                return (kept.len() != before).then(|| encode_user_chunk(&kept));
+            }
+            let entries = decode_dedupe(bytes).ok()?;
+            let old_format = bytes.first() != encode_dedupe(&[]).first();
+            let kept: Vec<_> = entries
+                .iter()
+                .copied()
+                .filter(|e| Some(e.0) != dense)
+                .collect();
+            (old_format || kept.len() != entries.len()).then(|| encode_dedupe(&kept))
+        });
+        let report = self
+            .store
+            .erase_user_scrubbing(
+                user_id,
+                vec![
+                    EVENT_IDS_PREFIX.to_owned(),
+                    users_chunk_key(user_chunk(user_id)),
+                ],
+                scrub,
+            )
+            .await
+            .map_err(store_error)?;
         let stored = report.removed.total() > 0;
-        tracing::info!(removed_rows = report.removed.total(), "user erased");
+        tracing::info!(
+            removed_rows = report.removed.total(),
+            rewritten_parts = report.rewritten_parts,
+            "user erased"
+        );
         Ok(known || stored)
     }
 

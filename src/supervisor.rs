@@ -93,7 +93,7 @@ impl Handler<Shutdown> for Supervisor {
                     tracing::error!(%error, "final log flush failed");
                     return Err(format!("the final log flush failed: {error}"));
                 }
-                match state.journal.snapshot(&state.engine).await {
+                match state.journal.final_snapshot(&state.engine).await {
                     Ok(stats) => {
                         tracing::info!(id = stats.id, "final snapshot written");
                         Ok(())

@@ -19,7 +19,7 @@ use crate::index::Index;
 use crate::messages::{ApplyItemDeltas, DeleteItem, GetSimilarItems, PutItem, RowDelta};
 use crate::tracked_handler;
 use momentum_models::content::text::Tokenizer;
-use momentum_models::similarity::{cosine, top_k, Neighbour};
+use momentum_models::similarity::{cosine, top_k_by, Neighbour};
 
 /// Applies the item side of a batch of row changes to the index. Pure state manipulation,
 /// shared by the actor and the replay tests.
@@ -108,7 +108,7 @@ pub fn similar_items(index: &Index, item: u32, k: usize) -> Vec<Neighbour> {
         .into_iter()
         .filter(|&(j, _)| index.is_live_item(j))
         .map(|(j, dot)| (j, cosine(dot, norm2, index.item_norm2(j))));
-    top_k(sims, k)
+    top_k_by(sims, k, &index.item_order())
 }
 
 /// The `size` items with most users, best first, skipping deleted items.
@@ -119,7 +119,7 @@ pub fn popular_items(index: &Index, size: usize) -> Vec<Neighbour> {
         .filter(|e| index.is_live_item(*e.key()))
         .map(|e| (*e.key(), e.value().column.len() as f64))
         .collect::<Vec<_>>();
-    top_k(counts, size)
+    top_k_by(counts, size, &index.item_order())
 }
 
 /// The tokeniser configured by `recommend.stop_words` (empty: the English default).

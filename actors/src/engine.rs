@@ -20,9 +20,10 @@ use crate::messages::{
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
 use crate::shard::{ShardState, UserShard};
-use crate::snapshot::UserRecord;
+use crate::snapshot::{DedupeEntry, UserRecord};
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
+use rustc_hash::FxHashMap;
 
 /// A validated event with external ids, as the HTTP layer hands it over.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +62,7 @@ pub struct EngineExport {
     /// Every user's row, in external ids.
     pub users: Vec<UserRecord>,
     /// Recent event ids, one list per shard.
-    pub event_ids: Vec<Vec<Box<str>>>,
+    pub event_ids: Vec<Vec<DedupeEntry>>,
 }
 
 /// A dispatched batch whose outcome is still on its way.
@@ -467,7 +468,7 @@ impl Engine {
     }
 
     /// Loads a snapshot into the (empty) engine: rows go to the shard of each user (the shard
-    /// count may differ from the writer's), recent event ids to shard `i % shards`. Returns the
+    /// count may differ from the writer's), recent event ids to their user's shard. Returns the
     /// number of records or cells refused by the id bounds.
     pub async fn import(&self, export: EngineExport) -> Result<usize, ActorError> {
         let n = self.shards.len();
@@ -480,12 +481,19 @@ impl Engine {
             }
         }
         let mut users: Vec<Vec<UserRecord>> = vec![Vec::new(); n];
+        let mut shard_of_user: FxHashMap<u32, usize> = FxHashMap::default();
         for record in export.users {
-            users[shard_for(&record.user_id, n)].push(record);
+            let shard = shard_for(&record.user_id, n);
+            shard_of_user.insert(record.dense_id, shard);
+            users[shard].push(record);
         }
-        let mut ids: Vec<Vec<Box<str>>> = vec![Vec::new(); n];
-        for (i, list) in export.event_ids.into_iter().enumerate() {
-            ids[i % n].extend(list);
+        // Each entry goes to its user's shard (the shard count may differ from the writer's);
+        // entries of users without a record (erased) are dropped.
+        let mut ids: Vec<Vec<DedupeEntry>> = vec![Vec::new(); n];
+        for entry in export.event_ids.into_iter().flatten() {
+            if let Some(&shard) = shard_of_user.get(&entry.0) {
+                ids[shard].push(entry);
+            }
         }
         let mut waiting = Vec::with_capacity(n);
         for ((shard, users), event_ids) in self.shards.iter().zip(users).zip(ids) {

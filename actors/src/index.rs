@@ -116,6 +116,18 @@ pub struct Index {
     pub ease: RwLock<Arc<EaseModel>>,
 }
 
+fn by_name(ids: &Interner, a: u32, b: u32) -> std::cmp::Ordering {
+    if a == b {
+        return std::cmp::Ordering::Equal;
+    }
+    match (ids.name(a), ids.name(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.cmp(&b),
+    }
+}
+
 impl Index {
     /// An empty index with bounded id tables.
     pub fn new(max_users: usize, max_items: usize) -> Self {
@@ -142,6 +154,17 @@ impl Index {
     /// Squared norm of an item column (0 if unknown).
     pub fn item_norm2(&self, item: u32) -> f64 {
         self.item_stats.get(&item).map(|s| s.norm2).unwrap_or(0.0)
+    }
+
+    /// Orders dense user ids by their external ids (erased ones last, by dense id): how every
+    /// ranking breaks ties, so that it does not depend on the order ids were assigned in.
+    pub fn user_order(&self) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
+        |a, b| by_name(&self.users, *a, *b)
+    }
+
+    /// [`Index::user_order`] for item ids.
+    pub fn item_order(&self) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
+        |a, b| by_name(&self.items, *a, *b)
     }
 
     /// Whether the item may be shown (not deleted).

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::index::{ItemMeta, UserProfile, UserVector};
 use crate::recommend::{Blend, Recommendations};
-use crate::snapshot::UserRecord;
+use crate::snapshot::{DedupeEntry, UserRecord};
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
 
@@ -133,7 +133,7 @@ pub struct DeleteItem {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ExportShard {
-    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<Box<str>>)>,
+    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<DedupeEntry>)>,
 }
 
 /// Load snapshot records into an empty shard; answered (by the catalogue) once the item side
@@ -142,7 +142,7 @@ pub struct ExportShard {
 #[rtype(result = "()")]
 pub struct ImportShard {
     pub users: Vec<UserRecord>,
-    pub event_ids: Vec<Box<str>>,
+    pub event_ids: Vec<DedupeEntry>,
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 

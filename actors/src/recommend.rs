@@ -12,12 +12,14 @@
 
 use std::sync::Arc;
 
-use momentum_models::content::diversity::{rerank, Candidate, DiversityConfig};
-use momentum_models::content::hybrid::{mix, normalise_min_max, Source};
+use momentum_models::content::diversity::{rerank_by, Candidate, DiversityConfig};
+use momentum_models::content::hybrid::{mix_by, normalise_min_max, Source};
 use momentum_models::content::text::display_term;
 use momentum_models::content::ScoringLimits;
 use momentum_models::experiment::VariantOverrides;
-use momentum_models::similarity::{cosine, normalise_by_max, top_k, Neighbour, SparseAccumulator};
+use momentum_models::similarity::{
+    cosine, normalise_by_max, top_k_by, Neighbour, SparseAccumulator,
+};
 
 use crate::config::{ItemModel, RecommendConfig};
 use crate::index::{Index, UserVector};
@@ -169,7 +171,7 @@ pub fn neighbours(index: &Index, user: u32, k: usize, scratch: &mut Scratch) -> 
             (other, cosine(dot, vector.norm2, n2))
         })
         .collect();
-    top_k(sims, k)
+    top_k_by(sims, k, &index.user_order())
 }
 
 fn eligible(index: &Index, vector: &UserVector, item: u32) -> bool {
@@ -282,7 +284,8 @@ pub fn collaborative(
     for &(j, s) in &user_scores {
         scratch.dots.add(j, uw * s);
     }
-    let ranked = top_k(scratch.dots.drain(), n);
+    let item_order = index.item_order();
+    let ranked = top_k_by(scratch.dots.drain(), n, &item_order);
     // Per-source scores of the ranked items, looked up once each below.
     let item_by_id: rustc_hash::FxHashMap<u32, f64> = item_scores.iter().copied().collect();
     let user_by_id: rustc_hash::FxHashMap<u32, f64> = user_scores.iter().copied().collect();
@@ -300,7 +303,11 @@ pub fn collaborative(
     };
     let mut note = |k: usize, i: u32, contribution: f64| {
         item_support[k] += 1;
-        if best[k].is_none_or(|b| contribution > b.1) {
+        // Ties go to the item that comes first by external id, as everywhere else.
+        let stronger = |b: (u32, f64)| {
+            contribution > b.1 || (contribution == b.1 && item_order(&i, &b.0).is_lt())
+        };
+        if best[k].is_none_or(stronger) {
             best[k] = Some((i, contribution));
         }
     };
@@ -395,11 +402,12 @@ pub fn hybrid(
             ..ScoringLimits::default()
         };
         let found = content_index
-            .score_candidates(
+            .score_candidates_by(
                 &profile,
                 |item| !eligible(index, vector, item),
                 pool,
                 &limits,
+                &index.item_order(),
             )
             .into_iter()
             .map(|m| (m.item, m.score, Some(m.top_term)))
@@ -429,7 +437,13 @@ pub fn hybrid(
         Strategy::Content => (0.0, 1.0),
         _ => (blend.cf_weight, blend.content_weight),
     };
-    let mixed = mix(&cf_pairs, &content_pairs, w_cf, w_content);
+    let mixed = mix_by(
+        &cf_pairs,
+        &content_pairs,
+        w_cf,
+        w_content,
+        &index.item_order(),
+    );
 
     // Diversity: MMR with caps over the head of the list; the tail keeps its order.
     let depth = config.diversity_depth.min(mixed.len());
@@ -449,9 +463,13 @@ pub fn hybrid(
                 .and_then(|x| x.tags.first().map(String::as_str)),
         })
         .collect();
-    let order = rerank(&candidates, depth, &blend.diversity, |a, b| {
-        content_index.cosine(a, b)
-    });
+    let order = rerank_by(
+        &candidates,
+        depth,
+        &blend.diversity,
+        |a, b| content_index.cosine(a, b),
+        &index.item_order(),
+    );
     let ordered = order
         .into_iter()
         .map(|i| &mixed[i])

@@ -24,7 +24,7 @@ use crate::messages::{
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
-use crate::snapshot::UserRecord;
+use crate::snapshot::{event_id_hash, DedupeEntry, UserRecord};
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
 use momentum_models::features::Activity;
@@ -58,23 +58,25 @@ fn push_activity(log: &mut VecDeque<Activity>, event: Activity, max: usize, days
     }
 }
 
-/// A bounded first-in-first-out set of recently applied `event_id`s.
+/// A bounded first-in-first-out set of recently applied `event_id`s, each remembered as its
+/// user's dense id and a 64-bit hash of the id ([`event_id_hash`]): no id text is kept, so
+/// none reaches a snapshot, and erasing a user drops their entries.
 #[derive(Debug, Default)]
 struct Dedupe {
-    seen: FxHashSet<Box<str>>,
-    order: VecDeque<Box<str>>,
+    seen: FxHashSet<DedupeEntry>,
+    order: VecDeque<DedupeEntry>,
     capacity: usize,
 }
 
 impl Dedupe {
-    /// The remembered ids, oldest first.
-    fn ids(&self) -> Vec<Box<str>> {
-        self.order.iter().cloned().collect()
+    /// The remembered entries, oldest first.
+    fn entries(&self) -> Vec<DedupeEntry> {
+        self.order.iter().copied().collect()
     }
 
-    /// Records `id`; false if it was already there.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.capacity == 0 || self.seen.contains(id) {
+    /// Records `entry`; false if it was already there.
+    fn insert(&mut self, entry: DedupeEntry) -> bool {
+        if self.capacity == 0 || self.seen.contains(&entry) {
             return self.capacity == 0;
         }
         if self.order.len() >= self.capacity {
@@ -82,9 +84,15 @@ impl Dedupe {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(id.into());
-        self.order.push_back(id.into());
+        self.seen.insert(entry);
+        self.order.push_back(entry);
         true
+    }
+
+    /// Forgets every entry of `user`.
+    fn erase(&mut self, user: u32) {
+        self.order.retain(|e| e.0 != user);
+        self.seen.retain(|e| e.0 != user);
     }
 }
 
@@ -186,7 +194,7 @@ impl ShardState {
             if let Some(id) = &event.event_id {
                 // Scoped per user: a retry always names the same user (and so reaches this
                 // shard), while two users' events that happen to share an id stay distinct.
-                if !self.dedupe.insert(&dedupe_key(event.user, id)) {
+                if !self.dedupe.insert((event.user, event_id_hash(id))) {
                     outcome.duplicates.push(event.index);
                     continue;
                 }
@@ -367,8 +375,8 @@ impl ShardState {
     }
 
     /// This shard's rows as snapshot records (sorted by user id, cells by item id, so equal
-    /// states give equal bytes) and its recent event ids.
-    pub fn export(&self) -> (Vec<UserRecord>, Vec<Box<str>>) {
+    /// states give equal bytes) and its recent event id entries.
+    pub fn export(&self) -> (Vec<UserRecord>, Vec<DedupeEntry>) {
         let mut users: Vec<UserRecord> = self
             .rows
             .iter()
@@ -390,7 +398,7 @@ impl ShardState {
             })
             .collect();
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        (users, self.dedupe.ids())
+        (users, self.dedupe.entries())
     }
 
     /// Loads snapshot records into this (empty) shard: rows (users at their recorded dense
@@ -399,7 +407,7 @@ impl ShardState {
     pub fn import(
         &mut self,
         users: Vec<UserRecord>,
-        event_ids: Vec<Box<str>>,
+        event_ids: Vec<DedupeEntry>,
     ) -> (Vec<RowDelta>, usize) {
         let weights = &self.config.weights;
         let mut refused = 0usize;
@@ -438,16 +446,17 @@ impl ShardState {
                 });
             }
         }
-        for id in event_ids {
-            self.dedupe.insert(&id);
+        for entry in event_ids {
+            self.dedupe.insert(entry);
         }
         self.metrics.interactions.add(interactions);
         (deltas, refused)
     }
 
-    /// Forgets a user entirely (GDPR): row, profile, vector and caches. Returns the item-side
-    /// delta that removes their weights from the catalogue.
+    /// Forgets a user entirely (GDPR): row, profile, vector, caches and remembered event ids.
+    /// Returns the item-side delta that removes their weights from the catalogue.
     pub fn erase(&mut self, user: u32) -> Option<RowDelta> {
+        self.dedupe.erase(user);
         let row = self.rows.remove(&user)?;
         self.index.vectors.remove(&user);
         self.neighbour_cache.remove(&user);
@@ -495,12 +504,6 @@ impl ShardState {
             last_event_ms: row.last_event_ms,
         })
     }
-}
-
-/// The deduplication key of an event id: the user's dense id (restored as is by snapshots)
-/// and the id.
-fn dedupe_key(user: u32, event_id: &str) -> String {
-    format!("{user}:{event_id}")
 }
 
 /// How to describe what a user did with an item, strongest signal first.
@@ -731,11 +734,31 @@ mod tests {
             capacity: 2,
             ..Dedupe::default()
         };
-        assert!(d.insert("a"));
-        assert!(!d.insert("a"));
-        assert!(d.insert("b"));
-        assert!(d.insert("c"));
-        assert!(d.insert("a"), "a was evicted");
+        let e = |user, id| (user, event_id_hash(id));
+        assert!(d.insert(e(1, "a")));
+        assert!(!d.insert(e(1, "a")));
+        assert!(d.insert(e(2, "a")), "another user's id is distinct");
+        assert!(d.insert(e(1, "c")));
+        assert!(d.insert(e(1, "a")), "a was evicted");
+    }
+
+    #[test]
+    fn dedupe_erase_drops_only_that_users_entries() {
+        let mut d = Dedupe {
+            capacity: 10,
+            ..Dedupe::default()
+        };
+        let e = |user, id| (user, event_id_hash(id));
+        assert!(d.insert(e(1, "evt-alice-1")));
+        assert!(d.insert(e(2, "evt-bob-1")));
+        assert!(d.insert(e(1, "evt-alice-2")));
+        d.erase(1);
+        assert_eq!(d.entries(), vec![e(2, "evt-bob-1")]);
+        assert!(!d.insert(e(2, "evt-bob-1")), "others are still remembered");
+        assert!(
+            d.insert(e(1, "evt-alice-1")),
+            "the erased user's ids are forgotten"
+        );
     }
 
     #[test]

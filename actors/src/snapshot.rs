@@ -7,14 +7,33 @@
 //! dense_id u32, last_event_ms i64 (i64::MIN = none), cells u32, then per cell item_id (u8 len + bytes),
 //! implicit f32, rating f32 (NaN = none), kinds u16, last_ts i64, then activity u32 and per
 //! event ts_ms i64, kind u8 (index in `EventKind::ALL`), goal u32 (u32::MAX = none)`. A dedupe record is
-//! `version u8, count u32, then (u16 len + bytes) per event id`.
+//! `version u8 (2), count u32, then per entry user u32 (dense id), hash u64` (see
+//! [`event_id_hash`]): event ids themselves are never stored. Version 1 dedupe records (`count
+//! u32, then (u16 len + bytes)` of `"{dense user}:{event id}"` texts) are still read, hashed on
+//! load. The item id table uses that version 1 string list layout.
 
 use std::sync::Arc;
+
+use md5::{Digest, Md5};
 
 use momentum_models::events::{EventKind, Interaction};
 use momentum_models::features::Activity;
 
 const VERSION: u8 = 1;
+/// The version of dedupe records written now (hashed entries).
+const DEDUPE_VERSION: u8 = 2;
+
+/// A remembered event id: the user's dense id and [`event_id_hash`] of the id.
+pub type DedupeEntry = (u32, u64);
+
+/// The 64-bit hash an event id is remembered by: the first 8 bytes of `md5(event_id)`,
+/// big-endian. Stable across processes and versions, since snapshots store it.
+pub fn event_id_hash(event_id: &str) -> u64 {
+    let digest = Md5::digest(event_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
 
 /// One user's row in external ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,8 +186,110 @@ pub fn decode_user(bytes: &[u8]) -> Result<UserRecord, DecodeError> {
     })
 }
 
-/// Encodes a shard's recent event ids (oldest first).
-pub fn encode_event_ids(ids: &[Box<str>]) -> Vec<u8> {
+/// Version byte of a chunk of user records.
+const CHUNK_VERSION: u8 = 3;
+
+/// How many chunks a snapshot spreads its user records over ([`user_chunk`]).
+pub const USER_CHUNKS: usize = 256;
+
+/// The chunk a user's record goes to: the first 8 bytes of `md5(user_id)`, big-endian, modulo
+/// [`USER_CHUNKS`]. Fixed, so an erasure knows which chunk of every snapshot holds the user.
+pub fn user_chunk(user_id: &str) -> usize {
+    crate::engine::shard_for(user_id, USER_CHUNKS)
+}
+
+/// Encodes user records as one chunk: `version u8 (3), count u32, then (u32 len + record)` per
+/// record ([`encode_user`]).
+pub fn encode_user_chunk<'a>(records: impl IntoIterator<Item = &'a UserRecord>) -> Vec<u8> {
+    let mut out = vec![CHUNK_VERSION, 0, 0, 0, 0];
+    let mut n = 0u32;
+    for record in records {
+        let bytes = encode_user(record);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+        n += 1;
+    }
+    out[1..5].copy_from_slice(&n.to_le_bytes());
+    out
+}
+
+/// Decodes a chunk of user records.
+pub fn decode_user_chunk(bytes: &[u8]) -> Result<Vec<UserRecord>, DecodeError> {
+    let mut r = Reader { bytes };
+    if r.array::<1>()?[0] != CHUNK_VERSION {
+        return Err(DecodeError {
+            reason: "unknown version",
+        });
+    }
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    if n > r.bytes.len() / 4 {
+        return Err(DecodeError {
+            reason: "record count exceeds chunk",
+        });
+    }
+    let mut records = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = u32::from_le_bytes(r.array()?) as usize;
+        records.push(decode_user(r.take(len)?)?);
+    }
+    if !r.bytes.is_empty() {
+        return Err(DecodeError {
+            reason: "trailing bytes",
+        });
+    }
+    Ok(records)
+}
+
+/// Encodes a shard's recent event id entries (oldest first).
+pub fn encode_dedupe(entries: &[DedupeEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + entries.len() * 12);
+    out.push(DEDUPE_VERSION);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for &(user, hash) in entries {
+        out.extend_from_slice(&user.to_le_bytes());
+        out.extend_from_slice(&hash.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a shard's recent event id entries, of either version (version 1 texts are hashed
+/// here; a text without a `user:` prefix is refused).
+pub fn decode_dedupe(bytes: &[u8]) -> Result<Vec<DedupeEntry>, DecodeError> {
+    if bytes.first() == Some(&VERSION) {
+        return decode_strings(bytes)?
+            .iter()
+            .map(|key| {
+                key.split_once(':')
+                    .and_then(|(user, id)| Some((user.parse().ok()?, event_id_hash(id))))
+                    .ok_or(DecodeError {
+                        reason: "event id without a user",
+                    })
+            })
+            .collect();
+    }
+    let mut r = Reader { bytes };
+    if r.array::<1>()?[0] != DEDUPE_VERSION {
+        return Err(DecodeError {
+            reason: "unknown version",
+        });
+    }
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    if r.bytes.len() != n.saturating_mul(12) {
+        return Err(DecodeError {
+            reason: "entry count does not match record",
+        });
+    }
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let user = u32::from_le_bytes(r.array()?);
+        let hash = u64::from_le_bytes(r.array()?);
+        entries.push((user, hash));
+    }
+    Ok(entries)
+}
+
+/// A list of strings: `version u8 (1), count u32, then (u16 len + bytes)` per string.
+fn encode_strings(ids: &[&str]) -> Vec<u8> {
     let mut out = vec![VERSION];
     out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     for id in ids {
@@ -180,23 +301,19 @@ pub fn encode_event_ids(ids: &[Box<str>]) -> Vec<u8> {
 
 /// Encodes the item id table (dense order; empty string = unused slot).
 pub fn encode_item_slots(slots: &[Option<Arc<str>>]) -> Vec<u8> {
-    let ids: Vec<Box<str>> = slots
-        .iter()
-        .map(|s| Box::from(s.as_deref().unwrap_or("")))
-        .collect();
-    encode_event_ids(&ids)
+    let ids: Vec<&str> = slots.iter().map(|s| s.as_deref().unwrap_or("")).collect();
+    encode_strings(&ids)
 }
 
 /// Decodes the item id table.
 pub fn decode_item_slots(bytes: &[u8]) -> Result<Vec<Option<Arc<str>>>, DecodeError> {
-    Ok(decode_event_ids(bytes)?
+    Ok(decode_strings(bytes)?
         .into_iter()
-        .map(|s| (!s.is_empty()).then(|| Arc::from(&*s)))
+        .map(|s| (!s.is_empty()).then_some(s))
         .collect())
 }
 
-/// Decodes a shard's recent event ids.
-pub fn decode_event_ids(bytes: &[u8]) -> Result<Vec<Box<str>>, DecodeError> {
+fn decode_strings(bytes: &[u8]) -> Result<Vec<Arc<str>>, DecodeError> {
     let mut r = Reader { bytes };
     if r.array::<1>()?[0] != VERSION {
         return Err(DecodeError {
@@ -212,7 +329,7 @@ pub fn decode_event_ids(bytes: &[u8]) -> Result<Vec<Box<str>>, DecodeError> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
         let len = u16::from_le_bytes(r.array()?) as usize;
-        ids.push(Box::from(&*r.str(len)?));
+        ids.push(r.str(len)?);
     }
     Ok(ids)
 }
@@ -255,10 +372,49 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_round_trip_and_garbage_is_refused() {
-        let ids: Vec<Box<str>> = vec!["e-1".into(), "e-2".into()];
-        assert_eq!(decode_event_ids(&encode_event_ids(&ids)), Ok(ids));
-        assert!(decode_event_ids(&[VERSION, 255, 255, 255, 255]).is_err());
+    fn dedupe_round_trips_holds_no_id_text_and_garbage_is_refused() {
+        let entries = vec![(3, event_id_hash("evt-alice-1")), (7, event_id_hash("e-2"))];
+        let bytes = encode_dedupe(&entries);
+        assert_eq!(decode_dedupe(&bytes), Ok(entries));
+        assert!(!bytes.windows(5).any(|w| w == b"alice"));
+        assert!(decode_dedupe(&[DEDUPE_VERSION, 255, 255, 255, 255]).is_err());
+        assert!(decode_dedupe(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_dedupe(&[VERSION, 255, 255, 255, 255]).is_err());
+        assert!(decode_dedupe(&[9]).is_err());
         assert!(decode_user(&[9]).is_err());
+    }
+
+    #[test]
+    fn user_chunks_round_trip_and_truncation_is_refused() {
+        let record = |id: &str| UserRecord {
+            user_id: Arc::from(id),
+            dense_id: 3,
+            last_event_ms: Some(5),
+            cells: vec![(Arc::from("g1"), Interaction::default())],
+            activity: Vec::new(),
+        };
+        let records = vec![record("alice"), record("bob")];
+        let bytes = encode_user_chunk(&records);
+        assert_eq!(decode_user_chunk(&bytes), Ok(records));
+        for cut in 0..bytes.len() {
+            assert!(decode_user_chunk(&bytes[..cut]).is_err());
+        }
+        assert_eq!(decode_user_chunk(&encode_user_chunk(&[])), Ok(Vec::new()));
+        assert!(user_chunk("alice") < USER_CHUNKS);
+    }
+
+    #[test]
+    fn version_1_dedupe_records_are_hashed_on_load() {
+        let old = encode_strings(&["3:evt-alice-1", "12:a:b"]);
+        assert_eq!(
+            decode_dedupe(&old),
+            Ok(vec![
+                (3, event_id_hash("evt-alice-1")),
+                (12, event_id_hash("a:b"))
+            ])
+        );
+        assert!(decode_dedupe(&encode_strings(&["no-user"])).is_err());
+        let slots = vec![Some(Arc::from("g1")), None, Some(Arc::from("g3"))];
+        assert_eq!(decode_item_slots(&encode_item_slots(&slots)), Ok(slots));
     }
 }

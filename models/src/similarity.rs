@@ -28,30 +28,69 @@ fn quantised(score: f64) -> i64 {
 
 /// Orders (id, score) pairs best first: by quantised score descending, then by id ascending.
 pub fn rank_order(a: &Neighbour, b: &Neighbour) -> Ordering {
+    rank_order_by(a, b, &u32::cmp)
+}
+
+/// Orders ids whose scores tie. The live engine orders them by external id (see
+/// `momentum_actors::index::Index`), so that two servers that applied the same events in a
+/// different order, and so assigned different dense ids, rank alike.
+pub type TieBreak<'a> = &'a dyn Fn(&u32, &u32) -> Ordering;
+
+/// [`rank_order`] with ties broken by `tie` instead of the dense id.
+pub fn rank_order_by(a: &Neighbour, b: &Neighbour, tie: TieBreak<'_>) -> Ordering {
     quantised(b.1)
         .cmp(&quantised(a.1))
-        .then_with(|| a.0.cmp(&b.0))
+        .then_with(|| tie(&a.0, &b.0))
 }
 
 /// The `k` best candidates with a positive score, best first (see [`rank_order`]).
 pub fn top_k(candidates: impl IntoIterator<Item = Neighbour>, k: usize) -> Vec<Neighbour> {
+    top_k_by(candidates, k, &u32::cmp)
+}
+
+/// [`top_k`] with ties broken by `tie`.
+pub fn top_k_by(
+    candidates: impl IntoIterator<Item = Neighbour>,
+    k: usize,
+    tie: TieBreak<'_>,
+) -> Vec<Neighbour> {
+    let order = |a: &Neighbour, b: &Neighbour| rank_order_by(a, b, tie);
     let mut all: Vec<Neighbour> = candidates
         .into_iter()
         .filter(|(_, s)| quantised(*s) > 0)
         .collect();
     if all.len() > k {
-        all.select_nth_unstable_by(k, rank_order);
+        all.select_nth_unstable_by(k, order);
         all.truncate(k);
     }
-    all.sort_by(rank_order);
+    all.sort_by(order);
     all
+}
+
+/// Scale of the fixed-point sums: 2⁻⁴⁰ is their resolution.
+const FIXED_SCALE: f64 = (1u64 << 40) as f64;
+
+/// `x` in fixed point (see [`SparseAccumulator`]); NaN counts as 0.
+pub fn to_fixed(x: f64) -> i128 {
+    (x * FIXED_SCALE).round() as i128
+}
+
+/// A fixed-point sum back as a float.
+pub fn from_fixed(x: i128) -> f64 {
+    x as f64 / FIXED_SCALE
 }
 
 /// A sparse accumulator over dense ids: `O(touched)` to read back and reset, so a scorer can
 /// reuse one buffer across requests without clearing the whole catalogue.
+///
+/// Values are summed in fixed point ([`to_fixed`], resolution 2⁻⁴⁰), where addition is
+/// associative: a sum does not depend on the order of its terms (which follows dense ids and
+/// hash-map order), so servers that assigned ids differently, or a restored one, get the same
+/// bits.
 #[derive(Debug, Default, Clone)]
 pub struct SparseAccumulator {
-    values: Vec<f64>,
+    values: Vec<i128>,
+    marked: Vec<bool>,
     touched: Vec<u32>,
 }
 
@@ -61,30 +100,30 @@ impl SparseAccumulator {
     pub fn add(&mut self, id: u32, value: f64) {
         let idx = id as usize;
         if idx >= self.values.len() {
-            self.values.resize(idx + 1, 0.0);
+            self.values.resize(idx + 1, 0);
+            self.marked.resize(idx + 1, false);
         }
-        if self.values[idx] == 0.0 {
+        if !self.marked[idx] {
+            self.marked[idx] = true;
             self.touched.push(id);
         }
-        self.values[idx] += value;
-        if self.values[idx] == 0.0 {
-            // Keep the slot marked non-zero so it is not pushed twice.
-            self.values[idx] = f64::MIN_POSITIVE;
-        }
+        self.values[idx] += to_fixed(value);
     }
 
     /// Current value of slot `id`.
     pub fn get(&self, id: u32) -> f64 {
-        self.values.get(id as usize).copied().unwrap_or(0.0)
+        self.values.get(id as usize).map_or(0.0, |&v| from_fixed(v))
     }
 
-    /// Moves every touched (id, value) out and leaves the accumulator empty.
+    /// Moves every touched (id, value) out, in id order, and leaves the accumulator empty.
     pub fn drain(&mut self) -> Vec<Neighbour> {
+        self.touched.sort_unstable();
         let mut out = Vec::with_capacity(self.touched.len());
         for id in self.touched.drain(..) {
-            let slot = &mut self.values[id as usize];
-            out.push((id, *slot));
-            *slot = 0.0;
+            let idx = id as usize;
+            out.push((id, from_fixed(self.values[idx])));
+            self.values[idx] = 0;
+            self.marked[idx] = false;
         }
         out
     }
@@ -120,7 +159,7 @@ pub mod batch {
         t
     }
 
-    fn top_similar(m: &Matrix, k: usize) -> HashMap<u32, Vec<Neighbour>> {
+    fn top_similar(m: &Matrix, k: usize, tie: TieBreak<'_>) -> HashMap<u32, Vec<Neighbour>> {
         let norm2: HashMap<u32, f64> = m
             .iter()
             .map(|(&a, row)| (a, row.values().map(|&w| f64::from(w) * f64::from(w)).sum()))
@@ -141,7 +180,7 @@ pub mod batch {
             }
             let na = norm2[&a];
             let sims = dots.into_iter().map(|(b, d)| (b, cosine(d, na, norm2[&b])));
-            let top = top_k(sims, k);
+            let top = top_k_by(sims, k, tie);
             if na > 0.0 {
                 out.insert(a, top);
             }
@@ -151,12 +190,30 @@ pub mod batch {
 
     /// Top-k most similar users of every user with a non-empty row.
     pub fn similar_users(m: &Matrix, k: usize) -> HashMap<u32, Vec<Neighbour>> {
-        top_similar(m, k)
+        top_similar(m, k, &u32::cmp)
     }
 
     /// Top-k most similar items of every item with at least one positive weight.
     pub fn similar_items(m: &Matrix, k: usize) -> HashMap<u32, Vec<Neighbour>> {
-        top_similar(&transpose(m), k)
+        top_similar(&transpose(m), k, &u32::cmp)
+    }
+
+    /// [`similar_users`] with ties broken by `tie`.
+    pub fn similar_users_by(
+        m: &Matrix,
+        k: usize,
+        tie: TieBreak<'_>,
+    ) -> HashMap<u32, Vec<Neighbour>> {
+        top_similar(m, k, tie)
+    }
+
+    /// [`similar_items`] with ties broken by `tie`.
+    pub fn similar_items_by(
+        m: &Matrix,
+        k: usize,
+        tie: TieBreak<'_>,
+    ) -> HashMap<u32, Vec<Neighbour>> {
+        top_similar(&transpose(m), k, tie)
     }
 }
 
@@ -184,11 +241,34 @@ mod tests {
         acc.add(3, 1.0);
         acc.add(7, 2.0);
         acc.add(3, 0.5);
-        let mut got = acc.drain();
-        got.sort_by_key(|x| x.0);
+        let got = acc.drain();
         assert_eq!(got, vec![(3, 1.5), (7, 2.0)]);
         assert!(acc.drain().is_empty());
         assert_eq!(acc.get(3), 0.0);
+    }
+
+    #[test]
+    fn accumulated_sums_do_not_depend_on_term_order() {
+        let terms = [0.1, 0.2, 0.3];
+        let sum_of = |order: &[usize]| {
+            let mut acc = SparseAccumulator::default();
+            for &i in order {
+                acc.add(1, terms[i]);
+            }
+            acc.drain()[0].1.to_bits()
+        };
+        let float_of = |order: &[usize]| order.iter().map(|&i| terms[i]).sum::<f64>().to_bits();
+        let (a, b) = ([0, 1, 2], [2, 1, 0]);
+        assert_ne!(float_of(&a), float_of(&b), "plain float sums differ here");
+        assert_eq!(sum_of(&a), sum_of(&b));
+    }
+
+    #[test]
+    fn ties_follow_the_given_order() {
+        let names = ["b", "a", "c"];
+        let by_name = |x: &u32, y: &u32| names[*x as usize].cmp(names[*y as usize]);
+        let got = top_k_by(vec![(0, 0.5), (1, 0.5), (2, 0.9)], 3, &by_name);
+        assert_eq!(got, vec![(2, 0.9), (1, 0.5), (0, 0.5)]);
     }
 
     #[test]

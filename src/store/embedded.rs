@@ -43,14 +43,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use parking_lot::RwLock;
+use redb::{
+    Database, Durability, Key, MultimapTableHandle, ReadTransaction, ReadableTable,
+    ReadableTableMetadata, TableDefinition, TableError, TableHandle, Value, WriteTransaction,
+};
 
 use super::codec::{decode_event, decode_ts_and_user, encode_event};
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, digest_without, now_ms, part_hash, snapshot_digest, ErasureReport,
-    NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig, StoreError,
-    StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash, snapshot_digest,
+    ErasureReport, NewEvent, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
+    StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 /// The database file inside `store.path`.
@@ -89,9 +93,14 @@ pub(super) const CHURN_SCORES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("churn_scores");
 
 /// The embedded store; clones share the database.
+///
+/// The handle sits behind a lock that every call holds for its duration (shared), so that an
+/// erasure can hold it alone while it replaces the file (see [`EmbeddedStore::rewrite_file`]).
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<RwLock<Database>>,
+    dir: PathBuf,
+    cache_bytes: usize,
     group: Arc<GroupCommit>,
     /// The database file, for messages.
     file: Arc<PathBuf>,
@@ -121,9 +130,14 @@ impl EmbeddedStore {
         let file = Arc::new(dir.join(FILE_NAME));
         let cache_bytes = cfg.cache_mb.saturating_mul(1 << 20);
         let wait = Duration::from_secs(cfg.lock_wait_secs);
-        let db = blocking(file.clone(), move || open_blocking(&dir, cache_bytes, wait)).await?;
+        let db = {
+            let dir = dir.clone();
+            blocking(file.clone(), move || open_blocking(&dir, cache_bytes, wait)).await?
+        };
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(db)),
+            dir,
+            cache_bytes,
             group: Arc::new(GroupCommit::default()),
             file,
         })
@@ -136,7 +150,22 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T> + Send + 'static,
     {
         let db = self.db.clone();
-        blocking(self.file.clone(), move || f(&db)).await
+        blocking(self.file.clone(), move || f(&db.read())).await
+    }
+
+    /// Replaces the database file by a copy of its live contents (every table, row by row,
+    /// into a new file, then renamed over the old one), holding every other call off
+    /// meanwhile. redb keeps freed pages, and the unused tail of reused ones, with their old
+    /// bytes; after an erasure the file must not hold the user's data anywhere. Takes time in
+    /// proportion to the size of the store.
+    pub(crate) async fn rewrite_file(&self) -> Result<()> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        let cache_bytes = self.cache_bytes;
+        blocking(self.file.clone(), move || {
+            rewrite_blocking(&mut db.write(), &dir, cache_bytes)
+        })
+        .await
     }
 
     pub(crate) async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange> {
@@ -151,7 +180,7 @@ impl EmbeddedStore {
         let file = self.file.clone();
         self.group
             .append(batch, move |batches| {
-                blocking(file, move || append_blocking(&db, &batches))
+                blocking(file, move || append_blocking(&db.read(), &batches))
             })
             .await
     }
@@ -162,7 +191,7 @@ impl EmbeddedStore {
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             // A panic must reach the reader as an error, not as an early end of the log.
-            let read = catch(|| read_log_blocking(&db, after_seq, page_size, &pages))
+            let read = catch(|| read_log_blocking(&db.read(), after_seq, page_size, &pages))
                 .unwrap_or_else(|panic| Err(panicked(&file, panic.as_ref())));
             if let Err(e) = read {
                 let _ = pages.blocking_send(Err(e));
@@ -384,119 +413,175 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
+    pub(crate) async fn erase_user(
+        &self,
+        user_id: &str,
+        scrub: Option<(Vec<String>, PartScrub)>,
+    ) -> Result<ErasureReport> {
         let user = user_id.to_owned();
-        self.run(move |db| {
-            let user = user.as_str();
-            // The log has no index by user (it would cost appends several times over), so
-            // the user's events are found by a scan of a read snapshot, which does not hold
-            // the writer; the write transaction then only checks the events appended since.
-            let (mut seqs, scanned_to) = {
-                let txn = db.begin_read().map_err(db_err)?;
-                let last = txn
-                    .open_table(META)
-                    .map_err(db_err)?
-                    .get(LAST_SEQ_KEY)
-                    .map_err(db_err)?
-                    .map_or(0, |g| g.value());
-                let events = txn.open_table(EVENTS).map_err(db_err)?;
-                (user_seqs(&events, 1, user)?, last)
-            };
-            let txn = db.begin_write().map_err(db_err)?;
-            let mut removed = UserFootprint::default();
-            {
-                // Events appended since the scan, then the deletions.
-                let mut events = txn.open_table(EVENTS).map_err(db_err)?;
-                seqs.extend(user_seqs(&events, scanned_to + 1, user)?);
-                for &seq in &seqs {
-                    if events.remove(seq).map_err(db_err)?.is_some() {
-                        removed.events += 1;
-                    }
-                }
-
-                let mut by_user = txn.open_table(USER_SNAPSHOT_PARTS).map_err(db_err)?;
-                let mut stored = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
-                let mut owners = txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
-                let mut parts = Vec::new();
-                for entry in by_user.range((user, 0, "")..).map_err(db_err)? {
-                    let (key, _) = entry.map_err(db_err)?;
-                    let (owner, id, key) = key.value();
-                    if owner != user {
-                        break;
-                    }
-                    parts.push((id, key.to_owned()));
-                }
-                let mut digests = txn.open_table(SNAPSHOT_DIGESTS).map_err(db_err)?;
-                for (id, key) in &parts {
-                    let bytes = stored.remove((*id, key.as_str())).map_err(db_err)?;
-                    owners.remove((*id, key.as_str())).map_err(db_err)?;
-                    by_user.remove((user, *id, key.as_str())).map_err(db_err)?;
-                    // The snapshot's digest no longer counts the part.
-                    let Some(bytes) = bytes else { continue };
-                    let hash = part_hash(key, Some(user), bytes.value());
-                    drop(bytes);
-                    let old = digests
-                        .get(*id)
+        let report = self
+            .run(move |db| {
+                let user = user.as_str();
+                // The log has no index by user (it would cost appends several times over), so
+                // the user's events are found by a scan of a read snapshot, which does not hold
+                // the writer; the write transaction then only checks the events appended since.
+                let (mut seqs, scanned_to) = {
+                    let txn = db.begin_read().map_err(db_err)?;
+                    let last = txn
+                        .open_table(META)
                         .map_err(db_err)?
-                        .map(|d| d.value().to_vec());
-                    if let Some(new) = old.and_then(|d| digest_without(&d, &hash)) {
-                        digests.insert(*id, new.as_slice()).map_err(db_err)?;
+                        .get(LAST_SEQ_KEY)
+                        .map_err(db_err)?
+                        .map_or(0, |g| g.value());
+                    let events = txn.open_table(EVENTS).map_err(db_err)?;
+                    (user_seqs(&events, 1, user)?, last)
+                };
+                let txn = db.begin_write().map_err(db_err)?;
+                let mut removed = UserFootprint::default();
+                let mut rewritten_parts = 0;
+                {
+                    // Events appended since the scan, then the deletions.
+                    let mut events = txn.open_table(EVENTS).map_err(db_err)?;
+                    seqs.extend(user_seqs(&events, scanned_to + 1, user)?);
+                    for &seq in &seqs {
+                        if events.remove(seq).map_err(db_err)?.is_some() {
+                            removed.events += 1;
+                        }
                     }
-                }
-                removed.snapshot_parts = parts.len() as u64;
 
-                let mut users = txn.open_table(USERS).map_err(db_err)?;
-                removed.users = u64::from(users.remove(user).map_err(db_err)?.is_some());
+                    let mut by_user = txn.open_table(USER_SNAPSHOT_PARTS).map_err(db_err)?;
+                    let mut stored = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
+                    let mut owners = txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
+                    let mut parts = Vec::new();
+                    for entry in by_user.range((user, 0, "")..).map_err(db_err)? {
+                        let (key, _) = entry.map_err(db_err)?;
+                        let (owner, id, key) = key.value();
+                        if owner != user {
+                            break;
+                        }
+                        parts.push((id, key.to_owned()));
+                    }
+                    let mut digests = txn.open_table(SNAPSHOT_DIGESTS).map_err(db_err)?;
+                    for (id, key) in &parts {
+                        let bytes = stored.remove((*id, key.as_str())).map_err(db_err)?;
+                        owners.remove((*id, key.as_str())).map_err(db_err)?;
+                        by_user.remove((user, *id, key.as_str())).map_err(db_err)?;
+                        // The snapshot's digest no longer counts the part.
+                        let Some(bytes) = bytes else { continue };
+                        let hash = part_hash(key, Some(user), bytes.value());
+                        drop(bytes);
+                        let old = digests
+                            .get(*id)
+                            .map_err(db_err)?
+                            .map(|d| d.value().to_vec());
+                        if let Some(new) = old.and_then(|d| digest_without(&d, &hash)) {
+                            digests.insert(*id, new.as_slice()).map_err(db_err)?;
+                        }
+                    }
+                    removed.snapshot_parts = parts.len() as u64;
 
-                let mut training = txn.open_table(TRAINING_ROWS).map_err(db_err)?;
-                removed.training_rows = training
-                    .extract_from_if((user, 0)..=(user, u64::MAX), |_, _| true)
-                    .map_err(db_err)?
-                    .try_fold(0, |n, e| e.map(|_| n + 1))
-                    .map_err(db_err)?;
+                    for (prefix, scrub) in scrub
+                        .iter()
+                        .flat_map(|(prefixes, scrub)| prefixes.iter().map(move |p| (p, scrub)))
+                    {
+                        let ids = txn
+                            .open_table(SNAPSHOTS)
+                            .map_err(db_err)?
+                            .iter()
+                            .map_err(db_err)?
+                            .map(|e| e.map(|(id, _)| id.value()))
+                            .collect::<std::result::Result<Vec<u64>, _>>()
+                            .map_err(db_err)?;
+                        for id in ids {
+                            let mut rewrites = Vec::new();
+                            for entry in stored.range((id, prefix.as_str())..).map_err(db_err)? {
+                                let (key, bytes) = entry.map_err(db_err)?;
+                                let (snapshot_id, key) = key.value();
+                                if snapshot_id != id || !key.starts_with(prefix.as_str()) {
+                                    break;
+                                }
+                                if let Some(new) = scrub(key, bytes.value()) {
+                                    let old = part_hash(key, None, bytes.value());
+                                    rewrites.push((key.to_owned(), old, new));
+                                }
+                            }
+                            for (key, old, bytes) in &rewrites {
+                                stored
+                                    .insert((id, key.as_str()), bytes.as_slice())
+                                    .map_err(db_err)?;
+                                // The rewritten part replaces the old one in the digest.
+                                let digest =
+                                    digests.get(id).map_err(db_err)?.map(|d| d.value().to_vec());
+                                let new = part_hash(key, None, bytes);
+                                if let Some(d) =
+                                    digest.and_then(|d| digest_replacing(&d, old, &new))
+                                {
+                                    digests.insert(id, d.as_slice()).map_err(db_err)?;
+                                }
+                            }
+                            rewritten_parts += rewrites.len() as u64;
+                        }
+                    }
 
-                let mut interventions = txn.open_table(INTERVENTIONS).map_err(db_err)?;
-                let keys = interventions
-                    .range((user, "", "")..)
-                    .map_err(db_err)?
-                    .map(|e| {
-                        e.map(|(k, _)| {
-                            let (u, day, channel) = k.value();
-                            (u.to_owned(), day.to_owned(), channel.to_owned())
-                        })
-                    })
-                    .take_while(|k| k.as_ref().map_or(true, |(u, _, _)| u == user))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(db_err)?;
-                for (_, day, channel) in &keys {
-                    interventions
-                        .remove((user, day.as_str(), channel.as_str()))
+                    let mut users = txn.open_table(USERS).map_err(db_err)?;
+                    removed.users = u64::from(users.remove(user).map_err(db_err)?.is_some());
+
+                    let mut training = txn.open_table(TRAINING_ROWS).map_err(db_err)?;
+                    removed.training_rows = training
+                        .extract_from_if((user, 0)..=(user, u64::MAX), |_, _| true)
+                        .map_err(db_err)?
+                        .try_fold(0, |n, e| e.map(|_| n + 1))
                         .map_err(db_err)?;
-                }
-                removed.interventions = keys.len() as u64;
 
-                let mut churn = txn.open_table(CHURN_SCORES).map_err(db_err)?;
-                let days = churn
-                    .range((user, "")..)
-                    .map_err(db_err)?
-                    .map(|e| {
-                        e.map(|(k, _)| {
-                            let (u, day) = k.value();
-                            (u.to_owned(), day.to_owned())
+                    let mut interventions = txn.open_table(INTERVENTIONS).map_err(db_err)?;
+                    let keys = interventions
+                        .range((user, "", "")..)
+                        .map_err(db_err)?
+                        .map(|e| {
+                            e.map(|(k, _)| {
+                                let (u, day, channel) = k.value();
+                                (u.to_owned(), day.to_owned(), channel.to_owned())
+                            })
                         })
-                    })
-                    .take_while(|k| k.as_ref().map_or(true, |(u, _)| u == user))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(db_err)?;
-                for (_, day) in &days {
-                    churn.remove((user, day.as_str())).map_err(db_err)?;
+                        .take_while(|k| k.as_ref().map_or(true, |(u, _, _)| u == user))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(db_err)?;
+                    for (_, day, channel) in &keys {
+                        interventions
+                            .remove((user, day.as_str(), channel.as_str()))
+                            .map_err(db_err)?;
+                    }
+                    removed.interventions = keys.len() as u64;
+
+                    let mut churn = txn.open_table(CHURN_SCORES).map_err(db_err)?;
+                    let days = churn
+                        .range((user, "")..)
+                        .map_err(db_err)?
+                        .map(|e| {
+                            e.map(|(k, _)| {
+                                let (u, day) = k.value();
+                                (u.to_owned(), day.to_owned())
+                            })
+                        })
+                        .take_while(|k| k.as_ref().map_or(true, |(u, _)| u == user))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(db_err)?;
+                    for (_, day) in &days {
+                        churn.remove((user, day.as_str())).map_err(db_err)?;
+                    }
+                    removed.churn_scores = days.len() as u64;
                 }
-                removed.churn_scores = days.len() as u64;
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(ErasureReport { removed })
-        })
-        .await
+                txn.commit().map_err(db_err)?;
+                Ok(ErasureReport {
+                    removed,
+                    rewritten_parts,
+                })
+            })
+            .await?;
+        if report.removed.total() > 0 || report.rewritten_parts > 0 {
+            self.rewrite_file().await?;
+        }
+        Ok(report)
     }
 
     pub(crate) async fn count_user_rows(&self, user_id: &str) -> Result<UserFootprint> {
@@ -882,6 +967,100 @@ pub(super) fn read_snapshot(
         parts,
         digest,
     )))
+}
+
+/// Copies every table of `db` into a new file next to it, renames that over the database
+/// file and puts the reopened copy in `db`'s place. Refuses (changing nothing) if the file has
+/// a table this binary does not know.
+fn rewrite_blocking(db: &mut Database, dir: &Path, cache_bytes: usize) -> Result<()> {
+    let file = dir.join(FILE_NAME);
+    let tmp = dir.join(format!("{FILE_NAME}.rewrite"));
+    let io = |context: &str, source| StoreError::Io {
+        context: format!("{context} {}", tmp.display()),
+        source,
+    };
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", e)),
+        _ => {}
+    }
+    {
+        let read = db.begin_read().map_err(db_err)?;
+        let known = [
+            META.name(),
+            EVENTS.name(),
+            USERS.name(),
+            ITEMS.name(),
+            SNAPSHOTS.name(),
+            SNAPSHOT_PARTS.name(),
+            SNAPSHOT_PART_USERS.name(),
+            USER_SNAPSHOT_PARTS.name(),
+            TRAINING_ROWS.name(),
+            MODELS.name(),
+            INTERVENTIONS.name(),
+            CHURN_SCORES.name(),
+            SNAPSHOT_DIGESTS.name(),
+        ];
+        let unknown = read
+            .list_tables()
+            .map_err(db_err)?
+            .map(|t| t.name().to_owned())
+            .chain(
+                read.list_multimap_tables()
+                    .map_err(db_err)?
+                    .map(|t| t.name().to_owned()),
+            )
+            .find(|name| !known.contains(&name.as_str()));
+        if let Some(name) = unknown {
+            return Err(StoreError::Db {
+                message: format!("cannot rewrite the store: unknown table {name:?}"),
+            });
+        }
+        let copy = Database::builder().create(&tmp).map_err(db_err)?;
+        let write = copy.begin_write().map_err(db_err)?;
+        copy_table(&read, &write, META)?;
+        copy_table(&read, &write, EVENTS)?;
+        copy_table(&read, &write, USERS)?;
+        copy_table(&read, &write, ITEMS)?;
+        copy_table(&read, &write, SNAPSHOTS)?;
+        copy_table(&read, &write, SNAPSHOT_PARTS)?;
+        copy_table(&read, &write, SNAPSHOT_PART_USERS)?;
+        copy_table(&read, &write, USER_SNAPSHOT_PARTS)?;
+        copy_table(&read, &write, TRAINING_ROWS)?;
+        copy_table(&read, &write, MODELS)?;
+        copy_table(&read, &write, INTERVENTIONS)?;
+        copy_table(&read, &write, CHURN_SCORES)?;
+        copy_table(&read, &write, SNAPSHOT_DIGESTS)?;
+        write.commit().map_err(db_err)?;
+    }
+    std::fs::rename(&tmp, &file).map_err(|e| io("rename", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync the directory of", e))?;
+    // The old handle still has the old (now unlinked) file open; replacing it closes that.
+    *db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(&file)
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Copies table `def` from `read` into `write` (nothing if `read` does not have it).
+fn copy_table<K: Key + 'static, V: Value + 'static>(
+    read: &ReadTransaction,
+    write: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<()> {
+    let from = match read.open_table(def) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(db_err(e)),
+    };
+    let mut to = write.open_table(def).map_err(db_err)?;
+    for entry in from.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        to.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Creates missing tables and records the schema version; refuses a newer file.

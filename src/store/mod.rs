@@ -340,7 +340,13 @@ impl UserFootprint {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ErasureReport {
     pub removed: UserFootprint,
+    /// Shared snapshot parts rewritten without the user (see [`Store::erase_user_scrubbing`]).
+    pub rewritten_parts: u64,
 }
+
+/// Rewrites a snapshot part shared by many users (given its key and bytes) without one of
+/// them: the new bytes, or `None` to keep the part as it is.
+pub type PartScrub = std::sync::Arc<dyn Fn(&str, &[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
 /// The store: one of the two back-ends. Cheap to clone (both hold shared handles).
 #[derive(Clone)]
@@ -484,7 +490,20 @@ impl Store {
 
     /// Deletes every stored row of the user (see [`UserFootprint`]) in one transaction.
     pub async fn erase_user(&self, user_id: &str) -> Result<ErasureReport, StoreError> {
-        dispatch!(self.erase_user(user_id))
+        dispatch!(self.erase_user(user_id, None))
+    }
+
+    /// [`Store::erase_user`], and in the same transaction every part of every stored snapshot
+    /// whose key starts with one of `shared_prefixes` (parts that hold several users' data and
+    /// so have no owner) is passed to `scrub` and replaced by what it returns.
+    pub async fn erase_user_scrubbing(
+        &self,
+        user_id: &str,
+        shared_prefixes: Vec<String>,
+        scrub: PartScrub,
+    ) -> Result<ErasureReport, StoreError> {
+        let scrub = Some((shared_prefixes, scrub));
+        dispatch!(self.erase_user(user_id, scrub))
     }
 
     /// Counts the rows in every table that mention the user.
@@ -579,6 +598,19 @@ pub(crate) fn digest_without(digest: &[u8], hash: &[u8; 32]) -> Option<Vec<u8>> 
     out[..8].copy_from_slice(&count.to_le_bytes());
     for (o, b) in out[8..].iter_mut().zip(hash) {
         *o ^= b;
+    }
+    Some(out)
+}
+
+/// `digest` with one part's [`part_hash`] replaced by another's (a part rewritten in place);
+/// `None` for a malformed digest.
+pub(crate) fn digest_replacing(digest: &[u8], old: &[u8; 32], new: &[u8; 32]) -> Option<Vec<u8>> {
+    if digest.len() != DIGEST_LEN {
+        return None;
+    }
+    let mut out = digest.to_vec();
+    for ((o, a), b) in out[8..].iter_mut().zip(old).zip(new) {
+        *o ^= a ^ b;
     }
     Some(out)
 }

@@ -34,9 +34,9 @@ use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, digest_without, now_ms, part_hash, snapshot_digest, ErasureReport,
-    NewEvent, PageSender, SeqRange, SnapshotMeta, SnapshotPart, StoreConfig, StoreError,
-    StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash, snapshot_digest,
+    ErasureReport, NewEvent, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
+    StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
 mod embedded {
@@ -526,7 +526,11 @@ impl PostgresStore {
         Ok(removed)
     }
 
-    pub(crate) async fn erase_user(&self, user_id: &str) -> Result<ErasureReport> {
+    pub(crate) async fn erase_user(
+        &self,
+        user_id: &str,
+        scrub: Option<(Vec<String>, PartScrub)>,
+    ) -> Result<ErasureReport> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut removed = UserFootprint::default();
@@ -581,9 +585,68 @@ impl PostgresStore {
                 .await
                 .map_err(pg_err)?;
         }
+        let mut rewritten_parts = 0;
+        let mut rewritten: std::collections::BTreeMap<i64, Option<Vec<u8>>> = Default::default();
+        for (prefix, scrub) in scrub
+            .iter()
+            .flat_map(|(prefixes, scrub)| prefixes.iter().map(move |p| (p, scrub)))
+        {
+            let rows = tx
+                .query(
+                    "SELECT snapshot_id, key, bytes FROM snapshot_parts \
+                     WHERE user_id IS NULL AND starts_with(key, $1) FOR UPDATE",
+                    &[prefix],
+                )
+                .await
+                .map_err(pg_err)?;
+            for row in rows {
+                let id: i64 = row.try_get(0).map_err(pg_err)?;
+                let key: String = row.try_get(1).map_err(pg_err)?;
+                let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
+                if let Some(new) = scrub(&key, &bytes) {
+                    // The rewritten part replaces the old one in its snapshot's digest.
+                    let digest = match rewritten.entry(id) {
+                        std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
+                            tx.query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
+                                .await
+                                .map_err(pg_err)?
+                                .and_then(|r| r.get(0)),
+                        ),
+                    };
+                    *digest = digest.as_deref().and_then(|d| {
+                        digest_replacing(
+                            d,
+                            &part_hash(&key, None, &bytes),
+                            &part_hash(&key, None, &new),
+                        )
+                    });
+                    tx.execute(
+                        "UPDATE snapshot_parts SET bytes = $3 WHERE snapshot_id = $1 AND key = $2",
+                        &[&id, &key, &new],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                    rewritten_parts += 1;
+                }
+            }
+        }
+        for (id, digest) in rewritten {
+            if let Some(digest) = digest {
+                tx.execute(
+                    "UPDATE snapshots SET digest = $2 WHERE id = $1",
+                    &[&id, &digest],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+        }
         self.check_writer(&tx).await?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(ErasureReport { removed })
+        Ok(ErasureReport {
+            removed,
+            rewritten_parts,
+        })
     }
 
     pub(crate) async fn count_user_rows(&self, user_id: &str) -> Result<UserFootprint> {

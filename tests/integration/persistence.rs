@@ -213,10 +213,19 @@ async fn erasure(settings: Settings) {
         0,
         "rows left after erasure: {footprint:?}"
     );
-    assert!(
-        store.count_user_rows("u8").await.expect("count").total() > 0,
-        "others stay"
-    );
+    // Others stay: their records are still in the snapshot (user records share chunk parts).
+    let (_, parts) = store
+        .latest_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    let holds = |needle: &[u8]| {
+        parts
+            .iter()
+            .any(|p| p.bytes.windows(needle.len()).any(|w| w == needle))
+    };
+    assert!(holds(b"\x02\x00u8"), "others stay");
+    assert!(!holds(b"\x02\x00u7"), "the erased user's record is gone");
     // Nobody lists them as a neighbour any more.
     for u in 0..40 {
         let (_, sim) = a.get(&format!("/v1/users/u{u}/similar-users")).await;
@@ -238,6 +247,154 @@ async fn erasure(settings: Settings) {
         .await
         .expect("delete");
     assert_eq!(res.status().as_u16(), 404);
+}
+
+/// Every byte the store keeps, as text: each row of each table of the test schema
+/// (PostgreSQL, bytea in hex) or the embedded database file.
+async fn store_dump(settings: &Settings) -> String {
+    let (Some(url), Some(schema)) = (&settings.store.url, &settings.store.schema) else {
+        let file = settings.store.path.join("momentum.redb");
+        let bytes = std::fs::read(&file).expect("read the database file");
+        return String::from_utf8_lossy(&bytes).into_owned();
+    };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to DATABASE_URL");
+    actix_web::rt::spawn(connection);
+    let tables = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[schema],
+        )
+        .await
+        .expect("list tables");
+    assert!(tables.len() >= 5, "the schema has the store's tables");
+    let mut out = String::new();
+    for table in tables {
+        let table: String = table.get(0);
+        for row in client
+            .query(&format!("SELECT t::text FROM {schema}.{table} t"), &[])
+            .await
+            .expect("dump table")
+        {
+            out.push_str(&table);
+            out.push(' ');
+            out.push_str(row.get::<_, &str>(0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Where `needle` (or its hex encoding, as PostgreSQL prints bytea) occurs in `dump`.
+fn traces(dump: &str, needle: &str) -> Vec<String> {
+    let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+    [needle, hex.as_str()]
+        .iter()
+        .flat_map(|n| dump.match_indices(*n).map(|(at, _)| at))
+        .map(|at| {
+            let bytes = &dump.as_bytes()[at.saturating_sub(60)..(at + 60).min(dump.len())];
+            String::from_utf8_lossy(bytes).into_owned()
+        })
+        .collect()
+}
+
+/// The ids of an erased user's events (which contain the user id) leave memory, the next
+/// snapshot and every stored copy, older snapshots included, and do not come back on restart.
+async fn erasure_scrubs_event_ids(settings: Settings) {
+    const ERASEE: &str = "zq-erasee-4711";
+    let (items, mut events) = workload();
+    for k in 0..6u64 {
+        events.push(
+            json!({"event_id": format!("evt-{ERASEE}-{k}"), "user_id": ERASEE,
+            "item_id": format!("g{}", k * 4), "kind": "complete", "ts": 1_700_000_900_000u64 + k}),
+        );
+    }
+    let mut a = TestServer::start_with(settings.clone());
+    a.keep_store = true;
+    load(&a, &items, &events).await;
+    // Two stored snapshots hold the erasee's event ids (`keep` = 2).
+    snapshot_now(&a).await;
+    snapshot_now(&a).await;
+    let store = a.state().journal.store().clone();
+    // A copy in the version 1 dedupe layout (id texts) as older servers wrote it, in an older
+    // snapshot: erasure must scrub it too.
+    let mut old = vec![1u8];
+    let texts = ["0:ev0".to_string(), format!("9999:evt-{ERASEE}-0")];
+    old.extend_from_slice(&(texts.len() as u32).to_le_bytes());
+    for t in &texts {
+        old.extend_from_slice(&(t.len() as u16).to_le_bytes());
+        old.extend_from_slice(t.as_bytes());
+    }
+    let meta = momentum::store::SnapshotMeta {
+        id: 1,
+        covers_seq: 0,
+        created_ms: 0,
+    };
+    let part = momentum::store::SnapshotPart {
+        key: "event_ids:0".into(),
+        user_id: None,
+        bytes: old,
+    };
+    store
+        .put_snapshot(&meta, &[part])
+        .await
+        .expect("old snapshot");
+    assert!(
+        !traces(&store_dump(&settings).await, &format!("evt-{ERASEE}")).is_empty(),
+        "the dump sees the event ids before the erasure"
+    );
+
+    let res = a
+        .client
+        .delete(a.url(&format!("/v1/users/{ERASEE}")))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status().as_u16(), 204);
+    let left = traces(&store_dump(&settings).await, ERASEE);
+    assert!(left.is_empty(), "after erasure: {left:?}");
+    snapshot_now(&a).await;
+    let left = traces(&store_dump(&settings).await, ERASEE);
+    assert!(left.is_empty(), "after the next snapshot: {left:?}");
+    // Forgotten in memory: the same event ids are new events of a new user now.
+    let retry: Vec<Value> = events[events.len() - 6..].to_vec();
+    let (_, body) = a.post_json("/v1/events", &json!(retry)).await;
+    assert_eq!(body["accepted"], 6, "{body}");
+    let res = a
+        .client
+        .delete(a.url(&format!("/v1/users/{ERASEE}")))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status().as_u16(), 204);
+    drop(store);
+    drop(a);
+
+    let b = TestServer::start_with(settings.clone());
+    assert_eq!(b.get(&format!("/v1/users/{ERASEE}")).await.0, 404);
+    snapshot_now(&b).await;
+    let left = traces(&store_dump(&settings).await, ERASEE);
+    assert!(left.is_empty(), "after a restart: {left:?}");
+    // Everybody else's event ids are still remembered across the restart.
+    let (_, body) = b.post_json("/v1/events", &json!(&events[..100])).await;
+    assert_eq!(body["duplicates"], 100, "{body}");
+    let (_, body) = b.post_json("/v1/events", &json!(retry)).await;
+    assert_eq!(body["accepted"], 6, "the erased ids stay forgotten: {body}");
+}
+
+#[actix_web::test]
+async fn erasure_scrubs_event_ids_embedded() {
+    erasure_scrubs_event_ids(settings()).await;
+}
+
+#[actix_web::test]
+async fn erasure_scrubs_event_ids_postgres() {
+    let settings = postgres_settings();
+    erasure_scrubs_event_ids(settings.clone()).await;
+    drop_schema(&settings).await;
 }
 
 #[actix_web::test]

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use crate::similarity::TieBreak;
 use crate::ModelError;
 
 /// Parameters of [`rerank`].
@@ -80,6 +81,18 @@ pub fn rerank(
     config: &DiversityConfig,
     sim: impl Fn(u32, u32) -> f64,
 ) -> Vec<usize> {
+    rerank_by(candidates, n, config, sim, &u32::cmp)
+}
+
+/// [`rerank`] with the last tie (equal objective and relevance) going to the item first in
+/// `tie` order instead of the lower id.
+pub fn rerank_by(
+    candidates: &[Candidate<'_>],
+    n: usize,
+    config: &DiversityConfig,
+    sim: impl Fn(u32, u32) -> f64,
+    tie: TieBreak<'_>,
+) -> Vec<usize> {
     let lambda = if config.lambda.is_nan() {
         1.0
     } else {
@@ -119,7 +132,7 @@ pub fn rerank(
             let (ca, cb) = (&candidates[a], &candidates[b]);
             oa.total_cmp(&ob)
                 .then_with(|| relevance(ca).total_cmp(&relevance(cb)))
-                .then_with(|| cb.item.cmp(&ca.item))
+                .then_with(|| tie(&cb.item, &ca.item))
                 .is_gt()
         };
         let mut best: Option<(usize, f64)> = None;

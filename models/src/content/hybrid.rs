@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::similarity::TieBreak;
 use crate::ModelError;
 
 /// Which signal contributed most to a hybrid score (for the `reasons` of a recommendation).
@@ -111,6 +112,17 @@ pub fn normalise_min_max(scores: &[(u32, f64)]) -> Vec<(u32, f64)> {
 /// replaced: a negative or non-finite weight counts as 0, and if both are then 0 the sources
 /// are weighted equally — validate the configuration up front to avoid this.
 pub fn mix(cf: &[(u32, f64)], content: &[(u32, f64)], w_cf: f64, w_content: f64) -> Vec<Scored> {
+    mix_by(cf, content, w_cf, w_content, &u32::cmp)
+}
+
+/// [`mix`] with equal scores ordered by `tie` instead of the item id.
+pub fn mix_by(
+    cf: &[(u32, f64)],
+    content: &[(u32, f64)],
+    w_cf: f64,
+    w_content: f64,
+    tie: TieBreak<'_>,
+) -> Vec<Scored> {
     let clean = |w: f64| if w.is_finite() && w > 0.0 { w } else { 0.0 };
     let (mut a, mut b) = (clean(w_cf), clean(w_content));
     if a + b <= 0.0 {
@@ -144,7 +156,7 @@ pub fn mix(cf: &[(u32, f64)], content: &[(u32, f64)], w_cf: f64, w_content: f64)
     out.sort_by(|x, y| {
         y.score
             .total_cmp(&x.score)
-            .then_with(|| x.item.cmp(&y.item))
+            .then_with(|| tie(&x.item, &y.item))
     });
     out
 }

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::tfidf::TfIdfIndex;
+use crate::similarity::{from_fixed, to_fixed, TieBreak};
 
 /// Bounds on the cost of building a profile and scoring candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +81,8 @@ impl TfIdfIndex {
     /// Builds the profile of a user from `(item, interaction weight)` pairs (an item listed
     /// twice contributes twice), keeping the `max_terms` strongest terms.
     pub fn user_profile(&self, engaged: &[(u32, f32)], max_terms: usize) -> UserProfile {
-        let mut acc: HashMap<u32, f64> = HashMap::new();
+        // Fixed point, so the sum does not depend on the order of `engaged`.
+        let mut acc: HashMap<u32, i128> = HashMap::new();
         for &(item, weight) in engaged {
             let w = f64::from(weight);
             if !(w.is_finite() && w > 0.0) {
@@ -90,11 +92,12 @@ impl TfIdfIndex {
                 continue;
             };
             for (id, x) in terms {
-                *acc.entry(id).or_insert(0.0) += w * x;
+                *acc.entry(id).or_insert(0) += to_fixed(w * x);
             }
         }
         let mut terms: Vec<(Arc<str>, f64)> = acc
             .into_iter()
+            .map(|(id, w)| (id, from_fixed(w)))
             .filter(|&(_, w)| w > 0.0 && w.is_finite())
             .filter_map(|(id, w)| self.term_arc(id).map(|name| (Arc::clone(name), w)))
             .collect();
@@ -164,6 +167,19 @@ impl TfIdfIndex {
         limit: usize,
         limits: &ScoringLimits,
     ) -> Vec<ContentMatch> {
+        self.score_candidates_by(profile, exclude, limit, limits, &u32::cmp)
+    }
+
+    /// [`TfIdfIndex::score_candidates`] with equal scores ordered by `tie` instead of the
+    /// item id.
+    pub fn score_candidates_by(
+        &self,
+        profile: &UserProfile,
+        exclude: impl Fn(u32) -> bool,
+        limit: usize,
+        limits: &ScoringLimits,
+        tie: TieBreak<'_>,
+    ) -> Vec<ContentMatch> {
         if limit == 0 {
             return Vec::new();
         }
@@ -214,7 +230,7 @@ impl TfIdfIndex {
         let by_rank = |a: &ContentMatch, b: &ContentMatch| {
             b.score
                 .total_cmp(&a.score)
-                .then_with(|| a.item.cmp(&b.item))
+                .then_with(|| tie(&a.item, &b.item))
         };
         if out.len() > limit {
             out.select_nth_unstable_by(limit - 1, by_rank);
