@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Persistence benchmark (issue 4): sustained ingest over HTTP with the event log in PostgreSQL
+# Persistence benchmark: sustained ingest over HTTP with the event log in PostgreSQL
 # or the embedded store, `sync` and `async`, then snapshot and restore of ~10M simulated events.
 #
 #   load-tests/bench-store.sh                 # everything (about 10 minutes)

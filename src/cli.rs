@@ -1,6 +1,6 @@
 //! The command line: `momentum [serve]`, `momentum eval recommend|classify`, `momentum train`,
 //! `momentum store check|recover`.
-//! Scripts and operators depend on these names (DESIGN.md §7), so they only ever grow.
+//! Scripts and operators depend on these names, so they only ever grow.
 
 use std::path::PathBuf;
 

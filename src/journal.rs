@@ -1,5 +1,5 @@
 //! The journal: the one ordered write path between the HTTP layer, the event log and the
-//! actors, plus snapshots, restore and erasure (DESIGN.md §5).
+//! actors, plus snapshots, restore and erasure.
 //!
 //! **Order.** A batch is logged and dispatched to the shards under one lock, so the order of
 //! the log is the order in which every shard sees the batches. A snapshot takes the same lock

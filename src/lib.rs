@@ -55,7 +55,7 @@ pub struct AppState {
     pub supervisor: OnceLock<Addr<supervisor::Supervisor>>,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
-    /// Predictive analytics: live models, trainer, churn scheduler (issue 5).
+    /// Predictive analytics: live models, trainer, churn scheduler.
     pub analytics: analytics::Analytics,
     /// Set if the start-up restore failed (the server then stops), with the reason.
     pub restore_error: OnceLock<String>,
@@ -184,11 +184,10 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     )
     .await?;
     let engine = Engine::start(settings.engine(), actor_metrics);
-    // ---- Predictive analytics (issue 5): restore the live models from the store. ----
+    // Predictive analytics: restore the live models from the store.
     let analytics_store = Arc::new(journal.store().clone());
     let analytics =
         analytics::Analytics::new(settings.analytics(), analytics_store, &registry).await?;
-    // ---- end of predictive analytics ----
     let listener = TcpListener::bind(&settings.server.bind).map_err(|source| Error::Io {
         context: format!("cannot bind {}", settings.server.bind),
         source,
@@ -241,7 +240,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         console: api::console::Console::new(),
         item_model_metrics,
     });
-    // Predictive analytics (issue 5): the Trainer and the ChurnScheduler actors.
+    // Predictive analytics: the Trainer and the ChurnScheduler actors.
     analytics::start(&state);
     api::console::start(&state);
     let data = web::Data::from(state.clone());

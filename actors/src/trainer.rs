@@ -275,7 +275,7 @@ impl Default for PipelineParams {
             min_rows: 50,
             seed: 42,
             dataset: DatasetParams::default(),
-            // DESIGN.md's 1000 iterations, but a step that converges on the app's features
+            // the usual 1000 iterations, but a step that converges on the app's features
             // (the server's `[trainer]` documents the numbers).
             success: ClassifierParams::Logistic(LogisticParams {
                 learning_rate: 0.5,

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The kinds of event Momentum understands (DESIGN.md §3).
+/// The kinds of event Momentum understands (README, "REST API").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {

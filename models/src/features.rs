@@ -1,4 +1,4 @@
-//! The ten user features of DESIGN.md §4, defined once for the trainer, the server and the
+//! The ten user features (docs/predictions.md), defined once for the trainer, the server and the
 //! device crate, so a model is trained on exactly the numbers it is later served with.
 //!
 //! Every feature is a pure function of a user's activity log (a slice of [`Activity`] sorted by

@@ -68,7 +68,7 @@ pub struct TrainerConfig {
     /// more than this.
     pub promotion_margin: f64,
     /// Logistic regression (success): step size, iterations, L2 penalty. The step is 0.5, not
-    /// DESIGN.md's 0.01: on the app's ten standardised features 1000 steps of 0.01 stop far
+    /// the textbook 0.01: on the app's ten standardised features 1000 steps of 0.01 stop far
     /// from the optimum (simulator, 2,000 users: training loss 0.507 after all 1000
     /// iterations, held-out AUC 0.794), while 0.5 converges and stops early (loss 0.496 after
     /// about 300 iterations, AUC 0.813). The fit halves the step on any overshoot, so a large
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(p.window_days, 90);
         match (&p.success, &p.churn) {
             (ClassifierParams::Logistic(l), ClassifierParams::Forest(f)) => {
-                // DESIGN.md's iteration cap, but a step of 0.5 instead of its 0.01: a
+                // the usual iteration cap, but a step of 0.5 instead of 0.01: a
                 // deviation documented on `success_learning_rate` and in docs/predictions.md.
                 assert_eq!((l.max_iterations, l.learning_rate), (1000, 0.5));
                 assert_eq!((f.n_trees, f.max_depth, f.min_samples_split), (5, 5, 5));

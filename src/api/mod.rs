@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use crate::error::Error;
 use crate::AppState;
 
-/// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (DESIGN.md §3).
+/// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (README, "REST API").
 pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("{what} must not be empty"));

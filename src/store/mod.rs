@@ -1,7 +1,7 @@
 //! The durable side of Momentum: the event log, snapshots of the hot state, user profiles,
 //! item metadata and (for the trainer and the churn scheduler) training rows, models,
 //! interventions and churn scores. Memory is the source of truth while the server runs; the
-//! store is what survives it (DESIGN.md §5).
+//! store is what survives it.
 //!
 //! [`Store`] is the one boundary, an enum over two real back-ends so that async methods need no
 //! boxing:

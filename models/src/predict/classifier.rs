@@ -25,12 +25,12 @@ pub enum ClassifierParams {
 }
 
 impl ClassifierParams {
-    /// The app's logistic regression: DESIGN.md's 1000 iterations at learning rate 0.01.
+    /// The app's logistic regression: 1000 iterations at learning rate 0.01.
     pub fn logistic() -> Self {
         Self::Logistic(LogisticParams::default())
     }
 
-    /// The app's churn forest: DESIGN.md's 5 trees of depth 5, min samples 5.
+    /// The app's churn forest: 5 trees of depth 5, min samples 5.
     pub fn forest() -> Self {
         Self::Forest(ForestParams::default())
     }

@@ -1,5 +1,5 @@
 //! Logistic regression for binary outcomes (goal success), trained by full-batch gradient
-//! descent on standardised features as DESIGN.md §4 prescribes: at most 1000 iterations,
+//! descent on standardised features: at most 1000 iterations,
 //! learning rate 0.01, early stop once the loss stops changing. The fitted model is plain data —
 //! standardiser, weights, bias — so it serialises with serde and exports to TFLite as
 //! `raw x → (x - mean) / std → w·z + b → sigmoid`.

@@ -1,4 +1,4 @@
-//! Exponential-smoothing forecasts for per-user activity and global metrics (DESIGN.md §4):
+//! Exponential-smoothing forecasts for per-user activity and global metrics:
 //! Holt's linear trend, and Holt–Winters with an additive weekly season when the series holds at
 //! least two full seasons (14 daily points for the default period 7). Smoothing constants that
 //! the caller does not fix are chosen by a grid search minimising the one-step-ahead squared
