@@ -490,6 +490,6 @@ async fn churn_history_counts_stored_scores_per_day_and_tier() {
     assert_eq!(status, 405);
     assert_eq!(
         headers.get("allow").map(|v| v.to_str().unwrap_or("")),
-        Some("GET")
+        Some("GET, HEAD")
     );
 }
