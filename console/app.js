@@ -217,7 +217,8 @@ function tierHistoryChart(days) {
     svg.append(s("line", { x1: L, x2: W - R, y1: y(ymax * f), y2: y(ymax * f), stroke: "#d5dae1", "stroke-width": 1 }));
     svg.append(s("text", { x: L - 6, y: y(ymax * f) + 4, "text-anchor": "end", "font-size": 11, fill: "#4a5563" }, fmtInt(ymax * f)));
   }
-  svg.append(s("text", { x: L, y: H - 6, "font-size": 11, fill: "#4a5563" }, days[0].day));
+  const one = days.length === 1;
+  svg.append(s("text", { x: one ? L + slot / 2 : L, y: H - 6, "text-anchor": one ? "middle" : "start", "font-size": 11, fill: "#4a5563" }, days[0].day));
   if (days.length > 1) svg.append(s("text", { x: W - R, y: H - 6, "text-anchor": "end", "font-size": 11, fill: "#4a5563" }, last.day));
   const colours = ["#0b5cad", "#b3460b", "#11652e"];
   days.forEach((d, i) => {
@@ -245,7 +246,7 @@ function tierHistoryChart(days) {
  * per non-empty bin, the diagonal being perfect calibration; the bins also as a table.
  */
 function reliabilityDiagram(cal, title, testid) {
-  const fig = h("figure", { class: "chart panel", "data-testid": testid }, h("figcaption", {}, title));
+  const fig = h("figure", { class: "chart panel reliability", "data-testid": testid }, h("figcaption", {}, title));
   if (!cal) {
     fig.append(h("p", { class: "muted" }, "This version was trained before calibration was recorded."));
     return fig;
