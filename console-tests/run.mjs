@@ -241,6 +241,18 @@ async function main() {
       if (auc !== undefined && auc !== null) assert.ok(sec.includes(auc.toFixed(3)), `${m.name} AUC ${auc} in ${sec}`);
     }
     assert.ok(models.models.some((m) => m.live_version), "a model was trained");
+    // Calibration: a reliability diagram with its diagonal and the API's Brier score.
+    for (const m of models.models.filter((x) => x.live_version)) {
+      const live = m.versions.find((v) => v.version === m.live_version);
+      assert.ok(live.calibration, `${m.name} v${m.live_version} has calibration`);
+      const id = `calibration-${m.name}`;
+      await page.getByTestId(`${id}-svg`).waitFor();
+      assert.equal(await page.getByTestId(`${id}-diagonal`).count(), 1, `${m.name} diagonal`);
+      const used = live.calibration.bins.filter((b) => b.count > 0).length;
+      assert.equal(await page.locator(`[data-testid="${id}-svg"] circle[data-bin]`).count(), used, `${m.name} one point per non-empty bin`);
+      assert.equal(await text(`[data-testid="${id}-brier"]`), live.calibration.brier.toFixed(4));
+      assert.equal(live.metrics.brier, live.calibration.brier);
+    }
     const om = await get("/console/api/overview");
     const driftRows = await page.locator('[data-testid="drift"] tbody tr').count();
     assert.equal(driftRows, Object.keys(om.drift_psi).length);
@@ -283,6 +295,24 @@ async function main() {
     const firstRow = (await page.locator('[data-testid="outbox"] tbody tr').first().innerText()).split("\t");
     assert.deepEqual([firstRow[0], firstRow[2], firstRow[4], firstRow[5]],
       [fmt(last.id), last.user_id, last.channel, last.payload.churn_probability.toFixed(2)]);
+    // Tier distribution per scoring day: the bars and the table hold the API's counts.
+    const hist = await get("/console/api/churn/history?days=30");
+    assert.ok(hist.days.length >= 1, "scoring stored a day");
+    await page.getByTestId("churn-history-chart").waitFor();
+    const bars = await page.locator('[data-testid="churn-history-chart"] rect[data-tier]').evaluateAll((rs) =>
+      rs.map((r) => [r.dataset.day, r.dataset.tier, Number(r.dataset.count)]));
+    const expected = hist.days.flatMap((d) => Object.entries(d.tiers).filter(([, n]) => n > 0).map(([t, n]) => [d.day, t, n]));
+    const key = (x) => x.join("|");
+    assert.deepEqual(bars.map(key).sort(), expected.map(key).sort());
+    const histRows = await page.locator('[data-testid="churn-history-table"] tbody tr').evaluateAll((trs) =>
+      trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+    assert.deepEqual(histRows.map((r) => r[0]), hist.days.map((d) => d.day));
+    const lastDay = hist.days[hist.days.length - 1];
+    const lastRow = histRows[histRows.length - 1];
+    for (const [i, t] of ["high", "medium", "low"].entries()) assert.equal(lastRow[i + 1], fmt(lastDay.tiers[t] || 0), `${t} on ${lastDay.day}`);
+    assert.equal(lastRow[4], fmt(Object.values(lastDay.tiers).reduce((a, b) => a + b, 0)));
+    // The stored scores agree with the live tier gauges of the same run.
+    for (const t of ["high", "medium", "low"]) assert.equal(lastDay.tiers[t] || 0, o2.churn_tiers[t] || 0, `stored ${t}`);
     await shot("churn");
 
     // ---- keyboard: the skip link comes first and moves focus to the content.

@@ -191,6 +191,95 @@ function lineChart(title, series, yFormat, opts = {}) {
   return fig;
 }
 
+const TIER_ORDER = ["high", "medium", "low"];
+const TIER_FILL = { high: "#b3261e", medium: "#8a6d00", low: "#11652e" };
+
+/**
+ * Users per churn tier on each scoring day (`days`: [{day, tiers: {tier: users}}], oldest
+ * first) as stacked bars, with the same numbers in a table for screen readers and copying.
+ */
+function tierHistoryChart(days) {
+  const fig = h("figure", { class: "chart panel", "data-testid": "churn-history" }, h("figcaption", {}, "Users per tier by scoring day"));
+  if (!days.length) {
+    fig.append(h("p", { class: "muted" }, "No scoring day stored yet."));
+    return fig;
+  }
+  const tiers = TIER_ORDER.concat([...new Set(days.flatMap((d) => Object.keys(d.tiers)))].filter((t) => !TIER_ORDER.includes(t)).sort());
+  const totals = days.map((d) => tiers.reduce((a, t) => a + (d.tiers[t] || 0), 0));
+  const W = 380, H = 190, L = 58, R = 10, T = 10, B = 24;
+  const ymax = Math.max(1, ...totals);
+  const y = (v) => T + (1 - v / ymax) * (H - T - B);
+  const slot = (W - L - R) / days.length, bw = Math.max(2, Math.min(28, slot * 0.7));
+  const last = days[days.length - 1];
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "data-testid": "churn-history-chart",
+    "aria-label": `Users per churn tier on ${days.length} scoring days from ${days[0].day} to ${last.day}. Latest: ${tiers.map((t) => `${t} ${fmtInt(last.tiers[t] || 0)}`).join(", ")}.` });
+  for (const f of [0, 0.5, 1]) {
+    svg.append(s("line", { x1: L, x2: W - R, y1: y(ymax * f), y2: y(ymax * f), stroke: "#d5dae1", "stroke-width": 1 }));
+    svg.append(s("text", { x: L - 6, y: y(ymax * f) + 4, "text-anchor": "end", "font-size": 11, fill: "#4a5563" }, fmtInt(ymax * f)));
+  }
+  const one = days.length === 1;
+  svg.append(s("text", { x: one ? L + slot / 2 : L, y: H - 6, "text-anchor": one ? "middle" : "start", "font-size": 11, fill: "#4a5563" }, days[0].day));
+  if (days.length > 1) svg.append(s("text", { x: W - R, y: H - 6, "text-anchor": "end", "font-size": 11, fill: "#4a5563" }, last.day));
+  const colours = ["#0b5cad", "#b3460b", "#11652e"];
+  days.forEach((d, i) => {
+    let base = 0;
+    const x = L + i * slot + (slot - bw) / 2;
+    tiers.forEach((t, k) => {
+      const n = d.tiers[t] || 0;
+      if (!n) return;
+      svg.append(s("rect", { x: x.toFixed(1), y: y(base + n).toFixed(1), width: bw.toFixed(1), height: (y(base) - y(base + n)).toFixed(1),
+        fill: TIER_FILL[t] || colours[k % colours.length], "data-day": d.day, "data-tier": t, "data-count": n },
+        s("title", {}, `${d.day}: ${t} ${fmtInt(n)}`)));
+      base += n;
+    });
+  });
+  fig.append(svg);
+  fig.append(h("ul", { class: "legend" }, tiers.map((t, k) => h("li", {}, h("span", { class: "swatch " + (TIER_FILL[t] ? "tier-" + t : "sw" + ((k % 3) + 1)) }), t))));
+  fig.append(h("details", {}, h("summary", {}, "Table"),
+    table("Users per tier by scoring day", ["Day"].concat(tiers.map((t) => "#" + t), ["#Total"]),
+      days.map((d, i) => [d.day].concat(tiers.map((t) => fmtInt(d.tiers[t] || 0)), [fmtInt(totals[i])])), "churn-history-table")));
+  return fig;
+}
+
+/**
+ * A reliability diagram: mean predicted probability (x) against the observed positive rate (y)
+ * per non-empty bin, the diagonal being perfect calibration; the bins also as a table.
+ */
+function reliabilityDiagram(cal, title, testid) {
+  const fig = h("figure", { class: "chart panel reliability", "data-testid": testid }, h("figcaption", {}, title));
+  if (!cal) {
+    fig.append(h("p", { class: "muted" }, "This version was trained before calibration was recorded."));
+    return fig;
+  }
+  const W = 260, H = 260, L = 40, R = 10, T = 10, B = 34;
+  const x = (v) => L + v * (W - L - R), y = (v) => T + (1 - v) * (H - T - B);
+  const used = cal.bins.filter((b) => b.count > 0 && b.mean_predicted !== null && b.observed_rate !== null);
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "data-testid": testid + "-svg",
+    "aria-label": `${title}: ${used.map((b) => `predicted ${fmtPct(b.mean_predicted, 0)} observed ${fmtPct(b.observed_rate, 0)}`).join("; ")}. Brier score ${fmtNum(cal.brier, 4)}.` });
+  for (const f of [0, 0.5, 1]) {
+    svg.append(s("line", { x1: x(0), x2: x(1), y1: y(f), y2: y(f), stroke: "#d5dae1", "stroke-width": 1 }));
+    svg.append(s("text", { x: L - 6, y: y(f) + 4, "text-anchor": "end", "font-size": 11, fill: "#4a5563" }, fmtNum(f, 1)));
+    svg.append(s("text", { x: x(f), y: H - B + 14, "text-anchor": "middle", "font-size": 11, fill: "#4a5563" }, fmtNum(f, 1)));
+  }
+  svg.append(s("text", { x: x(0.5), y: H - 4, "text-anchor": "middle", "font-size": 11, fill: "#4a5563" }, "predicted"));
+  svg.append(s("line", { x1: x(0), y1: y(0), x2: x(1), y2: y(1), stroke: "#4a5563", "stroke-width": 1, "stroke-dasharray": "4 3", "data-testid": testid + "-diagonal" }));
+  if (used.length) {
+    svg.append(s("path", { d: used.map((b, i) => `${i ? "L" : "M"}${x(b.mean_predicted).toFixed(1)},${y(b.observed_rate).toFixed(1)}`).join(" "),
+      fill: "none", stroke: "#0b5cad", "stroke-width": 2 }));
+    for (const b of used) {
+      svg.append(s("circle", { cx: x(b.mean_predicted).toFixed(1), cy: y(b.observed_rate).toFixed(1), r: 3.5, fill: "#0b5cad", "data-bin": "" },
+        s("title", {}, `${fmtInt(b.count)} users: predicted ${fmtPct(b.mean_predicted)}, observed ${fmtPct(b.observed_rate)}`)));
+    }
+  }
+  fig.append(svg);
+  fig.append(h("p", {}, "Brier score ", h("strong", { "data-testid": testid + "-brier" }, fmtNum(cal.brier, 4)), " (0 is perfect, lower is better)."));
+  fig.append(h("details", {}, h("summary", {}, "Table"),
+    table(null, ["Bin", "#Users", "#Mean predicted", "#Observed"], cal.bins.map((b) => [
+      `${fmtNum(b.lower, 1)}–${fmtNum(b.upper, 1)}`, fmtInt(b.count), fmtPct(b.mean_predicted), fmtPct(b.observed_rate),
+    ]), testid + "-table")));
+  return fig;
+}
+
 function sparkline(values, label) {
   const W = 240, H = 40;
   const max = Math.max(1, ...values);
@@ -418,14 +507,16 @@ async function modelsPage() {
     if (model.live_version) {
       sec.append(h("p", { class: "help" }, `Accuracy of the live version: held-out ${fmtPct(liveAcc)}, online ${outcomes ? fmtPct(online) + " over " + fmtInt(outcomes) + " outcomes" : "— (no outcomes yet)"}.`));
     }
-    sec.append(table(null, ["Version", "Created", "Algorithm", "#AUC", "#F1", "#Threshold", "#Accuracy", "#Log loss", "#Rows", "Live?", "Decision"],
+    sec.append(table(null, ["Version", "Created", "Algorithm", "#AUC", "#F1", "#Threshold", "#Accuracy", "#Log loss", "#Brier", "#Rows", "Live?", "Decision"],
       model.versions.slice().reverse().map((v) => [
         "v" + v.version, fmtTime(v.created_ms), v.algorithm || "—", fmtNum(v.metrics.auc, 3), fmtNum(v.metrics.f1, 3), fmtNum(v.threshold, 2),
-        fmtPct(v.metrics.accuracy), fmtNum(v.metrics.log_loss, 3), fmtInt(typeof v.rows === "object" && v.rows ? v.rows.train ?? v.rows.total ?? null : v.rows),
+        fmtPct(v.metrics.accuracy), fmtNum(v.metrics.log_loss, 3), fmtNum(v.metrics.brier, 4), fmtInt(typeof v.rows === "object" && v.rows ? v.rows.train ?? v.rows.total ?? null : v.rows),
         v.version === model.live_version ? badge("live", "good") : v.promoted ? "was live" : "no",
         v.decision ? (v.decision.promoted ? "promoted: " : "kept out: ") + v.decision.reason : "—",
       ]), "versions-" + model.name));
-    sec.append(h("p", { class: "help" }, "Calibration: log loss on the held-out users (lower is better calibrated); F1 at the version's chosen threshold."));
+    sec.append(h("p", { class: "help" }, "Calibration: log loss and Brier score on the held-out users (lower is better calibrated); F1 at the version's chosen threshold."));
+    const shown = model.versions.find((v) => v.version === model.live_version) || model.versions[model.versions.length - 1];
+    if (shown) sec.append(reliabilityDiagram(shown.calibration, `Reliability of v${shown.version} on held-out users`, "calibration-" + model.name));
     main.append(sec);
   }
   const drift = Object.entries(o.drift_psi);
@@ -546,7 +637,7 @@ async function itemsPage(id) {
 
 async function churnPage() {
   page("Churn", "Users per risk tier in the scoring runs, and the interventions written to the outbox.");
-  const [o, m] = await Promise.all([api("/console/api/overview"), soft(api("/v1/models"))]);
+  const [o, m, hist] = await Promise.all([api("/console/api/overview"), soft(api("/v1/models")), soft(api("/console/api/churn/history?days=30"))]);
   // The outbox is paged oldest first: read up to 10 pages and show the newest.
   let since = 0, all = [];
   for (let i = 0; i < 10; i++) {
@@ -573,6 +664,7 @@ async function churnPage() {
   main.append(lineChart("Users per tier (sampled window)", ["high", "medium", "low"].map((t) => ({
     name: t, points: o.series.map((p) => [p.t_ms, p.churn_tiers[t] ?? null]),
   })), fmtInt));
+  main.append(failed(hist) ? errorBox(hist, "Scoring history") : tierHistoryChart(hist.days));
   const newest = all.slice(-50).reverse();
   main.append(h("section", { class: "panel", "aria-labelledby": "h-outbox" }, h("h2", { id: "h-outbox" }, "Intervention outbox"),
     h("p", { class: "help" }, `The newest ${newest.length} of ${fmtInt(all.length)} kept.`),

@@ -237,7 +237,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::resource("/console/api/experiments/{id}/series")
                 .route(web::get().to(experiment_series)),
         )
-        .service(web::resource("/console/api/items/{id}/users").route(web::get().to(item_users)));
+        .service(web::resource("/console/api/items/{id}/users").route(web::get().to(item_users)))
+        .service(web::resource("/console/api/churn/history").route(web::get().to(churn_history)));
 }
 
 fn page(html: String) -> HttpResponse {
@@ -810,6 +811,42 @@ async fn item_users(
         .collect();
     Ok(HttpResponse::Ok()
         .json(json!({"item_id": id.as_str(), "total_users": total, "users": users})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    days: Option<usize>,
+}
+
+/// The most scoring days `GET /console/api/churn/history` returns.
+const MAX_HISTORY_DAYS: usize = 366;
+
+/// `GET /console/api/churn/history?days=` (admin): users per churn tier on each of the newest
+/// `days` (default 30, 1..=366) scoring days that have scores in the store, oldest first.
+async fn churn_history(
+    req: HttpRequest,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    require_admin(&req, &state)?;
+    let days = query.days.unwrap_or(30);
+    if days == 0 || days > MAX_HISTORY_DAYS {
+        return Err(Error::bad(
+            "invalid_query",
+            format!("days must be in 1..={MAX_HISTORY_DAYS}"),
+        ));
+    }
+    let history = state
+        .analytics
+        .shared()
+        .store
+        .churn_tier_history(days)
+        .await
+        .map_err(|e| Error::Internal {
+            message: format!("reading churn scores: {e}"),
+        })?;
+    Ok(HttpResponse::Ok().json(json!({"days": history})))
 }
 
 #[cfg(test)]

@@ -280,7 +280,9 @@ fn summary(row: &ModelVersionRow) -> Value {
             "precision": at["precision"],
             "recall": at["recall"],
             "f1": at["f1"],
+            "brier": m["metrics"]["calibration"]["brier"],
         },
+        "calibration": m["metrics"]["calibration"],
         "rows": m["rows"],
         "training_window": m["training_window"],
         "decision": m["decision"],
@@ -350,6 +352,7 @@ async fn version(
         "created_ms": row.created_ms,
         "parent_version": row.parent_version,
         "live": live == Some(row.version),
+        "calibration": row.metadata["metrics"]["calibration"],
         "metadata": row.metadata,
     })))
 }

@@ -18,6 +18,8 @@
 //! short by [`Store::prune_interventions`]). Erasure of a user ([`Store::erase_user`]) already
 //! covers all three user tables.
 
+use std::collections::BTreeMap;
+
 use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +103,15 @@ pub struct ChurnScoreRow {
     pub probability: f32,
     pub confidence: Option<f32>,
     pub tier: String,
+}
+
+/// Users per churn tier on one scoring day.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChurnTierDay {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Tier name → number of users scored in it that day.
+    pub tiers: BTreeMap<String, u64>,
 }
 
 /// Embedded value of a model version: header JSON length (u32 LE), header JSON, model bytes.
@@ -764,6 +775,65 @@ impl Store {
             }
         }
     }
+    /// Users per tier for each of the newest `days` scoring days that have scores, oldest
+    /// first. Tiers with no user on a day are absent from that day's counts.
+    pub async fn churn_tier_history(&self, days: usize) -> Result<Vec<ChurnTierDay>> {
+        if days == 0 {
+            return Ok(Vec::new());
+        }
+        let mut by_day: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        match self {
+            Store::Embedded(s) => {
+                by_day = s
+                    .run(move |db| {
+                        let txn = db.begin_read().map_err(db_err)?;
+                        let table = txn.open_table(CHURN_SCORES).map_err(db_err)?;
+                        let mut by_day: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+                        for entry in table.iter().map_err(db_err)? {
+                            let (k, v) = entry.map_err(db_err)?;
+                            let (_, day) = k.value();
+                            let s: ScoreValue = serde_json::from_slice(v.value())
+                                .map_err(|e| corrupt("churn score", e))?;
+                            *by_day
+                                .entry(day.to_owned())
+                                .or_default()
+                                .entry(s.tier)
+                                .or_default() += 1;
+                        }
+                        Ok(by_day)
+                    })
+                    .await?;
+            }
+            Store::Postgres(s) => {
+                let client = s.pool.get().await.map_err(pool_err)?;
+                let limit = i64::try_from(days).unwrap_or(i64::MAX);
+                let rows = client
+                    .query(
+                        "SELECT day::text, tier, COUNT(*) FROM churn_scores \
+                         WHERE day IN (SELECT DISTINCT day FROM churn_scores \
+                         ORDER BY day DESC LIMIT $1) GROUP BY day, tier",
+                        &[&limit],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                for r in rows {
+                    let day: String = r.try_get(0).map_err(pg_err)?;
+                    let tier: String = r.try_get(1).map_err(pg_err)?;
+                    let n: i64 = r.try_get(2).map_err(pg_err)?;
+                    by_day
+                        .entry(day)
+                        .or_default()
+                        .insert(tier, to_u64(n, "tier count")?);
+                }
+            }
+        }
+        let skip = by_day.len().saturating_sub(days);
+        Ok(by_day
+            .into_iter()
+            .skip(skip)
+            .map(|(day, tiers)| ChurnTierDay { day, tiers })
+            .collect())
+    }
 }
 
 fn model_from_row(r: &tokio_postgres::Row) -> Result<ModelVersionRow> {
@@ -873,6 +943,7 @@ mod tests {
         model_versions_are_numbered_and_live_is_the_last_promoted,
         interventions_are_unique_per_user_day_channel_and_paged_by_id,
         churn_scores_replace_within_a_day,
+        churn_tier_history_counts_users_per_tier_and_day,
         event_window_skips_old_events_and_pages,
         erasure_covers_the_analytics_rows,
     );
@@ -1014,6 +1085,58 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    async fn churn_tier_history_counts_users_per_tier_and_day(store: Store) {
+        assert!(store.churn_tier_history(30).await.unwrap().is_empty());
+        let row = |user: &str, day: &str, tier: &str| ChurnScoreRow {
+            user_id: user.into(),
+            day: day.into(),
+            probability: 0.5,
+            confidence: None,
+            tier: tier.into(),
+        };
+        store
+            .put_churn_scores(&[
+                row("u1", "2026-03-01", "high"),
+                row("u2", "2026-03-01", "low"),
+                row("u3", "2026-03-01", "low"),
+                row("u1", "2026-03-02", "medium"),
+                row("u2", "2026-03-02", "low"),
+                row("u1", "2026-03-04", "high"),
+                row("u2", "2026-03-04", "high"),
+                row("u3", "2026-03-04", "medium"),
+            ])
+            .await
+            .unwrap();
+        // A rescore the same day replaces the user's tier, it does not add a user.
+        store
+            .put_churn_scores(&[row("u3", "2026-03-04", "low")])
+            .await
+            .unwrap();
+        let counts = |h: &[ChurnTierDay]| -> Vec<(String, Vec<(String, u64)>)> {
+            h.iter()
+                .map(|d| {
+                    let tiers = d.tiers.iter().map(|(t, n)| (t.clone(), *n)).collect();
+                    (d.day.clone(), tiers)
+                })
+                .collect()
+        };
+        let all = store.churn_tier_history(30).await.unwrap();
+        let t = |tier: &str, n: u64| (tier.to_owned(), n);
+        assert_eq!(
+            counts(&all),
+            [
+                ("2026-03-01".to_owned(), vec![t("high", 1), t("low", 2)]),
+                ("2026-03-02".to_owned(), vec![t("low", 1), t("medium", 1)]),
+                ("2026-03-04".to_owned(), vec![t("high", 2), t("low", 1)]),
+            ]
+        );
+        // The newest days that have scores, still oldest first.
+        let last = store.churn_tier_history(2).await.unwrap();
+        let days: Vec<&str> = last.iter().map(|d| d.day.as_str()).collect();
+        assert_eq!(days, ["2026-03-02", "2026-03-04"]);
+        assert!(store.churn_tier_history(0).await.unwrap().is_empty());
     }
 
     async fn event_window_skips_old_events_and_pages(store: Store) {

@@ -407,3 +407,89 @@ async fn item_users_are_the_heaviest_first_and_bad_input_is_a_4xx() {
         assert_eq!(body["error"]["code"], code, "{path}");
     }
 }
+
+#[actix_web::test]
+async fn churn_history_counts_stored_scores_per_day_and_tier() {
+    use momentum::store::analytics::ChurnScoreRow;
+
+    let s = TestServer::start();
+    let key = [("x-admin-key", ADMIN_KEY)];
+    let get = reqwest::Method::GET;
+    let (status, body, _) = send(&s, get.clone(), "/console/api/churn/history", &key, None).await;
+    assert_eq!((status, &body), (200, &json!({"days": []})));
+    let row = |user: &str, day: &str, tier: &str| ChurnScoreRow {
+        user_id: user.into(),
+        day: day.into(),
+        probability: 0.5,
+        confidence: Some(0.9),
+        tier: tier.into(),
+    };
+    s.state()
+        .analytics
+        .shared()
+        .store
+        .put_churn_scores(&[
+            row("u1", "2026-01-10", "high"),
+            row("u2", "2026-01-10", "low"),
+            row("u1", "2026-01-11", "low"),
+            row("u2", "2026-01-11", "low"),
+            row("u3", "2026-01-11", "medium"),
+            row("u1", "2026-01-12", "medium"),
+        ])
+        .await
+        .expect("scores");
+    let (status, body, _) = send(&s, get.clone(), "/console/api/churn/history", &key, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"days": [
+            {"day": "2026-01-10", "tiers": {"high": 1, "low": 1}},
+            {"day": "2026-01-11", "tiers": {"low": 2, "medium": 1}},
+            {"day": "2026-01-12", "tiers": {"medium": 1}},
+        ]})
+    );
+    let (status, body, _) = send(
+        &s,
+        get.clone(),
+        "/console/api/churn/history?days=2",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let days: Vec<&str> = body["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .filter_map(|d| d["day"].as_str())
+        .collect();
+    assert_eq!(days, ["2026-01-11", "2026-01-12"]);
+    for path in [
+        "/console/api/churn/history?days=0",
+        "/console/api/churn/history?days=367",
+        "/console/api/churn/history?days=x",
+        "/console/api/churn/history?weeks=1",
+    ] {
+        let (status, body, _) = send(&s, get.clone(), path, &key, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{path}");
+    }
+    let (status, body, _) = send(&s, get.clone(), "/console/api/churn/history", &[], None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _, headers) = send(
+        &s,
+        reqwest::Method::POST,
+        "/console/api/churn/history",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_eq!(
+        headers.get("allow").map(|v| v.to_str().unwrap_or("")),
+        Some("GET, HEAD")
+    );
+}

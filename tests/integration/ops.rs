@@ -534,6 +534,12 @@ async fn responses_match_the_documented_schemas() {
         step("GET", "/v1/users/{id}/predictions/success", 400)
             .at("/v1/users/alice/predictions/success"),
         step("GET", "/v1/models", 200),
+        step("GET", "/console/api/churn/history", 200)
+            .at("/console/api/churn/history?days=7")
+            .admin(),
+        step("GET", "/console/api/churn/history", 400)
+            .at("/console/api/churn/history?days=0")
+            .admin(),
         step("GET", "/v1/models/{name}/versions/{version}", 404)
             .at("/v1/models/success/versions/1"),
         step("GET", "/v1/models/{name}/latest", 503).at("/v1/models/success/latest"),

@@ -309,6 +309,14 @@ async fn device_vectors_are_schema_checked_and_versions_are_listed() {
         assert_eq!(versions[0]["promoted"], true);
         assert!(in_unit(&versions[0]["metrics"]["auc"]), "{m}");
         assert!(versions[0]["training_window"]["from_ms"].is_i64());
+        // Calibration on the same held-out users: ten bins covering every scored row.
+        let cal = &versions[0]["calibration"];
+        let bins = cal["bins"].as_array().expect("calibration bins");
+        assert_eq!(bins.len(), 10, "{m}");
+        let binned: u64 = bins.iter().filter_map(|b| b["count"].as_u64()).sum();
+        assert!(binned > 0, "{cal}");
+        assert!(in_unit(&cal["brier"]), "{cal}");
+        assert_eq!(versions[0]["metrics"]["brier"], cal["brier"]);
     }
     let names = list[0]["feature_names"].clone();
     assert_eq!(names.as_array().map(Vec::len), Some(10));
@@ -322,6 +330,8 @@ async fn device_vectors_are_schema_checked_and_versions_are_listed() {
     assert_eq!(meta["algorithm"], "random_forest");
     assert_eq!(meta["params"]["n_trees"], 5);
     assert_eq!(meta["feature_names"], names);
+    assert_eq!(v["calibration"], meta["metrics"]["calibration"]);
+    assert!(v["calibration"]["brier"].is_number(), "{v}");
     assert!(
         meta["metrics"]["at_default"]["f1"].is_number() && meta["rows"]["train"].as_u64() > Some(0)
     );

@@ -282,6 +282,9 @@ pub struct ClassificationReport {
     /// Decision metrics at a threshold chosen elsewhere (e.g. by [`best_f1_threshold`] on a
     /// validation split); `None` when none was given.
     pub at_chosen: Option<ThresholdMetrics>,
+    /// Reliability table and Brier score; `None` in reports stored before it was computed.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
 }
 
 impl ClassificationReport {
@@ -307,6 +310,74 @@ impl ClassificationReport {
             at_chosen: chosen_threshold
                 .map(|t| ThresholdMetrics::compute(probs, labels, t))
                 .transpose()?,
+            calibration: Some(Calibration::compute(probs, labels)?),
+        })
+    }
+}
+
+/// The number of equal-width probability bins of a [`Calibration`] table.
+pub const CALIBRATION_BINS: usize = 10;
+
+/// One probability bin of a reliability table.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    /// Lower edge (inclusive) of the predicted-probability range.
+    pub lower: f64,
+    /// Upper edge (exclusive, except 1.0 for the last bin).
+    pub upper: f64,
+    /// Rows whose predicted probability falls in the bin.
+    pub count: usize,
+    /// Mean predicted probability of those rows; `None` for an empty bin.
+    pub mean_predicted: Option<f64>,
+    /// Share of those rows whose label is positive; `None` for an empty bin.
+    pub observed_rate: Option<f64>,
+}
+
+/// How well predicted probabilities match observed frequencies: a reliability table of
+/// [`CALIBRATION_BINS`] equal-width bins over `[0, 1]` and the Brier score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Mean squared difference between probability and label (0 is perfect, lower is better).
+    pub brier: f64,
+    /// The bins in increasing probability order, empty ones included.
+    pub bins: Vec<CalibrationBin>,
+}
+
+impl Calibration {
+    /// Bins `probs` (clamped to `[0, 1]`) into equal-width bins, `p` going to bin
+    /// `floor(p * 10)` and 1.0 to the last bin, and computes the Brier score. Fails on empty
+    /// input.
+    pub fn compute(probs: &[f64], labels: &[bool]) -> Result<Self, ModelError> {
+        check_scores(probs, labels)?;
+        if probs.is_empty() {
+            return Err(empty_input());
+        }
+        let mut sums = [(0usize, 0.0f64, 0usize); CALIBRATION_BINS];
+        let mut squared = 0.0;
+        for (&p, &y) in probs.iter().zip(labels) {
+            let p = p.clamp(0.0, 1.0);
+            let target = if y { 1.0 } else { 0.0 };
+            squared += (p - target) * (p - target);
+            let bin = ((p * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1);
+            let s = &mut sums[bin];
+            s.0 += 1;
+            s.1 += p;
+            s.2 += usize::from(y);
+        }
+        let bins = sums
+            .iter()
+            .enumerate()
+            .map(|(i, &(count, sum, positives))| CalibrationBin {
+                lower: i as f64 / CALIBRATION_BINS as f64,
+                upper: (i + 1) as f64 / CALIBRATION_BINS as f64,
+                count,
+                mean_predicted: (count > 0).then(|| sum / count as f64),
+                observed_rate: (count > 0).then(|| positives as f64 / count as f64),
+            })
+            .collect();
+        Ok(Self {
+            brier: squared / probs.len() as f64,
+            bins,
         })
     }
 }
@@ -366,6 +437,48 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn calibration_bins_by_tenths_and_scores_brier() {
+        let probs = [0.0, 0.05, 0.15, 0.15, 0.55, 0.95, 1.0, 0.99];
+        let labels = [false, false, true, false, true, true, true, false];
+        let c = Calibration::compute(&probs, &labels).unwrap();
+        assert_eq!(c.bins.len(), CALIBRATION_BINS);
+        let counts: Vec<usize> = c.bins.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [2, 2, 0, 0, 0, 1, 0, 0, 0, 3]);
+        assert!(close(c.bins[0].mean_predicted.unwrap(), 0.025));
+        assert_eq!(c.bins[0].observed_rate, Some(0.0));
+        assert!(close(c.bins[1].mean_predicted.unwrap(), 0.15));
+        assert_eq!(c.bins[1].observed_rate, Some(0.5));
+        assert_eq!(
+            (c.bins[2].mean_predicted, c.bins[2].observed_rate),
+            (None, None)
+        );
+        // 1.0 falls in the last bin.
+        assert!(close(
+            c.bins[9].mean_predicted.unwrap(),
+            (0.95 + 1.0 + 0.99) / 3.0
+        ));
+        assert!(close(c.bins[9].observed_rate.unwrap(), 2.0 / 3.0));
+        assert!(close(c.bins[3].lower, 0.3) && close(c.bins[3].upper, 0.4));
+        let squared = 0.0 + 0.0025 + 0.7225 + 0.0225 + 0.2025 + 0.0025 + 0.0 + 0.9801;
+        assert!(close(c.brier, squared / 8.0), "{}", c.brier);
+        assert!(Calibration::compute(&[], &[]).is_err());
+        let report = ClassificationReport::new(&probs, &labels, None).unwrap();
+        assert_eq!(report.calibration, Some(c));
+    }
+
+    #[test]
+    fn reports_stored_without_calibration_still_load() {
+        let probs = [0.2, 0.8];
+        let labels = [false, true];
+        let mut value =
+            serde_json::to_value(ClassificationReport::new(&probs, &labels, None).unwrap())
+                .unwrap();
+        value.as_object_mut().unwrap().remove("calibration");
+        let old: ClassificationReport = serde_json::from_value(value).unwrap();
+        assert_eq!(old.calibration, None);
     }
 
     #[test]
