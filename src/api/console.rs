@@ -48,6 +48,11 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Samples kept (15 minutes at [`SAMPLE_EVERY`]).
 pub const SAMPLES: usize = 180;
+/// Time between two points of an experiment's long history (its CTR chart beyond the last
+/// 15 minutes).
+pub const HISTORY_EVERY: Duration = Duration::from_secs(300);
+/// Points of experiment history kept (14 days at [`HISTORY_EVERY`]; about 2 MB at most).
+pub const HISTORY_POINTS: usize = 4032;
 
 const INDEX_HTML: &str = include_str!("../../console/index.html");
 const LOGIN_HTML: &str = include_str!("../../console/login.html");
@@ -64,7 +69,17 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub struct Console {
     key: [u8; 32],
     samples: Mutex<VecDeque<Sample>>,
+    /// The running experiment's counts every [`HISTORY_EVERY`], oldest first.
+    history: Mutex<VecDeque<HistoryPoint>>,
     started_ms: i64,
+}
+
+/// One point of an experiment's long history.
+#[derive(Clone, Debug)]
+struct HistoryPoint {
+    t_ms: i64,
+    experiment: String,
+    counts: Vec<AbCounts>,
 }
 
 impl Default for Console {
@@ -82,6 +97,7 @@ impl Console {
         Console {
             key,
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+            history: Mutex::new(VecDeque::new()),
             started_ms: now_ms(),
         }
     }
@@ -121,11 +137,61 @@ impl Console {
     }
 
     fn push(&self, sample: Sample) {
+        if let Some((experiment, counts)) = &sample.experiment {
+            let mut history = self.history.lock();
+            let due = history.back().is_none_or(|last| {
+                last.experiment != *experiment
+                    || sample.t_ms - last.t_ms >= HISTORY_EVERY.as_millis() as i64
+            });
+            if due {
+                if history.len() == HISTORY_POINTS {
+                    history.pop_front();
+                }
+                history.push_back(HistoryPoint {
+                    t_ms: sample.t_ms,
+                    experiment: experiment.clone(),
+                    counts: counts.clone(),
+                });
+            }
+        }
         let mut samples = self.samples.lock();
         if samples.len() == SAMPLES {
             samples.pop_front();
         }
         samples.push_back(sample);
+    }
+}
+
+impl Console {
+    /// An experiment's counts over time: the long history (one point every
+    /// [`HISTORY_EVERY`], up to 14 days) before the 15-minute ring, then every sample of the
+    /// ring, oldest first.
+    fn experiment_points(&self, id: &str) -> Vec<Value> {
+        let json_of = |t_ms: i64, counts: &[AbCounts]| {
+            json!({
+                "t_ms": t_ms,
+                "variants": counts.iter().map(|c| json!({
+                    "name": c.variant,
+                    "impressions": c.impressions,
+                    "clicks": c.clicks,
+                    "conversions": c.conversions,
+                })).collect::<Vec<_>>(),
+            })
+        };
+        let samples = self.samples.lock();
+        let fine_from = samples.front().map_or(i64::MAX, |s| s.t_ms);
+        let mut points: Vec<Value> = self
+            .history
+            .lock()
+            .iter()
+            .filter(|p| p.experiment == id && p.t_ms < fine_from)
+            .map(|p| json_of(p.t_ms, &p.counts))
+            .collect();
+        points.extend(samples.iter().filter_map(|s| {
+            let (exp, counts) = s.experiment.as_ref()?;
+            (exp == id).then(|| json_of(s.t_ms, counts))
+        }));
+        points
     }
 }
 
@@ -740,26 +806,7 @@ async fn experiment_series(
     require_admin(&req, &state)?;
     path_id("experiment id", &id)?;
     state.experiments.get(&id)?;
-    let points: Vec<Value> = state
-        .console
-        .samples
-        .lock()
-        .iter()
-        .filter_map(|s| {
-            let (exp, counts) = s.experiment.as_ref()?;
-            (exp == id.as_str()).then(|| {
-                json!({
-                    "t_ms": s.t_ms,
-                    "variants": counts.iter().map(|c| json!({
-                        "name": c.variant,
-                        "impressions": c.impressions,
-                        "clicks": c.clicks,
-                        "conversions": c.conversions,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-        })
-        .collect();
+    let points = state.console.experiment_points(&id);
     Ok(HttpResponse::Ok().json(json!({"experiment": id.as_str(), "points": points})))
 }
 
@@ -852,6 +899,61 @@ async fn churn_history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn experiment_sample(t_ms: i64, impressions: u64) -> Sample {
+        Sample {
+            t_ms,
+            experiment: Some((
+                "exp".to_string(),
+                vec![AbCounts {
+                    variant: "control".into(),
+                    impressions,
+                    clicks: impressions / 10,
+                    conversions: 0,
+                }],
+            )),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn experiment_series_reach_back_beyond_the_fifteen_minute_ring() {
+        let c = Console::new();
+        let start = 1_700_000_000_000i64;
+        let step = SAMPLE_EVERY.as_millis() as i64;
+        // Two hours of samples every 5 s: the ring keeps the last 15 minutes.
+        let n = 2 * 3600 * 1000 / step;
+        for i in 0..n {
+            c.push(experiment_sample(start + i * step, i as u64));
+        }
+        let points = c.experiment_points("exp");
+        let times: Vec<i64> = points
+            .iter()
+            .map(|p| p["t_ms"].as_i64().expect("t"))
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        assert_eq!(times[0], start, "the history starts with the first sample");
+        let fine = SAMPLES;
+        let coarse = times.len() - fine;
+        // One point every 5 minutes before the ring, then every sample of the ring.
+        assert_eq!(
+            coarse as i64,
+            (n * step - SAMPLES as i64 * step) / HISTORY_EVERY.as_millis() as i64
+        );
+        assert!(times[..coarse]
+            .windows(2)
+            .all(|w| w[1] - w[0] == HISTORY_EVERY.as_millis() as i64));
+        assert_eq!(
+            points.last().expect("point")["variants"][0]["impressions"],
+            (n - 1) as u64
+        );
+        assert!(c.experiment_points("other").is_empty());
+        // The history is bounded.
+        for i in n..n + (HISTORY_POINTS as i64 + 10) * 60 {
+            c.push(experiment_sample(start + i * step, i as u64));
+        }
+        assert_eq!(c.history.lock().len(), HISTORY_POINTS);
+    }
 
     #[test]
     fn sessions_verify_only_untampered_unexpired_cookies_of_this_server() {
