@@ -47,11 +47,6 @@ impl EaseModel {
     pub fn row(&self, item: u32) -> &[(u32, f32)] {
         self.rows.get(&item).map_or(&[], |r| r)
     }
-
-    /// The weight `B[from][to]` if it is among the kept ones.
-    pub fn weight(&self, from: u32, to: u32) -> Option<f32> {
-        self.row(from).iter().find(|e| e.0 == to).map(|e| e.1)
-    }
 }
 
 /// Builds a model from the index's current counts. Runs for seconds on large catalogues:

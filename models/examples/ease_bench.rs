@@ -36,7 +36,7 @@ fn main() {
     let per_user = args.get(2).copied().unwrap_or(40).min(items);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut diag = vec![0f64; items];
-    let mut pairs: rustc_hash_like::PairCounts = rustc_hash_like::PairCounts::default();
+    let mut pairs: pair_counts::PairCounts = pair_counts::PairCounts::default();
     let mut chosen = Vec::with_capacity(per_user);
     for _ in 0..users {
         chosen.clear();
@@ -83,8 +83,8 @@ fn main() {
     );
 }
 
-/// Pair counts keyed by `i · 2³² + j`, without pulling a hash crate into the example.
-mod rustc_hash_like {
+/// Pair counts keyed by `i · 2³² + j`.
+mod pair_counts {
     use std::collections::HashMap;
 
     #[derive(Default)]

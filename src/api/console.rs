@@ -797,7 +797,7 @@ fn drift_psi(state: &AppState) -> BTreeMap<&'static str, f64> {
 }
 
 /// `GET /console/api/experiments/{id}/series` (admin): the experiment's cumulative counts per
-/// variant at each sample taken while it ran (the sampled window only).
+/// variant over time, as [`Console::experiment_points`] keeps them.
 async fn experiment_series(
     req: HttpRequest,
     id: web::Path<String>,

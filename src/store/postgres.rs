@@ -413,13 +413,7 @@ impl PostgresStore {
     pub(crate) async fn verify_snapshot(&self, id: u64) -> Result<()> {
         let id = to_i64(id, "snapshot id")?;
         let mut client = self.pool.get().await.map_err(pool_err)?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err)?;
+        let tx = consistent_view(&mut client).await?;
         let row = tx
             .query_opt(
                 "SELECT id, covers_seq, created_ms, digest FROM snapshots WHERE id = $1",
@@ -443,13 +437,7 @@ impl PostgresStore {
     ) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>)>> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         // One consistent view: a concurrent prune cannot remove the parts between the reads.
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err)?;
+        let tx = consistent_view(&mut client).await?;
         let Some(row) = tx
             .query_opt(
                 "SELECT id, covers_seq, created_ms, digest FROM snapshots ORDER BY id DESC LIMIT 1",
@@ -994,6 +982,19 @@ async fn read_log(pool: &Pool, after_seq: u64, page_size: usize, pages: &PageSen
         let _ = pages.send(Ok(page)).await;
     }
     Ok(())
+}
+
+/// A read-only transaction that sees one snapshot of the database for all its reads.
+async fn consistent_view(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_err)
 }
 
 pub(super) fn event_from_row(r: &Row) -> Result<StoredEvent> {

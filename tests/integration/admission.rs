@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{code, event, settings, TestServer, ADMIN_KEY};
+use crate::common::{code, event, settings, split_response, TestServer, ADMIN_KEY};
 
 /// Opens a connection and sends the head of a request announcing `length` body bytes, plus
 /// the first `sent` of them.
@@ -61,21 +61,8 @@ async fn read_answer(stream: &mut TcpStream) -> (u16, String) {
             Ok(Err(_)) => break,
         }
     }
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn addr_of(s: &TestServer) -> String {
-    s.base.trim_start_matches("http://").to_string()
+    let (status, body) = split_response(&buf);
+    (status, String::from_utf8_lossy(&body).to_string())
 }
 
 #[actix_web::test]
@@ -84,7 +71,7 @@ async fn slow_bodies_hold_no_inflight_slot() {
     cfg.server.max_inflight_requests = 8;
     cfg.server.max_inflight_ingest = 4;
     let s = TestServer::start_with(cfg);
-    let addr = addr_of(&s);
+    let addr = s.addr();
     // More trickling bodies than there are slots of either kind: event batches and item PUTs.
     let mut slow = Vec::new();
     for _ in 0..10 {
@@ -123,18 +110,14 @@ async fn a_body_slower_than_the_timeout_is_cut_off_with_408() {
     let mut cfg = settings();
     cfg.server.body_timeout_secs = 1;
     let s = TestServer::start_with(cfg);
-    let addr = addr_of(&s);
-    let started = Instant::now();
+    let addr = s.addr();
+    // Without the timeout the server would wait for the rest forever and `read_answer` would
+    // give up with no status.
     let mut stream = start_slow_request(&addr, "POST", "/v1/events", 1_000, 1).await;
     let (status, body) = read_answer(&mut stream).await;
     assert_eq!(status, 408, "{body}");
     let body: Value = serde_json::from_str(&body).expect("JSON error body");
     assert_eq!(code(&body), "body_timeout");
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "cut off after the timeout, not at the end: {:?}",
-        started.elapsed()
-    );
     assert_eq!(s.metric("momentum_http_body_timeouts_total").await, 1.0);
     // Nothing of the cut-off batch was applied, and the server still serves.
     assert_eq!(s.get("/v1/users/anyone").await.0, 404);
@@ -150,7 +133,7 @@ async fn bodies_being_received_are_bounded_by_the_shared_buffer() {
     cfg.server.max_body_bytes = 4096;
     cfg.server.max_body_buffer_bytes = 8192;
     let s = TestServer::start_with(cfg);
-    let addr = addr_of(&s);
+    let addr = s.addr();
     let _a = start_slow_request(&addr, "POST", "/v1/events", 4000, 1).await;
     let _b = start_slow_request(&addr, "POST", "/v1/events", 4000, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

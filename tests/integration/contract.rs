@@ -99,10 +99,6 @@ fn exchange(addr: &str, request: &[u8], head_only: bool) -> Raw {
     }
 }
 
-fn addr(s: &TestServer) -> String {
-    s.base.trim_start_matches("http://").to_string()
-}
-
 /// A request without a body, with the admin key.
 fn bare(method: &str, path: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nhost: test\r\nx-admin-key: {ADMIN_KEY}\r\n\r\n")
@@ -121,7 +117,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[actix_web::test]
 async fn framing_errors_get_400_or_431() {
     let s = TestServer::start();
-    let addr = addr(&s);
+    let addr = s.addr();
     let post = "POST /v1/events HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n";
     let many_headers: String = (0..60)
         .map(|i| format!("x-h{i}: {}\r\n", "a".repeat(2000)))
@@ -277,7 +273,7 @@ async fn every_known_path_answers_405_with_allow_for_other_methods() {
     for (path, allow) in allowed(&doc) {
         let concrete = concrete(&path);
         for method in methods.iter().filter(|m| !allow.contains(**m)) {
-            let addr = addr(&s);
+            let addr = s.addr();
             let request = bare(method, &concrete);
             let head = *method == "HEAD";
             let res = blocking(move || exchange(&addr, &request, head)).await;
@@ -340,7 +336,7 @@ async fn head_answers_like_get_without_a_body_on_every_get_route() {
         // length of the GET before or after it, in one of a few tries.
         let mut matched = false;
         for _ in 0..5 {
-            let (a, b, c) = (addr(&s), addr(&s), addr(&s));
+            let (a, b, c) = (s.addr(), s.addr(), s.addr());
             let (g, h, g2) = (
                 bare("GET", &concrete),
                 bare("HEAD", &concrete),

@@ -1026,10 +1026,6 @@ async fn seeded(mut settings: momentum::Settings) -> TestServer {
     s
 }
 
-fn addr(s: &TestServer) -> String {
-    s.base.trim_start_matches("http://").to_string()
-}
-
 fn check(res: &Res, expect: Expect) -> Result<(), String> {
     let code = res.body["error"]["code"].as_str();
     let rejected = res.body["rejected"][0]["code"].as_str();
@@ -1052,7 +1048,7 @@ fn check(res: &Res, expect: Expect) -> Result<(), String> {
 #[actix_web::test]
 async fn hostile_requests_get_the_right_4xx_and_change_nothing() {
     let s = seeded(settings()).await;
-    let addr = addr(&s);
+    let addr = s.addr();
     let before = state(&s).await;
     let cases = cases();
     assert!(cases.len() > 300, "{} cases", cases.len());
@@ -1132,7 +1128,7 @@ async fn admin_routes_answer_403_without_a_configured_key() {
     let mut cfg = settings();
     cfg.security.admin_key = String::new();
     let s = seeded(cfg).await;
-    let addr = addr(&s);
+    let addr = s.addr();
     let before = state(&s).await;
     for route in admin_routes() {
         for key in [None, Some(""), Some(ADMIN_KEY), Some("anything")] {
@@ -1170,7 +1166,7 @@ async fn every_documented_admin_operation_refuses_missing_and_wrong_keys() {
             cfg.security.admin_key = String::new();
         }
         let s = seeded(cfg).await;
-        let addr = addr(&s);
+        let addr = s.addr();
         let before = state(&s).await;
         for (path, method) in &operations {
             let verb = match method.as_str() {

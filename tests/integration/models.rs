@@ -399,17 +399,7 @@ async fn https_get(addr: std::net::SocketAddr, cert_pem: &str, path: &str) -> (u
     tls.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.as_bytes().to_vec())
-        .unwrap_or_default();
-    (status, body)
+    crate::common::split_response(&response)
 }
 
 #[actix_web::test]

@@ -100,6 +100,11 @@ impl TestServer {
         self.state.clone()
     }
 
+    /// `host:port` of the server, for raw sockets.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -207,4 +212,20 @@ pub fn code(body: &Value) -> &str {
 /// A `rate`/other event as JSON.
 pub fn event(user: &str, item: &str, kind: &str) -> Value {
     serde_json::json!({"user_id": user, "item_id": item, "kind": kind})
+}
+
+/// The status code and the body of a raw HTTP/1.1 response (status 0 when there is none).
+pub fn split_response(raw: &[u8]) -> (u16, Vec<u8>) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|end| raw[end + 4..].to_vec())
+        .unwrap_or_default();
+    (status, body)
 }
