@@ -29,8 +29,7 @@
 //!    `recommendation_id` as the original. Events without an `event_id` cannot be recognised as
 //!    retries and always count; send event ids for exactly-once attribution.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::Hash;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -39,6 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use momentum_models::bounded::FifoMap;
 use momentum_models::events::EventKind;
 use momentum_models::experiment::{
     two_proportion_z_test, Experiment, ExperimentDef, VariantDef, VariantOverrides,
@@ -281,44 +281,6 @@ struct Served {
     user: u64,
 }
 
-/// A map that forgets its oldest insertions beyond `capacity`.
-#[derive(Debug)]
-struct Fifo<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-    capacity: usize,
-}
-
-impl<K: Hash + Eq + Copy, V> Fifo<K, V> {
-    fn new(capacity: usize) -> Self {
-        Fifo {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.map.insert(key, value).is_some() {
-            return; // already queued
-        }
-        self.order.push_back(key);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-        debug_assert_eq!(self.map.len(), self.order.len());
-    }
-}
-
 #[derive(Debug, Default)]
 struct Registry {
     /// In creation order.
@@ -340,8 +302,8 @@ impl Registry {
 #[derive(Debug)]
 pub struct Experiments {
     registry: RwLock<Registry>,
-    served: Mutex<Fifo<u128, Served>>,
-    attributed: Mutex<Fifo<u64, ()>>,
+    served: Mutex<FifoMap<u128, Served>>,
+    attributed: Mutex<FifoMap<u64, ()>>,
     metrics: AbMetrics,
 }
 
@@ -382,8 +344,8 @@ impl Experiments {
     pub fn with_capacity(metrics: AbMetrics, served: usize, attributed: usize) -> Self {
         Experiments {
             registry: RwLock::new(Registry::default()),
-            served: Mutex::new(Fifo::new(served)),
-            attributed: Mutex::new(Fifo::new(attributed)),
+            served: Mutex::new(FifoMap::new(served)),
+            attributed: Mutex::new(FifoMap::new(attributed)),
             metrics,
         }
     }
@@ -789,19 +751,6 @@ mod tests {
             x.attribute(&[ev(REC, "alice", None, EventKind::Click)], all),
             0
         );
-    }
-
-    #[test]
-    fn fifo_forgets_the_oldest() {
-        let mut f = Fifo::new(2);
-        f.insert(1u64, ());
-        f.insert(2, ());
-        f.insert(2, ());
-        f.insert(3, ());
-        assert!(f.get(&1).is_none() && f.get(&2).is_some() && f.get(&3).is_some());
-        let mut none = Fifo::new(0);
-        none.insert(1u64, ());
-        assert!(none.get(&1).is_none());
     }
 
     #[test]

@@ -21,10 +21,6 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 pub const MAX_DEVICES: usize = 100_000;
 /// Distinct `version` label values at most (besides `other`).
 pub const MAX_VERSIONS: usize = 32;
-/// Header naming the model version a device serves.
-pub const MODEL_VERSION_HEADER: &str = "x-model-version";
-/// Header carrying the device's own id.
-pub const DEVICE_ID_HEADER: &str = "x-device-id";
 
 #[derive(Debug)]
 struct Seen {

@@ -78,13 +78,13 @@ pub struct AppState {
 pub(crate) fn record_device(state: &AppState, req: &actix_web::dev::ServiceRequest) {
     let headers = req.headers();
     let Some(version) = headers
-        .get(fleet::MODEL_VERSION_HEADER)
+        .get(momentum_models::protocol::MODEL_VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
     else {
         return;
     };
     let device = headers
-        .get(fleet::DEVICE_ID_HEADER)
+        .get(momentum_models::protocol::DEVICE_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(fleet::device_id)
         .map(str::to_string)

@@ -22,12 +22,7 @@ use serde::Deserialize;
 
 use crate::DeviceError;
 
-/// Header naming the model version the device serves.
-pub const MODEL_VERSION_HEADER: &str = "X-Model-Version";
-/// Response header marking an encrypted model body.
-pub const ENCRYPTION_HEADER: &str = "X-Model-Encryption";
-/// Value of [`ENCRYPTION_HEADER`] for AES-256-GCM.
-pub const ENCRYPTION_AES_GCM: &str = "aes-256-gcm";
+pub use momentum_models::protocol::{ENCRYPTION_AES_GCM, ENCRYPTION_HEADER, MODEL_VERSION_HEADER};
 
 /// One HTTP response, headers with lower-case names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! the user features and evaluation metrics. Nothing here does I/O or knows about actors, so the
 //! server, the trainer and the device crate share one implementation.
 
+pub mod bounded;
 pub mod content;
 pub mod dataset;
 pub mod ease;
@@ -12,6 +13,7 @@ pub mod experiment;
 pub mod export;
 pub mod features;
 pub mod predict;
+pub mod protocol;
 pub mod ranking;
 pub mod similarity;
 pub mod wire;

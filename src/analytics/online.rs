@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use momentum_models::bounded::BoundedFifo;
 use parking_lot::Mutex;
 
 /// One served prediction.
@@ -41,7 +42,7 @@ struct State {
     /// are stale.
     order: VecDeque<(u64, i64)>,
     /// (predicted, actual) of the last `window` resolved predictions.
-    window: VecDeque<(bool, bool)>,
+    window: BoundedFifo<(bool, bool)>,
 }
 
 /// The bookkeeping described in the module docs.
@@ -49,7 +50,6 @@ struct State {
 pub struct OnlineAccuracy {
     state: Mutex<State>,
     capacity: usize,
-    window: usize,
     horizon_ms: i64,
 }
 
@@ -63,10 +63,9 @@ impl OnlineAccuracy {
             state: Mutex::new(State {
                 served: HashMap::new(),
                 order: VecDeque::new(),
-                window: VecDeque::new(),
+                window: BoundedFifo::new(window.max(1)),
             }),
             capacity: capacity.max(1),
-            window: window.max(1),
             horizon_ms,
         }
     }
@@ -159,15 +158,12 @@ impl OnlineAccuracy {
     }
 
     fn push(&self, s: &mut State, predicted: bool, actual: bool) {
-        if s.window.len() == self.window {
-            s.window.pop_front();
-        }
-        s.window.push_back((predicted, actual));
+        s.window.push((predicted, actual));
     }
 
     fn score(&self, s: &State) -> OnlineScore {
         let (mut tp, mut fp, mut fn_, mut correct) = (0usize, 0usize, 0usize, 0usize);
-        for &(p, a) in &s.window {
+        for &(p, a) in s.window.iter() {
             correct += usize::from(p == a);
             match (p, a) {
                 (true, true) => tp += 1,

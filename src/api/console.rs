@@ -22,13 +22,14 @@
 //! **Samples.** [`start`] samples the server's own metrics every [`SAMPLE_EVERY`] into a ring
 //! of [`SAMPLES`] entries (15 minutes); the overview's charts are drawn from it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use momentum_models::bounded::BoundedFifo;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -68,9 +69,9 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// The console's state: the session key and the sampled figures.
 pub struct Console {
     key: [u8; 32],
-    samples: Mutex<VecDeque<Sample>>,
+    samples: Mutex<BoundedFifo<Sample>>,
     /// The running experiment's counts every [`HISTORY_EVERY`], oldest first.
-    history: Mutex<VecDeque<HistoryPoint>>,
+    history: Mutex<BoundedFifo<HistoryPoint>>,
     started_ms: i64,
 }
 
@@ -96,8 +97,8 @@ impl Console {
         rand::rngs::OsRng.fill_bytes(&mut key);
         Console {
             key,
-            samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
-            history: Mutex::new(VecDeque::new()),
+            samples: Mutex::new(BoundedFifo::new(SAMPLES)),
+            history: Mutex::new(BoundedFifo::new(HISTORY_POINTS)),
             started_ms: now_ms(),
         }
     }
@@ -144,10 +145,7 @@ impl Console {
                     || sample.t_ms - last.t_ms >= HISTORY_EVERY.as_millis() as i64
             });
             if due {
-                if history.len() == HISTORY_POINTS {
-                    history.pop_front();
-                }
-                history.push_back(HistoryPoint {
+                history.push(HistoryPoint {
                     t_ms: sample.t_ms,
                     experiment: experiment.clone(),
                     counts: counts.clone(),
@@ -155,10 +153,7 @@ impl Console {
             }
         }
         let mut samples = self.samples.lock();
-        if samples.len() == SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back(sample);
+        samples.push(sample);
     }
 }
 

@@ -15,6 +15,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use momentum_models::export::{encrypt, sha256_hex, Variant};
+use momentum_models::protocol::{ENCRYPTION_AES_GCM, ENCRYPTION_HEADER};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -356,11 +357,6 @@ async fn version(
         "metadata": row.metadata,
     })))
 }
-
-/// Response header marking an encrypted model body (the `device` crate reads it).
-pub const ENCRYPTION_HEADER: &str = "X-Model-Encryption";
-/// Value of [`ENCRYPTION_HEADER`].
-pub const ENCRYPTION_AES_GCM: &str = "aes-256-gcm";
 
 #[cfg(test)]
 mod tests {
