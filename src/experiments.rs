@@ -282,14 +282,14 @@ struct Served {
 }
 
 #[derive(Debug, Default)]
-struct Registry {
+struct ExperimentSet {
     /// In creation order.
     entries: Vec<Arc<Entry>>,
     running: Option<Arc<Entry>>,
     next_serial: u32,
 }
 
-impl Registry {
+impl ExperimentSet {
     fn find(&self, id: &str) -> Result<&Arc<Entry>, Error> {
         self.entries
             .iter()
@@ -301,7 +301,7 @@ impl Registry {
 /// The experiments of a server (see the module documentation).
 #[derive(Debug)]
 pub struct Experiments {
-    registry: RwLock<Registry>,
+    set: RwLock<ExperimentSet>,
     served: Mutex<FifoMap<u128, Served>>,
     attributed: Mutex<FifoMap<u64, ()>>,
     metrics: AbMetrics,
@@ -343,7 +343,7 @@ impl Experiments {
     /// An empty registry remembering `served` recommendations and `attributed` event ids.
     pub fn with_capacity(metrics: AbMetrics, served: usize, attributed: usize) -> Self {
         Experiments {
-            registry: RwLock::new(Registry::default()),
+            set: RwLock::new(ExperimentSet::default()),
             served: Mutex::new(FifoMap::new(served)),
             attributed: Mutex::new(FifoMap::new(attributed)),
             metrics,
@@ -362,7 +362,7 @@ impl Experiments {
     ) -> Result<ExperimentView, Error> {
         let experiment = Experiment::new(salt.unwrap_or(id), def)
             .map_err(|e| Error::bad("invalid_experiment", e.to_string()))?;
-        let mut registry = self.registry.write();
+        let mut registry = self.set.write();
         if registry.entries.iter().any(|e| e.id == id) {
             return Err(Error::Conflict {
                 message: format!("experiment {id:?} already exists"),
@@ -407,7 +407,7 @@ impl Experiments {
 
     /// Every experiment, in creation order.
     pub fn list(&self) -> Vec<ExperimentView> {
-        self.registry
+        self.set
             .read()
             .entries
             .iter()
@@ -417,13 +417,13 @@ impl Experiments {
 
     /// One experiment.
     pub fn get(&self, id: &str) -> Result<ExperimentView, Error> {
-        self.registry.read().find(id).map(|e| e.view())
+        self.set.read().find(id).map(|e| e.view())
     }
 
     /// Stops assigning users (idempotent). Events on recommendations already served still
     /// count.
     pub fn stop(&self, id: &str, now_ms: i64) -> Result<ExperimentView, Error> {
-        let mut registry = self.registry.write();
+        let mut registry = self.set.write();
         let entry = registry.find(id)?.clone();
         if entry.status() == Status::Running {
             entry.stopped_ms.store(now_ms.max(0), Ordering::Relaxed);
@@ -441,7 +441,7 @@ impl Experiments {
 
     /// Forgets an experiment, its results and its metric series.
     pub fn delete(&self, id: &str) -> Result<(), Error> {
-        let mut registry = self.registry.write();
+        let mut registry = self.set.write();
         let entry = registry.find(id)?.clone();
         registry.entries.retain(|e| e.serial != entry.serial);
         if registry
@@ -465,7 +465,7 @@ impl Experiments {
 
     /// Per-variant counts, rates and significance against the control.
     pub fn results(&self, id: &str) -> Result<ExperimentResults, Error> {
-        let entry = self.registry.read().find(id)?.clone();
+        let entry = self.set.read().find(id)?.clone();
         let load = |s: &VariantStats| {
             (
                 s.assignments.load(Ordering::Relaxed),
@@ -520,7 +520,7 @@ impl Experiments {
     /// The variant of `user_id` in the running experiment, if any. Pure: nothing is counted
     /// until [`Experiments::record_served`].
     pub fn variant_for(&self, user_id: &str) -> Option<Assignment> {
-        let entry = self.registry.read().running.clone()?;
+        let entry = self.set.read().running.clone()?;
         let variant = entry.experiment.assign(user_id);
         Some(Assignment { entry, variant })
     }
@@ -598,7 +598,7 @@ impl Experiments {
                 );
             }
         }
-        let registry = self.registry.read();
+        let registry = self.set.read();
         let mut n = 0;
         for (served, outcome) in counted {
             let stats = registry
@@ -618,7 +618,7 @@ impl Experiments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::Registry as PromRegistry;
+    use prometheus::Registry;
 
     fn def(variants: &[(&str, u32)]) -> ExperimentDef {
         ExperimentDef {
@@ -630,8 +630,8 @@ mod tests {
         }
     }
 
-    fn registry() -> (Experiments, PromRegistry) {
-        let prom = PromRegistry::new();
+    fn registry() -> (Experiments, Registry) {
+        let prom = Registry::new();
         let metrics = AbMetrics::new(&prom).expect("metrics register");
         (Experiments::with_capacity(metrics, 4, 4), prom)
     }
@@ -765,7 +765,7 @@ mod tests {
             .variants
             .iter()
             .all(|v| v.ctr.is_none() && v.ctr_p_value.is_none()));
-        let entry = x.registry.read().find("e").expect("exists").clone();
+        let entry = x.set.read().find("e").expect("exists").clone();
         for (v, (impressions, clicks)) in entry.variants.iter().zip([(1000, 250), (1000, 200)]) {
             v.impressions.store(impressions, Ordering::Relaxed);
             v.clicks.store(clicks, Ordering::Relaxed);

@@ -12,5 +12,5 @@ pub mod profile;
 pub mod text;
 pub mod tfidf;
 
-pub use profile::{ContentMatch, ScoringLimits, UserProfile};
+pub use profile::{ContentMatch, ScoringLimits, InterestProfile};
 pub use tfidf::TfIdfIndex;

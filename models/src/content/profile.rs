@@ -47,11 +47,11 @@ impl Default for ScoringLimits {
 
 /// A user's L2-normalised interest vector over terms, strongest term first.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct UserProfile {
+pub struct InterestProfile {
     terms: Vec<(Arc<str>, f64)>,
 }
 
-impl UserProfile {
+impl InterestProfile {
     /// The profile's terms and weights, strongest first (ties by term); weights are positive and
     /// their squares sum to 1 (unless the profile is empty).
     pub fn terms(&self) -> &[(Arc<str>, f64)] {
@@ -80,7 +80,7 @@ pub struct ContentMatch {
 impl TfIdfIndex {
     /// Builds the profile of a user from `(item, interaction weight)` pairs (an item listed
     /// twice contributes twice), keeping the `max_terms` strongest terms.
-    pub fn user_profile(&self, engaged: &[(u32, f32)], max_terms: usize) -> UserProfile {
+    pub fn user_profile(&self, engaged: &[(u32, f32)], max_terms: usize) -> InterestProfile {
         // Fixed point, so the sum does not depend on the order of `engaged`.
         let mut acc: HashMap<u32, i128> = HashMap::new();
         for &(item, weight) in engaged {
@@ -111,7 +111,7 @@ impl TfIdfIndex {
         } else {
             terms.clear();
         }
-        UserProfile { terms }
+        InterestProfile { terms }
     }
 
     /// Content scores of given candidates (e.g. the collaborative pool), in the order given:
@@ -120,7 +120,7 @@ impl TfIdfIndex {
     /// `O(profile terms + Σ item terms)`; nothing else in the catalogue is touched.
     pub fn score_items(
         &self,
-        profile: &UserProfile,
+        profile: &InterestProfile,
         items: &[u32],
     ) -> Vec<(u32, f64, Option<Arc<str>>)> {
         let lookup: HashMap<u32, (usize, f64)> = profile
@@ -162,7 +162,7 @@ impl TfIdfIndex {
     /// engaged, wrong type, ...). Cost is bounded by `limits` (see the module documentation).
     pub fn score_candidates(
         &self,
-        profile: &UserProfile,
+        profile: &InterestProfile,
         exclude: impl Fn(u32) -> bool,
         limit: usize,
         limits: &ScoringLimits,
@@ -174,7 +174,7 @@ impl TfIdfIndex {
     /// item id.
     pub fn score_candidates_by(
         &self,
-        profile: &UserProfile,
+        profile: &InterestProfile,
         exclude: impl Fn(u32) -> bool,
         limit: usize,
         limits: &ScoringLimits,
@@ -327,7 +327,7 @@ mod tests {
     }
 
     /// Profile · item vector computed naively from the public API.
-    fn naive_cosine(index: &TfIdfIndex, profile: &UserProfile, item: u32) -> f64 {
+    fn naive_cosine(index: &TfIdfIndex, profile: &InterestProfile, item: u32) -> f64 {
         let v: BTreeMap<&str, f64> = index.item_vector(item).unwrap().into_iter().collect();
         profile
             .terms()
