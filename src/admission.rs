@@ -33,6 +33,18 @@ use futures_util::StreamExt;
 use crate::error::Error;
 use crate::AppState;
 
+/// What admission counts across all connections: requests holding a slot and bytes of bodies
+/// being received.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// `/v1/` requests being served (bounded by `server.max_inflight_requests`).
+    pub inflight: AtomicUsize,
+    /// `POST /v1/events` requests being served (bounded by `server.max_inflight_ingest`).
+    pub inflight_ingest: AtomicUsize,
+    /// Bytes of request bodies being received (bounded by `server.max_body_buffer_bytes`).
+    pub buffered_body_bytes: AtomicUsize,
+}
+
 /// The admission middleware (see the module docs).
 pub struct Admission {
     state: Arc<AppState>,
@@ -228,6 +240,7 @@ impl BodyBudget<'_> {
     fn reserve(&mut self, bytes: usize) -> Result<(), Error> {
         let limit = self.state.settings.server.max_body_buffer_bytes;
         self.state
+            .load
             .buffered_body_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n + bytes <= limit).then_some(n + bytes)
@@ -243,6 +256,7 @@ impl BodyBudget<'_> {
 impl Drop for BodyBudget<'_> {
     fn drop(&mut self) {
         self.state
+            .load
             .buffered_body_bytes
             .fetch_sub(self.held, Ordering::AcqRel);
     }
@@ -307,11 +321,11 @@ impl InflightSlot {
             limit,
             retry_after: server.retry_after_secs,
         };
-        if !take_slot(&state.inflight, server.max_inflight_requests) {
+        if !take_slot(&state.load.inflight, server.max_inflight_requests) {
             return Err(shed(server.max_inflight_requests));
         }
-        if ingest && !take_slot(&state.inflight_ingest, server.max_inflight_ingest) {
-            state.inflight.fetch_sub(1, Ordering::AcqRel);
+        if ingest && !take_slot(&state.load.inflight_ingest, server.max_inflight_ingest) {
+            state.load.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(shed(server.max_inflight_ingest));
         }
         state.http_metrics.inflight.inc();
@@ -325,9 +339,12 @@ impl InflightSlot {
 impl Drop for InflightSlot {
     fn drop(&mut self) {
         if self.ingest {
-            self.state.inflight_ingest.fetch_sub(1, Ordering::AcqRel);
+            self.state
+                .load
+                .inflight_ingest
+                .fetch_sub(1, Ordering::AcqRel);
         }
-        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.state.load.inflight.fetch_sub(1, Ordering::AcqRel);
         self.state.http_metrics.inflight.dec();
     }
 }

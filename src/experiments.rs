@@ -407,12 +407,7 @@ impl Experiments {
 
     /// Every experiment, in creation order.
     pub fn list(&self) -> Vec<ExperimentView> {
-        self.set
-            .read()
-            .entries
-            .iter()
-            .map(|e| e.view())
-            .collect()
+        self.set.read().entries.iter().map(|e| e.view()).collect()
     }
 
     /// One experiment.

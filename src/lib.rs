@@ -25,7 +25,7 @@ pub mod telemetry;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -61,12 +61,8 @@ pub struct AppState {
     pub restore_error: OnceLock<String>,
     /// Model versions reported by devices, model downloads.
     pub fleet: fleet::Fleet,
-    /// `/v1/` requests being served (bounded by `server.max_inflight_requests`).
-    pub inflight: AtomicUsize,
-    /// `POST /v1/events` requests being served (bounded by `server.max_inflight_ingest`).
-    pub inflight_ingest: AtomicUsize,
-    /// Bytes of request bodies being received (bounded by `server.max_body_buffer_bytes`).
-    pub buffered_body_bytes: AtomicUsize,
+    /// Requests and body bytes being admitted (see [`admission`]).
+    pub load: admission::Load,
     /// The web console: session key and sampled live figures.
     pub console: api::console::Console,
     /// Metrics of the learned item model's background job.
@@ -234,9 +230,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         analytics,
         restore_error: OnceLock::new(),
         fleet,
-        inflight: AtomicUsize::new(0),
-        inflight_ingest: AtomicUsize::new(0),
-        buffered_body_bytes: AtomicUsize::new(0),
+        load: admission::Load::default(),
         console: api::console::Console::new(),
         item_model_metrics,
     });

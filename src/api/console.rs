@@ -604,7 +604,7 @@ fn sample_of(state: &AppState, g: &Gathered) -> Sample {
             "miss",
         ),
         shed: g.sum("momentum_http_shed_total"),
-        inflight: state.inflight.load(Ordering::Acquire) as f64,
+        inflight: state.load.inflight.load(Ordering::Acquire) as f64,
         rss_bytes: g.sum("momentum_process_resident_memory_bytes"),
         routes: g.routes(),
         churn_tiers: g.by_label("momentum_churn_tier_users", "tier"),

@@ -257,7 +257,7 @@ async fn beyond_max_inflight_requests_the_api_sheds_with_retry_after_and_recover
     let state = s.state();
 
     // All four slots taken: the API sheds, probes and metrics still answer.
-    state.inflight.store(4, Ordering::Release);
+    state.load.inflight.store(4, Ordering::Release);
     let res = s
         .client
         .post(s.url("/v1/events"))
@@ -282,11 +282,14 @@ async fn beyond_max_inflight_requests_the_api_sheds_with_retry_after_and_recover
     assert_eq!(code(&user), "overloaded", "nothing was applied");
 
     // Slots free again: served.
-    state.inflight.store(0, Ordering::Release);
+    state.load.inflight.store(0, Ordering::Release);
 
     // Ingestion has its own, smaller bound: at it, batches are shed, reads are served.
     let ingest_limit = state.settings.server.max_inflight_ingest;
-    state.inflight_ingest.store(ingest_limit, Ordering::Release);
+    state
+        .load
+        .inflight_ingest
+        .store(ingest_limit, Ordering::Release);
     let (status, body) = s
         .post_json("/v1/events", &json!([event("u1", "i1", "view")]))
         .await;
@@ -299,11 +302,11 @@ async fn beyond_max_inflight_requests_the_api_sheds_with_retry_after_and_recover
     );
     assert_eq!(s.get("/v1/users/u1").await.0, 404, "reads still served");
     assert_eq!(
-        state.inflight.load(Ordering::Acquire),
+        state.load.inflight.load(Ordering::Acquire),
         0,
         "the general slot was given back"
     );
-    state.inflight_ingest.store(0, Ordering::Release);
+    state.load.inflight_ingest.store(0, Ordering::Release);
     let (status, _) = s.get("/v1/users/u1").await;
     assert_eq!(status, 404, "unknown user: the shed event was not applied");
 
@@ -363,7 +366,7 @@ async fn beyond_max_inflight_requests_the_api_sheds_with_retry_after_and_recover
         "{counted} sheds counted, {shed} seen"
     );
     assert_eq!(
-        state.inflight.load(Ordering::Acquire),
+        state.load.inflight.load(Ordering::Acquire),
         0,
         "every slot returned"
     );

@@ -12,5 +12,5 @@ pub mod profile;
 pub mod text;
 pub mod tfidf;
 
-pub use profile::{ContentMatch, ScoringLimits, InterestProfile};
+pub use profile::{ContentMatch, InterestProfile, ScoringLimits};
 pub use tfidf::TfIdfIndex;
