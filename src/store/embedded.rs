@@ -39,6 +39,8 @@
 //! has rebuilt it, so a damaged store never serves silently. A redb panic in any call becomes
 //! the same error instead of taking the process down.
 
+mod analytics;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

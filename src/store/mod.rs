@@ -57,6 +57,16 @@
 //! Call the store from one long-lived tokio runtime (e.g. the actix `System` arbiter): pooled
 //! PostgreSQL connections drive their I/O on the runtime that opened them.
 
+/// Forwards a call to the back-end (defined before the modules so `analytics` uses it too).
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Embedded(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
 pub mod analytics;
 mod codec;
 mod embedded;
@@ -381,16 +391,6 @@ impl LogReader {
     pub async fn next_page(&mut self) -> Option<Result<Vec<StoredEvent>, StoreError>> {
         self.pages.recv().await
     }
-}
-
-/// Forwards a call to the back-end.
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            Store::Embedded(s) => s.$method($($arg),*).await,
-            Store::Postgres(s) => s.$method($($arg),*).await,
-        }
-    };
 }
 
 impl Store {
