@@ -230,7 +230,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::tests as store_tests;
-    use super::super::NewEvent;
+    use super::super::EventRecord;
     use super::*;
 
     /// The shared suite's back-ends ([`super::super::tests`]), handing each suite an open store.
@@ -457,8 +457,8 @@ mod tests {
     }
 
     async fn event_window_skips_old_events_and_pages(store: Store) {
-        let batch: Vec<NewEvent> = (0..10)
-            .map(|i| NewEvent {
+        let batch: Vec<EventRecord> = (0..10)
+            .map(|i| EventRecord {
                 event_id: None,
                 user_id: format!("u{i}"),
                 item_id: Some("g".into()),

@@ -237,7 +237,7 @@ pub enum StoreError {
 
 /// An accepted event as the log stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewEvent {
+pub struct EventRecord {
     /// The producer's idempotency key, if it sent one.
     pub event_id: Option<String>,
     pub user_id: String,
@@ -258,7 +258,7 @@ pub struct NewEvent {
 pub struct StoredEvent {
     /// Position in the log: strictly increasing in commit order, starting at 1.
     pub seq: u64,
-    pub event: NewEvent,
+    pub event: EventRecord,
 }
 
 /// The sequence numbers given to one appended batch, `first..=last`. An empty batch gets an
@@ -414,7 +414,7 @@ impl Store {
     /// Concurrent calls are group-committed: batches that queue behind a running append are
     /// written together in one transaction, each still getting its own contiguous range.
     /// Dropping the future does not withdraw a batch that is already queued.
-    pub async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange, StoreError> {
+    pub async fn append_events(&self, batch: &[EventRecord]) -> Result<SeqRange, StoreError> {
         dispatch!(self.append_events(batch))
     }
 

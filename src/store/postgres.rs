@@ -35,7 +35,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 use super::group::GroupCommit;
 use super::{
     check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash, snapshot_digest,
-    ErasureReport, NewEvent, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
+    ErasureReport, EventRecord, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
     StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
@@ -119,7 +119,7 @@ impl Writer {
 /// The PostgreSQL store; clones share the pool and the append lock.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pub(super) pool: Pool,
+    pool: Pool,
     /// Serialises appends in this process (and groups concurrent ones) so they do not queue
     /// on the `log_state` row lock holding pooled connections.
     group: Arc<GroupCommit>,
@@ -329,7 +329,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub(crate) async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange> {
+    pub(crate) async fn append_events(&self, batch: &[EventRecord]) -> Result<SeqRange> {
         if batch.is_empty() {
             let last = self.last_seq().await?;
             return Ok(SeqRange {
@@ -797,7 +797,7 @@ impl PostgresStore {
 async fn append_group(
     pool: &Pool,
     writer: &Writer,
-    batches: &[Vec<NewEvent>],
+    batches: &[Vec<EventRecord>],
 ) -> Result<Vec<SeqRange>> {
     let total: usize = batches.iter().map(Vec::len).sum();
     let count = to_i64(total as u64, "batch size")?;
@@ -1007,7 +1007,7 @@ async fn consistent_view(
 fn event_from_row(r: &Row) -> Result<StoredEvent> {
     Ok(StoredEvent {
         seq: to_u64(r.try_get(0).map_err(pg_err)?, "seq")?,
-        event: NewEvent {
+        event: EventRecord {
             event_id: r.try_get(1).map_err(pg_err)?,
             user_id: r.try_get(2).map_err(pg_err)?,
             item_id: r.try_get(3).map_err(pg_err)?,
