@@ -219,7 +219,8 @@ impl Journal {
             if !batch.log.is_empty() {
                 let started = Instant::now();
                 self.store.append_events(&batch.log).await?;
-                self.metrics.observe_append(started.elapsed(), batch.log.len());
+                self.metrics
+                    .observe_append(started.elapsed(), batch.log.len());
             }
             engine
                 .dispatch(batch.events)

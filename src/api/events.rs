@@ -86,7 +86,9 @@ fn validate(
     let kind = EventKind::parse(&e.kind)
         .ok_or_else(|| ("unknown_kind", format!("unknown kind {:?}", e.kind)))?;
     match (&e.item_id, kind.needs_item()) {
-        (Some(item), _) => validate_id("item_id", item).map_err(|err| ("invalid_id", err.to_string()))?,
+        (Some(item), _) => {
+            validate_id("item_id", item).map_err(|err| ("invalid_id", err.to_string()))?
+        }
         (None, true) => {
             return Err((
                 "missing_item",

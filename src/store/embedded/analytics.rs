@@ -360,8 +360,8 @@ impl EmbeddedStore {
             let found = table.get((user.as_str(), day.as_str())).map_err(db_err)?;
             found
                 .map(|v| {
-                    let s: ScoreValue = serde_json::from_slice(v.value())
-                        .map_err(|e| corrupt("churn score", e))?;
+                    let s: ScoreValue =
+                        serde_json::from_slice(v.value()).map_err(|e| corrupt("churn score", e))?;
                     Ok(ChurnScoreRow {
                         user_id: user.clone(),
                         day: day.clone(),

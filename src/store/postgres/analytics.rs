@@ -29,7 +29,13 @@ impl PostgresStore {
                      metadata, bytes) \
                      SELECT $1::text, COALESCE(MAX(version), 0) + 1, $2::bigint, $3::bigint, \
                      $4::jsonb, $5::bytea FROM models WHERE name = $1 RETURNING version",
-                    &[&new.name, &new.created_ms, &parent, new.metadata, &new.bytes],
+                    &[
+                        &new.name,
+                        &new.created_ms,
+                        &parent,
+                        new.metadata,
+                        &new.bytes,
+                    ],
                 )
                 .await
                 .map_err(pg_err);
