@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use momentum::store::{NewEvent, Store, StoreConfig, StoreKind};
+use momentum::store::{EventRecord, Store, StoreConfig, StoreKind};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Kind {
@@ -66,11 +66,11 @@ struct Args {
 
 const KINDS: [&str; 6] = ["view", "click", "start", "checkin", "complete", "rate"];
 
-fn synthetic(i: usize, args: &Args) -> NewEvent {
+fn synthetic(i: usize, args: &Args) -> EventRecord {
     // A cheap deterministic scramble so users and items are not in lockstep.
     let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let kind = KINDS[(h >> 7) as usize % KINDS.len()];
-    NewEvent {
+    EventRecord {
         event_id: Some(format!("ev-{i}")),
         user_id: format!("user-{}", (h >> 17) as usize % args.users),
         item_id: Some(format!("item-{}", (h >> 37) as usize % args.items)),
@@ -117,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Ingest: batches built ahead of the clock, appended one after another.
-    let batches: Vec<Vec<NewEvent>> = (0..args.events)
+    let batches: Vec<Vec<EventRecord>> = (0..args.events)
         .step_by(args.batch.max(1))
         .map(|start| {
             (start..(start + args.batch).min(args.events))
@@ -126,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let concurrency = args.concurrency.max(1);
-    let mut lanes: Vec<Vec<Vec<NewEvent>>> = (0..concurrency).map(|_| Vec::new()).collect();
+    let mut lanes: Vec<Vec<Vec<EventRecord>>> = (0..concurrency).map(|_| Vec::new()).collect();
     for (i, batch) in batches.into_iter().enumerate() {
         lanes[i % concurrency].push(batch);
     }

@@ -1,13 +1,16 @@
 //! The server's error type and its one mapping to HTTP: every variant has a status and a
 //! stable snake_case code; the body is `{"error":{"code","message"}}`. Internal details are
-//! logged, not sent.
+//! logged with their whole chain of causes ([`Report`]), never sent.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use momentum_actors::snapshot::DecodeError;
 use momentum_actors::ActorError;
+
+use crate::store::StoreError;
 
 /// Everything that can go wrong in the server.
 #[derive(Debug, thiserror::Error)]
@@ -86,13 +89,85 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The store cannot be used (start-up: another server holds it, or it is damaged); the
-    /// message names the store and what to do.
-    #[error("{message}")]
-    Store { message: String },
+    /// The store failed. A store that cannot be used at all (another server holds it, it is
+    /// damaged, it holds undecodable data) says which and what to do.
+    #[error("{}", store_summary(source))]
+    Store {
+        #[source]
+        source: StoreError,
+    },
+    /// A stored snapshot part cannot be decoded (restore).
+    #[error("snapshot {id} part {key} cannot be decoded")]
+    Snapshot {
+        id: u64,
+        key: String,
+        #[source]
+        source: DecodeError,
+    },
+    /// A value cannot be converted to or from JSON for the store.
+    #[error("{what}: JSON")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Something the server relies on failed; `context` says what it was doing.
+    #[error("{context}")]
+    Failed {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Anything else; the message is logged, the client sees a generic text.
     #[error("internal error: {message}")]
     Internal { message: String },
+}
+
+/// What an [`Error::Store`] says before its cause: the cause alone when it is the one-line
+/// message for the operator, the repair commands for undecodable data.
+fn store_summary(source: &StoreError) -> String {
+    match source {
+        StoreError::Locked { message } | StoreError::Damaged { message } => message.clone(),
+        StoreError::Corrupt { .. } => "the store holds data that cannot be decoded: run \
+                                       `momentum store check`, then `momentum store recover` \
+                                       (docs/operations.md, \"Store damage\")"
+            .to_owned(),
+        _ => "store".to_owned(),
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(source: StoreError) -> Error {
+        Error::Store { source }
+    }
+}
+
+/// Actor errors outside a request path: an overload is retried after a second.
+impl From<ActorError> for Error {
+    fn from(e: ActorError) -> Error {
+        Error::from_actor(e, 1)
+    }
+}
+
+/// An error and its causes on one line, `error: cause: cause`, for logs and the command
+/// line. A cause whose text the line already holds (many errors print their source) is not
+/// repeated.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut line = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = e.source();
+        }
+        f.write_str(&line)
+    }
 }
 
 impl Error {
@@ -134,7 +209,22 @@ impl Error {
             Error::NotReady => "not_ready",
             Error::Config { .. } => "config",
             Error::Io { .. } => "io",
-            Error::Store { .. } | Error::Internal { .. } => "internal",
+            Error::Store { .. }
+            | Error::Snapshot { .. }
+            | Error::Json { .. }
+            | Error::Failed { .. }
+            | Error::Internal { .. } => "internal",
+        }
+    }
+
+    /// Wraps a failure of something the server relies on, saying what it was doing.
+    pub fn failed(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Failed {
+            context: context.into(),
+            source: source.into(),
         }
     }
 
@@ -172,6 +262,9 @@ impl ResponseError for Error {
             Error::Config { .. }
             | Error::Io { .. }
             | Error::Store { .. }
+            | Error::Snapshot { .. }
+            | Error::Json { .. }
+            | Error::Failed { .. }
             | Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -181,8 +274,11 @@ impl ResponseError for Error {
             Error::Config { .. }
             | Error::Io { .. }
             | Error::Store { .. }
+            | Error::Snapshot { .. }
+            | Error::Json { .. }
+            | Error::Failed { .. }
             | Error::Internal { .. } => {
-                tracing::error!(error = %self, "internal error");
+                tracing::error!(error = %Report(self), "internal error");
                 "internal error".to_string()
             }
             other => other.to_string(),
@@ -246,5 +342,35 @@ mod tests {
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = res.into_body().try_into_bytes().expect("in-memory body");
         assert!(!String::from_utf8_lossy(&body).contains("hunter2"));
+    }
+
+    #[test]
+    fn a_store_error_keeps_its_cause_out_of_the_response() {
+        let err = Error::from(StoreError::Io {
+            context: "embedded store".into(),
+            source: std::io::Error::other("disk /secret/path failed"),
+        });
+        assert_eq!(
+            Report(&err).to_string(),
+            "store: embedded store: disk /secret/path failed"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        let res = err.error_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = res.into_body().try_into_bytes().expect("in-memory body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(json["error"]["code"], "internal");
+        assert_eq!(json["error"]["message"], "internal error");
+    }
+
+    #[test]
+    fn an_operator_store_message_is_said_once() {
+        let err = Error::from(StoreError::Locked {
+            message: "the store is held by another server".into(),
+        });
+        assert_eq!(
+            Report(&err).to_string(),
+            "the store is held by another server"
+        );
     }
 }

@@ -311,10 +311,17 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                 );
             }
             Err(error) => {
-                tracing::error!(%error, "restore failed; stopping");
-                let message = match error {
-                    Error::Store { message } => message,
-                    other => format!("the start-up restore failed: {other}"),
+                tracing::error!(error = %error::Report(&error), "restore failed; stopping");
+                // A store the operator must act on says so in its own words; anything else
+                // says where it happened.
+                let message = match &error {
+                    Error::Store {
+                        source:
+                            store::StoreError::Locked { .. }
+                            | store::StoreError::Damaged { .. }
+                            | store::StoreError::Corrupt { .. },
+                    } => error::Report(&error).to_string(),
+                    other => format!("the start-up restore failed: {}", error::Report(other)),
                 };
                 let _ = restoring.restore_error.set(message);
                 handle.stop(false).await;
@@ -325,7 +332,5 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
 }
 
 fn internal(e: prometheus::Error) -> Error {
-    Error::Internal {
-        message: e.to_string(),
-    }
+    Error::failed("metrics registry", e)
 }

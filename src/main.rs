@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use momentum::cli::{Cli, Command, EvalCommand, ServeArgs, StoreCommand};
+use momentum::error::Report;
 use momentum::{eval, telemetry, Settings};
+
+/// Whatever ended a command; printed with its causes.
+type Failure = Box<dyn std::error::Error>;
 
 /// mimalloc instead of glibc's allocator: ingestion allocates and frees many small strings
 /// across threads (the request decoder, the shards, the log writer), where glibc spent a
@@ -24,20 +28,22 @@ fn main() -> ExitCode {
         Some(Command::Eval(EvalCommand::Recommend(args))) => {
             eval::recommend::run(&args, cli.serve.config.as_deref())
                 .map(|report| println!("{report}"))
+                .map_err(Failure::from)
         }
         Some(Command::Eval(EvalCommand::Classify(args))) => eval::classify::run(&args)
             .map(|report| println!("{report}"))
-            .map_err(|e| e.to_string()),
+            .map_err(Failure::from),
         Some(Command::Store(command)) => store(command, cli.serve.config.as_deref()),
         Some(Command::Train(args)) => {
             momentum::analytics::offline::run(&args, cli.serve.config.as_deref())
                 .map(|report| println!("{report}"))
+                .map_err(Failure::from)
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("momentum: {message}");
+        Err(error) => {
+            eprintln!("momentum: {}", Report(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -45,20 +51,17 @@ fn main() -> ExitCode {
 
 /// `momentum store check|recover`: prints the report; fails if the store is not intact
 /// (`check`) or could not be rebuilt (`recover`).
-fn store(command: StoreCommand, config: Option<&std::path::Path>) -> Result<(), String> {
-    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+fn store(command: StoreCommand, config: Option<&std::path::Path>) -> Result<(), Failure> {
+    let settings = Settings::load(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let report = runtime
-        .block_on(async {
-            match command {
-                StoreCommand::Check => momentum::store::repair::check(&settings.store).await,
-                StoreCommand::Recover => momentum::store::repair::recover(&settings.store).await,
-            }
-        })
-        .map_err(|e| e.to_string())?;
+        .build()?;
+    let report = runtime.block_on(async {
+        match command {
+            StoreCommand::Check => momentum::store::repair::check(&settings.store).await,
+            StoreCommand::Recover => momentum::store::repair::recover(&settings.store).await,
+        }
+    })?;
     println!("{report}");
     if report.ok {
         Ok(())
@@ -67,14 +70,14 @@ fn store(command: StoreCommand, config: Option<&std::path::Path>) -> Result<(), 
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
-    let mut settings = Settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let mut settings = Settings::load(args.config.as_deref())?;
     if let Some(bind) = args.bind {
         settings.server.bind = bind;
     }
     telemetry::init(&settings.logging);
     actix_web::rt::System::new().block_on(async move {
-        let server = momentum::start(settings).await.map_err(|e| e.to_string())?;
-        server.run().await.map_err(|e| e.to_string())
+        let server = momentum::start(settings).await?;
+        Ok(server.run().await?)
     })
 }

@@ -188,7 +188,7 @@ impl Settings {
                 message: message.to_string(),
             })
         };
-        validate_log_level(&self.logging.level).map_err(|message| Error::Config { message })?;
+        validate_log_level(&self.logging.level)?;
         if self.ingest.max_batch == 0 {
             return fail("ingest.max_batch must be positive");
         }
@@ -303,13 +303,15 @@ const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"]
 /// `logging.level` is a level (`info`) or a comma-separated list of directives, each a level or
 /// `target=level` (`momentum=debug,actix_web=warn`). A bare word that is not a level would be
 /// read by the log filter as a target name and silence everything else, so it is refused.
-fn validate_log_level(level: &str) -> Result<(), String> {
+fn validate_log_level(level: &str) -> Result<(), Error> {
     let is_level = |word: &str| LOG_LEVELS.contains(&word.trim().to_ascii_lowercase().as_str());
     let refuse = |what: &str| {
-        Err(format!(
-            "logging.level: {what:?} is neither a level ({}) nor a directive like \"momentum=debug\"",
-            LOG_LEVELS.join(", ")
-        ))
+        Err(Error::Config {
+            message: format!(
+                "logging.level: {what:?} is neither a level ({}) nor a directive like \"momentum=debug\"",
+                LOG_LEVELS.join(", ")
+            ),
+        })
     };
     if level.trim().is_empty() {
         return refuse(level);
@@ -326,7 +328,9 @@ fn validate_log_level(level: &str) -> Result<(), String> {
     }
     tracing_subscriber::EnvFilter::try_new(level)
         .map(|_| ())
-        .map_err(|e| format!("logging.level: {e}"))
+        .map_err(|e| Error::Config {
+            message: format!("logging.level: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -400,7 +404,7 @@ mod tests {
             "momentum=loud",
             "momentum",
         ] {
-            let err = validate_log_level(bad).expect_err(bad);
+            let err = validate_log_level(bad).expect_err(bad).to_string();
             assert!(err.contains("logging.level"), "{err}");
         }
         let dir = tempfile::tempdir().expect("tempdir");

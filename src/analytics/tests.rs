@@ -13,7 +13,7 @@ use momentum_models::features::{Activity, DAY_MS};
 use super::scoring::{ActivitySource, StoreScoringJob};
 use super::training::StoreTrainingJob;
 use super::*;
-use crate::store::{NewEvent as StoredNewEvent, StoreConfig, StoreKind};
+use crate::store::{EventRecord as StoredNewEvent, StoreConfig, StoreKind};
 
 const NOW: i64 = 20_000 * DAY_MS + 12 * 3_600_000;
 

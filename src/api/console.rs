@@ -885,9 +885,7 @@ async fn churn_history(
         .store
         .churn_tier_history(days)
         .await
-        .map_err(|e| Error::Internal {
-            message: format!("reading churn scores: {e}"),
-        })?;
+        .map_err(|e| Error::failed("reading churn scores", e))?;
     Ok(HttpResponse::Ok().json(json!({"days": history})))
 }
 

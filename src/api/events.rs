@@ -76,17 +76,19 @@ fn validate(
     weights: &KindWeights,
     now: i64,
 ) -> Result<Validated, (&'static str, String)> {
-    validate_id("user_id", &e.user_id).map_err(|m| ("invalid_id", m))?;
+    validate_id("user_id", &e.user_id).map_err(|err| ("invalid_id", err.to_string()))?;
     if let Some(id) = &e.event_id {
-        validate_id("event_id", id).map_err(|m| ("invalid_id", m))?;
+        validate_id("event_id", id).map_err(|err| ("invalid_id", err.to_string()))?;
     }
     if let Some(id) = &e.recommendation_id {
-        validate_id("recommendation_id", id).map_err(|m| ("invalid_id", m))?;
+        validate_id("recommendation_id", id).map_err(|err| ("invalid_id", err.to_string()))?;
     }
     let kind = EventKind::parse(&e.kind)
         .ok_or_else(|| ("unknown_kind", format!("unknown kind {:?}", e.kind)))?;
     match (&e.item_id, kind.needs_item()) {
-        (Some(item), _) => validate_id("item_id", item).map_err(|m| ("invalid_id", m))?,
+        (Some(item), _) => {
+            validate_id("item_id", item).map_err(|err| ("invalid_id", err.to_string()))?
+        }
         (None, true) => {
             return Err((
                 "missing_item",

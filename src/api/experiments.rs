@@ -63,7 +63,7 @@ async fn create(
             Error::bad("malformed_json", e.to_string())
         }
     })?;
-    validate_id("experiment id", &body.id).map_err(|m| Error::bad("invalid_id", m))?;
+    validate_id("experiment id", &body.id).map_err(|e| Error::bad("invalid_id", e.to_string()))?;
     let def = ExperimentDef {
         variants: body.variants,
         control: body.control,

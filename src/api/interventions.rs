@@ -50,9 +50,7 @@ async fn list(
         .store
         .interventions_after(query.since, limit)
         .await
-        .map_err(|e| Error::Internal {
-            message: format!("reading interventions: {e}"),
-        })?;
+        .map_err(|e| Error::failed("reading interventions", e))?;
     let next = items.last().map_or(query.since, |i| i.id);
     Ok(HttpResponse::Ok().json(json!({
         "interventions": items,

@@ -22,30 +22,44 @@ use futures_util::StreamExt;
 use crate::error::Error;
 use crate::AppState;
 
+/// Why an id is refused (the text names the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidId {
+    #[error("{what} must not be empty")]
+    Empty { what: String },
+    #[error("{what} is longer than 128 characters")]
+    TooLong { what: String },
+    #[error("{what} must not be \".\" or \"..\"")]
+    DotSegment { what: String },
+    #[error("{what} may only contain A-Z a-z 0-9 _ . : @ -")]
+    Characters { what: String },
+}
+
 /// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (README, "REST API").
-pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
+pub fn validate_id(what: &str, id: &str) -> Result<(), InvalidId> {
+    let what = || what.to_owned();
     if id.is_empty() {
-        return Err(format!("{what} must not be empty"));
+        return Err(InvalidId::Empty { what: what() });
     }
     if id.len() > 128 {
-        return Err(format!("{what} is longer than 128 characters"));
+        return Err(InvalidId::TooLong { what: what() });
     }
     // RFC 3986 clients resolve these path segments away: such an id could never be addressed.
     if id == "." || id == ".." {
-        return Err(format!("{what} must not be \".\" or \"..\""));
+        return Err(InvalidId::DotSegment { what: what() });
     }
     if !id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
     {
-        return Err(format!("{what} may only contain A-Z a-z 0-9 _ . : @ -"));
+        return Err(InvalidId::Characters { what: what() });
     }
     Ok(())
 }
 
 /// Validates an id taken from the path.
 pub fn path_id(what: &str, id: &str) -> Result<(), Error> {
-    validate_id(what, id).map_err(|m| Error::bad("invalid_id", m))
+    validate_id(what, id).map_err(|e| Error::bad("invalid_id", e.to_string()))
 }
 
 /// JSON bodies: limit and error shape.

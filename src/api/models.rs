@@ -149,7 +149,7 @@ async fn download(
             .store
             .model_version(kind.name(), v)
             .await
-            .map_err(store_error)?
+            .map_err(reading_models)?
             .ok_or_else(|| Error::NotFound {
                 message: format!("model {name:?} has no version {v}"),
             })
@@ -164,8 +164,9 @@ async fn download(
         None => {
             let (row, stored) = read().await?;
             let meta: VersionMetadata =
-                serde_json::from_value(row.metadata).map_err(|e| Error::Internal {
-                    message: format!("metadata of {name} v{v}: {e}"),
+                serde_json::from_value(row.metadata).map_err(|source| Error::Json {
+                    what: format!("metadata of {name} v{v}"),
+                    source,
                 })?;
             let info = find_export(&meta.exports, kind.name(), v, variant)?.clone();
             (info, Some(stored))
@@ -197,10 +198,10 @@ async fn download(
         None => read().await?.1,
     };
     let bundle = Bundle::open(shared.config.model_key.as_ref(), &stored)
-        .map_err(|e| internal(format!("model {name} v{v}: {e}")))?;
+        .map_err(|e| Error::failed(format!("model {name} v{v}"), e))?;
     let file = bundle
         .require(&info.file)
-        .map_err(|e| internal(format!("model {name} v{v}: {e}")))?;
+        .map_err(|e| Error::failed(format!("model {name} v{v}"), e))?;
     if sha256_hex(file) != info.sha256 {
         return Err(internal(format!(
             "model {name} v{v}: the stored {} does not match its sha256",
@@ -223,9 +224,9 @@ async fn download(
                 .settings
                 .security
                 .device_key()?
-                .ok_or_else(|| internal(ArtifactError::MissingKey.to_string()))?;
+                .ok_or_else(|| Error::failed("device key", ArtifactError::MissingKey))?;
             response.insert_header((ENCRYPTION_HEADER, ENCRYPTION_AES_GCM));
-            encrypt(&key, file).map_err(|e| internal(format!("encrypting {name} v{v}: {e}")))?
+            encrypt(&key, file).map_err(|e| Error::failed(format!("encrypting {name} v{v}"), e))?
         }
     };
     count("200");
@@ -253,10 +254,8 @@ async fn train(
     }
 }
 
-fn store_error(e: crate::store::StoreError) -> Error {
-    Error::Internal {
-        message: format!("reading models: {e}"),
-    }
+fn reading_models(e: crate::store::StoreError) -> Error {
+    Error::failed("reading models", e)
 }
 
 /// A version in a listing: the headline numbers, not the whole metadata.
@@ -297,7 +296,7 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
         .store
         .model_versions(None)
         .await
-        .map_err(store_error)?;
+        .map_err(reading_models)?;
     let models: Vec<Value> = ModelKind::ALL
         .into_iter()
         .map(|kind| {
@@ -335,7 +334,7 @@ async fn version(
         .store
         .model_version(kind.name(), v)
         .await
-        .map_err(store_error)?;
+        .map_err(reading_models)?;
     let Some((row, _bytes)) = found else {
         return Err(Error::NotFound {
             message: format!("model {name:?} has no version {v}"),

@@ -93,7 +93,7 @@ async fn get_success(
         .goal_id
         .as_deref()
         .ok_or_else(|| Error::bad("invalid_query", "goal_id is required"))?;
-    validate_id("goal_id", goal_id).map_err(|m| Error::bad("invalid_query", m))?;
+    validate_id("goal_id", goal_id).map_err(|e| Error::bad("invalid_query", e.to_string()))?;
     // Fail fast, before touching the shard.
     state.analytics.require(ModelKind::Success)?;
     let index = state.engine.index();
@@ -250,7 +250,7 @@ pub fn check_vector(
 
 fn optional_id(what: &str, id: &Option<String>) -> Result<(), Error> {
     match id {
-        Some(id) => validate_id(what, id).map_err(|m| Error::bad("invalid_id", m)),
+        Some(id) => validate_id(what, id).map_err(|e| Error::bad("invalid_id", e.to_string())),
         None => Ok(()),
     }
 }

@@ -3,7 +3,7 @@
 //! recommendations, writes `user_id,item_id,rank` and returns ranking metrics as JSON.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Deserialize;
@@ -14,7 +14,8 @@ use momentum_actors::engine::NewEvent;
 use momentum_actors::index::ItemMeta;
 use momentum_actors::metrics::ActorMetrics;
 use momentum_actors::recommend::intra_list_diversity;
-use momentum_actors::Engine;
+use momentum_actors::{ActorError, Engine};
+use momentum_models::ease::EaseError;
 use momentum_models::events::EventKind;
 use momentum_models::ranking;
 
@@ -26,6 +27,60 @@ const BATCH: usize = 10_000;
 /// Recommendation requests in flight at once.
 const CONCURRENCY: usize = 32;
 
+/// Why `momentum eval recommend` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendEvalError {
+    /// The command line asks for something impossible.
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("settings")]
+    Settings {
+        #[source]
+        source: crate::Error,
+    },
+    /// A CSV file cannot be opened or a row parsed (`row` counts the header as row 1).
+    #[error("{}{}", path.display(), row.map(|r| format!(" row {r}")).unwrap_or_default())]
+    Read {
+        path: PathBuf,
+        row: Option<usize>,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("{} row {row}: no item_id", path.display())]
+    NoItemId { path: PathBuf, row: usize },
+    #[error("replaying the training rows")]
+    Actor {
+        #[from]
+        source: ActorError,
+    },
+    #[error("training row {row} refused: {message}")]
+    Refused { row: usize, message: String },
+    #[error("item model")]
+    ItemModel {
+        #[source]
+        source: EaseError,
+    },
+    #[error("{}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("{}", path.display())]
+    Flush {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, RecommendEvalError>;
+
+fn read_error(path: &Path, row: Option<usize>) -> impl FnOnce(csv::Error) -> RecommendEvalError {
+    let path = path.to_path_buf();
+    move |source| RecommendEvalError::Read { path, row, source }
+}
+
 #[derive(Debug, Deserialize)]
 struct Rating {
     user_id: String,
@@ -35,12 +90,11 @@ struct Rating {
 }
 
 /// Item metadata rows: `item_id,title,genres` plus optional `description,tags,type`.
-fn read_items(path: &Path) -> Result<Vec<(String, ItemMeta)>, String> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_items(path: &Path) -> Result<Vec<(String, ItemMeta)>> {
+    let mut reader = csv::Reader::from_path(path).map_err(read_error(path, None))?;
     let mut out = Vec::new();
     for (line, row) in reader.deserialize::<HashMap<String, String>>().enumerate() {
-        let row = row.map_err(|e| format!("{} row {}: {e}", path.display(), line + 2))?;
+        let row = row.map_err(read_error(path, Some(line + 2)))?;
         let field = |name: &str| {
             row.get(name)
                 .map(|v| v.trim().to_string())
@@ -48,7 +102,10 @@ fn read_items(path: &Path) -> Result<Vec<(String, ItemMeta)>, String> {
         };
         let id = field("item_id");
         if id.is_empty() {
-            return Err(format!("{} row {}: no item_id", path.display(), line + 2));
+            return Err(RecommendEvalError::NoItemId {
+                path: path.to_path_buf(),
+                row: line + 2,
+            });
         }
         let split = |v: String| -> Vec<String> {
             v.split('|')
@@ -74,22 +131,22 @@ fn read_items(path: &Path) -> Result<Vec<(String, ItemMeta)>, String> {
     Ok(out)
 }
 
-fn read_ratings(path: &Path) -> Result<Vec<Rating>, String> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_ratings(path: &Path) -> Result<Vec<Rating>> {
+    let mut reader = csv::Reader::from_path(path).map_err(read_error(path, None))?;
     reader
         .deserialize()
         .enumerate()
-        .map(|(line, r)| r.map_err(|e| format!("{} row {}: {e}", path.display(), line + 2)))
+        .map(|(line, r)| r.map_err(read_error(path, Some(line + 2))))
         .collect()
 }
 
 /// Runs the evaluation; the result is the JSON report.
-pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String> {
+pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String> {
     if args.k == 0 {
-        return Err("--k must be positive".into());
+        return Err(RecommendEvalError::Usage("--k must be positive"));
     }
-    let mut settings = Settings::load(config).map_err(|e| e.to_string())?;
+    let mut settings =
+        Settings::load(config).map_err(|source| RecommendEvalError::Settings { source })?;
     settings.recommend.popular_refresh_ms = 0;
     match args.mode {
         RecommendMode::Cf => settings.recommend.content_weight = 0.0,
@@ -127,7 +184,7 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
         None => Vec::new(),
     };
     if args.mode == RecommendMode::Content && items.is_empty() {
-        return Err("--mode content needs --items".into());
+        return Err(RecommendEvalError::Usage("--mode content needs --items"));
     }
     settings.recommend.max_n = settings.recommend.max_n.max(args.k);
     let mut train = read_ratings(&args.train)?;
@@ -140,10 +197,7 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
     let (recs, replayed) = actix_web::rt::System::new().block_on(async move {
         let engine = Engine::start(engine_config, ActorMetrics::unregistered());
         for (id, meta) in items {
-            engine
-                .put_item(&id, meta)
-                .await
-                .map_err(|e| e.to_string())?;
+            engine.put_item(&id, meta).await?;
         }
         let mut accepted = 0usize;
         for (b, chunk) in train.chunks(BATCH).enumerate() {
@@ -160,23 +214,19 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
                     ts_ms: r.timestamp.saturating_mul(1000),
                 })
                 .collect();
-            let report = engine
-                .record_events(events)
-                .await
-                .map_err(|e| e.to_string())?;
+            let report = engine.record_events(events).await?;
             if let Some(r) = report.rejected.first() {
-                return Err(format!(
-                    "training row {} refused: {}",
-                    r.index + 2,
-                    r.message
-                ));
+                return Err(RecommendEvalError::Refused {
+                    row: r.index + 2,
+                    message: r.message.clone(),
+                });
             }
             accepted += report.accepted;
         }
         if item_model == ItemModel::Ease {
             let model = engine
                 .build_item_model(0)
-                .map_err(|e| format!("item model: {e}"))?;
+                .map_err(|source| RecommendEvalError::ItemModel { source })?;
             tracing::info!(
                 items = model.items(),
                 seconds = model.build_seconds,
@@ -219,24 +269,30 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String, String
         } else {
             diversity / lists as f64
         };
-        Ok::<_, String>(((recs, test), (accepted, diversity, per_list)))
+        Ok::<_, RecommendEvalError>(((recs, test), (accepted, diversity, per_list)))
     })?;
     let (recs, test) = recs;
     let (replayed, diversity, per_list) = replayed;
 
-    let mut out =
-        csv::Writer::from_path(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let write_error = |source| RecommendEvalError::Write {
+        path: args.out.clone(),
+        source,
+    };
+    let mut out = csv::Writer::from_path(&args.out).map_err(write_error)?;
     out.write_record(["user_id", "item_id", "rank"])
-        .map_err(|e| e.to_string())?;
+        .map_err(write_error)?;
     let mut users: Vec<&String> = recs.keys().collect();
     users.sort();
     for user in users {
         for (rank, item) in recs[user].iter().enumerate() {
             out.write_record([user.as_str(), item.as_str(), &(rank + 1).to_string()])
-                .map_err(|e| e.to_string())?;
+                .map_err(write_error)?;
         }
     }
-    out.flush().map_err(|e| e.to_string())?;
+    out.flush().map_err(|source| RecommendEvalError::Flush {
+        path: args.out.clone(),
+        source,
+    })?;
 
     let train_rows = read_ratings(&args.train)?;
     let trained: HashSet<String> = train_rows.iter().map(|r| r.user_id.clone()).collect();

@@ -14,7 +14,7 @@
 //! what restore of a long log is bound by. The format is versioned by the store's schema
 //! version; bits 4–7 must be zero.
 
-use super::{NewEvent, StoreError};
+use super::{EventRecord, StoreError};
 
 const HAS_EVENT_ID: u8 = 1;
 const HAS_ITEM_ID: u8 = 1 << 1;
@@ -23,7 +23,7 @@ const HAS_RECOMMENDATION_ID: u8 = 1 << 3;
 const KNOWN_FLAGS: u8 = HAS_EVENT_ID | HAS_ITEM_ID | HAS_VALUE | HAS_RECOMMENDATION_ID;
 
 /// Appends the encoding of `e` to `out`.
-pub(crate) fn encode_event(e: &NewEvent, out: &mut Vec<u8>) {
+pub(crate) fn encode_event(e: &EventRecord, out: &mut Vec<u8>) {
     let mut flags = 0;
     if e.event_id.is_some() {
         flags |= HAS_EVENT_ID;
@@ -53,7 +53,7 @@ pub(crate) fn encode_event(e: &NewEvent, out: &mut Vec<u8>) {
 }
 
 /// Decodes a whole event.
-pub(crate) fn decode_event(bytes: &[u8]) -> Result<NewEvent, StoreError> {
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<EventRecord, StoreError> {
     let mut r = Reader::new(bytes);
     let flags = r.u8()?;
     if flags & !KNOWN_FLAGS != 0 {
@@ -73,7 +73,7 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<NewEvent, StoreError> {
     if !r.is_empty() {
         return Err(corrupt("trailing bytes after an event"));
     }
-    Ok(NewEvent {
+    Ok(EventRecord {
         event_id,
         user_id,
         item_id,
@@ -183,7 +183,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_event() -> impl Strategy<Value = NewEvent> {
+    fn arb_event() -> impl Strategy<Value = EventRecord> {
         (
             proptest::option::of(".{0,40}"),
             ".{0,300}",
@@ -194,7 +194,7 @@ mod tests {
             proptest::option::of(".{0,10}"),
         )
             .prop_map(
-                |(event_id, user_id, item_id, kind, value, ts_ms, recommendation_id)| NewEvent {
+                |(event_id, user_id, item_id, kind, value, ts_ms, recommendation_id)| EventRecord {
                     event_id,
                     user_id,
                     item_id,
@@ -230,7 +230,7 @@ mod tests {
     fn unknown_flags_are_corrupt() {
         let mut buf = Vec::new();
         encode_event(
-            &NewEvent {
+            &EventRecord {
                 event_id: None,
                 user_id: "u".into(),
                 item_id: None,

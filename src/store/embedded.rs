@@ -39,6 +39,8 @@
 //! has rebuilt it, so a damaged store never serves silently. A redb panic in any call becomes
 //! the same error instead of taking the process down.
 
+mod analytics;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +55,7 @@ use super::codec::{decode_event, decode_ts_and_user, encode_event};
 use super::group::GroupCommit;
 use super::{
     check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash, snapshot_digest,
-    ErasureReport, NewEvent, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
+    ErasureReport, EventRecord, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
     StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
 
@@ -168,7 +170,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange> {
+    pub(crate) async fn append_events(&self, batch: &[EventRecord]) -> Result<SeqRange> {
         if batch.is_empty() {
             let last = self.last_seq().await?;
             return Ok(SeqRange {
@@ -1108,7 +1110,7 @@ pub(super) fn migrate(db: &Database) -> Result<()> {
 }
 
 /// Writes the batches of one group in one transaction; their ranges follow each other.
-fn append_blocking(db: &Database, batches: &[Vec<NewEvent>]) -> Result<Vec<SeqRange>> {
+fn append_blocking(db: &Database, batches: &[Vec<EventRecord>]) -> Result<Vec<SeqRange>> {
     let mut txn = db.begin_write().map_err(db_err)?;
     // redb's default, spelled out: the batch is on disk when `commit` returns.
     txn.set_durability(Durability::Immediate);

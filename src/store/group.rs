@@ -15,14 +15,14 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{NewEvent, SeqRange, StoreError};
+use super::{EventRecord, SeqRange, StoreError};
 
 type Reply = oneshot::Sender<Result<SeqRange, StoreError>>;
 
 /// One back-end's append queue.
 #[derive(Default)]
 pub(crate) struct GroupCommit {
-    pending: Mutex<Vec<(Vec<NewEvent>, Reply)>>,
+    pending: Mutex<Vec<(Vec<EventRecord>, Reply)>>,
     writer: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -31,11 +31,11 @@ impl GroupCommit {
     /// transaction, in order, and return their ranges in the same order.
     pub(crate) async fn append<W, Fut>(
         &self,
-        batch: &[NewEvent],
+        batch: &[EventRecord],
         write: W,
     ) -> Result<SeqRange, StoreError>
     where
-        W: FnOnce(Vec<Vec<NewEvent>>) -> Fut,
+        W: FnOnce(Vec<Vec<EventRecord>>) -> Fut,
         Fut: Future<Output = Result<Vec<SeqRange>, StoreError>> + Send + 'static,
     {
         let (reply, mut answer) = oneshot::channel();

@@ -57,6 +57,16 @@
 //! Call the store from one long-lived tokio runtime (e.g. the actix `System` arbiter): pooled
 //! PostgreSQL connections drive their I/O on the runtime that opened them.
 
+/// Forwards a call to the back-end (defined before the modules so `analytics` uses it too).
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Embedded(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
 pub mod analytics;
 mod codec;
 mod embedded;
@@ -227,7 +237,7 @@ pub enum StoreError {
 
 /// An accepted event as the log stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewEvent {
+pub struct EventRecord {
     /// The producer's idempotency key, if it sent one.
     pub event_id: Option<String>,
     pub user_id: String,
@@ -248,7 +258,7 @@ pub struct NewEvent {
 pub struct StoredEvent {
     /// Position in the log: strictly increasing in commit order, starting at 1.
     pub seq: u64,
-    pub event: NewEvent,
+    pub event: EventRecord,
 }
 
 /// The sequence numbers given to one appended batch, `first..=last`. An empty batch gets an
@@ -383,16 +393,6 @@ impl LogReader {
     }
 }
 
-/// Forwards a call to the back-end.
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            Store::Embedded(s) => s.$method($($arg),*).await,
-            Store::Postgres(s) => s.$method($($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Opens the configured back-end: creates the directory / the schema, applies pending
     /// migrations, and checks the connection.
@@ -414,7 +414,7 @@ impl Store {
     /// Concurrent calls are group-committed: batches that queue behind a running append are
     /// written together in one transaction, each still getting its own contiguous range.
     /// Dropping the future does not withdraw a batch that is already queued.
-    pub async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange, StoreError> {
+    pub async fn append_events(&self, batch: &[EventRecord]) -> Result<SeqRange, StoreError> {
         dispatch!(self.append_events(batch))
     }
 

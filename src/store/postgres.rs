@@ -35,9 +35,11 @@ use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 use super::group::GroupCommit;
 use super::{
     check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash, snapshot_digest,
-    ErasureReport, NewEvent, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
+    ErasureReport, EventRecord, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
     StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
 };
+
+mod analytics;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -117,7 +119,7 @@ impl Writer {
 /// The PostgreSQL store; clones share the pool and the append lock.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pub(super) pool: Pool,
+    pool: Pool,
     /// Serialises appends in this process (and groups concurrent ones) so they do not queue
     /// on the `log_state` row lock holding pooled connections.
     group: Arc<GroupCommit>,
@@ -127,7 +129,7 @@ pub struct PostgresStore {
 
 /// Maps a driver error to a message with its cause (never the URL); unique violations are
 /// conflicts.
-pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let mut message = format!("{}: {}", db.severity(), db.message());
         if let Some(detail) = db.detail() {
@@ -150,7 +152,7 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db { message }
 }
 
-pub(super) fn pool_err(e: PoolError) -> StoreError {
+fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => pg_err(e),
         other => StoreError::Db {
@@ -169,6 +171,11 @@ fn to_u64(v: i64, what: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt {
         message: format!("negative {what} {v}"),
     })
+}
+
+/// A row count or limit as a BIGINT parameter (saturating).
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 /// Schema names go into SQL and a connection option unquoted: keep them plain.
@@ -322,7 +329,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub(crate) async fn append_events(&self, batch: &[NewEvent]) -> Result<SeqRange> {
+    pub(crate) async fn append_events(&self, batch: &[EventRecord]) -> Result<SeqRange> {
         if batch.is_empty() {
             let last = self.last_seq().await?;
             return Ok(SeqRange {
@@ -357,7 +364,7 @@ impl PostgresStore {
         let Ok(after) = i64::try_from(after_seq) else {
             return Ok(Vec::new());
         };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let limit = limit_i64(limit);
         let client = self.pool.get().await.map_err(pool_err)?;
         let stmt = client
             .prepare_cached(SELECT_EVENTS_AFTER)
@@ -478,7 +485,7 @@ impl PostgresStore {
     }
 
     pub(crate) async fn prune_snapshots(&self, keep: usize) -> Result<usize> {
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let keep = limit_i64(keep);
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let removed = tx
@@ -790,7 +797,7 @@ impl PostgresStore {
 async fn append_group(
     pool: &Pool,
     writer: &Writer,
-    batches: &[Vec<NewEvent>],
+    batches: &[Vec<EventRecord>],
 ) -> Result<Vec<SeqRange>> {
     let total: usize = batches.iter().map(Vec::len).sum();
     let count = to_i64(total as u64, "batch size")?;
@@ -997,10 +1004,10 @@ async fn consistent_view(
         .map_err(pg_err)
 }
 
-pub(super) fn event_from_row(r: &Row) -> Result<StoredEvent> {
+fn event_from_row(r: &Row) -> Result<StoredEvent> {
     Ok(StoredEvent {
         seq: to_u64(r.try_get(0).map_err(pg_err)?, "seq")?,
-        event: NewEvent {
+        event: EventRecord {
             event_id: r.try_get(1).map_err(pg_err)?,
             user_id: r.try_get(2).map_err(pg_err)?,
             item_id: r.try_get(3).map_err(pg_err)?,

@@ -118,8 +118,8 @@ impl Store {
     }
 }
 
-fn event(user: &str, item: Option<&str>, kind: &str, ts_ms: i64) -> NewEvent {
-    NewEvent {
+fn event(user: &str, item: Option<&str>, kind: &str, ts_ms: i64) -> EventRecord {
+    EventRecord {
         event_id: None,
         user_id: user.into(),
         item_id: item.map(Into::into),
@@ -130,9 +130,9 @@ fn event(user: &str, item: Option<&str>, kind: &str, ts_ms: i64) -> NewEvent {
     }
 }
 
-fn synthetic(n: usize, offset: usize) -> Vec<NewEvent> {
+fn synthetic(n: usize, offset: usize) -> Vec<EventRecord> {
     (offset..offset + n)
-        .map(|i| NewEvent {
+        .map(|i| EventRecord {
             event_id: (i % 3 != 0).then(|| format!("ev-{i}")),
             user_id: format!("user-{}", i % 17),
             item_id: (i % 5 != 0).then(|| format!("item-{}", i % 23)),
@@ -164,7 +164,7 @@ async fn append_and_read(cfg: StoreConfig) {
     assert_eq!(empty, SeqRange { first: 1, last: 0 });
 
     let first = vec![
-        NewEvent {
+        EventRecord {
             event_id: Some("e-1".into()),
             user_id: "ålice".into(),
             item_id: Some("run-5k".into()),
@@ -190,7 +190,7 @@ async fn append_and_read(cfg: StoreConfig) {
     let got = all_events(&store).await;
     let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
-    let events: Vec<NewEvent> = got.into_iter().map(|e| e.event).collect();
+    let events: Vec<EventRecord> = got.into_iter().map(|e| e.event).collect();
     assert_eq!(events, [first, second].concat());
 
     let tail = store.events_after(3, 100).await.unwrap();
@@ -226,7 +226,7 @@ async fn paging_covers_the_log_in_order(cfg: StoreConfig) {
     for (i, e) in got.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1, "seqs are contiguous");
     }
-    let events: Vec<NewEvent> = got.into_iter().map(|e| e.event).collect();
+    let events: Vec<EventRecord> = got.into_iter().map(|e| e.event).collect();
     assert_eq!(events, expected);
 }
 
@@ -252,7 +252,7 @@ async fn read_log_streams_pages_in_order(cfg: StoreConfig) {
         }
         let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (after + 1..=2_500).collect::<Vec<_>>());
-        let events: Vec<NewEvent> = got.into_iter().map(|e| e.event).collect();
+        let events: Vec<EventRecord> = got.into_iter().map(|e| e.event).collect();
         assert_eq!(events, expected[after as usize..]);
     }
 
@@ -295,7 +295,7 @@ async fn concurrent_appends_get_disjoint_contiguous_ranges(cfg: StoreConfig) {
     for (range, batch) in appended {
         assert_eq!(range.first, next, "no gaps or overlaps between batches");
         assert_eq!(range.len(), 50);
-        let stored: Vec<NewEvent> = log[(range.first - 1) as usize..range.last as usize]
+        let stored: Vec<EventRecord> = log[(range.first - 1) as usize..range.last as usize]
             .iter()
             .map(|e| e.event.clone())
             .collect();
@@ -411,7 +411,7 @@ async fn prune_events_needs_both_conditions(cfg: StoreConfig) {
     assert_eq!(next, SeqRange { first: 5, last: 5 });
 
     // A large prune (more than one embedded chunk) leaves exactly the newer events.
-    let batch: Vec<NewEvent> = (0..3_600)
+    let batch: Vec<EventRecord> = (0..3_600)
         .map(|i| event(&format!("u{}", i % 100), None, "view", i % 3))
         .collect();
     store.append_events(&batch).await.unwrap();
@@ -595,7 +595,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(cfg: StoreConfig) {
     for _ in 0..2 {
         let store = Store::open(&cfg).await.unwrap();
         assert_eq!(store.last_seq().await.unwrap(), 100);
-        let events: Vec<NewEvent> = all_events(&store)
+        let events: Vec<EventRecord> = all_events(&store)
             .await
             .into_iter()
             .map(|e| e.event)
