@@ -34,12 +34,12 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
 use parking_lot::{Mutex, RwLock};
 use prometheus::IntCounter;
 use serde::Serialize;
 
 use momentum_models::events::EventKind;
+use momentum_models::hash::md5_u64;
 use momentum_models::experiment::{
     two_proportion_z_test, Experiment, ExperimentDef, VariantDef, VariantOverrides,
 };
@@ -347,10 +347,7 @@ pub struct Experiments {
 
 /// The first 8 bytes of `md5(text)`: a compact, stable key.
 fn hash64(text: &str) -> u64 {
-    let digest = Md5::digest(text.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    md5_u64(&[text.as_bytes()])
 }
 
 /// A recommendation id as the server issues it: 32 lowercase hex digits.

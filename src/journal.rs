@@ -33,6 +33,7 @@ use momentum_actors::snapshot::{
     encode_item_slots, encode_user_chunk, user_chunk, USER_CHUNKS,
 };
 use momentum_actors::{ActorError, Engine};
+use momentum_models::clock::now_ms;
 use momentum_models::events::EventKind;
 
 use crate::error::Error;
@@ -150,12 +151,6 @@ fn stored(event: &NewEvent, recommendation_id: Option<String>) -> store::NewEven
         ts_ms: event.ts_ms,
         recommendation_id,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A batch taken out of the unflushed queue; dropped while still holding it (the append

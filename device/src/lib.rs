@@ -14,7 +14,6 @@
 //!
 //! The `momentum-device` binary (src/bin) plays a phone against a running server.
 
-pub mod clock;
 pub mod error;
 pub mod events;
 pub mod feature_store;
@@ -25,7 +24,7 @@ pub mod predict;
 pub mod server;
 pub mod stats;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use momentum_models::clock::{Clock, ManualClock, SystemClock};
 pub use error::DeviceError;
 pub use feature_store::{
     CachedFeatures, FeatureStore, FeatureStoreConfig, FeatureStoreStats, LoadReport,

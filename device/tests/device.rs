@@ -593,7 +593,7 @@ fn feature_store_matches_models_compute_and_honours_the_ttl() {
     let expected = features::compute(&log, NOW_MS, None, &FeatureParams::default());
     assert_eq!(first.features.to_array(), expected);
 
-    clock.advance(59 * 60_000);
+    clock.advance(Duration::from_secs(59 * 60));
     let again = fs.features("alice", &log);
     assert!(again.cached && again.fresh);
     assert_eq!(again.as_of_ms, NOW_MS);
@@ -609,7 +609,7 @@ fn feature_store_matches_models_compute_and_honours_the_ttl() {
     );
 
     // Past the TTL: recomputed as of the new now.
-    clock.advance(60 * 60_000);
+    clock.advance(Duration::from_secs(60 * 60));
     let expired = fs.get("alice").unwrap();
     assert!(!expired.fresh);
     let fresh = fs.features("alice", &longer);
@@ -635,7 +635,7 @@ fn feature_store_evicts_the_oldest_when_over_its_size() {
     );
     for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
         fs.insert(user, Features::default(), NOW_MS + i as i64);
-        clock.advance(1_000);
+        clock.advance(Duration::from_secs(1));
     }
     assert!(fs.get("u1").is_none(), "the oldest is evicted");
     for user in ["u2", "u3", "u4"] {

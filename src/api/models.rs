@@ -18,7 +18,7 @@ use momentum_models::export::{encrypt, sha256_hex, Variant};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use momentum_actors::trainer::ModelKind;
+use momentum_models::training::ModelKind;
 
 use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo};
 use crate::analytics::registry::VersionMetadata;
