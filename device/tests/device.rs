@@ -14,8 +14,9 @@ use momentum_device::*;
 use momentum_models::events::EventKind;
 use momentum_models::export::quant::HybridGraph;
 use momentum_models::export::{encrypt, ExportedModel, ModelKey, ModelMetadata, Variant};
+use momentum_models::clock::DAY_MS;
 use momentum_models::features::{
-    self, recommended_actions, Activity, FeatureParams, Features, DAY_MS, FEATURE_COUNT,
+    self, recommended_actions, Activity, FeatureParams, Features, FEATURE_COUNT,
 };
 use momentum_models::predict::logistic::LogisticRegression;
 use rand::rngs::StdRng;
