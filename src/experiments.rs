@@ -39,10 +39,10 @@ use prometheus::IntCounter;
 use serde::Serialize;
 
 use momentum_models::events::EventKind;
-use momentum_models::hash::md5_u64;
 use momentum_models::experiment::{
     two_proportion_z_test, Experiment, ExperimentDef, VariantDef, VariantOverrides,
 };
+use momentum_models::hash::md5_u64;
 
 use crate::error::Error;
 use crate::metrics::AbMetrics;

@@ -278,8 +278,11 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     actix::spawn(async move {
         match restoring.journal.restore(&restoring.engine).await {
             Ok(stats) => {
-                let _ = restoring.jobs.snapshot.set(jobs::snapshot::start(&restoring));
-                if matches!(restoring.settings.store.durability, store::Durability::Async) {
+                jobs::start(&restoring);
+                if matches!(
+                    restoring.settings.store.durability,
+                    store::Durability::Async
+                ) {
                     let writer = restoring.clone();
                     let every = writer.journal.flush_interval();
                     actix::spawn(async move { writer.journal.run_writer(every).await });
@@ -291,7 +294,6 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                         writer.journal.run_sync_writer(&writer.engine).await;
                     });
                 }
-                let _ = restoring.jobs.item_model.set(jobs::item_model::start(&restoring));
                 restoring.ready.store(true, Ordering::Release);
                 tracing::info!(
                     snapshot_users = stats.snapshot_users,

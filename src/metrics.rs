@@ -259,7 +259,10 @@ impl JobMetrics {
                 &["job", "result"],
             )?,
             running: IntGaugeVec::new(
-                Opts::new("momentum_job_running", "1 while a run of the job is in flight"),
+                Opts::new(
+                    "momentum_job_running",
+                    "1 while a run of the job is in flight",
+                ),
                 &["job"],
             )?,
             consecutive_failures: IntGaugeVec::new(

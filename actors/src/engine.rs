@@ -20,8 +20,8 @@ use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
 use crate::shard::{ShardState, UserShard};
 use crate::snapshot::{DedupeEntry, UserRecord};
-use momentum_models::hash::md5_bucket;
 use momentum_models::events::EventKind;
+use momentum_models::hash::md5_bucket;
 use momentum_models::similarity::Neighbour;
 use rustc_hash::FxHashMap;
 

@@ -11,10 +11,10 @@ use std::time::Duration;
 use momentum_device::fixtures::{self, NOW_MS};
 use momentum_device::server::{ENCRYPTION_AES_GCM, ENCRYPTION_HEADER, MODEL_VERSION_HEADER};
 use momentum_device::*;
+use momentum_models::clock::DAY_MS;
 use momentum_models::events::EventKind;
 use momentum_models::export::quant::HybridGraph;
 use momentum_models::export::{encrypt, ExportedModel, ModelKey, ModelMetadata, Variant};
-use momentum_models::clock::DAY_MS;
 use momentum_models::features::{
     self, recommended_actions, Activity, FeatureParams, Features, FEATURE_COUNT,
 };

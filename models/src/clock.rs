@@ -97,6 +97,9 @@ mod tests {
         assert_eq!(clock.now_ms(), 3000);
         clock.set(7);
         assert_eq!(clock.now_ms(), 7);
-        assert!(now_ms() > 1_600_000_000_000, "the system clock is after 2020");
+        assert!(
+            now_ms() > 1_600_000_000_000,
+            "the system clock is after 2020"
+        );
     }
 }

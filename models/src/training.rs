@@ -250,16 +250,8 @@ pub fn build_datasets(
     let window = DatasetWindow {
         from_ms,
         to_ms: now_ms,
-        success_cutoffs_ms: cutoffs(
-            from_ms,
-            now_ms - days_ms(d.success_horizon_days),
-            p,
-        ),
-        churn_cutoffs_ms: cutoffs(
-            from_ms,
-            now_ms - days_ms(d.churn_horizon_days),
-            p,
-        ),
+        success_cutoffs_ms: cutoffs(from_ms, now_ms - days_ms(d.success_horizon_days), p),
+        churn_cutoffs_ms: cutoffs(from_ms, now_ms - days_ms(d.churn_horizon_days), p),
     };
     let (held, trained): (Vec<_>, Vec<_>) = users
         .iter()
@@ -531,5 +523,4 @@ mod tests {
         let err = fit_candidate(&d.success, &p.success, &p).expect_err("too few rows");
         assert!(matches!(err, PipelineError::NotEnoughData { .. }), "{err}");
     }
-
 }

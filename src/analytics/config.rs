@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use momentum_models::churn::TierThresholds;
-use momentum_models::training::PipelineParams;
 use momentum_models::export::ModelKey;
 use momentum_models::predict::classifier::ClassifierParams;
 use momentum_models::predict::forest::ForestParams;
 use momentum_models::predict::logistic::LogisticParams;
+use momentum_models::training::PipelineParams;
 
 /// Serving-side settings of the models: drift and online accuracy bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

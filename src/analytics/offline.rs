@@ -19,8 +19,8 @@ use serde_json::json;
 use momentum_models::training::{HistoryBuilder, ModelKind};
 
 use super::config::AnalyticsConfig;
-use crate::jobs::training::{metadata, train_models};
 use crate::cli::TrainArgs;
+use crate::jobs::training::{metadata, train_models};
 use crate::settings::Settings;
 
 /// Reading the CSV, building the rows, fitting the success model, fitting the churn model.

@@ -175,7 +175,9 @@ async fn wait_for_room(source: &dyn ActivitySource) -> Result<(), JobError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(JobError::unavailable("the shards stayed overloaded for 30 s"))
+    Err(JobError::unavailable(
+        "the shards stayed overloaded for 30 s",
+    ))
 }
 
 /// A user and the answer of their shard.

@@ -42,6 +42,7 @@ use momentum_models::clock::Clock;
 
 use crate::error::Error;
 use crate::metrics::JobMetrics;
+use crate::AppState;
 
 /// How a run was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,7 +410,11 @@ impl<J: Job> JobRunner<J> {
         let seconds = took.as_secs_f64();
         match &result {
             Ok(_) => {
-                tracing::info!(job = J::NAME, duration_seconds = seconds, "job run finished");
+                tracing::info!(
+                    job = J::NAME,
+                    duration_seconds = seconds,
+                    "job run finished"
+                );
                 self.schedule.finish(now, None);
             }
             Err(error) => {
@@ -562,6 +567,17 @@ impl Jobs {
             snapshot: OnceLock::new(),
             item_model: OnceLock::new(),
         })
+    }
+}
+
+/// Starts the `snapshot` and `item_model` jobs of a server whose state is restored (the
+/// analytics jobs start with the server: [`crate::analytics::start`]). Later calls do nothing.
+pub fn start(state: &Arc<AppState>) {
+    if state.jobs.snapshot.get().is_none() {
+        let _ = state.jobs.snapshot.set(snapshot::start(state));
+    }
+    if state.jobs.item_model.get().is_none() {
+        let _ = state.jobs.item_model.set(item_model::start(state));
     }
 }
 

@@ -40,7 +40,10 @@ fn status_counts_failures_like_a_supervisor() {
     assert_eq!(st.last_error.as_deref(), Some("c"));
     assert!(s.begin(Trigger::Schedule, 5));
     s.finish(5, None);
-    assert_eq!((s.status().consecutive_failures, s.status().last_error), (0, None));
+    assert_eq!(
+        (s.status().consecutive_failures, s.status().last_error),
+        (0, None)
+    );
 }
 
 #[test]
@@ -264,8 +267,10 @@ fn a_daily_job_runs_once_per_due_time_and_refuses_requests_while_running() {
 fn requests_to_a_busy_run_after_job_share_the_next_run() {
     actix::System::new().block_on(async move {
         let clock = Arc::new(ManualClock::new(0));
-        let (addr, runs, gate) =
-            gated::<true>(clock.clone(), Schedule::new(Duration::from_secs(60), Some(0)));
+        let (addr, runs, gate) = gated::<true>(
+            clock.clone(),
+            Schedule::new(Duration::from_secs(60), Some(0)),
+        );
         check(&addr).await;
         assert_eq!(runs.lock().expect("lock").len(), 1);
         // Two requests while the scheduled run is in flight: neither is refused, and they
@@ -278,7 +283,13 @@ fn requests_to_a_busy_run_after_job_share_the_next_run() {
         assert!(matches!(started_b.await.expect("answer"), Ok(())));
         let a = done_a.await.expect("answer").expect("report");
         let b = done_b.await.expect("answer").expect("report");
-        assert_eq!(a, Ran { trigger: Trigger::Request, now_ms: 5 });
+        assert_eq!(
+            a,
+            Ran {
+                trigger: Trigger::Request,
+                now_ms: 5
+            }
+        );
         assert_eq!(a, b);
         assert_eq!(
             *runs.lock().expect("lock"),

@@ -136,11 +136,7 @@ pub fn train_models(
 }
 
 /// The stored metadata of a trained candidate.
-pub fn metadata(
-    t: &Trained,
-    params: &PipelineParams,
-    window: &DatasetWindow,
-) -> VersionMetadata {
+pub fn metadata(t: &Trained, params: &PipelineParams, window: &DatasetWindow) -> VersionMetadata {
     VersionMetadata {
         model: t.kind,
         algorithm: match t.candidate.classifier {
