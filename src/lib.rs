@@ -52,7 +52,7 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
-    /// Predictive analytics: live models, trainer, churn scheduler.
+    /// Predictive analytics: live models, the training and churn-scoring jobs.
     pub analytics: analytics::Analytics,
     /// Set if the start-up restore failed (the server then stops), with the reason.
     pub restore_error: OnceLock<String>,
