@@ -33,7 +33,6 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
 use parking_lot::{Mutex, RwLock};
 use prometheus::IntCounter;
 use serde::Serialize;
@@ -43,6 +42,7 @@ use momentum_models::events::EventKind;
 use momentum_models::experiment::{
     two_proportion_z_test, Experiment, ExperimentDef, VariantDef, VariantOverrides,
 };
+use momentum_models::hash::md5_u64;
 
 use crate::error::Error;
 use crate::metrics::AbMetrics;
@@ -309,10 +309,7 @@ pub struct Experiments {
 
 /// The first 8 bytes of `md5(text)`: a compact, stable key.
 fn hash64(text: &str) -> u64 {
-    let digest = Md5::digest(text.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    md5_u64(&[text.as_bytes()])
 }
 
 /// A recommendation id as the server issues it: 32 lowercase hex digits.

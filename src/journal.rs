@@ -116,12 +116,6 @@ fn stored(event: &NewEvent, recommendation_id: Option<String>) -> EventRecord {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Journal {
     /// Opens the store (creating it and applying migrations as needed).
     pub async fn open(

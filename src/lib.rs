@@ -4,8 +4,8 @@
 //! await; `main` and the integration tests (on `127.0.0.1:0`) both go through it. The state is
 //! restored (snapshot + log tail) in the background: until then `/readyz` and every `/v1/`
 //! route answer `503`. Shutdown has an order: the HTTP server stops accepting and drains
-//! in-flight requests (SIGINT/SIGTERM or [`Server::handle`]), the supervisor flushes the log
-//! and writes a final snapshot within `server.shutdown_timeout_secs`, then the actors stop.
+//! in-flight requests (SIGINT/SIGTERM or [`Server::handle`]), the log is flushed and a final
+//! snapshot written within `server.shutdown_timeout_secs`, then the actors stop.
 
 pub mod admission;
 pub mod analytics;
@@ -15,12 +15,11 @@ pub mod error;
 pub mod eval;
 pub mod experiments;
 pub mod fleet;
-pub mod item_model;
+pub mod jobs;
 pub mod journal;
 pub mod metrics;
 pub mod settings;
 pub mod store;
-pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 
@@ -28,8 +27,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-use actix::{Actor, Addr};
 
 use actix_web::dev::{Server as HttpServerFuture, ServerHandle};
 use actix_web::{web, App, HttpServer};
@@ -51,11 +48,11 @@ pub struct AppState {
     pub experiments: experiments::Experiments,
     /// The ordered write path: event log, snapshots, restore, erasure.
     pub journal: journal::Journal,
-    /// The supervisor, once the state is restored.
-    pub supervisor: OnceLock<Addr<supervisor::Supervisor>>,
+    /// The snapshot and item-model jobs (started once the state is restored), job metrics.
+    pub jobs: jobs::Jobs,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
-    /// Predictive analytics: live models, trainer, churn scheduler.
+    /// Predictive analytics: live models, the training and churn-scoring jobs.
     pub analytics: analytics::Analytics,
     /// Set if the start-up restore failed (the server then stops), with the reason.
     pub restore_error: OnceLock<String>,
@@ -65,8 +62,6 @@ pub struct AppState {
     pub load: admission::Load,
     /// The web console: session key and sampled live figures.
     pub console: api::console::Console,
-    /// Metrics of the learned item model's background job.
-    pub item_model_metrics: item_model::ItemModelMetrics,
 }
 
 /// Notes the model version a device reports (`X-Model-Version`), keyed by `X-Device-Id` or
@@ -127,12 +122,9 @@ impl Server {
         signals.abort();
         self.state.ready.store(false, Ordering::Release);
         let mut stopped = Ok(());
-        if let Some(supervisor) = self.state.supervisor.get() {
+        if self.state.jobs.snapshot.get().is_some() {
             let deadline = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
-            stopped = supervisor
-                .send(supervisor::Shutdown { deadline })
-                .await
-                .unwrap_or_else(|e| Err(format!("the supervisor stopped early: {e}")));
+            stopped = jobs::snapshot::final_snapshot(&self.state, deadline).await;
         }
         self.state.engine.stop();
         tracing::info!("momentum stopped");
@@ -171,7 +163,6 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let experiments =
         experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
     let journal_metrics = metrics::JournalMetrics::new(&registry).map_err(internal)?;
-    let item_model_metrics = item_model::ItemModelMetrics::new(&registry).map_err(internal)?;
     let journal = journal::Journal::open(
         settings.store.clone(),
         settings.snapshot.clone(),
@@ -184,6 +175,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     let analytics_store = Arc::new(journal.store().clone());
     let analytics =
         analytics::Analytics::new(settings.analytics(), analytics_store, &registry).await?;
+    let jobs = jobs::Jobs::new(&registry, analytics.shared().clock.clone()).map_err(internal)?;
     let listener = TcpListener::bind(&settings.server.bind).map_err(|source| Error::Io {
         context: format!("cannot bind {}", settings.server.bind),
         source,
@@ -225,16 +217,15 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         http_metrics,
         experiments,
         journal,
-        supervisor: OnceLock::new(),
+        jobs,
         ready: AtomicBool::new(false),
         analytics,
         restore_error: OnceLock::new(),
         fleet,
         load: admission::Load::default(),
         console: api::console::Console::new(),
-        item_model_metrics,
     });
-    // Predictive analytics: the Trainer and the ChurnScheduler actors.
+    // Predictive analytics: the training and churn-scoring jobs.
     analytics::start(&state);
     api::console::start(&state);
     let data = web::Data::from(state.clone());
@@ -281,20 +272,15 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     actix::spawn(async move {
         match restoring.journal.restore(&restoring.engine).await {
             Ok(stats) => {
-                let snapshots = &restoring.settings.snapshot;
-                let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
-                let flush = matches!(
+                jobs::start(&restoring);
+                if matches!(
                     restoring.settings.store.durability,
                     store::Durability::Async
-                )
-                .then(|| restoring.journal.flush_interval());
-                let supervisor = supervisor::Supervisor::new(
-                    restoring.clone(),
-                    every(snapshots.interval_secs),
-                    flush,
-                )
-                .start();
-                let _ = restoring.supervisor.set(supervisor);
+                ) {
+                    let writer = restoring.clone();
+                    let every = writer.journal.flush_interval();
+                    actix::spawn(async move { writer.journal.run_writer(every).await });
+                }
                 if matches!(restoring.settings.store.durability, store::Durability::Sync) {
                     restoring.journal.enable_group_commit();
                     let writer = restoring.clone();
@@ -302,7 +288,6 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                         writer.journal.run_sync_writer(&writer.engine).await;
                     });
                 }
-                item_model::spawn(&restoring);
                 restoring.ready.store(true, Ordering::Release);
                 tracing::info!(
                     snapshot_users = stats.snapshot_users,

@@ -1,9 +1,12 @@
-//! Prometheus metrics of the HTTP layer. One registry per server instance; `/metrics` renders
+//! Prometheus metrics of the HTTP layer, the journal, the experiments and the scheduled jobs. One registry per server instance; `/metrics` renders
 //! it in the text format together with the actor metrics registered in it.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
+
+use crate::jobs::JobStatus;
 
 /// HTTP and ingestion metrics.
 #[derive(Debug, Clone)]
@@ -229,5 +232,97 @@ impl JournalMetrics {
     pub fn observe_append(&self, took: std::time::Duration, events: usize) {
         self.append_duration.observe(took.as_secs_f64());
         self.append_batch.observe(events as f64);
+    }
+}
+
+/// Metrics of the scheduled jobs (`crate::jobs`), labelled by the job's name: `training`,
+/// `churn_scoring`, `snapshot`, `item_model`.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    /// Completed runs by job and result (`ok`, `error`).
+    pub runs: IntCounterVec,
+    /// 1 while a run is in flight.
+    pub running: IntGaugeVec,
+    /// Failed runs since the last successful one.
+    pub consecutive_failures: IntGaugeVec,
+    /// Unix time of the last successful run.
+    pub last_success: GaugeVec,
+    /// Wall time of the last run.
+    pub duration: GaugeVec,
+}
+
+impl JobMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = JobMetrics {
+            runs: IntCounterVec::new(
+                Opts::new("momentum_job_runs_total", "Completed job runs by result"),
+                &["job", "result"],
+            )?,
+            running: IntGaugeVec::new(
+                Opts::new(
+                    "momentum_job_running",
+                    "1 while a run of the job is in flight",
+                ),
+                &["job"],
+            )?,
+            consecutive_failures: IntGaugeVec::new(
+                Opts::new(
+                    "momentum_job_consecutive_failures",
+                    "Failed runs of the job since its last successful one",
+                ),
+                &["job"],
+            )?,
+            last_success: GaugeVec::new(
+                Opts::new(
+                    "momentum_job_last_success_timestamp_seconds",
+                    "Unix time of the job's last successful run",
+                ),
+                &["job"],
+            )?,
+            duration: GaugeVec::new(
+                Opts::new(
+                    "momentum_job_duration_seconds",
+                    "Wall time of the job's last run",
+                ),
+                &["job"],
+            )?,
+        };
+        registry.register(Box::new(m.runs.clone()))?;
+        registry.register(Box::new(m.running.clone()))?;
+        registry.register(Box::new(m.consecutive_failures.clone()))?;
+        registry.register(Box::new(m.last_success.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        Ok(m)
+    }
+
+    /// Creates a job's series, so rates and alerts see them before its first run.
+    pub fn register_job(&self, job: &str) {
+        for result in ["ok", "error"] {
+            self.runs.with_label_values(&[job, result]);
+        }
+        self.running.with_label_values(&[job]).set(0);
+        self.consecutive_failures.with_label_values(&[job]).set(0);
+    }
+
+    /// Publishes a job's status after a run that took `seconds`.
+    pub fn record_run(&self, job: &str, status: &JobStatus, seconds: f64) {
+        let result = if status.last_error.is_none() {
+            "ok"
+        } else {
+            "error"
+        };
+        self.runs.with_label_values(&[job, result]).inc();
+        self.duration.with_label_values(&[job]).set(seconds);
+        self.running
+            .with_label_values(&[job])
+            .set(i64::from(status.running));
+        self.consecutive_failures
+            .with_label_values(&[job])
+            .set(i64::try_from(status.consecutive_failures).unwrap_or(i64::MAX));
+        if let Some(ms) = status.last_success_ms {
+            self.last_success
+                .with_label_values(&[job])
+                .set(ms as f64 / 1e3);
+        }
     }
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use md5::{Digest, Md5};
 
 use crate::catalog::ItemCatalog;
 use crate::config::EngineConfig;
@@ -22,6 +21,7 @@ use crate::recommend::{Blend, Recommendations};
 use crate::shard::{ShardState, UserShard};
 use crate::snapshot::{DedupeEntry, UserRecord};
 use momentum_models::events::EventKind;
+use momentum_models::hash::md5_bucket;
 use momentum_models::similarity::Neighbour;
 use rustc_hash::FxHashMap;
 
@@ -104,10 +104,8 @@ pub struct ItemView {
 /// The shard a user belongs to: the first 8 bytes of `md5(user_id)`, big-endian, modulo
 /// the shard count. Stable across processes and machines.
 pub fn shard_for(user_id: &str, shards: usize) -> usize {
-    let digest = Md5::digest(user_id.as_bytes());
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(head) % shards.max(1) as u64) as usize
+    // The remainder is below `shards`, so the narrowing is lossless.
+    md5_bucket(&[user_id.as_bytes()], shards as u64) as usize
 }
 
 /// Handle to the running actors.

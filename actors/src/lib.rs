@@ -6,7 +6,6 @@
 //! API the HTTP layer and the offline evaluation call.
 
 pub mod catalog;
-pub mod churn;
 pub mod config;
 pub mod ease;
 pub mod engine;
@@ -19,7 +18,6 @@ pub mod metrics;
 pub mod recommend;
 pub mod shard;
 pub mod snapshot;
-pub mod trainer;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

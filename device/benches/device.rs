@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use momentum_device::fixtures::{self, NOW_MS};
 use momentum_device::{FeatureStore, FeatureStoreConfig, ManagerConfig, ManualClock, ModelManager};
+use momentum_models::clock::DAY_MS;
 use momentum_models::events::EventKind;
 use momentum_models::export::Variant;
-use momentum_models::features::{self, Activity, FeatureParams, DAY_MS};
+use momentum_models::features::{self, Activity, FeatureParams};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

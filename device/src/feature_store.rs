@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use momentum_models::clock::Clock;
 use momentum_models::features::{self, Activity, FeatureParams, Features, FEATURE_COUNT};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::clock::Clock;
 use crate::manager::write_atomic;
 use crate::DeviceError;
 

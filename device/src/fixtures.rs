@@ -10,9 +10,10 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use momentum_models::clock::DAY_MS;
 use momentum_models::events::EventKind;
 use momentum_models::export::{self, ExportOptions, ExportedModel, TrainingWindow, Variant};
-use momentum_models::features::{self, Activity, FeatureParams, DAY_MS, FEATURE_COUNT};
+use momentum_models::features::{self, Activity, FeatureParams, FEATURE_COUNT};
 use momentum_models::predict::logistic::{sigmoid, LogisticParams, LogisticRegression};
 use momentum_models::predict::metrics::ClassificationReport;
 

@@ -14,7 +14,6 @@
 //!
 //! The `momentum-device` binary (src/bin) plays a phone against a running server.
 
-pub mod clock;
 pub mod error;
 pub mod events;
 pub mod feature_store;
@@ -25,7 +24,6 @@ pub mod predict;
 pub mod server;
 pub mod stats;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::DeviceError;
 pub use feature_store::{
     CachedFeatures, FeatureStore, FeatureStoreConfig, FeatureStoreStats, LoadReport,
@@ -33,6 +31,7 @@ pub use feature_store::{
 pub use manager::{
     Connection, LoadedModel, ManagerConfig, ModelManager, NetworkPolicy, SyncOutcome,
 };
+pub use momentum_models::clock::{Clock, ManualClock, SystemClock};
 pub use predict::{Device, SuccessPrediction};
 pub use server::{HttpClient, HttpResponse, ModelServer, UreqClient};
 pub use stats::{LatencySnapshot, ModelStats};

@@ -11,11 +11,12 @@ use std::time::Duration;
 use momentum_device::fixtures::{self, NOW_MS};
 use momentum_device::server::{ENCRYPTION_AES_GCM, ENCRYPTION_HEADER, MODEL_VERSION_HEADER};
 use momentum_device::*;
+use momentum_models::clock::DAY_MS;
 use momentum_models::events::EventKind;
 use momentum_models::export::quant::HybridGraph;
 use momentum_models::export::{encrypt, ExportedModel, ModelKey, ModelMetadata, Variant};
 use momentum_models::features::{
-    self, recommended_actions, Activity, FeatureParams, Features, DAY_MS, FEATURE_COUNT,
+    self, recommended_actions, Activity, FeatureParams, Features, FEATURE_COUNT,
 };
 use momentum_models::predict::logistic::LogisticRegression;
 use rand::rngs::StdRng;
@@ -593,7 +594,7 @@ fn feature_store_matches_models_compute_and_honours_the_ttl() {
     let expected = features::compute(&log, NOW_MS, None, &FeatureParams::default());
     assert_eq!(first.features.to_array(), expected);
 
-    clock.advance(59 * 60_000);
+    clock.advance(Duration::from_secs(59 * 60));
     let again = fs.features("alice", &log);
     assert!(again.cached && again.fresh);
     assert_eq!(again.as_of_ms, NOW_MS);
@@ -609,7 +610,7 @@ fn feature_store_matches_models_compute_and_honours_the_ttl() {
     );
 
     // Past the TTL: recomputed as of the new now.
-    clock.advance(60 * 60_000);
+    clock.advance(Duration::from_secs(60 * 60));
     let expired = fs.get("alice").unwrap();
     assert!(!expired.fresh);
     let fresh = fs.features("alice", &longer);
@@ -635,7 +636,7 @@ fn feature_store_evicts_the_oldest_when_over_its_size() {
     );
     for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
         fs.insert(user, Features::default(), NOW_MS + i as i64);
-        clock.advance(1_000);
+        clock.advance(Duration::from_secs(1));
     }
     assert!(fs.get("u1").is_none(), "the oldest is evicted");
     for user in ["u2", "u3", "u4"] {

@@ -25,8 +25,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::DAY_MS;
 use crate::events::EventKind;
-use crate::features::{self, Activity, FeatureParams, GoalStatus, DAY_MS, FEATURE_COUNT};
+use crate::features::{self, Activity, FeatureParams, GoalStatus, FEATURE_COUNT};
 
 /// Feature rows and their labels, index for index.
 pub type Labelled = (Vec<[f64; FEATURE_COUNT]>, Vec<bool>);

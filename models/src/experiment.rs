@@ -19,10 +19,10 @@
 //! Results are compared with a pooled two-proportion z-test; the normal CDF comes from an
 //! `erfc` accurate to about 1e-14 (see [`erfc`]).
 
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::content::hybrid::validate_weights;
+use crate::hash::md5_bucket;
 use crate::ModelError;
 
 /// Number of assignment buckets.
@@ -37,15 +37,12 @@ pub const MAX_SALT_LEN: usize = 128;
 /// The bucket of `user_id` in the experiment salted with `salt`: the first 8 bytes of
 /// `md5(salt + ":" + user_id)` read as a big-endian `u64`, modulo [`BUCKETS`].
 pub fn bucket(salt: &str, user_id: &str) -> u32 {
-    let mut hasher = Md5::new();
-    hasher.update(salt.as_bytes());
-    hasher.update(b":");
-    hasher.update(user_id.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
+    let bucket = md5_bucket(
+        &[salt.as_bytes(), b":", user_id.as_bytes()],
+        u64::from(BUCKETS),
+    );
     // The remainder is < 10000, so the narrowing is lossless.
-    (u64::from_be_bytes(first) % u64::from(BUCKETS)) as u32
+    bucket as u32
 }
 
 /// One variant as submitted by an operator.

@@ -29,10 +29,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::DAY_MS;
 use crate::events::EventKind;
-
-/// Milliseconds in a day.
-pub const DAY_MS: i64 = 86_400_000;
 
 /// Number of features.
 pub const FEATURE_COUNT: usize = 10;

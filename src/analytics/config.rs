@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use momentum_actors::churn::TierThresholds;
-use momentum_actors::trainer::PipelineParams;
+use momentum_models::churn::TierThresholds;
 use momentum_models::export::ModelKey;
 use momentum_models::predict::classifier::ClassifierParams;
 use momentum_models::predict::forest::ForestParams;
 use momentum_models::predict::logistic::LogisticParams;
+use momentum_models::training::PipelineParams;
 
 /// Serving-side settings of the models: drift and online accuracy bookkeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +229,7 @@ impl ChurnConfig {
             return Err("churn.batch_size, concurrency and active_days must be positive".into());
         }
         if !self.webhook_url.is_empty() {
-            super::webhook::Target::parse(&self.webhook_url)
+            crate::jobs::webhook::Target::parse(&self.webhook_url)
                 .map_err(|e| format!("churn.webhook_url: {e}"))?;
             if self.webhook_max_attempts == 0 {
                 return Err("churn.webhook_max_attempts must be positive".into());

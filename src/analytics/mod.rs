@@ -1,13 +1,12 @@
 //! Predictive analytics on the server side: the live success and churn models, the features
-//! they are served with, forecasts, online accuracy, drift, and the wiring of the `Trainer`
-//! and `ChurnScheduler` actors to the store and the engine.
+//! they are served with, forecasts, online accuracy and drift.
 //!
 //! - [`registry`]: the live version of each model (swapped atomically on promotion, restored
 //!   from the store on start) and the metadata every stored version carries.
-//! - [`training`] / [`scoring`]: the jobs the two actors run (`momentum_actors::trainer`,
-//!   `momentum_actors::churn` own the schedules).
 //! - [`online`], [`drift`]: what the served predictions are compared with.
-//! - This module: [`Analytics`], the handle in `AppState` the HTTP routes call.
+//! - This module: [`Analytics`], the handle in `AppState` the HTTP routes call. It starts and
+//!   holds the `training` and `churn_scoring` jobs ([`crate::jobs::training`],
+//!   [`crate::jobs::churn`]), which train the models and score users with them.
 //!
 //! Serving rules: features are computed from the user's activity log in their shard as of
 //! now, with the default feature windows and no signup time (as in training); a prediction
@@ -21,41 +20,37 @@ pub mod metrics;
 pub mod offline;
 pub mod online;
 pub mod registry;
-pub mod scoring;
-pub mod training;
-pub mod webhook;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
-use momentum_actors::churn::{ChurnScheduler, GetChurnStatus, ScoreUsers, ScoringReport, Tier};
 use momentum_actors::engine::NewEvent;
-use momentum_actors::trainer::{
-    Clock, GetTrainerStatus, JobError, ModelKind, RunStatus, Schedule, SystemClock, TrainError,
-    TrainModels, Trainer, TrainingReport, Trigger,
-};
 use momentum_actors::{ActorError, Engine};
+use momentum_models::churn::Tier;
+use momentum_models::clock::{day_of, day_start_ms, Clock, SystemClock};
 use momentum_models::events::EventKind;
 use momentum_models::features::{
     goal_states, recommended_actions, risk_factors, Activity, FeatureParams, Features, GoalStatus,
-    DAY_MS, FEATURE_COUNT,
+    FEATURE_COUNT,
 };
 use momentum_models::predict::classifier::Classifier;
 use momentum_models::predict::smoothing;
+use momentum_models::training::ModelKind;
 
 use crate::error::Error;
+use crate::jobs::churn::{ActivitySource, ChurnScoringJob, ScoringReport};
+use crate::jobs::training::{TrainingJob, TrainingReport};
+use crate::jobs::{JobHandle, JobRunner, JobStatus, Schedule};
+use crate::metrics::JobMetrics;
 use crate::store::Store;
 use crate::AppState;
 pub use config::AnalyticsConfig;
 use metrics::AnalyticsMetrics;
 use registry::{LiveModel, Registry};
-use scoring::ActivitySource;
 
 /// What the jobs and the routes share.
 pub struct Shared {
@@ -96,8 +91,8 @@ pub struct Analytics {
     shared: Arc<Shared>,
     /// Newest stored version's creation time (schedules the first training run).
     last_trained_ms: Option<i64>,
-    trainer: OnceLock<Addr<Trainer>>,
-    churn: OnceLock<Addr<ChurnScheduler>>,
+    training: OnceLock<JobHandle<TrainingJob>>,
+    churn_scoring: OnceLock<JobHandle<ChurnScoringJob>>,
 }
 
 /// A user's features now.
@@ -207,18 +202,18 @@ pub fn forecast_activity(
     now_ms: i64,
     days: usize,
 ) -> Result<ActivityForecast, Error> {
-    let today = now_ms.div_euclid(DAY_MS);
+    let today = day_of(now_ms);
     let first_day = log
         .iter()
         .filter(|a| a.kind != EventKind::Impression && a.ts_ms <= now_ms)
-        .map(|a| a.ts_ms.div_euclid(DAY_MS))
+        .map(|a| day_of(a.ts_ms))
         .min()
         .unwrap_or(today)
         .max(today - FORECAST_HISTORY_DAYS);
     let len = usize::try_from(today - first_day + 1).unwrap_or(1);
     let mut counts = vec![0.0; len];
     for a in log {
-        let day = a.ts_ms.div_euclid(DAY_MS);
+        let day = day_of(a.ts_ms);
         if a.kind != EventKind::Impression && a.ts_ms <= now_ms && day >= first_day {
             counts[(day - first_day) as usize] += 1.0;
         }
@@ -242,31 +237,11 @@ pub fn forecast_activity(
             .iter()
             .enumerate()
             .map(|(h, &value)| ForecastPoint {
-                date: day_string((today + h as i64) * DAY_MS),
+                date: day_string(day_start_ms(today + h as i64)),
                 value,
             })
             .collect(),
     })
-}
-
-/// Waits for a requested run to start and, with `wait`, for its report.
-async fn await_run<T>(
-    started: oneshot::Receiver<Result<(), TrainError>>,
-    done: oneshot::Receiver<Result<T, TrainError>>,
-    wait: bool,
-) -> Result<Option<T>, Error> {
-    started
-        .await
-        .map_err(|_| Error::ShuttingDown)?
-        .map_err(run_error)?;
-    if !wait {
-        return Ok(None);
-    }
-    let report = done
-        .await
-        .map_err(|_| Error::ShuttingDown)?
-        .map_err(run_error)?;
-    Ok(Some(report))
 }
 
 impl Analytics {
@@ -293,7 +268,7 @@ impl Analytics {
             message: e.to_string(),
         })?;
         let dataset = config.trainer.pipeline().dataset;
-        let horizon_ms = i64::from(dataset.success_horizon_days) * DAY_MS;
+        let horizon_ms = momentum_models::clock::days_ms(dataset.success_horizon_days);
         let shared = Arc::new(Shared {
             online: online::OnlineAccuracy::new(
                 config.models.online_capacity,
@@ -341,8 +316,8 @@ impl Analytics {
         Ok(Analytics {
             shared,
             last_trained_ms,
-            trainer: OnceLock::new(),
-            churn: OnceLock::new(),
+            training: OnceLock::new(),
+            churn_scoring: OnceLock::new(),
         })
     }
 
@@ -350,9 +325,9 @@ impl Analytics {
         &self.shared
     }
 
-    /// Starts the `Trainer` and the `ChurnScheduler` on the current arbiter. The churn job reads
-    /// activity through `source`. Called once; later calls do nothing.
-    pub fn start_actors(&self, source: Arc<dyn ActivitySource>) {
+    /// Starts the `training` and `churn_scoring` jobs on the current arbiter. The churn job
+    /// reads activity through `source`. Called once; later calls do nothing.
+    pub fn start_jobs(&self, source: Arc<dyn ActivitySource>, metrics: JobMetrics) {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
         let t = &shared.config.trainer;
@@ -364,29 +339,31 @@ impl Analytics {
             None => Some(now.saturating_add(secs(t.interval_secs))),
         };
         let check = |s: u64| (s > 0).then(|| Duration::from_secs(s));
-        let trainer = Trainer::new(
-            Arc::new(training::StoreTrainingJob {
-                shared: shared.clone(),
-            }),
-            shared.clock.clone(),
-            Schedule::new(t.interval(), first_training),
-            check(t.check_every_secs),
-        );
-        let c = &shared.config.churn;
-        let churn = ChurnScheduler::new(
-            Arc::new(scoring::StoreScoringJob {
-                shared: shared.clone(),
-                source,
-            }),
-            shared.clock.clone(),
-            Schedule::new(c.interval(), Some(now + secs(c.first_run_delay_secs))),
-            check(c.check_every_secs),
-        );
-        if self.trainer.get().is_none() {
-            let _ = self.trainer.set(trainer.start());
+        if self.training.get().is_none() {
+            let training = JobRunner::new(
+                TrainingJob {
+                    shared: shared.clone(),
+                },
+                shared.clock.clone(),
+                Schedule::new(t.interval(), first_training),
+                check(t.check_every_secs),
+                Some(metrics.clone()),
+            );
+            let _ = self.training.set(training.spawn());
         }
-        if self.churn.get().is_none() {
-            let _ = self.churn.set(churn.start());
+        let c = &shared.config.churn;
+        if self.churn_scoring.get().is_none() {
+            let churn = JobRunner::new(
+                ChurnScoringJob {
+                    shared: shared.clone(),
+                    source,
+                },
+                shared.clock.clone(),
+                Schedule::new(c.interval(), Some(now + secs(c.first_run_delay_secs))),
+                check(c.check_every_secs),
+                Some(metrics),
+            );
+            let _ = self.churn_scoring.set(churn.spawn());
         }
     }
 
@@ -551,19 +528,8 @@ impl Analytics {
         wait: bool,
         retry_after: u64,
     ) -> Result<Option<TrainingReport>, Error> {
-        let addr = self.trainer.get().ok_or(Error::ShuttingDown)?;
-        let (started, started_rx) = oneshot::channel();
-        let (done, done_rx) = oneshot::channel();
-        addr.try_send(TrainModels {
-            trigger: Trigger::Request,
-            started,
-            done: wait.then_some(done),
-        })
-        .map_err(|_| Error::Overloaded {
-            actor: "trainer",
-            retry_after,
-        })?;
-        await_run(started_rx, done_rx, wait).await
+        let job = self.training.get().ok_or(Error::ShuttingDown)?;
+        job.run(wait, retry_after).await
     }
 
     /// Starts a churn scoring run; with `wait`, returns its report.
@@ -572,54 +538,21 @@ impl Analytics {
         wait: bool,
         retry_after: u64,
     ) -> Result<Option<ScoringReport>, Error> {
-        let addr = self.churn.get().ok_or(Error::ShuttingDown)?;
-        let (started, started_rx) = oneshot::channel();
-        let (done, done_rx) = oneshot::channel();
-        addr.try_send(ScoreUsers {
-            trigger: Trigger::Request,
-            started,
-            done: wait.then_some(done),
-        })
-        .map_err(|_| Error::Overloaded {
-            actor: "churn_scheduler",
-            retry_after,
-        })?;
-        await_run(started_rx, done_rx, wait).await
+        let job = self.churn_scoring.get().ok_or(Error::ShuttingDown)?;
+        job.run(wait, retry_after).await
     }
 
-    /// The trainer's and the churn scheduler's schedules.
-    pub async fn statuses(&self) -> (Option<RunStatus>, Option<RunStatus>) {
-        let trainer = match self.trainer.get() {
-            Some(addr) => {
-                let (reply, rx) = oneshot::channel();
-                match addr.try_send(GetTrainerStatus { reply }) {
-                    Ok(()) => rx.await.ok(),
-                    Err(_) => None,
-                }
-            }
+    /// The statuses of the `training` and `churn_scoring` jobs.
+    pub async fn statuses(&self) -> (Option<JobStatus>, Option<JobStatus>) {
+        let training = match self.training.get() {
+            Some(job) => job.status().await,
             None => None,
         };
-        let churn = match self.churn.get() {
-            Some(addr) => {
-                let (reply, rx) = oneshot::channel();
-                match addr.try_send(GetChurnStatus { reply }) {
-                    Ok(()) => rx.await.ok(),
-                    Err(_) => None,
-                }
-            }
+        let churn = match self.churn_scoring.get() {
+            Some(job) => job.status().await,
             None => None,
         };
-        (trainer, churn)
-    }
-}
-
-fn run_error(e: TrainError) -> Error {
-    match e {
-        TrainError::AlreadyRunning => Error::Conflict {
-            message: "a run is already in progress".into(),
-        },
-        TrainError::Failed(JobError::Unavailable(message)) => Error::Conflict { message },
-        TrainError::Failed(JobError::Internal(message)) => Error::Internal { message },
+        (training, churn)
     }
 }
 
@@ -658,11 +591,12 @@ impl ActivitySource for EngineSource {
     }
 }
 
-/// Starts the analytics actors of a started server (one call in `crate::start`).
+/// Starts the analytics jobs of a started server (one call in `crate::start`).
 pub fn start(state: &Arc<AppState>) {
-    state
-        .analytics
-        .start_actors(Arc::new(EngineSource(Arc::downgrade(state))));
+    state.analytics.start_jobs(
+        Arc::new(EngineSource(Arc::downgrade(state))),
+        state.jobs.metrics.clone(),
+    );
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `momentum train --events E.csv`: trains the app's success and churn models from a
 //! simulator events CSV with exactly the pipeline of the server's trainer (same datasets,
-//! user split, threshold choice and held-out evaluation; `momentum_actors::trainer`), and prints
+//! user split, threshold choice and held-out evaluation; `momentum_models::training`), and prints
 //! the metrics as JSON. "Now" is just after the last event, and the window is the
 //! `window_days` before it. The settings are the server's (`--config FILE`, then
 //! `MOMENTUM__TRAINER__*`), with `--window-days` and `--learning-rate` on top.
@@ -16,11 +16,11 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use momentum_actors::trainer::ModelKind;
+use momentum_models::training::{HistoryBuilder, ModelKind};
 
 use super::config::AnalyticsConfig;
-use super::training::{metadata, train_models, HistoryBuilder};
 use crate::cli::TrainArgs;
+use crate::jobs::training::{metadata, train_models};
 use crate::settings::Settings;
 
 /// Reading the CSV, building the rows, fitting the success model, fitting the churn model.
@@ -55,7 +55,7 @@ fn run_with<W: Write>(
     let read_seconds = started.elapsed().as_secs_f64();
     let events = builder.events;
     let now_ms = last_ts.saturating_add(1);
-    let from_ms = now_ms - i64::from(params.window_days) * momentum_models::features::DAY_MS;
+    let from_ms = now_ms - momentum_models::clock::days_ms(params.window_days);
     let users = builder.finish();
     // The window: only events after `from_ms` (the server's trainer reads just those).
     let users: Vec<_> = users
@@ -293,7 +293,7 @@ fn write_model(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use momentum_models::features::DAY_MS;
+    use momentum_models::clock::DAY_MS;
 
     /// A simulator-shaped `events.csv` (the columns of `momentum-load simulate`): two thirds of
     /// the users open the app and check in daily, complete a goal every 12 days and rate it;

@@ -194,7 +194,7 @@ impl OnlineAccuracy {
 mod tests {
     use super::*;
 
-    const DAY: i64 = 86_400_000;
+    const DAY: i64 = momentum_models::clock::DAY_MS;
 
     #[test]
     fn outcomes_are_compared_with_the_last_prediction_of_the_pair() {

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use momentum_actors::trainer::{ModelKind, PromotionDecision, TrainingWindow};
 use momentum_models::dataset::DatasetParams;
 use momentum_models::export::ModelKey;
 use momentum_models::features::{FeatureParams, FEATURE_NAMES};
 use momentum_models::predict::classifier::{Classifier, ClassifierParams};
 use momentum_models::predict::metrics::ClassificationReport;
+use momentum_models::training::{DatasetWindow, ModelKind, PromotionDecision};
 
 use super::artifacts::{Bundle, ExportInfo, CLASSIFIER};
 use super::drift::Reference;
@@ -47,7 +47,7 @@ pub struct VersionMetadata {
     pub feature_names: Vec<String>,
     pub feature_params: FeatureParams,
     pub dataset_params: DatasetParams,
-    pub training_window: TrainingWindow,
+    pub training_window: DatasetWindow,
     pub rows: RowCounts,
     /// Decision threshold (F1-maximising on the training rows).
     pub threshold: f64,

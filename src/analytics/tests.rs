@@ -1,18 +1,17 @@
-//! The trainer's and the churn scheduler's jobs against a real (embedded) store, on a fake
-//! clock.
+//! The `training` and `churn_scoring` jobs against a real (embedded) store, on a fake clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use momentum_actors::churn::ScoringJob;
-use momentum_actors::trainer::{ManualClock, ModelKind, TrainingJob, Trigger};
+use momentum_models::clock::{ManualClock, DAY_MS};
 use momentum_models::events::EventKind;
 use momentum_models::export::ModelKey;
-use momentum_models::features::{Activity, DAY_MS};
+use momentum_models::features::Activity;
 
-use super::scoring::{ActivitySource, StoreScoringJob};
-use super::training::StoreTrainingJob;
 use super::*;
+use crate::jobs::churn::{ActivitySource, ChurnScoringJob};
+use crate::jobs::training::TrainingJob;
+use crate::jobs::{Job, JobError, Trigger};
 use crate::store::{EventRecord as StoredNewEvent, StoreConfig, StoreKind};
 
 const NOW: i64 = 20_000 * DAY_MS + 12 * 3_600_000;
@@ -104,7 +103,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
     let clock = Arc::new(ManualClock::new(NOW));
     let (a, _registry) = analytics(AnalyticsConfig::default(), store.clone(), clock.clone()).await;
     assert!(a.shared().registry.get(ModelKind::Churn).is_none());
-    let job = StoreTrainingJob {
+    let job = TrainingJob {
         shared: a.shared().clone(),
     };
     let report = job.run(Trigger::Request, NOW).await.expect("first run");
@@ -138,7 +137,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
         b.shared().registry.get(ModelKind::Churn).map(|m| m.version),
         Some(1)
     );
-    let job = StoreTrainingJob {
+    let job = TrainingJob {
         shared: b.shared().clone(),
     };
     let report = job.run(Trigger::Schedule, NOW).await.expect("second run");
@@ -240,7 +239,7 @@ async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
     config.churn.pause_ms = 0;
     let (a, _registry) = analytics(config, store.clone(), clock.clone()).await;
     let source = Arc::new(FakeSource::new(&events));
-    let job = StoreScoringJob {
+    let job = ChurnScoringJob {
         shared: a.shared().clone(),
         source: source.clone(),
     };
@@ -248,8 +247,8 @@ async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
         .run(Trigger::Request, NOW)
         .await
         .expect_err("no model yet");
-    assert!(matches!(err, JobError::Unavailable(_)), "{err:?}");
-    StoreTrainingJob {
+    assert!(matches!(err, JobError::Unavailable { .. }), "{err:?}");
+    TrainingJob {
         shared: a.shared().clone(),
     }
     .run(Trigger::Request, NOW)

@@ -35,6 +35,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use momentum_models::clock::now_ms;
+
 use super::{constant_time_eq, path_id, read_json_body, require_admin};
 use crate::error::Error;
 use crate::AppState;
@@ -220,12 +222,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

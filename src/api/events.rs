@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use momentum_actors::engine::{NewEvent, Rejection};
+use momentum_models::clock::{now_ms, DAY_MS};
 use momentum_models::events::{EventKind, KindWeights};
 
 use crate::api::{read_json_body, validate_id};
@@ -56,11 +57,7 @@ enum WireTimestamp {
 }
 
 /// Latest accepted timestamp: one day ahead of the server clock (clock skew).
-const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
-
-fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+const MAX_FUTURE_MS: i64 = DAY_MS;
 
 /// A valid event and the recommendation it responds to.
 #[derive(Debug)]

@@ -4,8 +4,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::error::Category;
-use time::OffsetDateTime;
 
+use momentum_models::clock::now_ms;
 use momentum_models::experiment::{ExperimentDef, VariantDef};
 
 use crate::api::{path_id, read_json_body, require_admin, validate_id};
@@ -44,10 +44,6 @@ struct CreateBody {
     control: Option<String>,
 }
 momentum_models::object_only!(CreateBody);
-
-fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
 
 async fn create(
     req: HttpRequest,

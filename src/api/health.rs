@@ -55,11 +55,12 @@ async fn snapshot(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, crate::Error> {
     crate::api::require_admin(&req, &state)?;
-    let supervisor = state.supervisor.get().ok_or(crate::Error::NotReady)?;
-    let stats = supervisor
-        .send(crate::supervisor::RunSnapshot)
-        .await
-        .map_err(|_| crate::Error::ShuttingDown)??;
+    let job = state.jobs.snapshot.get().ok_or(crate::Error::NotReady)?;
+    let retry = state.settings.server.retry_after_secs;
+    let stats = job
+        .run(true, retry)
+        .await?
+        .ok_or(crate::Error::ShuttingDown)?;
     Ok(HttpResponse::Ok().json(json!({
         "id": stats.id,
         "covers_seq": stats.covers_seq,
@@ -77,8 +78,12 @@ async fn item_model(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, crate::Error> {
     crate::api::require_admin(&req, &state)?;
-    let state = state.into_inner();
-    let model = crate::item_model::rebuild(&state).await?;
+    let job = state.jobs.item_model.get().ok_or(crate::Error::NotReady)?;
+    let retry = state.settings.server.retry_after_secs;
+    let model = job
+        .run(true, retry)
+        .await?
+        .ok_or(crate::Error::ShuttingDown)?;
     Ok(HttpResponse::Ok().json(json!({
         "version": model.version,
         "items": model.items(),

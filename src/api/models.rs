@@ -19,7 +19,7 @@ use momentum_models::protocol::{ENCRYPTION_AES_GCM, ENCRYPTION_HEADER};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use momentum_actors::trainer::ModelKind;
+use momentum_models::training::ModelKind;
 
 use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo};
 use crate::analytics::registry::VersionMetadata;

@@ -21,8 +21,8 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use momentum_actors::trainer::ModelKind;
 use momentum_models::features::{Features, FEATURE_COUNT};
+use momentum_models::training::ModelKind;
 
 use crate::analytics::{forecast_activity, Analytics, UserFeatures};
 use crate::api::{path_id, validate_id};

@@ -11,8 +11,9 @@ use momentum_actors::snapshot::{
     encode_item_slots, encode_user_chunk, user_chunk, UserRecord, USER_CHUNKS,
 };
 use momentum_actors::Engine;
+use momentum_models::clock::now_ms;
 
-use super::{now_ms, Journal, SnapshotStats};
+use super::{Journal, SnapshotStats};
 use crate::error::Error;
 use crate::store::{SnapshotMeta, SnapshotPart};
 

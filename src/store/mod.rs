@@ -637,9 +637,4 @@ pub(crate) fn check_snapshot_digest(
     }
 }
 
-/// Now, unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use momentum_models::clock::now_ms;

@@ -591,11 +591,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
 #[actix_web::test]
 async fn retention_prunes_old_events_once_a_snapshot_covers_them() {
     let s = TestServer::start();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    let day = 86_400_000u64;
+    let now = momentum_models::clock::now_ms() as u64;
+    let day = momentum_models::clock::DAY_MS as u64;
     let events: Vec<Value> = (0..5u64)
         .map(|n| {
             let ts = if n < 3 { now - 200 * day + n } else { now - day + n };

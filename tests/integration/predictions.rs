@@ -2,21 +2,14 @@
 //! feature vectors, training through `POST /v1/models/train`, model versions, and the churn
 //! outbox filled by a scoring run.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 
 use crate::common::{code, TestServer, ADMIN_KEY};
 
-const DAY: i64 = 86_400_000;
-const USERS: usize = 240;
+pub(crate) use momentum_models::clock::now_ms;
+use momentum_models::clock::DAY_MS as DAY;
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+const USERS: usize = 240;
 
 /// A simulator-like population over the last 85 days: two thirds of the users open the app
 /// and check in (almost) daily and complete a goal every 9–14 days; the others check in every

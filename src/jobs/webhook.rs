@@ -11,21 +11,31 @@
 //! [`PASS_LIMIT`] interventions and stops after [`BREAKER`] interventions failed in a row (the
 //! endpoint looks down; the rest waits for the next run).
 //!
-//! The client is a minimal blocking HTTP/1.1 client for `http://` URLs (one request per
-//! connection, on the blocking pool, with connect/read/write timeouts). It reads the status
-//! line only. TLS endpoints need a local relay.
+//! Requests go through the HTTP client crate (`reqwest`), one connection per request, with
+//! connect and read timeouts of `webhook_timeout_ms`; only `http://` URLs are accepted (TLS
+//! endpoints need a local relay).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::json;
 
-use momentum_actors::churn::DeliveryCounts;
-
-use super::Shared;
+use super::JobError;
+use crate::analytics::Shared;
 use crate::store::analytics::StoredIntervention;
+
+/// What a webhook delivery pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    pub delivered: usize,
+    /// Failed this pass, to be retried by the next one.
+    pub retrying: usize,
+    /// Out of attempts.
+    pub failed: usize,
+    /// The pass stopped early after consecutive failures (the endpoint looks down).
+    pub stopped_early: bool,
+}
 
 /// Interventions handled per pass at most.
 pub const PASS_LIMIT: usize = 100_000;
@@ -45,6 +55,7 @@ pub struct Target {
 }
 
 impl Target {
+    /// Why a URL is refused is said in the message (`churn.webhook_url` validation).
     pub fn parse(url: &str) -> Result<Target, String> {
         let rest = url
             .strip_prefix("http://")
@@ -75,54 +86,39 @@ impl Target {
         })
     }
 
-    /// POSTs `body`; returns the response status.
-    pub fn post_json(
-        &self,
-        body: &[u8],
-        idempotency_key: &str,
-        timeout: Duration,
-    ) -> Result<u16, String> {
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {}: {e}", self.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", self.host))?;
-        let mut stream =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| e.to_string())?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nIdempotency-Key: {idempotency_key}\r\n\
-             User-Agent: momentum\r\nConnection: close\r\n\r\n",
-            self.path,
-            self.host,
-            self.port,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body))
-            .map_err(|e| format!("write: {e}"))?;
-        // The status line is all we need: "HTTP/1.1 200 OK\r\n".
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        while len < buf.len() && !buf[..len].contains(&b'\n') {
-            match stream.read(&mut buf[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        let line = String::from_utf8_lossy(&buf[..len]);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|_| line.starts_with("HTTP/1."))
-            .ok_or_else(|| format!("not an HTTP response: {line:?}"))
+    /// The URL requests go to.
+    pub fn url(&self) -> String {
+        format!("http://{}:{}{}", self.host, self.port, self.path)
     }
+}
+
+/// The client of a delivery pass: a connection per request, so a receiver that closes after
+/// each answer is never sent a request on a stale connection.
+fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .http1_title_case_headers()
+        .user_agent("momentum")
+        .build()
+}
+
+/// POSTs `body` as JSON; returns the response status.
+async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    idempotency_key: &str,
+) -> Result<u16, reqwest::Error> {
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", idempotency_key)
+        .body(body)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
 }
 
 fn body_of(i: &StoredIntervention, attempt: u32) -> Vec<u8> {
@@ -140,9 +136,11 @@ fn body_of(i: &StoredIntervention, attempt: u32) -> Vec<u8> {
 }
 
 /// One delivery pass over the undelivered interventions (see the module docs).
-pub async fn deliver(shared: &Arc<Shared>, target: &Target) -> Result<DeliveryCounts, String> {
+pub async fn deliver(shared: &Arc<Shared>, target: &Target) -> Result<DeliveryCounts, JobError> {
     let cfg = &shared.config.churn;
     let timeout = Duration::from_millis(cfg.webhook_timeout_ms.max(1));
+    let client = client(timeout).map_err(|e| JobError::failed("building the HTTP client", e))?;
+    let url = target.url();
     let max_attempts = cfg.webhook_max_attempts.max(1);
     let mut counts = DeliveryCounts::default();
     let mut consecutive_failures = 0;
@@ -153,7 +151,7 @@ pub async fn deliver(shared: &Arc<Shared>, target: &Target) -> Result<DeliveryCo
             .store
             .undelivered_interventions(cursor, 500)
             .await
-            .map_err(|e| format!("reading the outbox: {e}"))?;
+            .map_err(|e| JobError::failed("reading the outbox", e))?;
         let Some(last) = page.last() else { break };
         cursor = last.id;
         for i in page {
@@ -176,12 +174,7 @@ pub async fn deliver(shared: &Arc<Shared>, target: &Target) -> Result<DeliveryCo
                 attempts += 1;
                 let body = body_of(&i, attempts);
                 let key = format!("intervention-{}", i.id);
-                let t = target.clone();
-                let result = tokio::task::spawn_blocking(move || t.post_json(&body, &key, timeout))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
-                match result {
+                match post_json(&client, &url, body, &key).await {
                     Ok(status) if (200..300).contains(&status) => {
                         delivered = true;
                         break;
@@ -207,7 +200,7 @@ pub async fn deliver(shared: &Arc<Shared>, target: &Target) -> Result<DeliveryCo
                 .store
                 .set_intervention_delivery(&i.user_id, &i.day, &i.channel, state, attempts)
                 .await
-                .map_err(|e| format!("recording a delivery: {e}"))?;
+                .map_err(|e| JobError::failed("recording a delivery", e))?;
         }
     }
     if counts.stopped_early || counts.failed > 0 {
@@ -218,6 +211,7 @@ pub async fn deliver(shared: &Arc<Shared>, target: &Target) -> Result<DeliveryCo
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::Mutex;
 

@@ -1,5 +1,7 @@
-//! The churn scheduler's job ([`ScoringJob`] of `momentum_actors::churn`): score every user
-//! active in the last `active_days` with the live churn model and fill the outbox.
+//! The `churn_scoring` job: score every user active in the last `active_days` with the live
+//! churn model, assign each a risk tier ([`momentum_models::churn`]), fill the outbox with the
+//! tier's interventions, and deliver the outbox to the webhook when one is configured
+//! ([`super::webhook`]).
 //!
 //! Users are walked by dense id in batches of `batch_size`. For each batch the users' activity
 //! logs are read from their shards with at most `concurrency` requests in flight (each is one
@@ -10,8 +12,8 @@
 //! `GET /v1/users/{id}/churn`.
 //!
 //! The day of a run is the UTC date of the clock; the outbox keeps one row per
-//! `(user, day, channel)`, so re-running on the same day adds nothing and the same user gets
-//! their tier's interventions again the next day.
+//! `(user, day, channel)`, so re-running on the same day (a retried or manual run) adds nothing
+//! and the same user gets their tier's interventions again the next day.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,17 +21,43 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
 use serde_json::json;
 
-use momentum_actors::churn::{ScoringJob, ScoringReport, Tier, TierCounts};
-use momentum_actors::trainer::{JobError, JobFuture, ModelKind, Trigger};
 use momentum_actors::ActorError;
+use momentum_models::churn::{Tier, TierCounts, TierThresholds};
+use momentum_models::clock::days_ms;
 use momentum_models::events::EventKind;
-use momentum_models::features::{recommended_actions, risk_factors, Activity, Features, DAY_MS};
+use momentum_models::features::{
+    recommended_actions, risk_factors, Activity, FeatureParams, Features,
+};
+use momentum_models::training::ModelKind;
 
-use super::registry::LiveModel;
-use super::{day_string, Shared};
+use super::webhook::{self, DeliveryCounts};
+use super::{Job, JobError, JobFuture, Trigger};
+use crate::analytics::registry::LiveModel;
+use crate::analytics::{churn_probability, day_string, Shared};
 use crate::store::analytics::{ChurnScoreRow, NewIntervention};
+
+/// What a scoring run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoringReport {
+    pub trigger: Trigger,
+    /// The day scored (`YYYY-MM-DD`, UTC).
+    pub day: String,
+    pub started_ms: i64,
+    pub duration_seconds: f64,
+    /// The churn model version that scored.
+    pub model_version: u64,
+    /// Known users looked at, and those active in the window (scored).
+    pub users_examined: usize,
+    pub users_scored: usize,
+    pub tiers: TierCounts,
+    /// Interventions appended (those of the day already in the outbox are not counted).
+    pub interventions_added: usize,
+    /// Webhook delivery after the run, when one is configured.
+    pub delivery: Option<DeliveryCounts>,
+}
 
 /// Where the scoring job reads users and their activity (the engine in the server, a fake in
 /// tests).
@@ -63,10 +91,10 @@ pub fn score_batch(
     logs: Vec<(Arc<str>, Vec<Activity>)>,
     now_ms: i64,
     active_days: u32,
-    tiers: &momentum_actors::churn::TierThresholds,
-    params: &momentum_models::features::FeatureParams,
+    tiers: &TierThresholds,
+    params: &FeatureParams,
 ) -> Vec<Scored> {
-    let since = now_ms - i64::from(active_days) * DAY_MS;
+    let since = now_ms - days_ms(active_days);
     logs.into_iter()
         .filter(|(_, log)| {
             log.iter()
@@ -75,7 +103,7 @@ pub fn score_batch(
         })
         .map(|(user_id, log)| {
             let features = Features::compute(&log, now_ms, None, params);
-            let (probability, confidence) = super::churn_probability(model, &features.to_array());
+            let (probability, confidence) = churn_probability(model, &features.to_array());
             Scored {
                 user_id,
                 probability,
@@ -122,13 +150,16 @@ pub fn interventions_of(
         .collect()
 }
 
-/// The churn scheduler's job against the engine and the store.
-pub struct StoreScoringJob {
-    pub(super) shared: Arc<Shared>,
-    pub(super) source: Arc<dyn ActivitySource>,
+/// The `churn_scoring` job against the engine and the store.
+pub struct ChurnScoringJob {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) source: Arc<dyn ActivitySource>,
 }
 
-impl ScoringJob for StoreScoringJob {
+impl Job for ChurnScoringJob {
+    type Report = ScoringReport;
+    const NAME: &'static str = "churn_scoring";
+
     fn run(&self, trigger: Trigger, now_ms: i64) -> JobFuture<ScoringReport> {
         let shared = self.shared.clone();
         let source = self.source.clone();
@@ -144,8 +175,8 @@ async fn wait_for_room(source: &dyn ActivitySource) -> Result<(), JobError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(JobError::Unavailable(
-        "the shards stayed overloaded for 30 s".into(),
+    Err(JobError::unavailable(
+        "the shards stayed overloaded for 30 s",
     ))
 }
 
@@ -179,13 +210,13 @@ async fn fetch_batch(
                 // Erased meanwhile.
                 Err(ActorError::UnknownUser { .. }) => {}
                 Err(ActorError::Overloaded { .. }) => pending.push(name),
-                Err(e) => return Err(JobError::Unavailable(format!("reading activity: {e}"))),
+                Err(e) => return Err(JobError::unavailable(format!("reading activity: {e}"))),
             }
         }
     }
     if !pending.is_empty() {
-        return Err(JobError::Unavailable(
-            "the shards stayed overloaded while reading activity".into(),
+        return Err(JobError::unavailable(
+            "the shards stayed overloaded while reading activity",
         ));
     }
     Ok(logs)
@@ -202,7 +233,7 @@ async fn run(
     let model = shared
         .registry
         .get(ModelKind::Churn)
-        .ok_or_else(|| JobError::Unavailable("the churn model is not trained yet".into()))?;
+        .ok_or_else(|| JobError::unavailable("the churn model is not trained yet"))?;
     let day = day_string(now_ms);
     let tiers = cfg.tiers();
     let slots = source.user_slots();
@@ -230,12 +261,12 @@ async fn run(
         let logs = fetch_batch(source, names, cfg.concurrency).await?;
         let batch_model = model.clone();
         let active_days = cfg.active_days;
-        let params = momentum_models::features::FeatureParams::default();
+        let params = FeatureParams::default();
         let mut scored = tokio::task::spawn_blocking(move || {
             score_batch(&batch_model, logs, now_ms, active_days, &tiers, &params)
         })
         .await
-        .map_err(|e| JobError::Internal(format!("scoring task failed: {e}")))?;
+        .map_err(|e| JobError::failed("scoring task failed", e))?;
         // Deterministic order of rows (and so of outbox ids) within a batch.
         scored.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         let rows: Vec<ChurnScoreRow> = scored
@@ -256,12 +287,12 @@ async fn run(
             .store
             .put_churn_scores(&rows)
             .await
-            .map_err(|e| JobError::Internal(format!("writing churn scores: {e}")))?;
+            .map_err(|e| JobError::failed("writing churn scores", e))?;
         let added = shared
             .store
             .append_interventions(&interventions)
             .await
-            .map_err(|e| JobError::Internal(format!("writing interventions: {e}")))?;
+            .map_err(|e| JobError::failed("writing interventions", e))?;
         shared.metrics.interventions.inc_by(added as u64);
         report.interventions_added += added;
         report.users_scored += scored.len();
@@ -282,7 +313,7 @@ async fn run(
     m.churn_tier_users
         .with_label_values(&["low"])
         .set(report.tiers.low as i64);
-    let keep_from = day_string(now_ms - i64::from(cfg.outbox_retention_days) * DAY_MS);
+    let keep_from = day_string(now_ms - days_ms(cfg.outbox_retention_days));
     match shared.store.prune_interventions(&keep_from).await {
         Ok(n) if n > 0 => tracing::info!(removed = n, "old interventions pruned"),
         Ok(_) => {}
@@ -290,10 +321,10 @@ async fn run(
     }
     if !cfg.webhook_url.is_empty() {
         // Validated with the configuration; a delivery failure does not fail the run.
-        match super::webhook::Target::parse(&cfg.webhook_url) {
-            Ok(target) => match super::webhook::deliver(shared, &target).await {
+        match webhook::Target::parse(&cfg.webhook_url) {
+            Ok(target) => match webhook::deliver(shared, &target).await {
                 Ok(counts) => report.delivery = Some(counts),
-                Err(error) => tracing::warn!(%error, "webhook delivery failed"),
+                Err(error) => tracing::warn!(error = %error.chain(), "webhook delivery failed"),
             },
             Err(error) => tracing::warn!(%error, "churn.webhook_url is unusable"),
         }

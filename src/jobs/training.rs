@@ -1,88 +1,64 @@
-//! The trainer's job ([`TrainingJob`] of `momentum_actors::trainer`): read the last
-//! `window_days` of events from the store, train both models on a dedicated thread (never on an
-//! HTTP worker or the actor's arbiter), store every version with its metadata, and put the
-//! promoted ones in service. The CPU part, [`train_models`], is also what
-//! `momentum train --events` runs on a simulator CSV.
+//! The `training` job: read the last `window_days` of events from the store, train both
+//! models on a dedicated thread (never on an HTTP worker or the runner's arbiter), store every
+//! version with its metadata, and put the promoted ones in service. The CPU part,
+//! [`train_models`], runs the pure pipeline of [`momentum_models::training`]; `momentum train
+//! --events` runs it too, on a simulator CSV.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use momentum_actors::trainer::{
-    build_datasets, decide_promotion, evaluate, fit_candidate, Candidate, Datasets, JobError,
-    JobFuture, ModelKind, ModelOutcome, PipelineParams, PromotionDecision, TrainingJob,
-    TrainingReport, Trigger,
-};
+use serde::Serialize;
+
+use momentum_models::clock::days_ms;
 use momentum_models::dataset::UserHistory;
-use momentum_models::events::EventKind;
 use momentum_models::export::{self, ExportOptions, TrainingWindow as ExportWindow, Variant};
-use momentum_models::features::{Activity, DAY_MS, FEATURE_NAMES};
+use momentum_models::features::FEATURE_NAMES;
 use momentum_models::predict::classifier::Classifier;
 use momentum_models::predict::logistic::LogisticRegression;
 use momentum_models::predict::metrics::ClassificationReport;
+use momentum_models::training::{
+    build_datasets, decide_promotion, evaluate, fit_candidate, Candidate, DatasetWindow, Datasets,
+    HistoryBuilder, ModelKind, PipelineParams, PromotionDecision,
+};
 
-use super::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER};
-use super::drift::Reference;
-use super::registry::{LiveModel, RowCounts, VersionMetadata};
-use super::Shared;
+use super::{Job, JobError, JobFuture, Trigger};
+use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER};
+use crate::analytics::drift::Reference;
+use crate::analytics::registry::{LiveModel, RowCounts, VersionMetadata};
+use crate::analytics::Shared;
 use crate::store::analytics::NewModelVersion;
+
+/// What one model's training in a run came to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelOutcome {
+    pub name: String,
+    /// The stored version; `None` when no model could be trained.
+    pub version: Option<u64>,
+    pub promoted: bool,
+    pub decision: Option<PromotionDecision>,
+    /// Why no model was trained.
+    pub error: Option<String>,
+    pub train_rows: usize,
+    pub holdout_rows: usize,
+    /// Held-out metrics of the candidate.
+    pub metrics: Option<ClassificationReport>,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainingReport {
+    pub trigger: Trigger,
+    pub started_ms: i64,
+    pub duration_seconds: f64,
+    pub window: DatasetWindow,
+    /// Events read and users they belong to.
+    pub events: usize,
+    pub users: usize,
+    pub models: Vec<ModelOutcome>,
+}
 
 /// Events read from the store per page.
 const PAGE: usize = 50_000;
-
-/// Builds users' histories from events, interning goal ids locally (the features only need
-/// goal identity). Events of unknown kinds are skipped.
-#[derive(Debug, Default)]
-pub struct HistoryBuilder {
-    users: HashMap<String, Vec<Activity>>,
-    goals: HashMap<String, u32>,
-    pub events: usize,
-}
-
-impl HistoryBuilder {
-    /// Adds one event.
-    pub fn push(&mut self, user_id: &str, item_id: Option<&str>, kind: &str, ts_ms: i64) {
-        let Some(kind) = EventKind::parse(kind) else {
-            return;
-        };
-        let goal = item_id.map(|item| {
-            let next = self.goals.len() as u32;
-            *self.goals.entry(item.to_owned()).or_insert(next)
-        });
-        match self.users.get_mut(user_id) {
-            Some(log) => log.push(Activity::new(ts_ms, kind, goal)),
-            None => {
-                self.users
-                    .insert(user_id.to_owned(), vec![Activity::new(ts_ms, kind, goal)]);
-            }
-        }
-        self.events += 1;
-    }
-
-    /// The histories, sorted by user id, each log sorted by time (stable).
-    pub fn finish(self) -> Vec<(String, UserHistory)> {
-        let mut users: Vec<(String, UserHistory)> = self
-            .users
-            .into_iter()
-            .map(|(id, mut events)| {
-                events.sort_by_key(|a| a.ts_ms);
-                (
-                    id,
-                    UserHistory {
-                        signup_ms: None,
-                        events,
-                    },
-                )
-            })
-            .collect();
-        users.sort_by(|a, b| a.0.cmp(&b.0));
-        users
-    }
-
-    pub fn users(&self) -> usize {
-        self.users.len()
-    }
-}
 
 /// One model's result of [`train_models`].
 #[derive(Debug, Clone)]
@@ -99,7 +75,7 @@ pub struct Trained {
 /// Both models' results; `Err` carries why a model could not be trained.
 #[derive(Debug)]
 pub struct TrainedSet {
-    pub datasets_window: momentum_actors::trainer::TrainingWindow,
+    pub datasets_window: DatasetWindow,
     pub models: Vec<(ModelKind, Result<Trained, String>)>,
 }
 
@@ -160,11 +136,7 @@ pub fn train_models(
 }
 
 /// The stored metadata of a trained candidate.
-pub fn metadata(
-    t: &Trained,
-    params: &PipelineParams,
-    window: &momentum_actors::trainer::TrainingWindow,
-) -> VersionMetadata {
+pub fn metadata(t: &Trained, params: &PipelineParams, window: &DatasetWindow) -> VersionMetadata {
     VersionMetadata {
         model: t.kind,
         algorithm: match t.candidate.classifier {
@@ -209,11 +181,14 @@ pub fn export_files(
         options.metrics = Some(meta.metrics.clone());
         options.threshold = Some(meta.threshold);
         let exported = export::export(model, &options).map_err(|e| {
-            JobError::Internal(format!(
-                "exporting {} v{version} ({}): {e}",
-                meta.model.name(),
-                variant.as_str()
-            ))
+            JobError::failed(
+                format!(
+                    "exporting {} v{version} ({})",
+                    meta.model.name(),
+                    variant.as_str()
+                ),
+                e,
+            )
         })?;
         let info = ExportInfo {
             variant,
@@ -227,12 +202,15 @@ pub fn export_files(
     Ok(files)
 }
 
-/// The trainer's job against the store and the registry.
-pub struct StoreTrainingJob {
-    pub(super) shared: Arc<Shared>,
+/// The `training` job against the store and the registry.
+pub struct TrainingJob {
+    pub(crate) shared: Arc<Shared>,
 }
 
-impl TrainingJob for StoreTrainingJob {
+impl Job for TrainingJob {
+    type Report = TrainingReport;
+    const NAME: &'static str = "training";
+
     fn run(&self, trigger: Trigger, now_ms: i64) -> JobFuture<TrainingReport> {
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -260,11 +238,11 @@ async fn run(
 ) -> Result<TrainingReport, JobError> {
     if shared.config.model_key.is_none() {
         // Fail before reading a single event: nothing trained could be stored.
-        return Err(JobError::Unavailable(ArtifactError::MissingKey.to_string()));
+        return Err(JobError::unavailable(ArtifactError::MissingKey.to_string()));
     }
     let cfg = &shared.config.trainer;
     let params = cfg.pipeline();
-    let from_ms = now_ms - i64::from(params.window_days) * DAY_MS;
+    let from_ms = now_ms - days_ms(params.window_days);
     let mut builder = HistoryBuilder::default();
     let mut after = 0;
     loop {
@@ -272,7 +250,7 @@ async fn run(
             .store
             .events_in_window(from_ms, after, PAGE)
             .await
-            .map_err(|e| JobError::Internal(format!("reading the event log: {e}")))?;
+            .map_err(|e| JobError::failed("reading the event log", e))?;
         for e in &page {
             let e = &e.event;
             if e.ts_ms <= now_ms {
@@ -280,7 +258,7 @@ async fn run(
             }
         }
         if builder.events > cfg.max_events {
-            return Err(JobError::Unavailable(format!(
+            return Err(JobError::unavailable(format!(
                 "the training window holds more than trainer.max_events = {} events",
                 cfg.max_events
             )));
@@ -315,10 +293,10 @@ async fn run(
             );
             let _ = tx.send(set);
         })
-        .map_err(|e| JobError::Internal(format!("cannot start the training thread: {e}")))?;
+        .map_err(|e| JobError::failed("cannot start the training thread", e))?;
     let set = rx
         .await
-        .map_err(|_| JobError::Internal("the training thread panicked".into()))?;
+        .map_err(|_| JobError::internal("the training thread panicked"))?;
     let mut outcomes = Vec::with_capacity(set.models.len());
     for (kind, result) in set.models {
         let trained = match result {
@@ -347,14 +325,14 @@ async fn run(
             .store
             .model_versions(Some(kind.name()))
             .await
-            .map_err(|e| JobError::Internal(format!("reading the {} versions: {e}", kind.name())))?
+            .map_err(|e| JobError::failed(format!("reading the {} versions", kind.name()), e))?
             .last()
             .map_or(1, |v| v.version + 1);
         let mut bundle = Bundle::default();
         bundle.insert(
             CLASSIFIER,
             serde_json::to_vec(&trained.candidate.classifier)
-                .map_err(|e| JobError::Internal(e.to_string()))?,
+                .map_err(|e| JobError::failed("serialising the classifier", e))?,
         );
         if let Classifier::Logistic(model) = &trained.candidate.classifier {
             for (info, bytes) in export_files(model, &meta, expected, created_ms)? {
@@ -363,10 +341,10 @@ async fn run(
             }
         }
         let meta_json =
-            serde_json::to_value(&meta).map_err(|e| JobError::Internal(e.to_string()))?;
+            serde_json::to_value(&meta).map_err(|e| JobError::failed("serialising metadata", e))?;
         let bytes = bundle
             .seal(shared.config.model_key.as_ref())
-            .map_err(|e| JobError::Unavailable(e.to_string()))?;
+            .map_err(|e| JobError::unavailable(e.to_string()))?;
         let version = shared
             .store
             .insert_model_version(&NewModelVersion {
@@ -377,9 +355,9 @@ async fn run(
                 bytes: &bytes,
             })
             .await
-            .map_err(|e| JobError::Internal(format!("storing the {} model: {e}", kind.name())))?;
+            .map_err(|e| JobError::failed(format!("storing the {} model", kind.name()), e))?;
         if version != expected {
-            return Err(JobError::Internal(format!(
+            return Err(JobError::internal(format!(
                 "stored {} as version {version}, exported as {expected}: another writer stored a version meanwhile",
                 kind.name()
             )));
@@ -422,7 +400,7 @@ async fn run(
             .iter()
             .map(|o| format!("{}: {}", o.name, o.error.as_deref().unwrap_or("?")))
             .collect();
-        return Err(JobError::Unavailable(format!(
+        return Err(JobError::unavailable(format!(
             "no model could be trained from {events} events of {n_users} users ({})",
             reasons.join("; ")
         )));
