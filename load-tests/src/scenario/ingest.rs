@@ -114,15 +114,7 @@ pub async fn run(config: IngestConfig, stop: Stop) -> Result<Report, LoadError> 
     let results = join_workers(handles).await?;
     let elapsed = t0.elapsed();
 
-    let recorder = report::merge_all(results.iter().map(|r| &r.recorder))?;
-    let mut details = IngestDetails::default();
-    let mut batch_latency = LatencyHistogram::new();
-    for result in &results {
-        details.merge(&result.details);
-        batch_latency.merge(&result.batch_latency)?;
-    }
-    details.batch_latency_us = batch_latency.percentiles();
-
+    let (recorder, details) = merge_workers(&results)?;
     let mut report = Report::new(RunSummary {
         scenario: "ingest",
         mode: "closed",
@@ -134,6 +126,27 @@ pub async fn run(config: IngestConfig, stop: Stop) -> Result<Report, LoadError> 
         recorder: &recorder,
         timeline: Some(timeline.finish(elapsed)),
     })?;
+    set_ingest(&mut report, details, elapsed);
+    Ok(report)
+}
+
+/// The workers' recorders, counts and batch latencies, merged.
+pub(crate) fn merge_workers(
+    results: &[WorkerResult],
+) -> Result<(Recorder, IngestDetails), LoadError> {
+    let recorder = report::merge_all(results.iter().map(|r| &r.recorder))?;
+    let mut details = IngestDetails::default();
+    let mut batch_latency = LatencyHistogram::new();
+    for result in results {
+        details.merge(&result.details);
+        batch_latency.merge(&result.batch_latency)?;
+    }
+    details.batch_latency_us = batch_latency.percentiles();
+    Ok((recorder, details))
+}
+
+/// Puts an ingest run's details and its accepted events per second into the report.
+pub(crate) fn set_ingest(report: &mut Report, details: IngestDetails, elapsed: Duration) {
     let secs = elapsed.as_secs_f64();
     report.throughput.events_per_s = Some(if secs > 0.0 {
         (details.accepted as f64 / secs).round()
@@ -141,7 +154,6 @@ pub async fn run(config: IngestConfig, stop: Stop) -> Result<Report, LoadError> 
         0.0
     });
     report.ingest = Some(details);
-    Ok(report)
 }
 
 /// Loads, orders, limits and serialises the data set into ready requests.

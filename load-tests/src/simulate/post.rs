@@ -21,7 +21,7 @@ use super::{SimStats, Simulation};
 use crate::client::{self, ClientOptions, Target};
 use crate::error::LoadError;
 use crate::report::{IngestDetails, LatencyHistogram, Recorder, Report, RunSummary};
-use crate::scenario::ingest::{send_batch, WorkerResult};
+use crate::scenario::ingest::{merge_workers, send_batch, set_ingest, WorkerResult};
 use crate::scenario::{join_workers, Stop};
 use crate::timeline::SharedTimeline;
 
@@ -122,16 +122,8 @@ pub async fn run(
         .collect();
     let results = join_workers(handles).await?;
     let elapsed = t0.elapsed();
-    let mut recorder = Recorder::new();
-    let mut details = IngestDetails::default();
-    let mut batch_latency = LatencyHistogram::new();
-    for result in results {
-        let result = result?;
-        recorder.merge(&result.recorder)?;
-        details.merge(&result.details);
-        batch_latency.merge(&result.batch_latency)?;
-    }
-    details.batch_latency_us = batch_latency.percentiles();
+    let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (recorder, details) = merge_workers(&results)?;
     let mut report = Report::new(RunSummary {
         scenario: "simulate",
         mode: "closed",
@@ -143,13 +135,7 @@ pub async fn run(
         recorder: &recorder,
         timeline: Some(timeline.finish(elapsed)),
     })?;
-    let secs = elapsed.as_secs_f64();
-    report.throughput.events_per_s = Some(if secs > 0.0 {
-        (details.accepted as f64 / secs).round()
-    } else {
-        0.0
-    });
-    report.ingest = Some(details);
+    set_ingest(&mut report, details, elapsed);
     Ok(report)
 }
 
