@@ -161,7 +161,7 @@ async fn admit(
     let ingest = req.method() == Method::POST && req.path() == "/v1/events";
     match InflightSlot::acquire(state, ingest) {
         Ok(slot) => {
-            crate::record_device(state, &req);
+            state.fleet.record_request(&req, state.clock.now_ms());
             Ok((req, Some(slot)))
         }
         Err(error) => Err((req, error)),

@@ -11,6 +11,7 @@
 //! [`MAX_VERSIONS`] distinct version labels exist (others are counted as `other`), so a hostile
 //! client cannot blow up the label set. Version values are `none` or a decimal number.
 
+use momentum_models::protocol::{DEVICE_ID_HEADER, MODEL_VERSION_HEADER};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -82,6 +83,27 @@ impl Fleet {
             active,
             downloads,
         })
+    }
+
+    /// Notes the model version a request reports (`X-Model-Version`), keyed by `X-Device-Id`
+    /// or the peer address.
+    pub fn record_request(&self, req: &actix_web::dev::ServiceRequest, now_ms: i64) {
+        let headers = req.headers();
+        let Some(version) = headers
+            .get(MODEL_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let device = headers
+            .get(DEVICE_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(device_id)
+            .map(str::to_string)
+            .or_else(|| req.peer_addr().map(|a| a.ip().to_string()));
+        if let Some(device) = device {
+            self.record(&device, version, now_ms);
+        }
     }
 
     /// Notes that `device` serves `version` (a raw header value) at `now_ms`.

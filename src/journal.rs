@@ -29,6 +29,7 @@ mod restore;
 mod snapshot;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use momentum_actors::engine::{IngestReport, NewEvent, PendingIngest, Rejection};
@@ -79,8 +80,10 @@ pub struct RestoreStats {
     pub seconds: f64,
 }
 
-/// The ordered write path.
+/// The ordered write path: every change of the hot state goes through it, so it holds the
+/// engine it applies changes to.
 pub struct Journal {
+    engine: Arc<Engine>,
     store: Store,
     config: StoreConfig,
     snapshots: SnapshotSettings,
@@ -117,8 +120,10 @@ fn stored(event: &NewEvent, recommendation_id: Option<String>) -> EventRecord {
 }
 
 impl Journal {
-    /// Opens the store (creating it and applying migrations as needed).
+    /// Opens the store (creating it and applying migrations as needed) for changes applied to
+    /// `engine`.
     pub async fn open(
+        engine: Arc<Engine>,
         config: StoreConfig,
         snapshots: SnapshotSettings,
         metrics: JournalMetrics,
@@ -126,6 +131,7 @@ impl Journal {
     ) -> Result<Journal, Error> {
         let store = Store::open(&config).await?;
         Ok(Journal {
+            engine,
             group_commit: GroupCommit::new(store.clone(), metrics.clone(), retry_after),
             async_log: AsyncLog::new(store.clone(), metrics.clone(), config.flush_max_events),
             store,
@@ -167,10 +173,10 @@ impl Journal {
     /// `events[i]`), as the durability mode says.
     pub async fn record(
         &self,
-        engine: &Engine,
         events: Vec<NewEvent>,
         recommendation_ids: Vec<Option<String>>,
     ) -> Result<IngestReport, Error> {
+        let engine = &*self.engine;
         let (batch, refused) = without_deleted_items(engine, events, recommendation_ids);
         let mut report = match self.config.durability {
             Durability::Sync if self.group_commit.enabled() => {
@@ -254,8 +260,8 @@ impl Journal {
     ///
     /// [`Journal::enable_group_commit`] must be called first (before the server takes
     /// traffic), so no batch takes the inline path while the writer starts.
-    pub async fn run_sync_writer(&self, engine: &Engine) {
-        self.group_commit.run(engine).await;
+    pub async fn run_sync_writer(&self) {
+        self.group_commit.run(&self.engine).await;
     }
 
     /// From now on `sync` batches queue for [`Journal::run_sync_writer`] instead of being
@@ -283,27 +289,43 @@ impl Journal {
         Ok(())
     }
 
-    /// Persists item metadata (called after the engine accepted it).
-    pub async fn put_item(&self, item_id: &str, meta: &ItemMeta) -> Result<(), Error> {
-        let value = serde_json::to_value(meta).map_err(|source| Error::Json {
+    /// Stores an item's metadata, then puts it in the engine; `true` if the item is new.
+    pub async fn put_item(&self, item_id: &str, meta: ItemMeta) -> Result<bool, Error> {
+        let value = serde_json::to_value(&meta).map_err(|source| Error::Json {
             what: format!("metadata of item {item_id:?}"),
             source,
         })?;
-        Ok(self.store.put_item(item_id, &value).await?)
+        self.store.put_item(item_id, &value).await?;
+        self.engine
+            .put_item(item_id, meta)
+            .await
+            .map_err(|e| self.actor_error(e))
     }
 
-    /// Persists an item deletion.
+    /// Deletes an item: refused for an unknown item, then stored, then applied.
     pub async fn delete_item(&self, item_id: &str) -> Result<(), Error> {
-        Ok(self.store.delete_item(item_id).await?)
+        self.engine
+            .get_item(item_id)
+            .map_err(|e| self.actor_error(e))?;
+        self.store.delete_item(item_id).await?;
+        self.engine
+            .delete_item(item_id)
+            .await
+            .map_err(|e| self.actor_error(e))?;
+        Ok(())
     }
 
-    /// Persists a user profile.
-    pub async fn put_user(&self, user_id: &str, profile: &UserProfile) -> Result<(), Error> {
-        let value = serde_json::to_value(profile).map_err(|source| Error::Json {
+    /// Stores a user profile, then puts it in the engine; `true` if the user is new.
+    pub async fn put_user(&self, user_id: &str, profile: UserProfile) -> Result<bool, Error> {
+        let value = serde_json::to_value(&profile).map_err(|source| Error::Json {
             what: format!("profile of user {user_id:?}"),
             source,
         })?;
-        Ok(self.store.put_user(user_id, &value).await?)
+        self.store.put_user(user_id, &value).await?;
+        self.engine
+            .put_user(user_id, profile)
+            .await
+            .map_err(|e| self.actor_error(e))
     }
 }
 

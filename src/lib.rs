@@ -34,6 +34,7 @@ use prometheus::Registry;
 
 use momentum_actors::metrics::ActorMetrics;
 use momentum_actors::Engine;
+use momentum_models::clock::{Clock, SystemClock};
 
 pub use error::Error;
 pub use settings::Settings;
@@ -41,7 +42,8 @@ pub use settings::Settings;
 /// Shared by every HTTP worker.
 pub struct AppState {
     pub settings: Settings,
-    pub engine: Engine,
+    /// The hot state, for reads; changes go through [`AppState::journal`].
+    pub engine: Arc<Engine>,
     pub registry: Registry,
     pub http_metrics: metrics::HttpMetrics,
     /// A/B experiments: assignment, served recommendations, attribution.
@@ -50,6 +52,8 @@ pub struct AppState {
     pub journal: journal::Journal,
     /// The snapshot and item-model jobs (started once the state is restored), job metrics.
     pub jobs: jobs::Jobs,
+    /// The one clock of the server (analytics, jobs, the fleet and the routes read it).
+    pub clock: Arc<dyn Clock>,
     /// Set once the state is restored and the server may take traffic.
     pub ready: AtomicBool,
     /// Predictive analytics: live models, the training and churn-scoring jobs.
@@ -62,29 +66,6 @@ pub struct AppState {
     pub load: admission::Load,
     /// The web console: session key and sampled live figures.
     pub console: api::console::Console,
-}
-
-/// Notes the model version a device reports (`X-Model-Version`), keyed by `X-Device-Id` or
-/// the peer address.
-pub(crate) fn record_device(state: &AppState, req: &actix_web::dev::ServiceRequest) {
-    let headers = req.headers();
-    let Some(version) = headers
-        .get(momentum_models::protocol::MODEL_VERSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return;
-    };
-    let device = headers
-        .get(momentum_models::protocol::DEVICE_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(fleet::device_id)
-        .map(str::to_string)
-        .or_else(|| req.peer_addr().map(|a| a.ip().to_string()));
-    if let Some(device) = device {
-        state
-            .fleet
-            .record(&device, version, state.analytics.shared().clock.now_ms());
-    }
 }
 
 /// A started server.
@@ -154,46 +135,10 @@ async fn wait_for_shutdown_signal() {
     }
 }
 
-/// Binds the listener, starts the actors and the HTTP workers. Must run inside an actix
-/// `System` (e.g. `actix_web::rt::System::new().block_on(..)`).
+/// Binds the listener, starts the actors and the HTTP workers, and restores the state in the
+/// background. Must run inside an actix `System` (e.g.
+/// `actix_web::rt::System::new().block_on(..)`).
 pub async fn start(settings: Settings) -> Result<Server, Error> {
-    let registry = Registry::new();
-    let actor_metrics = ActorMetrics::new(&registry).map_err(internal)?;
-    let http_metrics = metrics::HttpMetrics::new(&registry).map_err(internal)?;
-    let experiments =
-        experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
-    let journal_metrics = metrics::JournalMetrics::new(&registry).map_err(internal)?;
-    let journal = journal::Journal::open(
-        settings.store.clone(),
-        settings.snapshot.clone(),
-        journal_metrics,
-        settings.server.retry_after_secs,
-    )
-    .await?;
-    let engine = Engine::start(settings.engine(), actor_metrics);
-    // Predictive analytics: restore the live models from the store.
-    let analytics_store = Arc::new(journal.store().clone());
-    let analytics =
-        analytics::Analytics::new(settings.analytics(), analytics_store, &registry).await?;
-    let jobs = jobs::Jobs::new(&registry, analytics.shared().clock.clone()).map_err(internal)?;
-    let listener = TcpListener::bind(&settings.server.bind).map_err(|source| Error::Io {
-        context: format!("cannot bind {}", settings.server.bind),
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| Error::Io {
-        context: "local address".into(),
-        source,
-    })?;
-    let workers = match settings.server.workers {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
-    let shutdown_timeout = settings.server.shutdown_timeout_secs;
-    let fleet = fleet::Fleet::new(
-        &registry,
-        Duration::from_secs(settings.models.device_window_secs),
-    )
-    .map_err(internal)?;
     let tls = settings
         .server
         .tls_enabled()
@@ -204,13 +149,63 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
             )
         })
         .transpose()?;
+    let state = build_state(settings).await?;
+    let listener = TcpListener::bind(&state.settings.server.bind).map_err(|source| Error::Io {
+        context: format!("cannot bind {}", state.settings.server.bind),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "local address".into(),
+        source,
+    })?;
+    // Predictive analytics: the training and churn-scoring jobs; the console's sampler.
+    analytics::start(&state);
+    api::console::start(&state);
+    let http = http_server(&state, listener, tls)?;
+    restore_then_serve(&state, http.handle());
+    Ok(Server { addr, http, state })
+}
+
+/// Opens the store and starts everything the routes reach: the engine, the journal,
+/// analytics, the jobs' bookkeeping, experiments, the fleet, each with its metrics.
+async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
+    let registry = Registry::new();
+    let actor_metrics = ActorMetrics::new(&registry).map_err(internal)?;
+    let http_metrics = metrics::HttpMetrics::new(&registry).map_err(internal)?;
+    let experiments =
+        experiments::Experiments::new(metrics::AbMetrics::new(&registry).map_err(internal)?);
+    let journal_metrics = metrics::JournalMetrics::new(&registry).map_err(internal)?;
+    let engine = Arc::new(Engine::start(settings.engine(), actor_metrics));
+    let journal = journal::Journal::open(
+        engine.clone(),
+        settings.store.clone(),
+        settings.snapshot.clone(),
+        journal_metrics,
+        settings.server.retry_after_secs,
+    )
+    .await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Predictive analytics: restore the live models from the store.
+    let analytics = analytics::Analytics::with_clock(
+        settings.analytics(),
+        Arc::new(journal.store().clone()),
+        &registry,
+        clock.clone(),
+    )
+    .await?;
+    let jobs = jobs::Jobs::new(&registry, clock.clone()).map_err(internal)?;
+    let fleet = fleet::Fleet::new(
+        &registry,
+        Duration::from_secs(settings.models.device_window_secs),
+    )
+    .map_err(internal)?;
     if settings.security.model_key.is_empty() {
         tracing::warn!(
             "security.model_key is not set: models cannot be trained, stored or loaded \
              (set MOMENTUM__SECURITY__MODEL_KEY to 64 hex digits)"
         );
     }
-    let state = Arc::new(AppState {
+    Ok(Arc::new(AppState {
         settings,
         engine,
         registry,
@@ -218,16 +213,29 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         experiments,
         journal,
         jobs,
+        clock,
         ready: AtomicBool::new(false),
         analytics,
         restore_error: OnceLock::new(),
         fleet,
         load: admission::Load::default(),
         console: api::console::Console::new(),
-    });
-    // Predictive analytics: the training and churn-scoring jobs.
-    analytics::start(&state);
-    api::console::start(&state);
+    }))
+}
+
+/// The HTTP server on `listener`: middleware (outermost first: admission, 405 bodies, the
+/// HTTP contract) and one `configure` per resource.
+fn http_server(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<HttpServerFuture, Error> {
+    let server = &state.settings.server;
+    let workers = match server.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let addr = listener.local_addr().ok();
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let gate = data.clone().into_inner();
@@ -256,7 +264,8 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(shutdown_timeout);
+    .shutdown_timeout(server.shutdown_timeout_secs);
+    let tls_enabled = tls.is_some();
     let http = match tls {
         Some(config) => http.listen_rustls_0_23(listener, config),
         None => http.listen(listener),
@@ -266,29 +275,20 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
         source,
     })?
     .run();
-    tracing::info!(%addr, workers, tls = state.settings.server.tls_enabled(), "momentum listening");
-    let restoring = state.clone();
-    let handle = http.handle();
+    tracing::info!(addr = ?addr, workers, tls = tls_enabled, "momentum listening");
+    Ok(http)
+}
+
+/// Restores the state in the background; then starts the jobs and the log writers and marks
+/// the server ready. A failed restore stops the HTTP server with the reason.
+fn restore_then_serve(state: &Arc<AppState>, handle: ServerHandle) {
+    let state = state.clone();
     actix::spawn(async move {
-        match restoring.journal.restore(&restoring.engine).await {
+        match state.journal.restore().await {
             Ok(stats) => {
-                jobs::start(&restoring);
-                if matches!(
-                    restoring.settings.store.durability,
-                    store::Durability::Async
-                ) {
-                    let writer = restoring.clone();
-                    let every = writer.journal.flush_interval();
-                    actix::spawn(async move { writer.journal.run_writer(every).await });
-                }
-                if matches!(restoring.settings.store.durability, store::Durability::Sync) {
-                    restoring.journal.enable_group_commit();
-                    let writer = restoring.clone();
-                    actix::spawn(async move {
-                        writer.journal.run_sync_writer(&writer.engine).await;
-                    });
-                }
-                restoring.ready.store(true, Ordering::Release);
+                jobs::start(&state);
+                start_log_writers(&state);
+                state.ready.store(true, Ordering::Release);
                 tracing::info!(
                     snapshot_users = stats.snapshot_users,
                     replayed_events = stats.replayed_events,
@@ -308,12 +308,28 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
                     } => error::Report(&error).to_string(),
                     other => format!("the start-up restore failed: {}", error::Report(other)),
                 };
-                let _ = restoring.restore_error.set(message);
+                let _ = state.restore_error.set(message);
                 handle.stop(false).await;
             }
         }
     });
-    Ok(Server { addr, http, state })
+}
+
+/// The event log's writer for the durability mode: the `async` window's flusher, or the
+/// `sync` group commit.
+fn start_log_writers(state: &Arc<AppState>) {
+    match state.settings.store.durability {
+        store::Durability::Async => {
+            let writer = state.clone();
+            let every = writer.journal.flush_interval();
+            actix::spawn(async move { writer.journal.run_writer(every).await });
+        }
+        store::Durability::Sync => {
+            state.journal.enable_group_commit();
+            let writer = state.clone();
+            actix::spawn(async move { writer.journal.run_sync_writer().await });
+        }
+    }
 }
 
 fn internal(e: prometheus::Error) -> Error {

@@ -15,6 +15,7 @@
 
 pub mod artifacts;
 pub mod config;
+pub mod download;
 pub mod drift;
 pub mod metrics;
 pub mod offline;
@@ -46,6 +47,7 @@ use crate::jobs::churn::{ActivitySource, ChurnScoringJob, ScoringReport};
 use crate::jobs::training::{TrainingJob, TrainingReport};
 use crate::jobs::{JobHandle, JobRunner, JobStatus, Schedule};
 use crate::metrics::JobMetrics;
+use crate::store::analytics::ModelVersionRow;
 use crate::store::Store;
 use crate::AppState;
 pub use config::AnalyticsConfig;
@@ -325,6 +327,30 @@ impl Analytics {
         &self.shared
     }
 
+    /// The live version of a model, if any.
+    pub fn live(&self, kind: ModelKind) -> Option<Arc<LiveModel>> {
+        self.shared.registry.get(kind)
+    }
+
+    /// Every stored version of `name` (every model with `None`), oldest first.
+    pub async fn model_versions(&self, name: Option<&str>) -> Result<Vec<ModelVersionRow>, Error> {
+        Ok(self.shared.store.model_versions(name).await?)
+    }
+
+    /// One stored version's row, if it exists.
+    pub async fn model_version(
+        &self,
+        kind: ModelKind,
+        version: u64,
+    ) -> Result<Option<ModelVersionRow>, Error> {
+        let found = self
+            .shared
+            .store
+            .model_version(kind.name(), version)
+            .await?;
+        Ok(found.map(|(row, _bytes)| row))
+    }
+
     /// Starts the `training` and `churn_scoring` jobs on the current arbiter. The churn job
     /// reads activity through `source`. Called once; later calls do nothing.
     pub fn start_jobs(&self, source: Arc<dyn ActivitySource>, metrics: JobMetrics) {
@@ -385,7 +411,8 @@ impl Analytics {
         })
     }
 
-    fn live(&self, kind: ModelKind) -> Result<Arc<LiveModel>, Error> {
+    /// The live version of a model, or `503 model_not_ready`.
+    fn serving(&self, kind: ModelKind) -> Result<Arc<LiveModel>, Error> {
         self.shared
             .registry
             .get(kind)
@@ -394,12 +421,12 @@ impl Analytics {
 
     /// The live model's input schema (for device requests).
     pub fn feature_names(&self, kind: ModelKind) -> Result<Vec<String>, Error> {
-        Ok(self.live(kind)?.feature_names.clone())
+        Ok(self.serving(kind)?.feature_names.clone())
     }
 
     /// `503 model_not_ready` unless the model has a live version.
     pub fn require(&self, kind: ModelKind) -> Result<(), Error> {
-        self.live(kind).map(|_| ())
+        self.serving(kind).map(|_| ())
     }
 
     /// Success probability for features already computed; `pair` (dense user and goal ids)
@@ -411,7 +438,7 @@ impl Analytics {
         pair: Option<(u32, u32)>,
         started: Instant,
     ) -> Result<SuccessPrediction, Error> {
-        let model = self.live(ModelKind::Success)?;
+        let model = self.serving(ModelKind::Success)?;
         let x = features.to_array();
         let probability = model.classifier.predict_proba(&x);
         let s = &self.shared;
@@ -453,7 +480,7 @@ impl Analytics {
         features: &Features,
         started: Instant,
     ) -> Result<ChurnPrediction, Error> {
-        let model = self.live(ModelKind::Churn)?;
+        let model = self.serving(ModelKind::Churn)?;
         let x = features.to_array();
         let (probability, confidence) = churn_probability(&model, &x);
         let s = &self.shared;

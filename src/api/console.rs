@@ -669,7 +669,7 @@ fn point(a: &Sample, b: &Sample) -> Value {
 async fn overview(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_admin(&req, &state)?;
     // Devices that left the activity window drop out of the version gauge before the read.
-    state.fleet.refresh(state.analytics.shared().clock.now_ms());
+    state.fleet.refresh(state.clock.now_ms());
     let g = Gathered::read(&state);
     let now = sample_of(&state, &g);
     let samples: Vec<Sample> = state.console.samples.lock().iter().cloned().collect();

@@ -280,10 +280,7 @@ async fn post_events(
     let report = if valid.is_empty() {
         Default::default()
     } else {
-        state
-            .journal
-            .record(&state.engine, valid, recommendation_ids)
-            .await?
+        state.journal.record(valid, recommendation_ids).await?
     };
     if !pending.is_empty() {
         attribute(&state, &pending, &with_event_id, &report);

@@ -37,7 +37,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             .resident_memory
             .set(i64::try_from(rss).unwrap_or(i64::MAX));
     }
-    state.fleet.refresh(state.analytics.shared().clock.now_ms());
+    state.fleet.refresh(state.clock.now_ms());
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&state.registry.gather(), &mut buf) {

@@ -115,12 +115,7 @@ async fn put_item(
 ) -> Result<HttpResponse, Error> {
     path_id("item id", &id)?;
     let meta = body.into_inner().validate()?;
-    state.journal.put_item(&id, &meta).await?;
-    let created = state
-        .engine
-        .put_item(&id, meta.clone())
-        .await
-        .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?;
+    let created = state.journal.put_item(&id, meta.clone()).await?;
     let users = state.engine.get_item(&id).map_or(0, |v| v.users);
     let body = item_json(&id, &meta, users);
     Ok(if created {
@@ -149,16 +144,7 @@ async fn delete_item(
 ) -> Result<HttpResponse, Error> {
     require_admin(&req, &state)?;
     path_id("item id", &id)?;
-    state
-        .engine
-        .get_item(&id)
-        .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?;
     state.journal.delete_item(&id).await?;
-    state
-        .engine
-        .delete_item(&id)
-        .await
-        .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -14,15 +14,15 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use momentum_models::export::{encrypt, sha256_hex, Variant};
+use momentum_models::export::Variant;
 use momentum_models::protocol::{ENCRYPTION_AES_GCM, ENCRYPTION_HEADER};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use momentum_models::training::ModelKind;
 
-use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo};
-use crate::analytics::registry::VersionMetadata;
+use crate::analytics::artifacts::{ArtifactError, ExportInfo};
+use crate::analytics::download::{find_export, Sealing};
 use crate::api::require_admin;
 use crate::error::Error;
 use crate::settings::ModelDownload;
@@ -68,23 +68,6 @@ fn model_kind(name: &str) -> Result<ModelKind, Error> {
     })
 }
 
-fn find_export<'a>(
-    exports: &'a [ExportInfo],
-    name: &str,
-    version: u64,
-    variant: Variant,
-) -> Result<&'a ExportInfo, Error> {
-    exports
-        .iter()
-        .find(|e| e.variant == variant)
-        .ok_or_else(|| Error::NotFound {
-            message: format!(
-                "model {name:?} version {version} has no {} .tflite export (only logistic-regression versions are exported)",
-                variant.as_str()
-            ),
-        })
-}
-
 /// The entity tag of an exported file: its plain sha256, whatever the transfer encoding.
 fn etag(info: &ExportInfo) -> String {
     format!("\"{}\"", info.sha256)
@@ -107,9 +90,7 @@ async fn latest(
     let variant = query.variant()?;
     let live = state
         .analytics
-        .shared()
-        .registry
-        .get(kind)
+        .live(kind)
         .ok_or(Error::ModelNotReady { model: kind.name() })?;
     let info = find_export(&live.exports, kind.name(), live.version, variant)?;
     let encrypted = state.settings.security.model_download == ModelDownload::Encrypted;
@@ -143,37 +124,8 @@ async fn download(
     let (name, v) = path.into_inner();
     let kind = model_kind(&name)?;
     let variant = query.variant()?;
-    let shared = state.analytics.shared();
-    let read = || async {
-        shared
-            .store
-            .model_version(kind.name(), v)
-            .await
-            .map_err(reading_models)?
-            .ok_or_else(|| Error::NotFound {
-                message: format!("model {name:?} has no version {v}"),
-            })
-    };
-    // The live version's exports are in memory, so an up-to-date device (304) costs no store
-    // read; the bytes are read only to send them.
-    let (info, stored) = match shared.registry.get(kind).filter(|m| m.version == v) {
-        Some(live) => (
-            find_export(&live.exports, kind.name(), v, variant)?.clone(),
-            None,
-        ),
-        None => {
-            let (row, stored) = read().await?;
-            let meta: VersionMetadata =
-                serde_json::from_value(row.metadata).map_err(|source| Error::Json {
-                    what: format!("metadata of {name} v{v}"),
-                    source,
-                })?;
-            let info = find_export(&meta.exports, kind.name(), v, variant)?.clone();
-            (info, Some(stored))
-        }
-    };
-    let info = &info;
-    let tag = etag(info);
+    let download = state.analytics.find_download(kind, v, variant).await?;
+    let tag = etag(&download.info);
     let version_label = v.to_string();
     let count = |result: &str| {
         state
@@ -192,22 +144,16 @@ async fn download(
             .insert_header((header::ETAG, tag))
             .finish());
     }
-    let internal = |message: String| Error::Internal { message };
-    let stored = match stored {
-        Some(stored) => stored,
-        None => read().await?.1,
+    let sealing = match state.settings.security.model_download {
+        ModelDownload::Plain => Sealing::Plain,
+        ModelDownload::Encrypted => Sealing::Encrypted(
+            state
+                .settings
+                .security
+                .device_key()?
+                .ok_or_else(|| Error::failed("device key", ArtifactError::MissingKey))?,
+        ),
     };
-    let bundle = Bundle::open(shared.config.model_key.as_ref(), &stored)
-        .map_err(|e| Error::failed(format!("model {name} v{v}"), e))?;
-    let file = bundle
-        .require(&info.file)
-        .map_err(|e| Error::failed(format!("model {name} v{v}"), e))?;
-    if sha256_hex(file) != info.sha256 {
-        return Err(internal(format!(
-            "model {name} v{v}: the stored {} does not match its sha256",
-            info.file
-        )));
-    }
     let mut response = HttpResponse::Ok();
     response
         .content_type("application/octet-stream")
@@ -215,20 +161,12 @@ async fn download(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header((
             header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{}\"", info.file),
+            format!("attachment; filename=\"{}\"", download.info.file),
         ));
-    let body = match state.settings.security.model_download {
-        ModelDownload::Plain => file.to_vec(),
-        ModelDownload::Encrypted => {
-            let key = state
-                .settings
-                .security
-                .device_key()?
-                .ok_or_else(|| Error::failed("device key", ArtifactError::MissingKey))?;
-            response.insert_header((ENCRYPTION_HEADER, ENCRYPTION_AES_GCM));
-            encrypt(&key, file).map_err(|e| Error::failed(format!("encrypting {name} v{v}"), e))?
-        }
-    };
+    if let Sealing::Encrypted(_) = sealing {
+        response.insert_header((ENCRYPTION_HEADER, ENCRYPTION_AES_GCM));
+    }
+    let body = state.analytics.seal(download, &sealing).await?;
     count("200");
     Ok(response.body(body))
 }
@@ -252,10 +190,6 @@ async fn train(
         }
         None => Ok(HttpResponse::Accepted().json(json!({"status": "started"}))),
     }
-}
-
-fn reading_models(e: crate::store::StoreError) -> Error {
-    Error::failed("reading models", e)
 }
 
 /// A version in a listing: the headline numbers, not the whole metadata.
@@ -290,17 +224,11 @@ fn summary(row: &ModelVersionRow) -> Value {
 }
 
 async fn list(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
-    let rows = state
-        .analytics
-        .shared()
-        .store
-        .model_versions(None)
-        .await
-        .map_err(reading_models)?;
+    let rows = state.analytics.model_versions(None).await?;
     let models: Vec<Value> = ModelKind::ALL
         .into_iter()
         .map(|kind| {
-            let live = state.analytics.shared().registry.get(kind);
+            let live = state.analytics.live(kind);
             let versions: Vec<Value> = rows
                 .iter()
                 .filter(|r| r.name == kind.name())
@@ -328,24 +256,12 @@ async fn version(
 ) -> Result<HttpResponse, Error> {
     let (name, v) = path.into_inner();
     let kind = model_kind(&name)?;
-    let found = state
-        .analytics
-        .shared()
-        .store
-        .model_version(kind.name(), v)
-        .await
-        .map_err(reading_models)?;
-    let Some((row, _bytes)) = found else {
+    let Some(row) = state.analytics.model_version(kind, v).await? else {
         return Err(Error::NotFound {
             message: format!("model {name:?} has no version {v}"),
         });
     };
-    let live = state
-        .analytics
-        .shared()
-        .registry
-        .get(kind)
-        .map(|m| m.version);
+    let live = state.analytics.live(kind).map(|m| m.version);
     Ok(HttpResponse::Ok().json(json!({
         "name": row.name,
         "version": row.version,

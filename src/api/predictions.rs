@@ -166,7 +166,7 @@ async fn get_forecast(
         .activity(&id)
         .await
         .map_err(|e| Error::from_actor(e, retry(&state)))?;
-    let now = state.analytics.shared().clock.now_ms();
+    let now = state.clock.now_ms();
     let fc = forecast_activity(&log, now, days)?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": id.as_str(),

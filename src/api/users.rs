@@ -87,12 +87,7 @@ async fn put_user(
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
     let profile = body.into_inner().validate()?;
-    state.journal.put_user(&id, &profile).await?;
-    let created = state
-        .engine
-        .put_user(&id, profile.clone())
-        .await
-        .map_err(|e| Error::from_actor(e, retry(&state)))?;
+    let created = state.journal.put_user(&id, profile.clone()).await?;
     let body = json!({"user_id": id.as_str(), "preferences": profile.preferences,
         "signup_date": profile.signup_date, "locale": profile.locale});
     Ok(if created {
@@ -131,7 +126,7 @@ async fn erase_user(
 ) -> Result<HttpResponse, Error> {
     crate::api::require_admin(&req, &state)?;
     path_id("user id", &id)?;
-    if state.journal.erase_user(&state.engine, &id).await? {
+    if state.journal.erase_user(&id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(Error::UnknownUser { id: id.to_string() })

@@ -24,15 +24,11 @@ impl Job for SnapshotJob {
         let state = self.state.upgrade();
         Box::pin(async move {
             let state = state.ok_or(JobError::Stopped { job: Self::NAME })?;
-            state
-                .journal
-                .snapshot(&state.engine)
-                .await
-                .map_err(|error| {
-                    state.journal.metrics().snapshot_failures.inc();
-                    tracing::warn!(%error, "snapshot failed");
-                    JobError::failed("writing a snapshot", error)
-                })
+            state.journal.snapshot().await.map_err(|error| {
+                state.journal.metrics().snapshot_failures.inc();
+                tracing::warn!(%error, "snapshot failed");
+                JobError::failed("writing a snapshot", error)
+            })
         })
     }
 }
@@ -74,7 +70,7 @@ pub async fn final_snapshot(state: &AppState, deadline: Duration) -> Result<(), 
             tracing::error!(%error, "final log flush failed");
             return Err(ShutdownError::Flush(error));
         }
-        match state.journal.final_snapshot(&state.engine).await {
+        match state.journal.final_snapshot().await {
             Ok(stats) => {
                 tracing::info!(id = stats.id, "final snapshot written");
                 Ok(())

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use momentum_actors::snapshot::{
     decode_dedupe, decode_user_chunk, encode_dedupe, encode_user_chunk, user_chunk,
 };
-use momentum_actors::Engine;
 
 use super::snapshot::{users_chunk_key, EVENT_IDS_PREFIX, USERS_PREFIX};
 use super::Journal;
@@ -17,7 +16,8 @@ use crate::store::PartScrub;
 
 impl Journal {
     /// Erases the user; `true` if the engine or the store knew them.
-    pub async fn erase_user(&self, engine: &Engine, user_id: &str) -> Result<bool, Error> {
+    pub async fn erase_user(&self, user_id: &str) -> Result<bool, Error> {
+        let engine = &*self.engine;
         let _snapshot = self.snapshot_lock.lock().await;
         let _order = self.order.lock().await;
         // Queued events of theirs must not reach the log after the erasure.

@@ -20,7 +20,8 @@ const REPLAY_PAGE: usize = 10_000;
 impl Journal {
     /// Rebuilds the engine from the newest snapshot and the log after it, then the item
     /// metadata and user profiles. Call once, before the server takes traffic.
-    pub async fn restore(&self, engine: &Engine) -> Result<RestoreStats, Error> {
+    pub async fn restore(&self) -> Result<RestoreStats, Error> {
+        let engine = &*self.engine;
         let started = Instant::now();
         let (covers, snapshot_users) = self.restore_snapshot(engine).await?;
         let replayed = self.replay_log(engine, covers).await?;

@@ -100,14 +100,16 @@ impl Journal {
     /// Writes a snapshot of every shard and the item id table, covering the log up to the
     /// last appended sequence number; then prunes old snapshots and, past the retention,
     /// covered events.
-    pub async fn snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+    pub async fn snapshot(&self) -> Result<SnapshotStats, Error> {
+        let engine = &*self.engine;
         self.snapshot_with(engine, true).await
     }
 
     /// The final snapshot at shutdown: [`Journal::snapshot`] without the clean-up (older
     /// snapshots and covered events stay until the next snapshot prunes them), so the time
     /// left before the deadline goes to making the new snapshot durable.
-    pub async fn final_snapshot(&self, engine: &Engine) -> Result<SnapshotStats, Error> {
+    pub async fn final_snapshot(&self) -> Result<SnapshotStats, Error> {
+        let engine = &*self.engine;
         self.snapshot_with(engine, false).await
     }
 
