@@ -161,7 +161,7 @@ pub async fn start(settings: Settings) -> Result<Server, Error> {
     // Predictive analytics: the training and churn-scoring jobs; the console's sampler.
     analytics::start(&state);
     api::console::start(&state);
-    let http = http_server(&state, listener, tls)?;
+    let http = http_server(&state, listener, addr, tls)?;
     restore_then_serve(&state, http.handle());
     Ok(Server { addr, http, state })
 }
@@ -228,6 +228,7 @@ async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
 fn http_server(
     state: &Arc<AppState>,
     listener: TcpListener,
+    addr: SocketAddr,
     tls: Option<rustls::ServerConfig>,
 ) -> Result<HttpServerFuture, Error> {
     let server = &state.settings.server;
@@ -235,7 +236,6 @@ fn http_server(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let addr = listener.local_addr().ok();
     let data = web::Data::from(state.clone());
     let http = HttpServer::new(move || {
         let gate = data.clone().into_inner();
@@ -275,7 +275,7 @@ fn http_server(
         source,
     })?
     .run();
-    tracing::info!(addr = ?addr, workers, tls = tls_enabled, "momentum listening");
+    tracing::info!(%addr, workers, tls = tls_enabled, "momentum listening");
     Ok(http)
 }
 
