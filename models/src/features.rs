@@ -620,6 +620,8 @@ fn compute_sorted(
 pub struct Advice {
     pub code: &'static str,
     pub message: &'static str,
+    /// Orders the list; not part of what the API shows.
+    #[serde(skip)]
     pub severity: f64,
 }
 

@@ -35,8 +35,8 @@ use momentum_models::churn::Tier;
 use momentum_models::clock::{day_of, day_start_ms, Clock, SystemClock};
 use momentum_models::events::EventKind;
 use momentum_models::features::{
-    goal_states, recommended_actions, risk_factors, Activity, FeatureParams, Features, GoalStatus,
-    FEATURE_COUNT,
+    goal_states, recommended_actions, risk_factors, Activity, Advice, FeatureParams, Features,
+    GoalStatus, FEATURE_COUNT,
 };
 use momentum_models::predict::classifier::Classifier;
 use momentum_models::predict::smoothing;
@@ -52,13 +52,13 @@ use crate::store::Store;
 use crate::AppState;
 pub use config::AnalyticsConfig;
 use metrics::AnalyticsMetrics;
-use registry::{LiveModel, Registry};
+use registry::{LiveModel, LiveModels};
 
 /// What the jobs and the routes share.
 pub struct Shared {
     pub config: AnalyticsConfig,
     pub store: Arc<Store>,
-    pub registry: Registry,
+    pub live: LiveModels,
     pub metrics: AnalyticsMetrics,
     pub online: online::OnlineAccuracy,
     pub drift: drift::DriftMonitor,
@@ -84,7 +84,7 @@ impl Shared {
         if model.kind == ModelKind::Churn {
             self.drift.set_reference(model.reference.clone());
         }
-        self.registry.set(model);
+        self.live.set(model);
     }
 }
 
@@ -105,13 +105,6 @@ pub struct UserFeatures {
     pub log: Vec<Activity>,
     /// When the feature computation started (inference latency counts from here).
     pub computed_from: Instant,
-}
-
-/// An action or risk factor as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Advice {
-    pub code: &'static str,
-    pub message: &'static str,
 }
 
 /// A success prediction.
@@ -184,15 +177,6 @@ pub fn churn_probability(model: &LiveModel, x: &[f64; FEATURE_COUNT]) -> (f64, f
             (p, (2.0 * p - 1.0).abs())
         }
     }
-}
-
-fn advice(list: Vec<momentum_models::features::Advice>) -> Vec<Advice> {
-    list.into_iter()
-        .map(|a| Advice {
-            code: a.code,
-            message: a.message,
-        })
-        .collect()
 }
 
 /// Daily activity counts (impressions excluded) of the complete days before `now_ms`, from
@@ -280,7 +264,7 @@ impl Analytics {
             drift: drift::DriftMonitor::new(config.models.drift_min_samples),
             config,
             store,
-            registry: Registry::default(),
+            live: LiveModels::default(),
             metrics,
             clock,
             drift_active_days: dataset.churn_active_days,
@@ -329,7 +313,7 @@ impl Analytics {
 
     /// The live version of a model, if any.
     pub fn live(&self, kind: ModelKind) -> Option<Arc<LiveModel>> {
-        self.shared.registry.get(kind)
+        self.shared.live.get(kind)
     }
 
     /// Every stored version of `name` (every model with `None`), oldest first.
@@ -414,7 +398,7 @@ impl Analytics {
     /// The live version of a model, or `503 model_not_ready`.
     fn serving(&self, kind: ModelKind) -> Result<Arc<LiveModel>, Error> {
         self.shared
-            .registry
+            .live
             .get(kind)
             .ok_or(Error::ModelNotReady { model: kind.name() })
     }
@@ -459,7 +443,7 @@ impl Analytics {
             confidence: (2.0 * probability - 1.0).abs(),
             threshold: model.threshold,
             model_version: model.version,
-            recommended_actions: advice(recommended_actions(features, 3)),
+            recommended_actions: recommended_actions(features, 3),
         })
     }
 
@@ -494,7 +478,7 @@ impl Analytics {
             probability,
             confidence,
             tier,
-            risk_factors: advice(risk_factors(features)),
+            risk_factors: risk_factors(features),
             interventions: tier.interventions().iter().map(|c| c.as_str()).collect(),
             model_version: model.version,
         })

@@ -136,12 +136,12 @@ impl LiveModel {
 
 /// The live version of each model.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub struct LiveModels {
     success: RwLock<Option<Arc<LiveModel>>>,
     churn: RwLock<Option<Arc<LiveModel>>>,
 }
 
-impl Registry {
+impl LiveModels {
     fn slot(&self, kind: ModelKind) -> &RwLock<Option<Arc<LiveModel>>> {
         match kind {
             ModelKind::Success => &self.success,

@@ -102,7 +102,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
     let (_dir, store) = store_with(&population(300)).await;
     let clock = Arc::new(ManualClock::new(NOW));
     let (a, _registry) = analytics(AnalyticsConfig::default(), store.clone(), clock.clone()).await;
-    assert!(a.shared().registry.get(ModelKind::Churn).is_none());
+    assert!(a.shared().live.get(ModelKind::Churn).is_none());
     let job = TrainingJob {
         shared: a.shared().clone(),
     };
@@ -113,11 +113,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
         let auc = m.metrics.as_ref().and_then(|r| r.auc).unwrap_or(0.0);
         assert!(auc > 0.75, "{} AUC {auc}", m.name);
     }
-    let live = a
-        .shared()
-        .registry
-        .get(ModelKind::Churn)
-        .expect("live churn");
+    let live = a.shared().live.get(ModelKind::Churn).expect("live churn");
     assert_eq!(live.version, 1);
     let gauge = a
         .shared()
@@ -134,7 +130,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
     clock.set(NOW + 7 * DAY_MS);
     let (b, _registry) = analytics(crippled, store.clone(), clock.clone()).await;
     assert_eq!(
-        b.shared().registry.get(ModelKind::Churn).map(|m| m.version),
+        b.shared().live.get(ModelKind::Churn).map(|m| m.version),
         Some(1)
     );
     let job = TrainingJob {
@@ -151,7 +147,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
     let decision = churn.decision.as_ref().expect("decision");
     assert!(decision.candidate < decision.live, "{decision:?}");
     assert_eq!(
-        b.shared().registry.get(ModelKind::Churn).map(|m| m.version),
+        b.shared().live.get(ModelKind::Churn).map(|m| m.version),
         Some(1)
     );
     // Both versions are stored with their metadata; the live one is still v1.

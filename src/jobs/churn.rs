@@ -231,7 +231,7 @@ async fn run(
     let started = Instant::now();
     let cfg = &shared.config.churn;
     let model = shared
-        .registry
+        .live
         .get(ModelKind::Churn)
         .ok_or_else(|| JobError::unavailable("the churn model is not trained yet"))?;
     let day = day_string(now_ms);

@@ -272,8 +272,8 @@ async fn run(
     let users = builder.finish();
     let n_users = users.len();
     let live = [
-        shared.registry.get(ModelKind::Success),
-        shared.registry.get(ModelKind::Churn),
+        shared.live.get(ModelKind::Success),
+        shared.live.get(ModelKind::Churn),
     ];
     let margin = cfg.promotion_margin;
     let bins = shared.config.models.drift_bins;
@@ -317,7 +317,7 @@ async fn run(
             }
         };
         let mut meta = metadata(&trained, &params, &set.datasets_window);
-        let parent = shared.registry.get(kind).map(|m| m.version);
+        let parent = shared.live.get(kind).map(|m| m.version);
         let created_ms = shared.clock.now_ms();
         // The export carries its version number, so it is taken before the insert (the
         // trainer is the only writer of model versions) and checked after it.

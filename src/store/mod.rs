@@ -94,7 +94,7 @@ pub enum StoreKind {
     Postgres,
 }
 
-/// When `POST /v1/events` is acknowledged (used by the Supervisor's log writer; the store
+/// When `POST /v1/events` is acknowledged (used by the `async` log writer; the store
 /// itself always returns from [`Store::append_events`] only once the batch is durable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -193,7 +193,7 @@ impl StoreConfig {
 
     /// The retention as milliseconds (for [`Store::prune_events`]).
     pub fn retention_ms(&self) -> i64 {
-        i64::from(self.retention_days) * 86_400_000
+        momentum_models::clock::days_ms(self.retention_days)
     }
 }
 

@@ -755,7 +755,7 @@ fn config_defaults_parse_and_redaction() {
     assert_eq!(cfg.kind, StoreKind::Embedded);
     assert_eq!(cfg.path, std::path::PathBuf::from("data"));
     assert_eq!(cfg.durability, Durability::Sync);
-    assert_eq!(cfg.retention_ms(), 180 * 86_400_000);
+    assert_eq!(cfg.retention_ms(), 180 * momentum_models::clock::DAY_MS);
 
     let cfg: StoreConfig = serde_json::from_value(json!({
         "kind": "postgres",
