@@ -7,10 +7,12 @@
 //! ([`ItemTable`]) taken once per computation. The catalogue bumps [`Index::epoch`] after each
 //! applied batch; lazily computed similarity caches are valid for one epoch.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use hashbrown::HashTable;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -63,15 +65,17 @@ pub struct CoocEntry {
     pub dot: f64,
 }
 
-/// An item's co-occurrence row in one contiguous array: a run sorted by item followed by a
-/// short sorted write buffer of entries added since, merged into the run (one linear merge)
-/// when it outgrows [`CoocRow::buffer_limit`]. Scorers read [`CoocRow::entries`] in array
-/// order; lookups binary-search both parts.
+/// An item's co-occurrence row: its entries in one contiguous array, which scorers read in
+/// array order (their sums are order-independent), and a hash table of positions in it (4
+/// bytes a slot) that only the catalogue's updates use.
 #[derive(Debug, Clone, Default)]
 pub struct CoocRow {
     entries: Vec<CoocEntry>,
-    /// Length of the sorted run; `entries[sorted..]` is the write buffer.
-    sorted: usize,
+    positions: HashTable<u32>,
+}
+
+fn item_hash(item: u32) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(item)
 }
 
 impl CoocRow {
@@ -90,70 +94,62 @@ impl CoocRow {
         self.entries.is_empty()
     }
 
-    /// Bytes held on the heap.
+    /// Bytes held on the heap (entries, and positions with their control bytes).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<CoocEntry>()
+            + self.positions.capacity() * (std::mem::size_of::<u32>() + 1)
     }
 
     /// The entry of `item`, if the items co-occur.
     pub fn get(&self, item: u32) -> Option<Cooccurrence> {
-        self.find(item).ok().map(|k| Cooccurrence {
+        self.find(item).map(|k| Cooccurrence {
             dot: self.entries[k].dot,
             users: self.entries[k].users,
         })
     }
 
-    /// The position of `item`, or where the write buffer would take it.
-    fn find(&self, item: u32) -> Result<usize, usize> {
-        let (run, buffer) = self.entries.split_at(self.sorted);
-        if let Ok(k) = run.binary_search_by_key(&item, |e| e.item) {
-            return Ok(k);
-        }
-        buffer
-            .binary_search_by_key(&item, |e| e.item)
-            .map(|k| self.sorted + k)
-            .map_err(|k| self.sorted + k)
-    }
-
-    /// Entries the write buffer may hold before a merge: a sixteenth of the run, at least 32,
-    /// so a merge (linear in the row) is paid once per that many new pairs.
-    fn buffer_limit(&self) -> usize {
-        (self.sorted / 16).max(32)
+    fn find(&self, item: u32) -> Option<usize> {
+        let entries = &self.entries;
+        self.positions
+            .find(item_hash(item), |&k| entries[k as usize].item == item)
+            .map(|&k| k as usize)
     }
 
     /// Adds `dot` and `users` to the entry of `item`, creating it, or removing it when no
     /// user links the items any more.
     pub fn add(&mut self, item: u32, dot: f64, users: i64) {
-        match self.find(item) {
-            Ok(k) => {
-                let entry = &mut self.entries[k];
+        let CoocRow { entries, positions } = self;
+        let hash = item_hash(item);
+        match positions.find_entry(hash, |&k| entries[k as usize].item == item) {
+            Ok(found) => {
+                let k = *found.get() as usize;
+                let entry = &mut entries[k];
                 entry.dot += dot;
                 let users = i64::from(entry.users) + users;
                 debug_assert!(users >= 0, "co-occurrence count below zero");
-                if users <= 0 {
-                    self.entries.remove(k);
-                    if k < self.sorted {
-                        self.sorted -= 1;
-                    }
-                } else {
+                if users > 0 {
                     entry.users = users as u32;
+                    return;
+                }
+                found.remove();
+                entries.swap_remove(k);
+                // The last entry moved into the hole: point its position there.
+                if let Some(moved) = entries.get(k) {
+                    let last = entries.len() as u32;
+                    if let Some(p) = positions.find_mut(item_hash(moved.item), |&p| p == last) {
+                        *p = k as u32;
+                    }
                 }
             }
             // An absent pair only gains a user (a change without one moves no dot product).
-            Err(at) if users > 0 => {
-                self.entries.insert(
-                    at,
-                    CoocEntry {
-                        item,
-                        users: users as u32,
-                        dot,
-                    },
-                );
-                if self.entries.len() - self.sorted > self.buffer_limit() {
-                    // Two sorted runs: the stable sort merges them in linear time.
-                    self.entries.sort_by_key(|e| e.item);
-                    self.sorted = self.entries.len();
-                }
+            Err(_) if users > 0 => {
+                let k = entries.len() as u32;
+                entries.push(CoocEntry {
+                    item,
+                    users: users as u32,
+                    dot,
+                });
+                positions.insert_unique(hash, k, |&p| item_hash(entries[p as usize].item));
             }
             Err(_) => {}
         }
@@ -221,7 +217,7 @@ static NO_STATS: ItemStats = ItemStats {
     norm2: 0.0,
     cooc: CoocRow {
         entries: Vec::new(),
-        sorted: 0,
+        positions: HashTable::new(),
     },
     deleted: false,
 };
@@ -371,7 +367,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     proptest! {
-        /// Through buffer merges and removals, a row holds what a plain map would.
+        /// Through growth and removals, a row holds what a plain map would.
         #[test]
         fn cooc_rows_match_a_map(
             updates in prop::collection::vec((0u32..300, -2.0f64..2.0, prop::bool::ANY), 1..2000),
@@ -398,7 +394,7 @@ mod tests {
             for (item, (dot, users)) in want {
                 prop_assert_eq!(row.get(item), Some(Cooccurrence { dot, users }));
             }
-            prop_assert!(row.entries().len() - row.sorted <= row.buffer_limit());
+            prop_assert_eq!(row.positions.len(), row.entries().len());
         }
     }
 

@@ -73,19 +73,27 @@ const FIXED_SCALE: f64 = (1u64 << 40) as f64;
 /// `x` in fixed point (see [`SparseAccumulator`]); NaN counts as 0.
 #[inline]
 pub fn to_fixed(x: f64) -> i128 {
-    let scaled = (x * FIXED_SCALE).round();
-    // Within ±2⁶³ the integral value converts exactly through i64 in one instruction; the
-    // i128 conversion (a library call) is only needed beyond.
-    if scaled.abs() < 9.0e18 {
-        scaled as i64 as i128
+    let scaled = x * FIXED_SCALE;
+    // Below 2⁵² in magnitude, rounding (half away from zero, as `f64::round`) is done with
+    // one truncating conversion and an exact subtraction, instead of two library calls.
+    if scaled.abs() < 4.0e15 {
+        let whole = scaled as i64;
+        let frac = scaled - whole as f64;
+        let rounded = whole + i64::from(frac >= 0.5) - i64::from(frac <= -0.5);
+        i128::from(rounded)
     } else {
-        scaled as i128
+        scaled.round() as i128
     }
 }
 
 /// A fixed-point sum back as a float.
+#[inline]
 pub fn from_fixed(x: i128) -> f64 {
-    x as f64 / FIXED_SCALE
+    // Through i64 when it fits: the same rounding, without the wide conversion's library call.
+    match i64::try_from(x) {
+        Ok(v) => v as f64 / FIXED_SCALE,
+        Err(_) => x as f64 / FIXED_SCALE,
+    }
 }
 
 /// A sparse accumulator over dense ids: `O(touched)` to read back and reset, so a scorer can
@@ -231,7 +239,9 @@ mod tests {
 
     #[test]
     fn fixed_point_conversion_matches_the_wide_one() {
-        for x in [
+        let halves = [0.5, -0.5, 2.5, -2.5, 0.499_999_999_999_999_94].map(|h| h / FIXED_SCALE);
+        let samples = (0..2000).map(|k| (k as f64 * 0.618_033_988_7).sin() * 3e3);
+        let edges = [
             0.0,
             1.5,
             -2.25,
@@ -243,9 +253,13 @@ mod tests {
             -1e12,
             1e30,
             f64::NAN,
-        ] {
-            assert_eq!(to_fixed(x), (x * FIXED_SCALE).round() as i128, "{x}");
+        ];
+        for x in edges.into_iter().chain(halves).chain(samples) {
+            let wide = (x * FIXED_SCALE).round() as i128;
+            assert_eq!(to_fixed(x), wide, "{x}");
+            assert_eq!(from_fixed(wide), wide as f64 / FIXED_SCALE, "{x}");
         }
+        assert_eq!(from_fixed(i128::MAX), i128::MAX as f64 / FIXED_SCALE);
     }
 
     #[test]
