@@ -24,13 +24,14 @@ use momentum_models::similarity::Neighbour;
 /// A user's row of the interaction matrix as other threads see it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserVector {
-    /// (item, weight > 0), sorted by item.
-    pub items: Vec<(u32, f32)>,
+    /// (item, weight > 0), sorted by item. Boxed slices, not `Vec`s: a published vector is
+    /// never grown, and every user has one.
+    pub items: Box<[(u32, f32)]>,
     /// Sum of squared weights.
     pub norm2: f64,
     /// Items this user must not be recommended (kinds in `exclude_kinds`), sorted. Empty in
     /// the published [`Index::vectors`]: only the owning shard scores for the user.
-    pub excluded: Vec<u32>,
+    pub excluded: Box<[u32]>,
 }
 
 impl UserVector {

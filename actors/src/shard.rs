@@ -262,22 +262,21 @@ impl ShardState {
                 excluded.push(item);
             }
         }
-        items.shrink_to_fit();
         let norm2 = items
             .iter()
             .map(|&(_, w)| f64::from(w) * f64::from(w))
             .sum();
         UserVector {
-            items,
+            items: items.into_boxed_slice(),
             norm2,
-            excluded,
+            excluded: excluded.into_boxed_slice(),
         }
     }
 
     /// The vector other threads read: without exclusions, which only this shard uses.
     fn published_vector_of(&self, user: u32) -> Arc<UserVector> {
         let mut vector = self.vector_of(user);
-        vector.excluded = Vec::new();
+        vector.excluded = Box::default();
         Arc::new(vector)
     }
 
