@@ -15,27 +15,21 @@ use actix::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::config::EngineConfig;
-use crate::index::Index;
+use crate::index::{Index, ItemTable};
 use crate::messages::{ApplyItemDeltas, DeleteItem, GetSimilarItems, PutItem, RowDelta};
 use crate::tracked_handler;
 use momentum_models::content::text::Tokenizer;
 use momentum_models::similarity::{cosine, top_k_by, Neighbour};
 
-/// Applies the item side of a batch of row changes to the index. Pure state manipulation,
-/// shared by the actor and the replay tests.
-pub fn apply_row_deltas(index: &Index, deltas: &[RowDelta]) {
-    // (row item) → [(other item, Δdot, Δusers)], so each row is locked once per batch.
-    let mut per_row: FxHashMap<u32, Vec<(u32, f64, i64)>> = FxHashMap::default();
+/// Applies the item side of a batch of row changes to the item table. Pure state
+/// manipulation, shared by the actor and the replay tests.
+pub fn apply_row_deltas(table: &mut ItemTable, deltas: &[RowDelta]) {
     for d in deltas {
         let changed: FxHashMap<u32, (f32, f32)> =
             d.changes.iter().map(|&(i, o, n)| (i, (o, n))).collect();
         for &(item, old, new) in &d.changes {
-            let mut stats = index.item_stats.entry(item).or_default();
-            if new > 0.0 {
-                stats.column.insert(d.user, new);
-            } else {
-                stats.column.remove(&d.user);
-            }
+            let stats = table.get_mut(item);
+            stats.column.set(d.user, new);
             stats.norm2 += f64::from(new) * f64::from(new) - f64::from(old) * f64::from(old);
             if stats.column.is_empty() {
                 stats.norm2 = 0.0;
@@ -48,7 +42,7 @@ pub fn apply_row_deltas(index: &Index, deltas: &[RowDelta]) {
             .filter(|c| c.2 <= 0.0)
             .map(|c| (c.0, 0.0_f32));
         let others: Vec<(u32, f32)> = d.after.items.iter().copied().chain(zeroed).collect();
-        for (&i, &(old_i, new_i)) in changed.iter() {
+        for &(i, old_i, new_i) in &d.changes {
             for &(j, new_j) in &others {
                 if j == i {
                     continue;
@@ -66,22 +60,10 @@ pub fn apply_row_deltas(index: &Index, deltas: &[RowDelta]) {
                 if ddot == 0.0 && dusers == 0 {
                     continue;
                 }
-                per_row.entry(i).or_default().push((j, ddot, dusers));
-                per_row.entry(j).or_default().push((i, ddot, dusers));
-            }
-        }
-    }
-    for (row, updates) in per_row {
-        let mut stats = index.item_stats.entry(row).or_default();
-        for (other, ddot, dusers) in updates {
-            let entry = stats.cooc.entry(other).or_default();
-            entry.dot += ddot;
-            let users = i64::from(entry.users) + dusers;
-            debug_assert!(users >= 0, "co-occurrence count below zero");
-            if users <= 0 {
-                stats.cooc.remove(&other);
-            } else {
-                entry.users = users as u32;
+                // Sums of products of quantised weights are exact: the order of updates does
+                // not change the result.
+                table.get_mut(i).cooc.add(j, ddot, dusers);
+                table.get_mut(j).cooc.add(i, ddot, dusers);
             }
         }
     }
@@ -90,35 +72,36 @@ pub fn apply_row_deltas(index: &Index, deltas: &[RowDelta]) {
 /// Applies a batch and moves the index to a new epoch, invalidating similarity caches.
 pub fn apply_batch(index: &Index, deltas: &[RowDelta]) {
     if !deltas.is_empty() {
-        apply_row_deltas(index, deltas);
+        apply_row_deltas(&mut index.item_table.write(), deltas);
         index.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 
 /// Top-k items by cosine with `item`, computed from the current co-occurrence row.
 pub fn similar_items(index: &Index, item: u32, k: usize) -> Vec<Neighbour> {
-    let (norm2, dots): (f64, Vec<(u32, f64)>) = match index.item_stats.get(&item) {
-        Some(stats) => (
-            stats.norm2,
-            stats.cooc.iter().map(|(&j, c)| (j, c.dot)).collect(),
-        ),
-        None => return Vec::new(),
+    let sims: Vec<Neighbour> = {
+        let table = index.item_table.read();
+        let stats = table.get(item);
+        stats
+            .cooc
+            .entries()
+            .iter()
+            .filter(|e| table.is_live(e.item))
+            .map(|e| (e.item, cosine(e.dot, stats.norm2, table.norm2(e.item))))
+            .collect()
     };
-    let sims = dots
-        .into_iter()
-        .filter(|&(j, _)| index.is_live_item(j))
-        .map(|(j, dot)| (j, cosine(dot, norm2, index.item_norm2(j))));
     top_k_by(sims, k, &index.item_order())
 }
 
 /// The `size` items with most users, best first, skipping deleted items.
 pub fn popular_items(index: &Index, size: usize) -> Vec<Neighbour> {
-    let counts = index
-        .item_stats
+    let counts: Vec<Neighbour> = index
+        .item_table
+        .read()
         .iter()
-        .filter(|e| index.is_live_item(*e.key()))
-        .map(|e| (*e.key(), e.value().column.len() as f64))
-        .collect::<Vec<_>>();
+        .filter(|(_, s)| !s.deleted && !s.column.is_empty())
+        .map(|(item, s)| (item, s.column.len() as f64))
+        .collect();
     top_k_by(counts, size, &index.item_order())
 }
 
@@ -139,6 +122,8 @@ pub struct ItemCatalog {
     popular_computed: Option<(Instant, u64)>,
     tokenizer: Tokenizer,
     restarts: Option<prometheus::IntCounter>,
+    /// Co-occurrence pairs and their bytes, set with the popular list.
+    footprint: Option<(prometheus::IntGauge, prometheus::IntGauge)>,
 }
 
 impl ItemCatalog {
@@ -150,12 +135,23 @@ impl ItemCatalog {
             similar_cache: FxHashMap::default(),
             popular_computed: None,
             restarts: None,
+            footprint: None,
         }
     }
 
     /// Counts restarts under actix supervision in `counter`.
     pub fn with_restart_counter(mut self, counter: prometheus::IntCounter) -> Self {
         self.restarts = Some(counter);
+        self
+    }
+
+    /// Reports the co-occurrence pairs and bytes in `pairs` and `bytes`.
+    pub fn with_footprint_gauges(
+        mut self,
+        pairs: prometheus::IntGauge,
+        bytes: prometheus::IntGauge,
+    ) -> Self {
+        self.footprint = Some((pairs, bytes));
         self
     }
 
@@ -170,6 +166,11 @@ impl ItemCatalog {
             let list = popular_items(&self.index, self.config.recommend.popular_size);
             *self.index.popular.write() = Arc::new(list);
             self.popular_computed = Some((Instant::now(), epoch));
+            if let Some((pairs_gauge, bytes_gauge)) = &self.footprint {
+                let (pairs, bytes) = self.index.item_table.read().cooc_footprint();
+                pairs_gauge.set(pairs as i64);
+                bytes_gauge.set(bytes as i64);
+            }
         }
     }
 
@@ -242,11 +243,12 @@ impl Handler<PutItem> for ItemCatalog {
                 .item_terms(&msg.meta.title, &msg.meta.description, &msg.meta.tags);
         self.index.content.write().upsert_item(msg.item, &terms);
         self.index.item_meta.insert(msg.item, Arc::new(msg.meta));
-        if self.index.deleted_items.remove(&msg.item).is_some() {
+        let was_deleted =
+            std::mem::take(&mut self.index.item_table.write().get_mut(msg.item).deleted);
+        if was_deleted {
             self.bump_epoch();
             self.refresh_popular(true);
         }
-        self.index.item_stats.entry(msg.item).or_default();
         let _ = msg.reply.send(());
     }
 }
@@ -257,7 +259,7 @@ impl Handler<DeleteItem> for ItemCatalog {
     fn handle(&mut self, msg: DeleteItem, _: &mut Self::Context) {
         self.index.item_meta.remove(&msg.item);
         self.index.content.write().remove_item(msg.item);
-        self.index.deleted_items.insert(msg.item, ());
+        self.index.item_table.write().get_mut(msg.item).deleted = true;
         self.similar_cache.remove(&msg.item);
         self.bump_epoch();
         self.refresh_popular(true);

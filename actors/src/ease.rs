@@ -3,7 +3,7 @@
 //!
 //! The Gram matrix of the binary interaction matrix is what [`ItemStats`] already holds: the
 //! number of users of an item (`column.len()`) on the diagonal and the number of users two items
-//! share (`Cooccurrence::users`) off it. [`build`] copies those counts for the most popular
+//! share (`CoocEntry::users`) off it. [`build`] copies those counts for the most popular
 //! `ease.max_items` items (ties by external id, so every server picks the same items), fits
 //! EASE (`momentum_models::ease`) and keeps each item's strongest weights by dense id.
 //! Scoring sums those rows over the user's current items, so a user's own events move their
@@ -58,39 +58,36 @@ pub fn build(
     now_ms: i64,
 ) -> Result<EaseModel, EaseError> {
     let started = std::time::Instant::now();
-    // The most popular live items, ties by external id.
-    let mut candidates: Vec<(u32, usize, Arc<str>)> = index
-        .item_stats
-        .iter()
-        .filter(|e| !e.column.is_empty() && index.is_live_item(*e.key()))
-        .filter_map(|e| {
-            let name = index.items.name(*e.key())?;
-            Some((*e.key(), e.column.len(), name))
-        })
-        .collect();
-    candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.2.cmp(&b.2)));
-    candidates.truncate(config.max_items);
-    // Local indices in external-id order, so the factorisation sees the same matrix on
-    // every server whatever the dense ids.
-    candidates.sort_by(|a, b| a.2.cmp(&b.2));
-    let local: FxHashMap<u32, usize> = candidates
-        .iter()
-        .enumerate()
-        .map(|(l, c)| (c.0, l))
-        .collect();
-    let diag: Vec<f64> = candidates.iter().map(|c| c.1 as f64).collect();
-    let mut pairs = Vec::new();
-    for (li, c) in candidates.iter().enumerate() {
-        if let Some(stats) = index.item_stats.get(&c.0) {
-            for (other, co) in &stats.cooc {
-                if let Some(&lj) = local.get(other) {
-                    if lj < li && co.users > 0 {
-                        pairs.push((li, lj, f64::from(co.users)));
-                    }
+    // Counts are copied under the table's read lock; the factorisation runs without it.
+    let (candidates, diag, pairs) = {
+        let table = index.item_table.read();
+        // The most popular live items, ties by external id.
+        let mut candidates: Vec<(u32, usize, Arc<str>)> = table
+            .iter()
+            .filter(|(_, s)| !s.column.is_empty() && !s.deleted)
+            .filter_map(|(item, s)| Some((item, s.column.len(), index.items.name(item)?)))
+            .collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.2.cmp(&b.2)));
+        candidates.truncate(config.max_items);
+        // Local indices in external-id order, so the factorisation sees the same matrix on
+        // every server whatever the dense ids.
+        candidates.sort_by(|a, b| a.2.cmp(&b.2));
+        let mut local = vec![usize::MAX; table.len()];
+        for (l, c) in candidates.iter().enumerate() {
+            local[c.0 as usize] = l;
+        }
+        let diag: Vec<f64> = candidates.iter().map(|c| c.1 as f64).collect();
+        let mut pairs = Vec::new();
+        for (li, c) in candidates.iter().enumerate() {
+            for e in table.get(c.0).cooc.entries() {
+                let lj = local.get(e.item as usize).copied().unwrap_or(usize::MAX);
+                if lj < li && e.users > 0 {
+                    pairs.push((li, lj, f64::from(e.users)));
                 }
             }
         }
-    }
+        (candidates, diag, pairs)
+    };
     let params = EaseParams {
         lambda: config.lambda,
         neighbours: config.neighbours,

@@ -130,7 +130,8 @@ impl Engine {
         let capacity = config.actors.mailbox_capacity;
         let catalog_arbiter = Arbiter::new();
         let catalog_actor = ItemCatalog::new(index.clone(), config.clone())
-            .with_restart_counter(metrics.restarts.with_label_values(&["item_catalog"]));
+            .with_restart_counter(metrics.restarts.with_label_values(&["item_catalog"]))
+            .with_footprint_gauges(metrics.cooc_pairs.clone(), metrics.cooc_bytes.clone());
         let catalog_addr =
             actix::Supervisor::start_in_arbiter(&catalog_arbiter.handle(), |_| catalog_actor);
         let catalog = Mailbox::new(catalog_addr, capacity, "item_catalog", &metrics);
@@ -366,11 +367,7 @@ impl Engine {
                 .get(&item)
                 .map(|m| m.clone())
                 .unwrap_or_default(),
-            users: self
-                .index
-                .item_stats
-                .get(&item)
-                .map_or(0, |s| s.column.len()),
+            users: self.index.item_table.read().get(item).column.len(),
         })
     }
 

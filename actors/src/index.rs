@@ -2,16 +2,18 @@
 //!
 //! Every structure here has exactly one writer: a user's vector is written by the `UserShard`
 //! that owns the user, item statistics and metadata by the `ItemCatalog`. Readers on other
-//! threads (other shards scoring neighbours, HTTP handlers) see them through `dashmap` or
-//! `Arc` snapshots. The catalogue bumps [`Index::epoch`] after each applied batch; lazily
-//! computed similarity caches are valid for one epoch.
+//! threads (other shards scoring neighbours, HTTP handlers) see them through `dashmap`, `Arc`
+//! snapshots or, for item statistics, one read lock over dense per-item arrays
+//! ([`ItemTable`]) taken once per computation. The catalogue bumps [`Index::epoch`] after each
+//! applied batch; lazily computed similarity caches are valid for one epoch.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use hashbrown::HashTable;
 use parking_lot::RwLock;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ease::EaseModel;
@@ -22,12 +24,14 @@ use momentum_models::similarity::Neighbour;
 /// A user's row of the interaction matrix as other threads see it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserVector {
-    /// (item, weight > 0), sorted by item.
-    pub items: Vec<(u32, f32)>,
+    /// (item, weight > 0), sorted by item. Boxed slices, not `Vec`s: a published vector is
+    /// never grown, and every user has one.
+    pub items: Box<[(u32, f32)]>,
     /// Sum of squared weights.
     pub norm2: f64,
-    /// Items this user must not be recommended (kinds in `exclude_kinds`), sorted.
-    pub excluded: Vec<u32>,
+    /// Items this user must not be recommended (kinds in `exclude_kinds`), sorted. Empty in
+    /// the published [`Index::vectors`]: only the owning shard scores for the user.
+    pub excluded: Box<[u32]>,
 }
 
 impl UserVector {
@@ -54,15 +58,217 @@ pub struct Cooccurrence {
     pub users: u32,
 }
 
+/// One entry of a co-occurrence row (16 bytes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoocEntry {
+    pub item: u32,
+    pub users: u32,
+    pub dot: f64,
+}
+
+/// An item's co-occurrence row: its entries in one contiguous array, which scorers read in
+/// array order (their sums are order-independent), and a hash table of positions in it (4
+/// bytes a slot) that only the catalogue's updates use.
+#[derive(Debug, Clone, Default)]
+pub struct CoocRow {
+    entries: Vec<CoocEntry>,
+    positions: HashTable<u32>,
+}
+
+fn item_hash(item: u32) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(item)
+}
+
+impl CoocRow {
+    /// Entries, in no particular order.
+    pub fn entries(&self) -> &[CoocEntry] {
+        &self.entries
+    }
+
+    /// Number of co-occurring items.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no item co-occurs.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held on the heap (entries, and positions with their control bytes).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<CoocEntry>()
+            + self.positions.capacity() * (std::mem::size_of::<u32>() + 1)
+    }
+
+    /// The entry of `item`, if the items co-occur.
+    pub fn get(&self, item: u32) -> Option<Cooccurrence> {
+        self.find(item).map(|k| Cooccurrence {
+            dot: self.entries[k].dot,
+            users: self.entries[k].users,
+        })
+    }
+
+    fn find(&self, item: u32) -> Option<usize> {
+        let entries = &self.entries;
+        self.positions
+            .find(item_hash(item), |&k| entries[k as usize].item == item)
+            .map(|&k| k as usize)
+    }
+
+    /// Adds `dot` and `users` to the entry of `item`, creating it, or removing it when no
+    /// user links the items any more.
+    pub fn add(&mut self, item: u32, dot: f64, users: i64) {
+        let CoocRow { entries, positions } = self;
+        let hash = item_hash(item);
+        match positions.find_entry(hash, |&k| entries[k as usize].item == item) {
+            Ok(found) => {
+                let k = *found.get() as usize;
+                let entry = &mut entries[k];
+                entry.dot += dot;
+                let users = i64::from(entry.users) + users;
+                debug_assert!(users >= 0, "co-occurrence count below zero");
+                if users > 0 {
+                    entry.users = users as u32;
+                    return;
+                }
+                found.remove();
+                entries.swap_remove(k);
+                // The last entry moved into the hole: point its position there.
+                if let Some(moved) = entries.get(k) {
+                    let last = entries.len() as u32;
+                    if let Some(p) = positions.find_mut(item_hash(moved.item), |&p| p == last) {
+                        *p = k as u32;
+                    }
+                }
+            }
+            // An absent pair only gains a user (a change without one moves no dot product).
+            Err(_) if users > 0 => {
+                let k = entries.len() as u32;
+                entries.push(CoocEntry {
+                    item,
+                    users: users as u32,
+                    dot,
+                });
+                positions.insert_unique(hash, k, |&p| item_hash(entries[p as usize].item));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// An item's column of the interaction matrix: (user, weight > 0), sorted by user.
+#[derive(Debug, Clone, Default)]
+pub struct Column {
+    entries: Vec<(u32, f32)>,
+}
+
+impl Column {
+    /// (user, weight) by user.
+    pub fn entries(&self) -> &[(u32, f32)] {
+        &self.entries
+    }
+
+    /// Users with a positive weight.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no user has a positive weight.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sets the weight of `user` (0 or less removes it).
+    pub fn set(&mut self, user: u32, weight: f32) {
+        match self.entries.binary_search_by_key(&user, |e| e.0) {
+            Ok(k) if weight > 0.0 => self.entries[k].1 = weight,
+            Ok(k) => {
+                self.entries.remove(k);
+            }
+            Err(k) if weight > 0.0 => self.entries.insert(k, (user, weight)),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Interaction statistics of one item (its column of the matrix).
 #[derive(Debug, Clone, Default)]
 pub struct ItemStats {
-    /// user → weight > 0.
-    pub column: FxHashMap<u32, f32>,
+    pub column: Column,
     /// Sum of squared weights of the column.
     pub norm2: f64,
-    /// other item → co-occurrence.
-    pub cooc: FxHashMap<u32, Cooccurrence>,
+    pub cooc: CoocRow,
+    /// Deleted through the API: never recommended, events refused.
+    pub deleted: bool,
+}
+
+/// Every item's statistics, indexed by dense item id, behind one lock ([`Index::item_table`]):
+/// a scorer takes the read lock once per request and then reads plain arrays.
+#[derive(Debug, Default)]
+pub struct ItemTable {
+    rows: Vec<ItemStats>,
+}
+
+/// Statistics of an item id never seen.
+static NO_STATS: ItemStats = ItemStats {
+    column: Column {
+        entries: Vec::new(),
+    },
+    norm2: 0.0,
+    cooc: CoocRow {
+        entries: Vec::new(),
+        positions: HashTable::new(),
+    },
+    deleted: false,
+};
+
+impl ItemTable {
+    /// The statistics of `item` (empty ones for an id never seen).
+    pub fn get(&self, item: u32) -> &ItemStats {
+        self.rows.get(item as usize).unwrap_or(&NO_STATS)
+    }
+
+    /// The statistics of `item`, for the catalogue to update.
+    pub fn get_mut(&mut self, item: u32) -> &mut ItemStats {
+        let slot = item as usize;
+        if slot >= self.rows.len() {
+            self.rows.resize_with(slot + 1, ItemStats::default);
+        }
+        &mut self.rows[slot]
+    }
+
+    /// Every item id with a slot, and its statistics.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &ItemStats)> {
+        self.rows.iter().enumerate().map(|(i, s)| (i as u32, s))
+    }
+
+    /// Squared norm of an item column (0 if unknown).
+    pub fn norm2(&self, item: u32) -> f64 {
+        self.get(item).norm2
+    }
+
+    /// Whether the item may be shown (not deleted).
+    pub fn is_live(&self, item: u32) -> bool {
+        !self.get(item).deleted
+    }
+
+    /// Item slots (the size of dense per-item buffers).
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no item has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Stored co-occurrence pairs (each kept in both rows) and the heap bytes of the rows.
+    pub fn cooc_footprint(&self) -> (usize, usize) {
+        let entries: usize = self.rows.iter().map(|r| r.cooc.len()).sum();
+        let bytes = self.rows.iter().map(|r| r.cooc.heap_bytes()).sum();
+        (entries / 2, bytes)
+    }
 }
 
 /// Item metadata (`PUT /v1/items/{id}`).
@@ -98,12 +304,11 @@ pub struct Index {
     pub items: Interner,
     /// Written by the owning shard.
     pub vectors: DashMap<u32, Arc<UserVector>>,
-    /// Written by the catalogue.
-    pub item_stats: DashMap<u32, ItemStats>,
+    /// Written by the catalogue. Read it once per computation and pass the guard down: a
+    /// second `read()` on the same thread can deadlock behind a waiting writer.
+    pub item_table: RwLock<ItemTable>,
     /// Written by the catalogue; present for items with metadata.
     pub item_meta: DashMap<u32, Arc<ItemMeta>>,
-    /// Items deleted through the API: never recommended, events refused.
-    pub deleted_items: DashMap<u32, ()>,
     /// TF-IDF over item title, description and tags; catalogue-written.
     pub content: RwLock<TfIdfIndex>,
     /// Most popular items (users with a positive weight), best first; catalogue-written.
@@ -116,18 +321,6 @@ pub struct Index {
     pub ease: RwLock<Arc<EaseModel>>,
 }
 
-fn by_name(ids: &Interner, a: u32, b: u32) -> std::cmp::Ordering {
-    if a == b {
-        return std::cmp::Ordering::Equal;
-    }
-    match (ids.name(a), ids.name(b)) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.cmp(&b),
-    }
-}
-
 impl Index {
     /// An empty index with bounded id tables.
     pub fn new(max_users: usize, max_items: usize) -> Self {
@@ -135,9 +328,8 @@ impl Index {
             users: Interner::new(max_users),
             items: Interner::new(max_items),
             vectors: DashMap::new(),
-            item_stats: DashMap::new(),
+            item_table: RwLock::new(ItemTable::default()),
             item_meta: DashMap::new(),
-            deleted_items: DashMap::new(),
             content: RwLock::new(TfIdfIndex::new()),
             popular: RwLock::new(Arc::new(Vec::new())),
             epoch: AtomicU64::new(0),
@@ -151,24 +343,68 @@ impl Index {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Squared norm of an item column (0 if unknown).
-    pub fn item_norm2(&self, item: u32) -> f64 {
-        self.item_stats.get(&item).map(|s| s.norm2).unwrap_or(0.0)
-    }
-
     /// Orders dense user ids by their external ids (erased ones last, by dense id): how every
     /// ranking breaks ties, so that it does not depend on the order ids were assigned in.
     pub fn user_order(&self) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
-        |a, b| by_name(&self.users, *a, *b)
+        |a, b| self.users.compare(*a, *b)
     }
 
     /// [`Index::user_order`] for item ids.
     pub fn item_order(&self) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
-        |a, b| by_name(&self.items, *a, *b)
+        |a, b| self.items.compare(*a, *b)
     }
 
-    /// Whether the item may be shown (not deleted).
+    /// Whether the item may be shown (not deleted). Takes the item table's read lock: inside
+    /// a computation that holds it, use [`ItemTable::is_live`].
     pub fn is_live_item(&self, item: u32) -> bool {
-        !self.deleted_items.contains_key(&item)
+        self.item_table.read().is_live(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// Through growth and removals, a row holds what a plain map would.
+        #[test]
+        fn cooc_rows_match_a_map(
+            updates in prop::collection::vec((0u32..300, -2.0f64..2.0, prop::bool::ANY), 1..2000),
+        ) {
+            let mut row = CoocRow::default();
+            let mut want: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
+            for (item, dot, add) in updates {
+                let present = want.contains_key(&item);
+                // A removal only for an existing pair, as the catalogue sends.
+                let users = if add { 1 } else if present { -1 } else { continue };
+                row.add(item, dot, users);
+                let e = want.entry(item).or_insert((0.0, 0));
+                e.0 += dot;
+                e.1 = (i64::from(e.1) + users) as u32;
+                if e.1 == 0 {
+                    want.remove(&item);
+                }
+            }
+            let mut got: Vec<(u32, (f64, u32))> =
+                row.entries().iter().map(|e| (e.item, (e.dot, e.users))).collect();
+            got.sort_by_key(|e| e.0);
+            let want_list: Vec<(u32, (f64, u32))> = want.iter().map(|(&k, &v)| (k, v)).collect();
+            prop_assert_eq!(&got, &want_list);
+            for (item, (dot, users)) in want {
+                prop_assert_eq!(row.get(item), Some(Cooccurrence { dot, users }));
+            }
+            prop_assert_eq!(row.positions.len(), row.entries().len());
+        }
+    }
+
+    #[test]
+    fn columns_stay_sorted_and_drop_zero_weights() {
+        let mut c = Column::default();
+        for (user, w) in [(5, 1.0), (2, 2.0), (9, 0.5), (5, 0.0), (2, 3.0), (7, -1.0)] {
+            c.set(user, w);
+        }
+        assert_eq!(c.entries(), &[(2, 3.0), (9, 0.5)]);
     }
 }

@@ -16,6 +16,7 @@ pub mod mailbox;
 pub mod messages;
 pub mod metrics;
 pub mod recommend;
+pub mod rows;
 pub mod shard;
 pub mod snapshot;
 

@@ -18,6 +18,10 @@ pub struct ActorMetrics {
     pub items: IntGauge,
     /// Non-zero (user, item) cells.
     pub interactions: IntGauge,
+    /// Item pairs with a co-occurrence entry (each kept in both items' rows).
+    pub cooc_pairs: IntGauge,
+    /// Heap bytes of the co-occurrence rows.
+    pub cooc_bytes: IntGauge,
     /// Intra-list diversity (mean pairwise 1 − TF-IDF cosine) of computed lists.
     pub diversity: Histogram,
     /// Restarts of supervised actors, per actor kind.
@@ -62,6 +66,14 @@ impl ActorMetrics {
                 "momentum_interactions",
                 "Non-zero user-item cells of the interaction matrix",
             )?,
+            cooc_pairs: IntGauge::new(
+                "momentum_cooccurrence_pairs",
+                "Item pairs that share at least one user",
+            )?,
+            cooc_bytes: IntGauge::new(
+                "momentum_cooccurrence_bytes",
+                "Heap bytes of the co-occurrence rows (both directions of every pair)",
+            )?,
             diversity: Histogram::with_opts(
                 HistogramOpts::new(
                     "momentum_recommendation_diversity",
@@ -84,6 +96,8 @@ impl ActorMetrics {
         registry.register(Box::new(m.mailbox_rejected.clone()))?;
         registry.register(Box::new(m.rec_cache.clone()))?;
         registry.register(Box::new(m.users.clone()))?;
+        registry.register(Box::new(m.cooc_pairs.clone()))?;
+        registry.register(Box::new(m.cooc_bytes.clone()))?;
         registry.register(Box::new(m.items.clone()))?;
         registry.register(Box::new(m.interactions.clone()))?;
         Ok(m)

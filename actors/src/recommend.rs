@@ -22,7 +22,7 @@ use momentum_models::similarity::{
 };
 
 use crate::config::{ItemModel, RecommendConfig};
-use crate::index::{Index, UserVector};
+use crate::index::{Index, ItemTable, UserVector};
 
 /// Why an item was recommended: the strongest contributor to its score.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,12 +140,26 @@ pub fn confidence(support: usize) -> f64 {
     1.0 - (-(support as f64) / 5.0).exp()
 }
 
-/// Reusable buffers of one scorer (one per shard actor).
+/// Reusable buffers of one scorer (one per shard actor): dense per-item (or per-user) arrays
+/// that every request leaves as it found them, so none is cleared or reallocated per request.
 #[derive(Debug, Default)]
 pub struct Scratch {
     item_acc: SparseAccumulator,
     user_acc: SparseAccumulator,
     dots: SparseAccumulator,
+    /// item → position in the ranked list + 1 (0: not ranked).
+    slots: Vec<u32>,
+    /// item → neighbours with a positive weight on it.
+    support: Vec<u32>,
+}
+
+/// `buffer[id]`, growing the buffer with zeros as needed.
+fn dense_slot(buffer: &mut Vec<u32>, id: u32) -> &mut u32 {
+    let idx = id as usize;
+    if idx >= buffer.len() {
+        buffer.resize(idx + 1, 0);
+    }
+    &mut buffer[idx]
 }
 
 /// The `k` users most similar to `user` (cosine over weighted rows), best first.
@@ -153,9 +167,10 @@ pub fn neighbours(index: &Index, user: u32, k: usize, scratch: &mut Scratch) -> 
     let Some(vector) = index.vectors.get(&user).map(|v| v.clone()) else {
         return Vec::new();
     };
-    for &(item, w) in &vector.items {
-        if let Some(stats) = index.item_stats.get(&item) {
-            for (&other, &w_other) in &stats.column {
+    {
+        let table = index.item_table.read();
+        for &(item, w) in &vector.items {
+            for &(other, w_other) in table.get(item).column.entries() {
                 if other != user {
                     scratch.dots.add(other, f64::from(w) * f64::from(w_other));
                 }
@@ -174,13 +189,14 @@ pub fn neighbours(index: &Index, user: u32, k: usize, scratch: &mut Scratch) -> 
     top_k_by(sims, k, &index.user_order())
 }
 
-fn eligible(index: &Index, vector: &UserVector, item: u32) -> bool {
-    !vector.is_excluded(item) && index.is_live_item(item)
+fn eligible(table: &ItemTable, vector: &UserVector, item: u32) -> bool {
+    !vector.is_excluded(item) && table.is_live(item)
 }
 
 /// The popular list minus what the user may not see, as scored items.
 pub fn popular_for(
     index: &Index,
+    table: &ItemTable,
     vector: Option<&UserVector>,
     n: usize,
     skip: &[u32],
@@ -189,7 +205,7 @@ pub fn popular_for(
     let max = popular.first().map(|p| p.1).unwrap_or(1.0).max(1.0);
     popular
         .iter()
-        .filter(|(item, _)| index.is_live_item(*item))
+        .filter(|(item, _)| table.is_live(*item))
         .filter(|(item, _)| vector.is_none_or(|v| !v.is_excluded(*item)))
         .filter(|(item, _)| !skip.contains(item))
         .take(n)
@@ -206,6 +222,7 @@ pub fn popular_for(
 /// Scores and ranks up to `n` items for a user with interactions.
 pub fn collaborative(
     index: &Index,
+    table: &ItemTable,
     vector: &UserVector,
     neighbours: &[Neighbour],
     config: &RecommendConfig,
@@ -231,28 +248,27 @@ pub fn collaborative(
             .item_acc
             .drain()
             .into_iter()
-            .filter(|&(j, s)| s > 0.0 && eligible(index, vector, j))
+            .filter(|&(j, s)| s > 0.0 && eligible(table, vector, j))
             .collect()
     } else {
         // Cosine: accumulate Σ_i w_ui · dot_ij / ‖i‖, divide by ‖j‖ once per candidate.
         for &(item, w) in &vector.items {
-            if let Some(stats) = index.item_stats.get(&item) {
-                if stats.norm2 <= 0.0 {
-                    continue;
-                }
-                let scale = f64::from(w) / stats.norm2.sqrt();
-                for (&other, c) in &stats.cooc {
-                    scratch.item_acc.add(other, scale * c.dot);
-                }
+            let stats = table.get(item);
+            if stats.norm2 <= 0.0 {
+                continue;
+            }
+            let scale = f64::from(w) / stats.norm2.sqrt();
+            for e in stats.cooc.entries() {
+                scratch.item_acc.add(e.item, scale * e.dot);
             }
         }
         scratch
             .item_acc
             .drain()
             .into_iter()
-            .filter(|&(j, _)| eligible(index, vector, j))
+            .filter(|&(j, _)| eligible(table, vector, j))
             .map(|(j, s)| {
-                let n2 = index.item_norm2(j);
+                let n2 = table.norm2(j);
                 (j, if n2 > 0.0 { s / n2.sqrt() } else { 0.0 })
             })
             .collect()
@@ -260,11 +276,14 @@ pub fn collaborative(
     normalise_by_max(&mut item_scores);
 
     // User-based: Σ_v sim(u, v) · w_vj.
+    // Neighbours with a positive weight on each item (rows hold positive weights only),
+    // counted in `scratch.support` and reset from the same rows below.
     let mut rows = Vec::with_capacity(neighbours.len());
     for &(other, sim) in neighbours {
         if let Some(row) = index.vectors.get(&other).map(|r| r.clone()) {
             for &(j, w) in &row.items {
                 scratch.user_acc.add(j, sim * f64::from(w));
+                *dense_slot(&mut scratch.support, j) += 1;
             }
             rows.push(row);
         }
@@ -273,7 +292,7 @@ pub fn collaborative(
         .user_acc
         .drain()
         .into_iter()
-        .filter(|&(j, _)| eligible(index, vector, j))
+        .filter(|&(j, _)| eligible(table, vector, j))
         .collect();
     normalise_by_max(&mut user_scores);
 
@@ -286,20 +305,29 @@ pub fn collaborative(
     }
     let item_order = index.item_order();
     let ranked = top_k_by(scratch.dots.drain(), n, &item_order);
-    // Per-source scores of the ranked items, looked up once each below.
-    let item_by_id: rustc_hash::FxHashMap<u32, f64> = item_scores.iter().copied().collect();
-    let user_by_id: rustc_hash::FxHashMap<u32, f64> = user_scores.iter().copied().collect();
+    // Per-source scores of the ranked items: both lists are in id order.
+    let score_of = |scores: &[Neighbour], j: u32| {
+        scores
+            .binary_search_by_key(&j, |s| s.0)
+            .map_or(0.0, |k| scores[k].1)
+    };
 
     // The strongest item-based contributor of each ranked item and how many of the user's
     // items point at it, in one pass over the user's rows.
-    let slot: rustc_hash::FxHashMap<u32, usize> =
-        ranked.iter().enumerate().map(|(k, r)| (r.0, k)).collect();
+    for (k, &(j, _)) in ranked.iter().enumerate() {
+        *dense_slot(&mut scratch.slots, j) = k as u32 + 1;
+    }
+    let slots = &scratch.slots;
+    let slot_of = |j: u32| match slots.get(j as usize) {
+        Some(&s) if s > 0 => Some(s as usize - 1),
+        _ => None,
+    };
     let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
     let mut item_support = vec![0usize; ranked.len()];
     let ranked_norm2: Vec<f64> = if learned {
         Vec::new()
     } else {
-        ranked.iter().map(|&(j, _)| index.item_norm2(j)).collect()
+        ranked.iter().map(|&(j, _)| table.norm2(j)).collect()
     };
     let mut note = |k: usize, i: u32, contribution: f64| {
         item_support[k] += 1;
@@ -315,23 +343,36 @@ pub fn collaborative(
         if learned {
             if w > 0.0 {
                 for &(j, b) in model.row(i) {
-                    if let Some(&k) = slot.get(&j) {
+                    if let Some(k) = slot_of(j) {
                         if b > 0.0 {
                             note(k, i, f64::from(b));
                         }
                     }
                 }
             }
-        } else if let Some(stats) = index.item_stats.get(&i) {
-            for (k, &(j, _)) in ranked.iter().enumerate() {
-                if let Some(c) = stats.cooc.get(&j) {
+        } else {
+            let stats = table.get(i);
+            for e in stats.cooc.entries() {
+                if let Some(k) = slot_of(e.item) {
                     note(
                         k,
                         i,
-                        f64::from(w) * cosine(c.dot, stats.norm2, ranked_norm2[k]),
+                        f64::from(w) * cosine(e.dot, stats.norm2, ranked_norm2[k]),
                     );
                 }
             }
+        }
+    }
+    for &(j, _) in &ranked {
+        scratch.slots[j as usize] = 0;
+    }
+    let neighbour_support: Vec<usize> = ranked
+        .iter()
+        .map(|&(j, _)| scratch.support.get(j as usize).map_or(0, |&c| c as usize))
+        .collect();
+    for row in &rows {
+        for &(j, _) in &row.items {
+            scratch.support[j as usize] = 0;
         }
     }
 
@@ -341,10 +382,10 @@ pub fn collaborative(
         .map(|(k, (j, score))| {
             // Explain with the strongest item-based contributor, or the neighbours.
             let (best, item_support) = (best[k], item_support[k]);
-            let neighbour_support = rows.iter().filter(|r| r.weight(j) > 0.0).count();
+            let neighbour_support = neighbour_support[k];
             let mut reasons = Vec::new();
-            let item_part = item_by_id.get(&j).copied().unwrap_or(0.0) * (1.0 - uw);
-            let user_part = user_by_id.get(&j).copied().unwrap_or(0.0) * uw;
+            let item_part = score_of(&item_scores, j) * (1.0 - uw);
+            let user_part = score_of(&user_scores, j) * uw;
             if let Some((i, _)) = best {
                 reasons.push(Reason::SimilarTo {
                     item: i,
@@ -387,6 +428,7 @@ pub fn hybrid(
 ) -> (Strategy, Vec<Scored>) {
     let pool = config.candidate_pool.max(n);
     let content_index = index.content.read();
+    let table = index.item_table.read();
     let profile = if blend.content_weight > 0.0 {
         content_index.user_profile(&vector.items, config.profile_terms)
     } else {
@@ -404,7 +446,7 @@ pub fn hybrid(
         let found = content_index
             .score_candidates_by(
                 &profile,
-                |item| !eligible(index, vector, item),
+                |item| !eligible(&table, vector, item),
                 pool,
                 &limits,
                 &index.item_order(),
@@ -414,7 +456,7 @@ pub fn hybrid(
             .collect();
         (Vec::new(), found)
     } else {
-        let cf = collaborative(index, vector, neighbours, config, pool, scratch);
+        let cf = collaborative(index, &table, vector, neighbours, config, pool, scratch);
         let content = if profile.is_empty() {
             Vec::new()
         } else {
@@ -428,7 +470,12 @@ pub fn hybrid(
         (false, true) => Strategy::Hybrid,
         (false, false) => Strategy::Collaborative,
         (true, true) => Strategy::Content,
-        (true, false) => return (Strategy::Popular, popular_for(index, Some(vector), n, &[])),
+        (true, false) => {
+            return (
+                Strategy::Popular,
+                popular_for(index, &table, Some(vector), n, &[]),
+            )
+        }
     };
     let cf_pairs = normalise_min_max(&cf.iter().map(|s| (s.item, s.score)).collect::<Vec<_>>());
     let content_pairs: Vec<(u32, f64)> = content.iter().map(|c| (c.0, c.1)).collect();
@@ -506,7 +553,13 @@ pub fn hybrid(
     }
     if out.len() < n {
         let have: Vec<u32> = out.iter().map(|s| s.item).collect();
-        out.extend(popular_for(index, Some(vector), n - out.len(), &have));
+        out.extend(popular_for(
+            index,
+            &table,
+            Some(vector),
+            n - out.len(),
+            &have,
+        ));
     }
     (strategy, out)
 }

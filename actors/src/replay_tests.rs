@@ -142,9 +142,9 @@ proptest! {
             assert_same(&got, &want, &format!("user {user}"));
         }
         // Co-occurrence counts equal the number of users sharing both items.
-        for entry in h.index.item_stats.iter() {
-            for (&other, c) in &entry.cooc {
-                let shared = m.values().filter(|row| row.contains_key(entry.key()) && row.contains_key(&other)).count();
+        for (item, stats) in h.index.item_table.read().iter() {
+            for c in stats.cooc.entries() {
+                let shared = m.values().filter(|row| row.contains_key(&item) && row.contains_key(&c.item)).count();
                 prop_assert_eq!(c.users as usize, shared);
             }
         }

@@ -7,11 +7,13 @@
 //! the client once co-occurrence is updated, so a client that got its `200` reads its writes.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rustc_hash::{FxHashMap, FxHashSet};
+use hashbrown::HashTable;
+use rustc_hash::FxHashMap;
 
 use crate::catalog::ItemCatalog;
 use crate::config::EngineConfig;
@@ -24,48 +26,28 @@ use crate::messages::{
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
+use crate::rows::Rows;
 use crate::snapshot::{event_id_hash, DedupeEntry, UserRecord};
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
 use momentum_models::features::Activity;
 use momentum_models::similarity::Neighbour;
 
-/// One user's row: what they did with each item, and their profile.
-#[derive(Debug, Clone, Default)]
-pub struct UserRow {
-    pub cells: FxHashMap<u32, Interaction>,
-    pub profile: UserProfile,
-    pub last_event_ms: Option<i64>,
-    /// The user's recent events in time order, for the features of the predictive models:
-    /// at most `actors.activity_max_events`, none older than `actors.activity_days` before
-    /// the newest.
-    pub activity: VecDeque<Activity>,
-}
-
-/// Inserts `event` in time order (events mostly arrive in order: a push at the back) and
-/// trims the log to `max` events and `days` before the newest.
-fn push_activity(log: &mut VecDeque<Activity>, event: Activity, max: usize, days: u32) {
-    let at = log.partition_point(|a| a.ts_ms <= event.ts_ms);
-    log.insert(at, event);
-    while log.len() > max {
-        log.pop_front();
-    }
-    if let Some(newest) = log.back().map(|a| a.ts_ms) {
-        let horizon = newest.saturating_sub(i64::from(days) * 86_400_000);
-        while log.front().is_some_and(|a| a.ts_ms < horizon) {
-            log.pop_front();
-        }
-    }
-}
-
 /// A bounded first-in-first-out set of recently applied `event_id`s, each remembered as its
 /// user's dense id and a 64-bit hash of the id ([`event_id_hash`]): no id text is kept, so
-/// none reaches a snapshot, and erasing a user drops their entries.
+/// none reaches a snapshot, and erasing a user drops their entries. The entries live once, in
+/// arrival order; the hash table holds their sequence numbers (4 bytes each).
 #[derive(Debug, Default)]
 struct Dedupe {
-    seen: FxHashSet<DedupeEntry>,
+    /// Oldest first; `order[k]` has the sequence number `first + k` (wrapping).
     order: VecDeque<DedupeEntry>,
+    seen: HashTable<u32>,
+    first: u32,
     capacity: usize,
+}
+
+fn dedupe_hash(entry: &DedupeEntry) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(entry)
 }
 
 impl Dedupe {
@@ -76,23 +58,43 @@ impl Dedupe {
 
     /// Records `entry`; false if it was already there.
     fn insert(&mut self, entry: DedupeEntry) -> bool {
-        if self.capacity == 0 || self.seen.contains(&entry) {
-            return self.capacity == 0;
+        if self.capacity == 0 {
+            return true;
         }
-        if self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+        let hash = dedupe_hash(&entry);
+        let capacity = self.capacity;
+        let Dedupe {
+            order, seen, first, ..
+        } = self;
+        let at = |seq: u32| order[seq.wrapping_sub(*first) as usize];
+        if seen.find(hash, |&seq| at(seq) == entry).is_some() {
+            return false;
+        }
+        if order.len() >= capacity {
+            if let Some(old) = order.pop_front() {
+                let oldest = *first;
+                if let Ok(found) = seen.find_entry(dedupe_hash(&old), |&seq| seq == oldest) {
+                    found.remove();
+                }
+                *first = first.wrapping_add(1);
             }
         }
-        self.seen.insert(entry);
-        self.order.push_back(entry);
+        let seq = first.wrapping_add(order.len() as u32);
+        order.push_back(entry);
+        let at = |seq: &u32| dedupe_hash(&order[seq.wrapping_sub(*first) as usize]);
+        seen.insert_unique(hash, seq, at);
         true
     }
 
     /// Forgets every entry of `user`.
     fn erase(&mut self, user: u32) {
-        self.order.retain(|e| e.0 != user);
-        self.seen.retain(|e| e.0 != user);
+        let kept: Vec<DedupeEntry> = self.order.iter().copied().filter(|e| e.0 != user).collect();
+        self.order.clear();
+        self.seen.clear();
+        self.first = 0;
+        for entry in kept {
+            self.insert(entry);
+        }
     }
 }
 
@@ -153,7 +155,7 @@ pub struct ShardState {
     index: Arc<Index>,
     config: Arc<EngineConfig>,
     metrics: ActorMetrics,
-    rows: FxHashMap<u32, UserRow>,
+    rows: Rows,
     dedupe: Dedupe,
     neighbour_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
     rec_cache: RecCache,
@@ -178,7 +180,7 @@ impl ShardState {
             index,
             config,
             metrics,
-            rows: FxHashMap::default(),
+            rows: Rows::default(),
             neighbour_cache: FxHashMap::default(),
             scratch: Scratch::default(),
         }
@@ -200,10 +202,8 @@ impl ShardState {
                 }
             }
             outcome.accepted += 1;
-            let row = self.rows.entry(event.user).or_default();
-            row.last_event_ms = Some(row.last_event_ms.unwrap_or(i64::MIN).max(event.ts_ms));
-            push_activity(
-                &mut row.activity,
+            let row = self.rows.get_or_insert(event.user);
+            row.push_activity(
                 Activity {
                     ts_ms: event.ts_ms,
                     kind: event.kind,
@@ -214,16 +214,14 @@ impl ShardState {
             );
             let changes = touched.entry(event.user).or_default();
             let Some(item) = event.item else { continue };
-            let cell = row.cells.entry(item).or_default();
-            let before = cell.weight(weights);
-            cell.apply(event.kind, event.value, event.ts_ms, weights);
-            changes.entry(item).or_insert((before, before)).1 = cell.weight(weights);
+            let (before, after) = row.apply(item, event.kind, event.value, event.ts_ms, weights);
+            changes.entry(item).or_insert((before, before)).1 = after;
         }
         let mut deltas = Vec::with_capacity(touched.len());
         let mut interactions_delta = 0i64;
         for (user, changes) in touched {
             self.rec_cache.invalidate(user);
-            let vector = Arc::new(self.vector_of(user));
+            let vector = self.published_vector_of(user);
             // The vector is republished even when no weight moved: exclusions may have.
             let changes: Vec<(u32, f32, f32)> = changes
                 .into_iter()
@@ -246,34 +244,40 @@ impl ShardState {
         (outcome, deltas)
     }
 
+    /// The user's vector with their exclusions (what the scorer needs for its own user).
     fn vector_of(&self, user: u32) -> UserVector {
         let weights = &self.config.weights;
-        let Some(row) = self.rows.get(&user) else {
+        let Some(row) = self.rows.get(user) else {
             return UserVector::default();
         };
-        let mut items: Vec<(u32, f32)> = row
-            .cells
-            .iter()
-            .map(|(&item, cell)| (item, cell.weight(weights)))
-            .filter(|&(_, w)| w > 0.0)
-            .collect();
-        items.sort_unstable_by_key(|e| e.0);
-        let mut excluded: Vec<u32> = row
-            .cells
-            .iter()
-            .filter(|(_, cell)| cell.has_any(self.exclude_mask))
-            .map(|(&item, _)| item)
-            .collect();
-        excluded.sort_unstable();
+        let mut items = Vec::new();
+        let mut excluded = Vec::new();
+        // Cells are in item order, so both lists come out sorted.
+        for (item, cell) in row.cells() {
+            let w = cell.weight(weights);
+            if w > 0.0 {
+                items.push((item, w));
+            }
+            if cell.has_any(self.exclude_mask) {
+                excluded.push(item);
+            }
+        }
         let norm2 = items
             .iter()
             .map(|&(_, w)| f64::from(w) * f64::from(w))
             .sum();
         UserVector {
-            items,
+            items: items.into_boxed_slice(),
             norm2,
-            excluded,
+            excluded: excluded.into_boxed_slice(),
         }
+    }
+
+    /// The vector other threads read: without exclusions, which only this shard uses.
+    fn published_vector_of(&self, user: u32) -> Arc<UserVector> {
+        let mut vector = self.vector_of(user);
+        vector.excluded = Box::default();
+        Arc::new(vector)
     }
 
     /// The cached neighbour list (length `max(user_neighbours, similar_k)`), recomputed when
@@ -330,9 +334,9 @@ impl ShardState {
             return hit;
         }
         self.metrics.rec_cache.with_label_values(&["miss"]).inc();
-        let vector = self.index.vectors.get(&user).map(|v| v.clone());
+        let vector = self.vector_of(user);
         let (strategy, items) = match vector {
-            Some(v) if !v.items.is_empty() => {
+            v if !v.items.is_empty() => {
                 let neighbours = self.neighbours(user);
                 let take = self.config.recommend.user_neighbours.min(neighbours.len());
                 let (strategy, mut items) = recommend::hybrid(
@@ -344,10 +348,12 @@ impl ShardState {
                     want,
                     &mut self.scratch,
                 );
-                if let Some(row) = self.rows.get(&user) {
+                if let Some(row) = self.rows.get(user) {
                     for reason in items.iter_mut().flat_map(|s| s.reasons.iter_mut()) {
                         if let Reason::SimilarTo { item, verb } = reason {
-                            *verb = row.cells.get(item).map_or("engaged with", strongest_verb);
+                            *verb = row
+                                .cell(*item)
+                                .map_or("engaged with", |c| strongest_verb(&c));
                         }
                     }
                 }
@@ -357,9 +363,15 @@ impl ShardState {
                     .observe(recommend::intra_list_diversity(&self.index, &head));
                 (strategy, items)
             }
-            other => (
+            v => (
                 Strategy::Popular,
-                recommend::popular_for(&self.index, other.as_deref(), want, &[]),
+                recommend::popular_for(
+                    &self.index,
+                    &self.index.item_table.read(),
+                    Some(&v),
+                    want,
+                    &[],
+                ),
             ),
         };
         let recs = Recommendations {
@@ -380,20 +392,19 @@ impl ShardState {
         let mut users: Vec<UserRecord> = self
             .rows
             .iter()
-            .filter_map(|(&user, row)| {
+            .filter_map(|(user, row)| {
                 let user_id = self.index.users.name(user)?;
                 let mut cells: Vec<(Arc<str>, Interaction)> = row
-                    .cells
-                    .iter()
-                    .filter_map(|(&item, cell)| Some((self.index.items.name(item)?, cell.clone())))
+                    .cells()
+                    .filter_map(|(item, cell)| Some((self.index.items.name(item)?, cell)))
                     .collect();
                 cells.sort_by(|a, b| a.0.cmp(&b.0));
                 Some(UserRecord {
                     user_id,
                     dense_id: user,
-                    last_event_ms: row.last_event_ms,
+                    last_event_ms: row.last_event_ms(),
                     cells,
-                    activity: row.activity.iter().copied().collect(),
+                    activity: row.activity().collect(),
                 })
             })
             .collect();
@@ -419,24 +430,23 @@ impl ShardState {
                 continue;
             }
             let user = record.dense_id;
-            let row = self.rows.entry(user).or_default();
-            row.last_event_ms = record.last_event_ms;
-            row.activity = record.activity.into_iter().collect();
+            let row = self.rows.get_or_insert(user);
+            row.set_last_event_ms(record.last_event_ms);
+            row.set_activity(record.activity);
             let mut changes = Vec::with_capacity(record.cells.len());
             for (item_id, cell) in record.cells {
                 let Some(item) = self.index.items.intern(&item_id) else {
                     refused += 1;
                     continue;
                 };
-                let before = row.cells.get(&item).map_or(0.0, |c| c.weight(weights));
                 let after = cell.weight(weights);
-                row.cells.insert(item, cell);
+                let before = row.set_cell(item, &cell).map_or(0.0, |c| c.weight(weights));
                 if before != after {
                     interactions += i64::from(after > 0.0) - i64::from(before > 0.0);
                     changes.push((item, before, after));
                 }
             }
-            let vector = Arc::new(self.vector_of(user));
+            let vector = self.published_vector_of(user);
             self.index.vectors.insert(user, vector.clone());
             if !changes.is_empty() {
                 deltas.push(RowDelta {
@@ -457,15 +467,14 @@ impl ShardState {
     /// Returns the item-side delta that removes their weights from the catalogue.
     pub fn erase(&mut self, user: u32) -> Option<RowDelta> {
         self.dedupe.erase(user);
-        let row = self.rows.remove(&user)?;
+        let row = self.rows.remove(user)?;
         self.index.vectors.remove(&user);
         self.neighbour_cache.remove(&user);
         self.rec_cache.invalidate(user);
         let weights = &self.config.weights;
         let changes: Vec<(u32, f32, f32)> = row
-            .cells
-            .iter()
-            .map(|(&item, cell)| (item, cell.weight(weights), 0.0))
+            .cells()
+            .map(|(item, cell)| (item, cell.weight(weights), 0.0))
             .filter(|c| c.1 > 0.0)
             .collect();
         self.metrics.interactions.sub(changes.len() as i64);
@@ -478,14 +487,12 @@ impl ShardState {
 
     /// A copy of the user's activity log (time order).
     pub fn activity(&self, user: u32) -> Option<Vec<Activity>> {
-        self.rows
-            .get(&user)
-            .map(|row| row.activity.iter().copied().collect())
+        self.rows.get(user).map(|row| row.activity().collect())
     }
 
     /// Creates or replaces a profile.
     pub fn put_profile(&mut self, user: u32, profile: UserProfile) {
-        self.rows.entry(user).or_default().profile = profile;
+        self.rows.get_or_insert(user).set_profile(profile);
         self.index
             .vectors
             .entry(user)
@@ -494,14 +501,13 @@ impl ShardState {
 
     /// Profile and activity summary.
     pub fn summary(&self, user: u32) -> Option<UserSummary> {
-        self.rows.get(&user).map(|row| UserSummary {
-            profile: row.profile.clone(),
+        self.rows.get(user).map(|row| UserSummary {
+            profile: row.profile().cloned().unwrap_or_default(),
             interactions: row
-                .cells
-                .values()
-                .filter(|c| c.weight(&self.config.weights) > 0.0)
+                .cells()
+                .filter(|c| c.1.weight(&self.config.weights) > 0.0)
                 .count(),
-            last_event_ms: row.last_event_ms,
+            last_event_ms: row.last_event_ms(),
         })
     }
 }
@@ -685,48 +691,6 @@ tracked_handler!(UserShard, GetUser);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn activity_stays_ordered_and_bounded() {
-        use momentum_models::events::EventKind;
-        let mut log = VecDeque::new();
-        let day = 86_400_000;
-        for ts in [5 * day, 3 * day, 4 * day, 100 * day] {
-            push_activity(
-                &mut log,
-                Activity {
-                    ts_ms: ts,
-                    kind: EventKind::View,
-                    goal: None,
-                },
-                3,
-                90,
-            );
-        }
-        let ts: Vec<i64> = log.iter().map(|a| a.ts_ms).collect();
-        assert_eq!(
-            ts,
-            vec![100 * day],
-            "older than 90 days before the newest are dropped"
-        );
-        for t in 0..10 {
-            push_activity(
-                &mut log,
-                Activity {
-                    ts_ms: 100 * day + t,
-                    kind: EventKind::View,
-                    goal: None,
-                },
-                3,
-                90,
-            );
-        }
-        assert_eq!(log.len(), 3);
-        assert!(log
-            .iter()
-            .zip(log.iter().skip(1))
-            .all(|(a, b)| a.ts_ms <= b.ts_ms));
-    }
 
     #[test]
     fn dedupe_forgets_oldest_past_capacity() {

@@ -829,17 +829,15 @@ async fn item_users(
         return Err(unknown());
     }
     let mut users: Vec<(Arc<str>, f32)> = index
-        .item_stats
-        .get(&item)
-        .map(|stats| {
-            stats
-                .column
-                .iter()
-                .filter(|(_, w)| **w > 0.0)
-                .filter_map(|(&u, &w)| Some((state.engine.user_name(u)?, w)))
-                .collect()
-        })
-        .unwrap_or_default();
+        .item_table
+        .read()
+        .get(item)
+        .column
+        .entries()
+        .iter()
+        .filter(|(_, w)| *w > 0.0)
+        .filter_map(|&(u, w)| Some((state.engine.user_name(u)?, w)))
+        .collect();
     let total = users.len();
     users.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     users.truncate(n);

@@ -1,0 +1,320 @@
+//! The user rows a `UserShard` owns, packed: a shard holds every user it has ever seen, so
+//! the per-user cost decides how many users fit in memory.
+//!
+//! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 64-byte
+//! [`UserRow`] in one dense array), 24 bytes per item they touched (cells sorted by item) and
+//! 16 bytes per event of their activity log. The vectors of a row grow by half, not by
+//! doubling from four as `Vec` does, since most users touch a handful of items.
+
+use rustc_hash::FxHashMap;
+
+use crate::index::UserProfile;
+use momentum_models::events::{EventKind, Interaction, KindWeights};
+use momentum_models::features::Activity;
+
+/// Makes room for one more element, growing by half.
+fn reserve_one<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len() / 2 + 1);
+    }
+}
+
+/// What a user did with one item: an [`Interaction`] and its item in 24 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cell {
+    last_ts: i64,
+    item: u32,
+    implicit: f32,
+    /// NaN: no rating (ratings are validated finite).
+    rating: f32,
+    kinds: u16,
+}
+
+impl Cell {
+    fn new(item: u32, c: &Interaction) -> Cell {
+        Cell {
+            last_ts: c.last_ts,
+            item,
+            implicit: c.implicit,
+            rating: c.rating.unwrap_or(f32::NAN),
+            kinds: c.kinds,
+        }
+    }
+
+    fn interaction(&self) -> Interaction {
+        Interaction {
+            implicit: self.implicit,
+            rating: (!self.rating.is_nan()).then_some(self.rating),
+            kinds: self.kinds,
+            last_ts: self.last_ts,
+        }
+    }
+}
+
+/// One event of an activity log: an [`Activity`] in 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Logged {
+    ts_ms: i64,
+    /// `u32::MAX`: none.
+    goal: u32,
+    /// Index in `EventKind::ALL`.
+    kind: u8,
+}
+
+impl Logged {
+    fn new(a: Activity) -> Logged {
+        Logged {
+            ts_ms: a.ts_ms,
+            goal: a.goal.unwrap_or(u32::MAX),
+            kind: a.kind as u8,
+        }
+    }
+
+    fn activity(&self) -> Activity {
+        Activity {
+            ts_ms: self.ts_ms,
+            kind: EventKind::ALL[usize::from(self.kind)],
+            goal: (self.goal != u32::MAX).then_some(self.goal),
+        }
+    }
+}
+
+/// One user's row: what they did with each item, their profile and their recent events.
+#[derive(Debug)]
+pub struct UserRow {
+    /// Sorted by item.
+    cells: Vec<Cell>,
+    /// Time order: at most `actors.activity_max_events`, none older than
+    /// `actors.activity_days` before the newest (the features of the predictive models).
+    activity: Vec<Logged>,
+    profile: Option<Box<UserProfile>>,
+    /// `i64::MIN`: no event yet.
+    last_event_ms: i64,
+}
+
+impl Default for UserRow {
+    fn default() -> Self {
+        UserRow {
+            cells: Vec::new(),
+            activity: Vec::new(),
+            profile: None,
+            last_event_ms: i64::MIN,
+        }
+    }
+}
+
+impl UserRow {
+    /// What the user did with `item`.
+    pub fn cell(&self, item: u32) -> Option<Interaction> {
+        self.cells
+            .binary_search_by_key(&item, |c| c.item)
+            .ok()
+            .map(|k| self.cells[k].interaction())
+    }
+
+    /// Every (item, interaction), by item.
+    pub fn cells(&self) -> impl Iterator<Item = (u32, Interaction)> + '_ {
+        self.cells.iter().map(|c| (c.item, c.interaction()))
+    }
+
+    /// Applies one event to the cell of `item`; returns its weight before and after.
+    pub fn apply(
+        &mut self,
+        item: u32,
+        kind: EventKind,
+        value: Option<f32>,
+        ts_ms: i64,
+        weights: &KindWeights,
+    ) -> (f32, f32) {
+        let k = match self.cells.binary_search_by_key(&item, |c| c.item) {
+            Ok(k) => k,
+            Err(k) => {
+                reserve_one(&mut self.cells);
+                self.cells
+                    .insert(k, Cell::new(item, &Interaction::default()));
+                k
+            }
+        };
+        let mut cell = self.cells[k].interaction();
+        let before = cell.weight(weights);
+        cell.apply(kind, value, ts_ms, weights);
+        self.cells[k] = Cell::new(item, &cell);
+        (before, cell.weight(weights))
+    }
+
+    /// Replaces the cell of `item` (restoring a snapshot); returns the previous one.
+    pub fn set_cell(&mut self, item: u32, cell: &Interaction) -> Option<Interaction> {
+        match self.cells.binary_search_by_key(&item, |c| c.item) {
+            Ok(k) => {
+                Some(std::mem::replace(&mut self.cells[k], Cell::new(item, cell)).interaction())
+            }
+            Err(k) => {
+                reserve_one(&mut self.cells);
+                self.cells.insert(k, Cell::new(item, cell));
+                None
+            }
+        }
+    }
+
+    /// The profile (`PUT /v1/users/{id}`), if one was set.
+    pub fn profile(&self) -> Option<&UserProfile> {
+        self.profile.as_deref()
+    }
+
+    pub fn set_profile(&mut self, profile: UserProfile) {
+        self.profile = Some(Box::new(profile));
+    }
+
+    /// Unix milliseconds of the latest event.
+    pub fn last_event_ms(&self) -> Option<i64> {
+        (self.last_event_ms != i64::MIN).then_some(self.last_event_ms)
+    }
+
+    pub fn set_last_event_ms(&mut self, ms: Option<i64>) {
+        self.last_event_ms = ms.unwrap_or(i64::MIN);
+    }
+
+    /// The activity log, in time order.
+    pub fn activity(&self) -> impl Iterator<Item = Activity> + '_ {
+        self.activity.iter().map(Logged::activity)
+    }
+
+    /// Replaces the activity log (restoring a snapshot; already in time order).
+    pub fn set_activity(&mut self, log: Vec<Activity>) {
+        self.activity = log.into_iter().map(Logged::new).collect();
+    }
+
+    /// Records an event: its time as the latest, and in the activity log in time order
+    /// (events mostly arrive in order: a push at the back), trimmed to `max` events and
+    /// `days` before the newest.
+    pub fn push_activity(&mut self, event: Activity, max: usize, days: u32) {
+        self.last_event_ms = self.last_event_ms.max(event.ts_ms);
+        let log = &mut self.activity;
+        let at = log.partition_point(|a| a.ts_ms <= event.ts_ms);
+        reserve_one(log);
+        log.insert(at, Logged::new(event));
+        let mut drop = log.len().saturating_sub(max);
+        if let Some(newest) = log.last().map(|a| a.ts_ms) {
+            let horizon = newest.saturating_sub(i64::from(days) * 86_400_000);
+            drop = drop.max(log.partition_point(|a| a.ts_ms < horizon));
+        }
+        log.drain(..drop);
+    }
+}
+
+/// A shard's rows: user → slot in one dense array, so a row costs no hash-table slack.
+#[derive(Debug, Default)]
+pub struct Rows {
+    slots: FxHashMap<u32, u32>,
+    users: Vec<u32>,
+    rows: Vec<UserRow>,
+}
+
+impl Rows {
+    pub fn get(&self, user: u32) -> Option<&UserRow> {
+        self.slots.get(&user).map(|&s| &self.rows[s as usize])
+    }
+
+    /// The row of `user`, created empty if needed.
+    pub fn get_or_insert(&mut self, user: u32) -> &mut UserRow {
+        let next = self.rows.len() as u32;
+        let slot = *self.slots.entry(user).or_insert(next);
+        if slot == next {
+            self.users.push(user);
+            self.rows.push(UserRow::default());
+        }
+        &mut self.rows[slot as usize]
+    }
+
+    pub fn remove(&mut self, user: u32) -> Option<UserRow> {
+        let slot = self.slots.remove(&user)? as usize;
+        let row = self.rows.swap_remove(slot);
+        self.users.swap_remove(slot);
+        if let Some(&moved) = self.users.get(slot) {
+            self.slots.insert(moved, slot as u32);
+        }
+        Some(row)
+    }
+
+    /// Every (user, row), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &UserRow)> {
+        self.users.iter().copied().zip(&self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_stays_ordered_and_bounded() {
+        let mut row = UserRow::default();
+        let day = 86_400_000;
+        let view = |ts_ms| Activity {
+            ts_ms,
+            kind: EventKind::View,
+            goal: None,
+        };
+        for ts in [5 * day, 3 * day, 4 * day, 100 * day] {
+            row.push_activity(view(ts), 3, 90);
+        }
+        let ts: Vec<i64> = row.activity().map(|a| a.ts_ms).collect();
+        assert_eq!(
+            ts,
+            vec![100 * day],
+            "older than 90 days before the newest are dropped"
+        );
+        for t in 0..10 {
+            row.push_activity(view(100 * day + t), 3, 90);
+        }
+        let log: Vec<Activity> = row.activity().collect();
+        assert_eq!(log.len(), 3);
+        assert!(log
+            .iter()
+            .zip(log.iter().skip(1))
+            .all(|(a, b)| a.ts_ms <= b.ts_ms));
+        assert_eq!(row.last_event_ms(), Some(100 * day + 9));
+    }
+
+    #[test]
+    fn cells_and_activity_round_trip_their_packing() {
+        let mut row = UserRow::default();
+        let weights = KindWeights::default();
+        assert_eq!(
+            row.apply(7, EventKind::Rate, Some(4.0), 10, &weights).0,
+            0.0
+        );
+        row.apply(3, EventKind::View, None, 11, &weights);
+        let mut want = Interaction::default();
+        want.apply(EventKind::Rate, Some(4.0), 10, &weights);
+        assert_eq!(row.cell(7), Some(want.clone()));
+        assert_eq!(row.cells().map(|c| c.0).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(row.set_cell(7, &Interaction::default()), Some(want));
+        for kind in EventKind::ALL {
+            let a = Activity {
+                ts_ms: -5,
+                kind,
+                goal: Some(9),
+            };
+            assert_eq!(Logged::new(a).activity(), a);
+        }
+    }
+
+    #[test]
+    fn removing_a_row_keeps_the_others_reachable() {
+        let mut rows = Rows::default();
+        for user in [4, 9, 2] {
+            rows.get_or_insert(user)
+                .set_last_event_ms(Some(i64::from(user)));
+        }
+        assert!(rows.remove(4).is_some());
+        assert!(rows.remove(4).is_none());
+        for user in [9, 2] {
+            assert_eq!(
+                rows.get(user).and_then(UserRow::last_event_ms),
+                Some(i64::from(user))
+            );
+        }
+        assert_eq!(rows.iter().count(), 2);
+    }
+}
