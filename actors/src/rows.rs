@@ -195,7 +195,7 @@ impl UserRow {
         log.insert(at, Logged::new(event));
         let mut drop = log.len().saturating_sub(max);
         if let Some(newest) = log.last().map(|a| a.ts_ms) {
-            let horizon = newest.saturating_sub(i64::from(days) * 86_400_000);
+            let horizon = newest.saturating_sub(momentum_models::clock::days_ms(days));
             drop = drop.max(log.partition_point(|a| a.ts_ms < horizon));
         }
         log.drain(..drop);
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn activity_stays_ordered_and_bounded() {
         let mut row = UserRow::default();
-        let day = 86_400_000;
+        let day = momentum_models::clock::DAY_MS;
         let view = |ts_ms| Activity {
             ts_ms,
             kind: EventKind::View,

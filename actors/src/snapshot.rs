@@ -14,8 +14,6 @@
 
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
-
 use momentum_models::events::{EventKind, Interaction};
 use momentum_models::features::Activity;
 
@@ -29,10 +27,7 @@ pub type DedupeEntry = (u32, u64);
 /// The 64-bit hash an event id is remembered by: the first 8 bytes of `md5(event_id)`,
 /// big-endian. Stable across processes and versions, since snapshots store it.
 pub fn event_id_hash(event_id: &str) -> u64 {
-    let digest = Md5::digest(event_id.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    momentum_models::hash::md5_u64(&[event_id.as_bytes()])
 }
 
 /// One user's row in external ids.
