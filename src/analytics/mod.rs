@@ -47,7 +47,7 @@ use crate::jobs::churn::{ActivitySource, ChurnScoringJob, ScoringReport};
 use crate::jobs::training::{TrainingJob, TrainingReport};
 use crate::jobs::{JobHandle, JobRunner, JobStatus, Schedule};
 use crate::metrics::JobMetrics;
-use crate::store::analytics::ModelVersionRow;
+use crate::store::analytics::{ChurnTierDay, ModelVersionRow, StoredIntervention};
 use crate::store::Store;
 use crate::AppState;
 pub use config::AnalyticsConfig;
@@ -333,6 +333,34 @@ impl Analytics {
             .model_version(kind.name(), version)
             .await?;
         Ok(found.map(|(row, _bytes)| row))
+    }
+
+    /// Interventions with an id above `since`, oldest first, at most `limit`.
+    pub async fn interventions_after(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredIntervention>, Error> {
+        self.shared
+            .store
+            .interventions_after(since, limit)
+            .await
+            .map_err(|e| Error::failed("reading interventions", e))
+    }
+
+    /// Users per churn tier for each of the last `days` scoring days.
+    pub async fn churn_tier_history(&self, days: usize) -> Result<Vec<ChurnTierDay>, Error> {
+        self.shared
+            .store
+            .churn_tier_history(days)
+            .await
+            .map_err(|e| Error::failed("reading churn scores", e))
+    }
+
+    /// PSI per feature now (training window against recently served vectors), if enough
+    /// vectors were served.
+    pub fn drift_now(&self) -> Option<[f64; FEATURE_COUNT]> {
+        self.shared.drift.current(self.shared.clock.now_ms())
     }
 
     /// Starts the `training` and `churn_scoring` jobs on the current arbiter. The churn job

@@ -773,10 +773,9 @@ async fn overview(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 /// PSI per feature now (training window vs the last 24 hours of served vectors), computed like
 /// `momentum_feature_drift_psi`; empty below `models.drift_min_samples` vectors.
 fn drift_psi(state: &AppState) -> BTreeMap<&'static str, f64> {
-    let shared = state.analytics.shared();
-    shared
-        .drift
-        .current(shared.clock.now_ms())
+    state
+        .analytics
+        .drift_now()
         .map(|values| {
             momentum_models::features::FEATURE_NAMES
                 .iter()
@@ -873,13 +872,7 @@ async fn churn_history(
             format!("days must be in 1..={MAX_HISTORY_DAYS}"),
         ));
     }
-    let history = state
-        .analytics
-        .shared()
-        .store
-        .churn_tier_history(days)
-        .await
-        .map_err(|e| Error::failed("reading churn scores", e))?;
+    let history = state.analytics.churn_tier_history(days).await?;
     Ok(HttpResponse::Ok().json(json!({"days": history})))
 }
 

@@ -46,11 +46,8 @@ async fn list(
     }
     let items = state
         .analytics
-        .shared()
-        .store
         .interventions_after(query.since, limit)
-        .await
-        .map_err(|e| Error::failed("reading interventions", e))?;
+        .await?;
     let next = items.last().map_or(query.since, |i| i.id);
     Ok(HttpResponse::Ok().json(json!({
         "interventions": items,
