@@ -396,6 +396,21 @@ mod tests {
     }
 
     #[test]
+    fn a_configuration_error_keeps_its_cause_and_its_text() {
+        let mut engine = momentum_actors::EngineConfig::default();
+        engine.recommend.cf_weight = -1.0;
+        let err = Error::from(engine.validate().expect_err("negative weight"));
+        assert_eq!(err.code(), "config");
+        let cause = std::error::Error::source(&err).and_then(std::error::Error::source);
+        assert!(cause.is_some(), "{err:?}");
+        assert_eq!(
+            Report(&err).to_string(),
+            "configuration: recommend.cf_weight / content_weight: invalid input: \
+             hybrid weights must be finite and >= 0, got -1 and 0.2"
+        );
+    }
+
+    #[test]
     fn an_operator_store_message_is_said_once() {
         let err = Error::from(StoreError::Locked {
             message: "the store is held by another server".into(),

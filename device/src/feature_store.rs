@@ -510,3 +510,25 @@ impl<'a> Reader<'a> {
         Ok(i64::from_le_bytes(self.array()?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_file_says_why_it_is_not_trusted() {
+        assert_eq!(
+            decode(&[0; 3]).map(|_| ()),
+            Err(FileError::TooShort { len: 3 })
+        );
+        let mut bytes = vec![0; FILE_OVERHEAD];
+        assert_eq!(decode(&bytes).map(|_| ()), Err(FileError::Checksum));
+        let checksum = Sha256::digest(&bytes[..FILE_OVERHEAD - 32]);
+        bytes[FILE_OVERHEAD - 32..].copy_from_slice(&checksum);
+        assert_eq!(decode(&bytes).map(|_| ()), Err(FileError::Magic));
+        assert_eq!(
+            FileError::TooShort { len: 3 }.to_string(),
+            "3 bytes is shorter than any store file"
+        );
+    }
+}

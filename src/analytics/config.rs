@@ -331,4 +331,21 @@ mod tests {
         c.trainer.holdout_fraction = 1.0;
         assert!(c.validate().unwrap_err().to_string().contains("holdout"));
     }
+
+    #[test]
+    fn a_refused_webhook_url_keeps_its_reason_as_the_cause() {
+        let mut c = AnalyticsConfig::default();
+        c.churn.webhook_url = "https://hooks.local/churn".into();
+        let err = c.validate().expect_err("no TLS");
+        assert_eq!(
+            err,
+            ConfigError::WebhookUrl {
+                source: crate::jobs::webhook::UrlError::NotHttp
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "churn.webhook_url: only http:// URLs are supported"
+        );
+    }
 }

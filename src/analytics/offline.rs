@@ -489,6 +489,23 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_csv_keeps_its_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("none.csv");
+        let mut progress = Progress::new(Vec::new(), false, STAGES);
+        let err = run_with(
+            &args(&events, None),
+            AnalyticsConfig::default(),
+            &mut progress,
+        )
+        .expect_err("no file");
+        assert!(matches!(err, OfflineError::Read { .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("cannot read {}", events.display()));
+        let line = crate::error::Report(&err).to_string();
+        assert!(line.len() > err.to_string().len(), "{line}");
+    }
+
+    #[test]
     fn the_bar_is_redrawn_in_place_on_a_terminal() {
         let mut p = Progress::new(Vec::new(), true, 4);
         p.stage("reading events");
