@@ -7,9 +7,11 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use momentum_actors::config::ConfigError as EngineConfigError;
 use momentum_actors::snapshot::DecodeError;
 use momentum_actors::ActorError;
 
+use crate::analytics::config::ConfigError as AnalyticsConfigError;
 use crate::store::StoreError;
 
 /// Everything that can go wrong in the server.
@@ -82,6 +84,18 @@ pub enum Error {
     /// Invalid configuration (start-up only).
     #[error("configuration: {message}")]
     Config { message: String },
+    /// A value of the engine's sections is out of bounds (start-up only).
+    #[error("configuration: {source}")]
+    EngineConfig {
+        #[source]
+        source: EngineConfigError,
+    },
+    /// A value of the models' sections is out of bounds (start-up only).
+    #[error("configuration: {source}")]
+    AnalyticsConfig {
+        #[source]
+        source: AnalyticsConfigError,
+    },
     /// I/O failure (start-up, CLI).
     #[error("{context}: {source}")]
     Io {
@@ -139,6 +153,18 @@ fn store_summary(source: &StoreError) -> String {
 impl From<StoreError> for Error {
     fn from(source: StoreError) -> Error {
         Error::Store { source }
+    }
+}
+
+impl From<EngineConfigError> for Error {
+    fn from(source: EngineConfigError) -> Error {
+        Error::EngineConfig { source }
+    }
+}
+
+impl From<AnalyticsConfigError> for Error {
+    fn from(source: AnalyticsConfigError) -> Error {
+        Error::AnalyticsConfig { source }
     }
 }
 
@@ -207,7 +233,9 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::ModelNotReady { .. } => "model_not_ready",
             Error::NotReady => "not_ready",
-            Error::Config { .. } => "config",
+            Error::Config { .. } | Error::EngineConfig { .. } | Error::AnalyticsConfig { .. } => {
+                "config"
+            }
             Error::Io { .. } => "io",
             Error::Store { .. }
             | Error::Snapshot { .. }
@@ -260,6 +288,8 @@ impl ResponseError for Error {
             Error::AdminDisabled | Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::CapacityReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::Config { .. }
+            | Error::EngineConfig { .. }
+            | Error::AnalyticsConfig { .. }
             | Error::Io { .. }
             | Error::Store { .. }
             | Error::Snapshot { .. }
@@ -272,6 +302,8 @@ impl ResponseError for Error {
     fn error_response(&self) -> HttpResponse {
         let message = match self {
             Error::Config { .. }
+            | Error::EngineConfig { .. }
+            | Error::AnalyticsConfig { .. }
             | Error::Io { .. }
             | Error::Store { .. }
             | Error::Snapshot { .. }
@@ -361,6 +393,21 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(json["error"]["code"], "internal");
         assert_eq!(json["error"]["message"], "internal error");
+    }
+
+    #[test]
+    fn a_configuration_error_keeps_its_cause_and_its_text() {
+        let mut engine = momentum_actors::EngineConfig::default();
+        engine.recommend.cf_weight = -1.0;
+        let err = Error::from(engine.validate().expect_err("negative weight"));
+        assert_eq!(err.code(), "config");
+        let cause = std::error::Error::source(&err).and_then(std::error::Error::source);
+        assert!(cause.is_some(), "{err:?}");
+        assert_eq!(
+            Report(&err).to_string(),
+            "configuration: recommend.cf_weight / content_weight: invalid input: \
+             hybrid weights must be finite and >= 0, got -1 and 0.2"
+        );
     }
 
     #[test]

@@ -217,12 +217,8 @@ impl Settings {
                  without it model files would cross the network in the clear",
             );
         }
-        self.analytics()
-            .validate()
-            .map_err(|message| Error::Config { message })?;
-        self.engine()
-            .validate()
-            .map_err(|message| Error::Config { message })
+        self.analytics().validate()?;
+        Ok(self.engine().validate()?)
     }
 
     /// The part of the configuration the predictive models need.

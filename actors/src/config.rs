@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use momentum_models::events::{EventKind, KindWeights};
+use momentum_models::ModelError;
 
 /// Sizes and bounds of the actor system.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,53 +171,83 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Checks the bounds; the message names the offending key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the bounds; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let a = &self.actors;
         let r = &self.recommend;
         if a.shards == 0 || a.shards > 4096 {
-            return Err("actors.shards must be in 1..=4096".into());
+            return Err(out_of_bounds("actors.shards must be in 1..=4096"));
         }
         if a.mailbox_capacity < 2 {
-            return Err("actors.mailbox_capacity must be at least 2".into());
+            return Err(out_of_bounds("actors.mailbox_capacity must be at least 2"));
         }
         if a.max_users == 0 || a.max_items == 0 || a.max_users > u32::MAX as usize {
-            return Err("actors.max_users and actors.max_items must be in 1..=2^32-1".into());
+            return Err(out_of_bounds(
+                "actors.max_users and actors.max_items must be in 1..=2^32-1",
+            ));
         }
         if !(0.0..=1.0).contains(&r.user_weight) {
-            return Err("recommend.user_weight must be in [0, 1]".into());
+            return Err(out_of_bounds("recommend.user_weight must be in [0, 1]"));
         }
         if r.max_n == 0 || r.default_n == 0 || r.default_n > r.max_n {
-            return Err("recommend.default_n must be in 1..=recommend.max_n".into());
+            return Err(out_of_bounds(
+                "recommend.default_n must be in 1..=recommend.max_n",
+            ));
         }
         if r.similar_k == 0 || r.user_neighbours == 0 {
-            return Err(
-                "recommend.similar_k and recommend.user_neighbours must be positive".into(),
-            );
+            return Err(out_of_bounds(
+                "recommend.similar_k and recommend.user_neighbours must be positive",
+            ));
         }
         momentum_models::content::hybrid::validate_weights(r.cf_weight, r.content_weight)
-            .map_err(|e| format!("recommend.cf_weight / content_weight: {e}"))?;
+            .map_err(|source| ConfigError::HybridWeights { source })?;
         if !(0.0..=1.0).contains(&r.diversity_lambda) {
-            return Err("recommend.diversity_lambda must be in [0, 1]".into());
+            return Err(out_of_bounds(
+                "recommend.diversity_lambda must be in [0, 1]",
+            ));
         }
         if r.profile_terms == 0 {
-            return Err("recommend.profile_terms must be positive".into());
+            return Err(out_of_bounds("recommend.profile_terms must be positive"));
         }
         let e = &self.ease;
         if !(e.lambda.is_finite() && e.lambda > 0.0) {
-            return Err("ease.lambda must be finite and positive".into());
+            return Err(out_of_bounds("ease.lambda must be finite and positive"));
         }
         if e.neighbours == 0 || e.max_items == 0 || e.max_items > 20_000 {
-            return Err("ease.neighbours must be positive and ease.max_items in 1..=20000".into());
+            return Err(out_of_bounds(
+                "ease.neighbours must be positive and ease.max_items in 1..=20000",
+            ));
         }
         if e.rebuild_events == 0 || e.rebuild_secs == 0 {
-            return Err("ease.rebuild_events and ease.rebuild_secs must be positive".into());
+            return Err(out_of_bounds(
+                "ease.rebuild_events and ease.rebuild_secs must be positive",
+            ));
         }
         let w = &self.weights;
         let positive = |x: f32| x.is_finite() && x > 0.0;
         if !positive(w.max_weight) || !positive(w.max_rating) {
-            return Err("weights.max_weight and weights.max_rating must be positive".into());
+            return Err(out_of_bounds(
+                "weights.max_weight and weights.max_rating must be positive",
+            ));
         }
         Ok(())
     }
+}
+
+/// Why an [`EngineConfig`] is refused; the message names the key.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is outside its bounds; `rule` names the key and the bounds.
+    #[error("{rule}")]
+    OutOfBounds { rule: &'static str },
+    /// The hybrid weights are refused.
+    #[error("recommend.cf_weight / content_weight: {source}")]
+    HybridWeights {
+        #[source]
+        source: ModelError,
+    },
+}
+
+fn out_of_bounds(rule: &'static str) -> ConfigError {
+    ConfigError::OutOfBounds { rule }
 }

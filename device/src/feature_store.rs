@@ -397,20 +397,42 @@ fn encode(inner: &Inner) -> Vec<u8> {
     out
 }
 
+/// Why a store file cannot be trusted (it is then discarded as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum FileError {
+    #[error("{len} bytes is shorter than any store file")]
+    TooShort { len: usize },
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("not a feature store file")]
+    Magic,
+    #[error("truncated")]
+    Truncated,
+    #[error("entry {entry}: user id of {len} bytes")]
+    IdLength { entry: usize, len: usize },
+    #[error("entry {entry}: user id is not UTF-8")]
+    IdNotUtf8 {
+        entry: usize,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    #[error("entry {entry}: non-finite feature")]
+    NonFinite { entry: usize },
+    #[error("{len} trailing bytes")]
+    Trailing { len: usize },
+}
+
 /// Parses a store file, or says why it cannot be trusted.
-fn decode(bytes: &[u8]) -> Result<Vec<(String, Entry)>, String> {
+fn decode(bytes: &[u8]) -> Result<Vec<(String, Entry)>, FileError> {
     if bytes.len() < FILE_OVERHEAD {
-        return Err(format!(
-            "{} bytes is shorter than any store file",
-            bytes.len()
-        ));
+        return Err(FileError::TooShort { len: bytes.len() });
     }
     let (body, checksum) = bytes.split_at(bytes.len() - 32);
     if Sha256::digest(body).as_slice() != checksum {
-        return Err("checksum mismatch".to_string());
+        return Err(FileError::Checksum);
     }
     if &body[..4] != MAGIC {
-        return Err("not a feature store file".to_string());
+        return Err(FileError::Magic);
     }
     let mut r = Reader(&body[4..]);
     let count = r.u32()? as usize;
@@ -418,10 +440,13 @@ fn decode(bytes: &[u8]) -> Result<Vec<(String, Entry)>, String> {
     for i in 0..count {
         let id_len = usize::from(r.u16()?);
         if id_len == 0 || id_len > MAX_ID_LEN {
-            return Err(format!("entry {i}: user id of {id_len} bytes"));
+            return Err(FileError::IdLength {
+                entry: i,
+                len: id_len,
+            });
         }
         let user_id = std::str::from_utf8(r.take(id_len)?)
-            .map_err(|_| format!("entry {i}: user id is not UTF-8"))?
+            .map_err(|source| FileError::IdNotUtf8 { entry: i, source })?
             .to_string();
         let as_of_ms = r.i64()?;
         let computed_ms = r.i64()?;
@@ -430,7 +455,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<(String, Entry)>, String> {
         for v in &mut values {
             *v = f64::from_bits(r.u64()?);
             if !v.is_finite() {
-                return Err(format!("entry {i}: non-finite feature"));
+                return Err(FileError::NonFinite { entry: i });
             }
         }
         entries.push((
@@ -445,7 +470,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<(String, Entry)>, String> {
         ));
     }
     if !r.0.is_empty() {
-        return Err(format!("{} trailing bytes", r.0.len()));
+        return Err(FileError::Trailing { len: r.0.len() });
     }
     Ok(entries)
 }
@@ -454,34 +479,56 @@ fn decode(bytes: &[u8]) -> Result<Vec<(String, Entry)>, String> {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FileError> {
         if self.0.len() < n {
-            return Err("truncated".to_string());
+            return Err(FileError::Truncated);
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FileError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, FileError> {
         Ok(u16::from_le_bytes(self.array()?))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, FileError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, FileError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    fn i64(&mut self) -> Result<i64, FileError> {
         Ok(i64::from_le_bytes(self.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_file_says_why_it_is_not_trusted() {
+        assert_eq!(
+            decode(&[0; 3]).map(|_| ()),
+            Err(FileError::TooShort { len: 3 })
+        );
+        let mut bytes = vec![0; FILE_OVERHEAD];
+        assert_eq!(decode(&bytes).map(|_| ()), Err(FileError::Checksum));
+        let checksum = Sha256::digest(&bytes[..FILE_OVERHEAD - 32]);
+        bytes[FILE_OVERHEAD - 32..].copy_from_slice(&checksum);
+        assert_eq!(decode(&bytes).map(|_| ()), Err(FileError::Magic));
+        assert_eq!(
+            FileError::TooShort { len: 3 }.to_string(),
+            "3 bytes is shorter than any store file"
+        );
     }
 }

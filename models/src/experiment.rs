@@ -136,15 +136,20 @@ impl VariantOverrides {
     }
 }
 
-/// Checks a variant's overrides; `Err` carries the reason without the variant's name.
-fn validate_overrides(v: &VariantDef) -> Result<(), String> {
+/// Checks a variant's overrides; the reason names the variant.
+fn validate_overrides(v: &VariantDef) -> Result<(), ModelError> {
     if let Some(w) = &v.hybrid_weights {
-        validate_weights(w.cf, w.content).map_err(|ModelError::InvalidInput { reason }| reason)?;
+        validate_weights(w.cf, w.content).map_err(|ModelError::InvalidInput { reason }| {
+            invalid(format!("variant {}: {reason}", v.name))
+        })?;
     }
     if let Some(d) = &v.diversity {
         if let Some(lambda) = d.lambda {
             if !(lambda.is_finite() && (0.0..=1.0).contains(&lambda)) {
-                return Err(format!("diversity lambda must be in [0, 1], got {lambda}"));
+                return Err(invalid(format!(
+                    "variant {}: diversity lambda must be in [0, 1], got {lambda}",
+                    v.name
+                )));
             }
         }
         for (what, cap) in [
@@ -152,9 +157,10 @@ fn validate_overrides(v: &VariantDef) -> Result<(), String> {
             ("max_per_tag", d.max_per_tag),
         ] {
             if cap.is_some_and(|c| c > MAX_DIVERSITY_CAP) {
-                return Err(format!(
-                    "diversity {what} must be at most {MAX_DIVERSITY_CAP} (0 = no cap)"
-                ));
+                return Err(invalid(format!(
+                    "variant {}: diversity {what} must be at most {MAX_DIVERSITY_CAP} (0 = no cap)",
+                    v.name
+                )));
             }
         }
     }
@@ -255,8 +261,7 @@ impl Experiment {
             if v.weight == 0 {
                 return Err(invalid(format!("variant {}: weight must be > 0", v.name)));
             }
-            validate_overrides(v)
-                .map_err(|reason| invalid(format!("variant {}: {reason}", v.name)))?;
+            validate_overrides(v)?;
             if def.variants[..i].iter().any(|o| o.name == v.name) {
                 return Err(invalid(format!("variant {}: duplicate name", v.name)));
             }

@@ -109,27 +109,31 @@ impl Default for TrainerConfig {
 }
 
 impl TrainerConfig {
-    /// Checks the bounds; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the bounds; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..1.0).contains(&self.holdout_fraction) || self.holdout_fraction == 0.0 {
-            return Err("trainer.holdout_fraction must be in (0, 1)".into());
+            return Err(out_of_bounds("trainer.holdout_fraction must be in (0, 1)"));
         }
         if !(self.success_learning_rate.is_finite() && self.success_learning_rate > 0.0) {
-            return Err("trainer.success_learning_rate must be positive".into());
+            return Err(out_of_bounds(
+                "trainer.success_learning_rate must be positive",
+            ));
         }
         if !(self.success_l2.is_finite() && self.success_l2 >= 0.0) {
-            return Err("trainer.success_l2 must be >= 0".into());
+            return Err(out_of_bounds("trainer.success_l2 must be >= 0"));
         }
         if !(self.promotion_margin.is_finite() && self.promotion_margin >= 0.0) {
-            return Err("trainer.promotion_margin must be >= 0".into());
+            return Err(out_of_bounds("trainer.promotion_margin must be >= 0"));
         }
         if self.window_days == 0 || self.cutoffs == 0 || self.churn_trees == 0 {
-            return Err("trainer.window_days, cutoffs and churn_trees must be positive".into());
+            return Err(out_of_bounds(
+                "trainer.window_days, cutoffs and churn_trees must be positive",
+            ));
         }
         if self.churn_max_depth == 0 || self.success_max_iterations == 0 {
-            return Err(
-                "trainer.churn_max_depth and success_max_iterations must be positive".into(),
-            );
+            return Err(out_of_bounds(
+                "trainer.churn_max_depth and success_max_iterations must be positive",
+            ));
         }
         Ok(())
     }
@@ -220,19 +224,23 @@ impl Default for ChurnConfig {
 }
 
 impl ChurnConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let t = self.tiers();
         if !(0.0 <= t.medium && t.medium <= t.high && t.high <= 1.0) {
-            return Err("churn.medium_threshold <= churn.high_threshold must lie in [0, 1]".into());
+            return Err(out_of_bounds(
+                "churn.medium_threshold <= churn.high_threshold must lie in [0, 1]",
+            ));
         }
         if self.batch_size == 0 || self.concurrency == 0 || self.active_days == 0 {
-            return Err("churn.batch_size, concurrency and active_days must be positive".into());
+            return Err(out_of_bounds(
+                "churn.batch_size, concurrency and active_days must be positive",
+            ));
         }
         if !self.webhook_url.is_empty() {
             crate::jobs::webhook::Target::parse(&self.webhook_url)
-                .map_err(|e| format!("churn.webhook_url: {e}"))?;
+                .map_err(|source| ConfigError::WebhookUrl { source })?;
             if self.webhook_max_attempts == 0 {
-                return Err("churn.webhook_max_attempts must be positive".into());
+                return Err(out_of_bounds("churn.webhook_max_attempts must be positive"));
             }
         }
         Ok(())
@@ -262,13 +270,33 @@ pub struct AnalyticsConfig {
 }
 
 impl AnalyticsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.models.drift_bins < 2 || self.models.online_window == 0 {
-            return Err("models.drift_bins must be >= 2 and models.online_window positive".into());
+            return Err(out_of_bounds(
+                "models.drift_bins must be >= 2 and models.online_window positive",
+            ));
         }
         self.trainer.validate()?;
         self.churn.validate()
     }
+}
+
+/// Why an [`AnalyticsConfig`] is refused; the message names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is outside its bounds; `rule` names the key and the bounds.
+    #[error("{rule}")]
+    OutOfBounds { rule: &'static str },
+    /// `churn.webhook_url` is not a URL deliveries can go to.
+    #[error("churn.webhook_url: {source}")]
+    WebhookUrl {
+        #[source]
+        source: crate::jobs::webhook::UrlError,
+    },
+}
+
+fn out_of_bounds(rule: &'static str) -> ConfigError {
+    ConfigError::OutOfBounds { rule }
 }
 
 #[cfg(test)]
@@ -298,9 +326,26 @@ mod tests {
     fn bad_values_are_refused() {
         let mut c = AnalyticsConfig::default();
         c.churn.high_threshold = 0.3;
-        assert!(c.validate().unwrap_err().contains("churn"));
+        assert!(c.validate().unwrap_err().to_string().contains("churn"));
         let mut c = AnalyticsConfig::default();
         c.trainer.holdout_fraction = 1.0;
-        assert!(c.validate().unwrap_err().contains("holdout"));
+        assert!(c.validate().unwrap_err().to_string().contains("holdout"));
+    }
+
+    #[test]
+    fn a_refused_webhook_url_keeps_its_reason_as_the_cause() {
+        let mut c = AnalyticsConfig::default();
+        c.churn.webhook_url = "https://hooks.local/churn".into();
+        let err = c.validate().expect_err("no TLS");
+        assert_eq!(
+            err,
+            ConfigError::WebhookUrl {
+                source: crate::jobs::webhook::UrlError::NotHttp
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "churn.webhook_url: only http:// URLs are supported"
+        );
     }
 }

@@ -42,7 +42,7 @@ use momentum_models::predict::classifier::Classifier;
 use momentum_models::predict::smoothing;
 use momentum_models::training::ModelKind;
 
-use crate::error::Error;
+use crate::error::{Error, Report};
 use crate::jobs::churn::{ActivitySource, ChurnScoringJob, ScoringReport};
 use crate::jobs::training::{TrainingJob, TrainingReport};
 use crate::jobs::{JobHandle, JobRunner, JobStatus, Schedule};
@@ -208,9 +208,7 @@ pub fn forecast_activity(
     if counts.len() > 1 {
         counts.pop();
     }
-    let fc = smoothing::forecast(&counts, days).map_err(|e| Error::Internal {
-        message: format!("forecast: {e}"),
-    })?;
+    let fc = smoothing::forecast(&counts, days).map_err(|e| Error::failed("forecast", e))?;
     let method = match fc.method {
         smoothing::SmoothingMethod::Holt { .. } => "holt",
         smoothing::SmoothingMethod::HoltWinters { .. } => "holt_winters",
@@ -247,12 +245,9 @@ impl Analytics {
         registry: &prometheus::Registry,
         clock: Arc<dyn Clock>,
     ) -> Result<Analytics, Error> {
-        config
-            .validate()
-            .map_err(|message| Error::Config { message })?;
-        let metrics = AnalyticsMetrics::new(registry).map_err(|e| Error::Internal {
-            message: e.to_string(),
-        })?;
+        config.validate()?;
+        let metrics =
+            AnalyticsMetrics::new(registry).map_err(|e| Error::failed("metrics registry", e))?;
         let dataset = config.trainer.pipeline().dataset;
         let horizon_ms = momentum_models::clock::days_ms(dataset.success_horizon_days);
         let shared = Arc::new(Shared {
@@ -269,9 +264,7 @@ impl Analytics {
             clock,
             drift_active_days: dataset.churn_active_days,
         });
-        let store_err = |e: crate::store::StoreError| Error::Internal {
-            message: format!("reading models: {e}"),
-        };
+        let store_err = |e: crate::store::StoreError| Error::failed("reading models", e);
         let mut last_trained_ms = None;
         for kind in ModelKind::ALL {
             let versions = shared
@@ -295,7 +288,10 @@ impl Analytics {
                         );
                         shared.install(Arc::new(model));
                     }
-                    Err(error) => tracing::error!(%error, "stored live model is unreadable"),
+                    Err(error) => tracing::error!(
+                        error = %Report(&error),
+                        "stored live model is unreadable"
+                    ),
                 }
             }
         }

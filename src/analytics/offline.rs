@@ -11,15 +11,16 @@
 
 use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
 
 use momentum_models::training::{HistoryBuilder, ModelKind};
 
-use super::config::AnalyticsConfig;
+use super::config::{AnalyticsConfig, ConfigError};
 use crate::cli::TrainArgs;
+use crate::error::Error;
 use crate::jobs::training::{metadata, train_models};
 use crate::settings::Settings;
 
@@ -28,10 +29,52 @@ const STAGES: usize = 4;
 /// Records read between two updates of the bar while reading.
 const READ_UPDATE_EVERY: u64 = 16_384;
 
-/// Runs the command with the settings of `config` (or the defaults); the JSON report or a
-/// message for stderr.
-pub fn run(args: &TrainArgs, config: Option<&Path>) -> Result<serde_json::Value, String> {
-    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+/// Why `momentum train` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The settings cannot be loaded.
+    #[error(transparent)]
+    Settings {
+        #[from]
+        source: Error,
+    },
+    /// `--window-days` or `--learning-rate` is out of bounds.
+    #[error(transparent)]
+    Config {
+        #[from]
+        source: ConfigError,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("{} has no column `{column}`", path.display())]
+    MissingColumn { path: PathBuf, column: String },
+    /// `line` counts the header as line 1.
+    #[error("{} line {line}: bad ts {value:?}", path.display())]
+    BadTimestamp {
+        path: PathBuf,
+        line: u64,
+        value: String,
+    },
+    #[error("{} has no events", path.display())]
+    NoEvents { path: PathBuf },
+    /// A model file cannot be written to `--out-dir`.
+    #[error("{}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serialise { source: serde_json::Error },
+}
+
+/// Runs the command with the settings of `config` (or the defaults); the JSON report.
+pub fn run(args: &TrainArgs, config: Option<&Path>) -> Result<serde_json::Value, OfflineError> {
+    let settings = Settings::load(config)?;
     let mut progress = Progress::stderr();
     run_with(args, settings.analytics(), &mut progress)
 }
@@ -41,7 +84,7 @@ fn run_with<W: Write>(
     args: &TrainArgs,
     mut cfg: AnalyticsConfig,
     progress: &mut Progress<W>,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, OfflineError> {
     if let Some(days) = args.window_days {
         cfg.trainer.window_days = days;
     }
@@ -101,7 +144,7 @@ fn run_with<W: Write>(
                     "constant_predictor_auc": 0.5,
                 }));
             }
-            Err(error) => models.push(json!({"name": kind.name(), "error": error})),
+            Err(error) => models.push(json!({"name": kind.name(), "error": error.to_string()})),
         }
     }
     Ok(json!({
@@ -117,37 +160,40 @@ fn run_with<W: Write>(
 fn read_events<W: Write>(
     path: &Path,
     progress: &mut Progress<W>,
-) -> Result<(HistoryBuilder, i64), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+) -> Result<(HistoryBuilder, i64), OfflineError> {
+    let fail = |source| OfflineError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     progress.stage("reading events");
     // The bar advances with the bytes read; an unknown size leaves it at the stage's start.
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
-        .map_err(|e| fail(&e))?;
-    let header = reader.headers().map_err(|e| fail(&e))?.clone();
+        .map_err(fail)?;
+    let header = reader.headers().map_err(fail)?.clone();
     let col = |name: &str| {
         header
             .iter()
             .position(|h| h.trim() == name)
-            .ok_or_else(|| format!("{} has no column `{name}`", path.display()))
+            .ok_or_else(|| OfflineError::MissingColumn {
+                path: path.to_path_buf(),
+                column: name.to_owned(),
+            })
     };
     let (user, item, kind, ts) = (col("user_id")?, col("item_id")?, col("kind")?, col("ts")?);
     let mut builder = HistoryBuilder::default();
     let mut last_ts = i64::MIN;
     let mut record = csv::StringRecord::new();
     let mut line = 0u64;
-    while reader.read_record(&mut record).map_err(|e| fail(&e))? {
+    while reader.read_record(&mut record).map_err(fail)? {
         line += 1;
         let field = |i: usize| record.get(i).unwrap_or("").trim();
-        let t: i64 = field(ts).parse().map_err(|_| {
-            format!(
-                "{} line {}: bad ts {:?}",
-                path.display(),
-                line + 1,
-                field(ts)
-            )
+        let t: i64 = field(ts).parse().map_err(|_| OfflineError::BadTimestamp {
+            path: path.to_path_buf(),
+            line: line + 1,
+            value: field(ts).to_owned(),
         })?;
         let item_id = Some(field(item)).filter(|s| !s.is_empty());
         builder.push(field(user), item_id, field(kind), t);
@@ -159,7 +205,9 @@ fn read_events<W: Write>(
     progress.advance(1.0);
     progress.note(&format!("read {line} events of {} users", builder.users()));
     if line == 0 {
-        return Err(format!("{} has no events", path.display()));
+        return Err(OfflineError::NoEvents {
+            path: path.to_path_buf(),
+        });
     }
     Ok((builder, last_ts))
 }
@@ -282,12 +330,15 @@ fn write_model(
     kind: ModelKind,
     meta: &super::registry::VersionMetadata,
     model: &momentum_models::predict::classifier::Classifier,
-) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+) -> Result<(), OfflineError> {
+    std::fs::create_dir_all(dir).map_err(|source| OfflineError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join(format!("{}.json", kind.name()));
     let body = json!({"metadata": meta, "model": model});
-    let text = serde_json::to_string(&body).map_err(|e| e.to_string())?;
-    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    let text = serde_json::to_string(&body).map_err(|source| OfflineError::Serialise { source })?;
+    std::fs::write(&path, text).map_err(|source| OfflineError::Write { path, source })
 }
 
 #[cfg(test)]
@@ -411,10 +462,13 @@ mod tests {
         // An invalid value in the file is reported: the file is read, not the defaults.
         let config = dir.path().join("bad.toml");
         std::fs::write(&config, "[trainer]\nholdout_fraction = 1.5\n").expect("write");
-        let err = run(&args(&events, None), Some(&config)).expect_err("invalid config");
+        let err = run(&args(&events, None), Some(&config))
+            .expect_err("invalid config")
+            .to_string();
         assert!(err.contains("holdout_fraction"), "{err}");
         let err = run(&args(&events, None), Some(&dir.path().join("none.toml")))
-            .expect_err("missing config");
+            .expect_err("missing config")
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
     }
 
@@ -429,8 +483,26 @@ mod tests {
             AnalyticsConfig::default(),
             &mut progress,
         )
-        .expect_err("no ts");
+        .expect_err("no ts")
+        .to_string();
         assert!(err.contains("no column `ts`"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_csv_keeps_its_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("none.csv");
+        let mut progress = Progress::new(Vec::new(), false, STAGES);
+        let err = run_with(
+            &args(&events, None),
+            AnalyticsConfig::default(),
+            &mut progress,
+        )
+        .expect_err("no file");
+        assert!(matches!(err, OfflineError::Read { .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("cannot read {}", events.display()));
+        let line = crate::error::Report(&err).to_string();
+        assert!(line.len() > err.to_string().len(), "{line}");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use momentum_models::features::{FeatureParams, FEATURE_NAMES};
 use momentum_models::predict::classifier::{Classifier, ClassifierParams};
 use momentum_models::predict::metrics::ClassificationReport;
 use momentum_models::training::{DatasetWindow, ModelKind, PromotionDecision};
+use momentum_models::ModelError;
 
-use super::artifacts::{Bundle, ExportInfo, CLASSIFIER};
+use super::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER};
 use super::drift::Reference;
 use crate::store::analytics::ModelVersionRow;
 
@@ -64,6 +65,41 @@ pub struct VersionMetadata {
     pub exports: Vec<ExportInfo>,
 }
 
+/// Why a stored version cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredModelError {
+    /// The version's metadata does not parse.
+    #[error("metadata of {name} v{version}")]
+    Metadata {
+        name: String,
+        version: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The sealed bundle cannot be opened (no key, wrong key, damaged bytes).
+    #[error("model {name} v{version}")]
+    Unreadable {
+        name: String,
+        version: u64,
+        #[source]
+        source: ArtifactError,
+    },
+    /// The bundle lacks the classifier.
+    #[error(transparent)]
+    Bundle { source: ArtifactError },
+    /// The classifier does not parse.
+    #[error("model bytes of {name} v{version}")]
+    Classifier {
+        name: String,
+        version: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The forest is not a valid one.
+    #[error(transparent)]
+    Forest { source: ModelError },
+}
+
 /// A version in service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveModel {
@@ -89,16 +125,34 @@ impl LiveModel {
         row: &ModelVersionRow,
         bytes: &[u8],
         key: Option<&ModelKey>,
-    ) -> Result<LiveModel, String> {
-        let meta: VersionMetadata = serde_json::from_value(row.metadata.clone())
-            .map_err(|e| format!("metadata of {} v{}: {e}", row.name, row.version))?;
-        let bundle = Bundle::open(key, bytes)
-            .map_err(|e| format!("model {} v{}: {e}", row.name, row.version))?;
-        let classifier_json = bundle.require(CLASSIFIER).map_err(|e| e.to_string())?;
-        let classifier: Classifier = serde_json::from_slice(classifier_json)
-            .map_err(|e| format!("model bytes of {} v{}: {e}", row.name, row.version))?;
+    ) -> Result<LiveModel, StoredModelError> {
+        let (name, version) = (row.name.clone(), row.version);
+        let meta: VersionMetadata =
+            serde_json::from_value(row.metadata.clone()).map_err(|source| {
+                StoredModelError::Metadata {
+                    name: name.clone(),
+                    version,
+                    source,
+                }
+            })?;
+        let bundle = Bundle::open(key, bytes).map_err(|source| StoredModelError::Unreadable {
+            name: name.clone(),
+            version,
+            source,
+        })?;
+        let classifier_json = bundle
+            .require(CLASSIFIER)
+            .map_err(|source| StoredModelError::Bundle { source })?;
+        let classifier: Classifier = serde_json::from_slice(classifier_json).map_err(|source| {
+            StoredModelError::Classifier {
+                name,
+                version,
+                source,
+            }
+        })?;
         if let Classifier::Forest(f) = &classifier {
-            f.validate().map_err(|e| e.to_string())?;
+            f.validate()
+                .map_err(|source| StoredModelError::Forest { source })?;
         }
         Ok(Self::new(meta, row.version, row.created_ms, classifier))
     }

@@ -133,13 +133,7 @@ impl From<JobError> for Error {
                 source: Some(source),
             } => match source.downcast::<Error>() {
                 Ok(error) => *error,
-                Err(source) => Error::Internal {
-                    message: JobError::Failed {
-                        context,
-                        source: Some(source),
-                    }
-                    .chain(),
-                },
+                Err(source) => Error::Failed { context, source },
             },
         }
     }

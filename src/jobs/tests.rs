@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use momentum_models::clock::ManualClock;
 
 use super::*;
+use crate::error::Report;
 
 #[test]
 fn schedule_runs_on_time_and_retries_sooner_after_a_failure() {
@@ -52,7 +53,12 @@ fn errors_keep_their_causes_and_map_to_http_once() {
     let e = JobError::failed("writing interventions", io);
     assert_eq!(e.to_string(), "writing interventions");
     assert_eq!(e.chain(), "writing interventions: disk full");
-    assert!(matches!(Error::from(e), Error::Internal { message } if message.contains("disk full")));
+    let error = Error::from(e);
+    assert!(matches!(error, Error::Failed { .. }), "{error:?}");
+    assert_eq!(
+        Report(&error).to_string(),
+        "writing interventions: disk full"
+    );
     // A server error inside keeps its own status.
     let e = JobError::failed("writing a snapshot", Error::NotReady);
     assert!(matches!(Error::from(e), Error::NotReady));

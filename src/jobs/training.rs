@@ -18,7 +18,7 @@ use momentum_models::predict::logistic::LogisticRegression;
 use momentum_models::predict::metrics::ClassificationReport;
 use momentum_models::training::{
     build_datasets, decide_promotion, evaluate, fit_candidate, Candidate, DatasetWindow, Datasets,
-    HistoryBuilder, ModelKind, PipelineParams, PromotionDecision,
+    HistoryBuilder, ModelKind, PipelineError, PipelineParams, PromotionDecision,
 };
 
 use super::{Job, JobError, JobFuture, Trigger};
@@ -26,6 +26,7 @@ use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER}
 use crate::analytics::drift::Reference;
 use crate::analytics::registry::{LiveModel, RowCounts, VersionMetadata};
 use crate::analytics::Shared;
+use crate::error::Report;
 use crate::store::analytics::NewModelVersion;
 
 /// What one model's training in a run came to.
@@ -72,11 +73,11 @@ pub struct Trained {
     pub reference: Option<Reference>,
 }
 
-/// Both models' results; `Err` carries why a model could not be trained.
+/// Both models' results; `Err` says why a model could not be trained.
 #[derive(Debug)]
 pub struct TrainedSet {
     pub datasets_window: DatasetWindow,
-    pub models: Vec<(ModelKind, Result<Trained, String>)>,
+    pub models: Vec<(ModelKind, Result<Trained, PipelineError>)>,
 }
 
 fn row_counts(d: &Datasets, kind: ModelKind) -> RowCounts {
@@ -106,27 +107,25 @@ pub fn train_models(
     for (i, kind) in ModelKind::ALL.into_iter().enumerate() {
         progress(&format!("training the {} model", kind.name()));
         let split = d.split(kind);
-        let result = fit_candidate(split, params.classifier(kind), params)
-            .map_err(|e| e.to_string())
-            .map(|candidate| {
-                let live_report = live[i]
-                    .as_ref()
-                    .filter(|m| m.takes_current_features())
-                    .and_then(|m| evaluate(&m.classifier, m.threshold, split).ok());
-                let decision = decide_promotion(&candidate.report, live_report.as_ref(), margin);
-                let reference = match kind {
-                    ModelKind::Churn => Reference::fit(&split.train, drift_bins),
-                    ModelKind::Success => None,
-                };
-                Trained {
-                    kind,
-                    candidate,
-                    live_report,
-                    decision,
-                    rows: row_counts(&d, kind),
-                    reference,
-                }
-            });
+        let result = fit_candidate(split, params.classifier(kind), params).map(|candidate| {
+            let live_report = live[i]
+                .as_ref()
+                .filter(|m| m.takes_current_features())
+                .and_then(|m| evaluate(&m.classifier, m.threshold, split).ok());
+            let decision = decide_promotion(&candidate.report, live_report.as_ref(), margin);
+            let reference = match kind {
+                ModelKind::Churn => Reference::fit(&split.train, drift_bins),
+                ModelKind::Success => None,
+            };
+            Trained {
+                kind,
+                candidate,
+                live_report,
+                decision,
+                rows: row_counts(&d, kind),
+                reference,
+            }
+        });
         models.push((kind, result));
     }
     TrainedSet {
@@ -302,13 +301,13 @@ async fn run(
         let trained = match result {
             Ok(t) => t,
             Err(error) => {
-                tracing::warn!(model = kind.name(), %error, "model not trained");
+                tracing::warn!(model = kind.name(), error = %Report(&error), "model not trained");
                 outcomes.push(ModelOutcome {
                     name: kind.name().into(),
                     version: None,
                     promoted: false,
                     decision: None,
-                    error: Some(error),
+                    error: Some(error.to_string()),
                     train_rows: 0,
                     holdout_rows: 0,
                     metrics: None,

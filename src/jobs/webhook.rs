@@ -54,22 +54,38 @@ pub struct Target {
     pub path: String,
 }
 
+/// Why a `churn.webhook_url` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("only http:// URLs are supported")]
+    NotHttp,
+    #[error("the URL needs a host (and no user info)")]
+    NoHost,
+    #[error("bad port {port:?}")]
+    BadPort { port: String },
+    #[error("bad host or path")]
+    BadHostOrPath,
+}
+
 impl Target {
-    /// Why a URL is refused is said in the message (`churn.webhook_url` validation).
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or("only http:// URLs are supported")?;
+    /// Parses `url`, or says why it is refused (`churn.webhook_url` validation).
+    pub fn parse(url: &str) -> Result<Target, UrlError> {
+        let rest = url.strip_prefix("http://").ok_or(UrlError::NotHttp)?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.is_empty() || authority.contains('@') {
-            return Err("the URL needs a host (and no user info)".into());
+            return Err(UrlError::NoHost);
         }
         // A host name or an IPv4 address, and an optional port.
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?),
+            Some((h, p)) => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| UrlError::BadPort { port: p.to_owned() })?;
+                (h, port)
+            }
             None => (authority, 80),
         };
         if host.is_empty()
@@ -77,7 +93,7 @@ impl Target {
                 .bytes()
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            return Err("bad host or path".into());
+            return Err(UrlError::BadHostOrPath);
         }
         Ok(Target {
             host: host.to_owned(),
