@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use momentum_models::ease::{fit, EaseError, EaseParams};
+use momentum_models::similarity::to_fixed;
 
 use crate::config::EaseConfig;
 use crate::index::Index;
@@ -30,6 +31,10 @@ pub struct EaseModel {
     /// Wall time of the build, in seconds.
     pub build_seconds: f64,
     rows: FxHashMap<u32, Box<[(u32, f32)]>>,
+    /// The same rows with each weight in the scorers' fixed point (`to_fixed`), so scoring
+    /// adds integers: the sums are the bits `add` of the floats would give. A weight of
+    /// magnitude 2²³ or more (never seen: λ bounds them far below 1) would saturate.
+    fixed: FxHashMap<u32, Box<[(u32, i64)]>>,
 }
 
 impl EaseModel {
@@ -46,6 +51,11 @@ impl EaseModel {
     /// The weights from `item` to others, best first (empty when not modelled).
     pub fn row(&self, item: u32) -> &[(u32, f32)] {
         self.rows.get(&item).map_or(&[], |r| r)
+    }
+
+    /// [`EaseModel::row`] in fixed point.
+    pub fn fixed_row(&self, item: u32) -> &[(u32, i64)] {
+        self.fixed.get(&item).map_or(&[], |r| r)
     }
 }
 
@@ -94,7 +104,7 @@ pub fn build(
         threads: 0,
     };
     let fitted = fit(&diag, pairs, &params)?;
-    let rows = fitted
+    let rows: FxHashMap<u32, Box<[(u32, f32)]>> = fitted
         .rows
         .into_iter()
         .enumerate()
@@ -106,10 +116,28 @@ pub fn build(
             (candidates[l].0, row)
         })
         .collect();
+    let fixed = rows
+        .iter()
+        .map(|(&item, row)| {
+            let row: Box<[(u32, i64)]> = row
+                .iter()
+                .map(|&(j, w)| {
+                    let fixed = to_fixed(f64::from(w));
+                    debug_assert!(i64::try_from(fixed).is_ok(), "EASE weight {w} out of range");
+                    (
+                        j,
+                        i64::try_from(fixed).unwrap_or(if fixed < 0 { i64::MIN } else { i64::MAX }),
+                    )
+                })
+                .collect();
+            (item, row)
+        })
+        .collect();
     Ok(EaseModel {
         version,
         built_ms: now_ms,
         build_seconds: started.elapsed().as_secs_f64(),
         rows,
+        fixed,
     })
 }

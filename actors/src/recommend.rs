@@ -239,8 +239,8 @@ pub fn collaborative(
         // EASE: Σ_i x_ui · B_ij over the user's items (binary x, as the model was fitted).
         for &(item, w) in &vector.items {
             if w > 0.0 {
-                for &(j, b) in model.row(item) {
-                    scratch.item_acc.add(j, f64::from(b));
+                for &(j, b) in model.fixed_row(item) {
+                    scratch.item_acc.add_fixed(j, i128::from(b));
                 }
             }
         }
