@@ -38,16 +38,6 @@ impl<T> BoundedFifo<T> {
         evicted
     }
 
-    /// Removes and returns the oldest item.
-    pub fn pop_front(&mut self) -> Option<T> {
-        self.items.pop_front()
-    }
-
-    /// Keeps only the items `keep` accepts, in order.
-    pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
-        self.items.retain(keep);
-    }
-
     pub fn front(&self) -> Option<&T> {
         self.items.front()
     }

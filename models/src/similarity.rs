@@ -114,16 +114,7 @@ impl SparseAccumulator {
     /// Adds `value` to slot `id`.
     #[inline]
     pub fn add(&mut self, id: u32, value: f64) {
-        let idx = id as usize;
-        if idx >= self.values.len() {
-            self.values.resize(idx + 1, 0);
-            self.marked.resize(idx + 1, false);
-        }
-        if !self.marked[idx] {
-            self.marked[idx] = true;
-            self.touched.push(id);
-        }
-        self.values[idx] += to_fixed(value);
+        self.add_fixed(id, to_fixed(value));
     }
 
     /// Adds `value`, already in fixed point ([`to_fixed`]), to slot `id`: the same sum as

@@ -538,33 +538,16 @@ impl PostgresStore {
             .await
             .map_err(pg_err)?;
         removed.snapshot_parts = parts.len() as u64;
-        let mut digests: std::collections::BTreeMap<i64, Option<Vec<u8>>> = Default::default();
+        let mut digests = Digests::new();
         for row in &parts {
             let id: i64 = row.try_get(0).map_err(pg_err)?;
             let key: String = row.try_get(1).map_err(pg_err)?;
             let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
             let hash = part_hash(&key, Some(user_id), &bytes);
-            let digest = match digests.entry(id) {
-                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
-                    tx.query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
-                        .await
-                        .map_err(pg_err)?
-                        .and_then(|r| r.get(0)),
-                ),
-            };
+            let digest = cached_digest(&tx, &mut digests, id).await?;
             *digest = digest.as_deref().and_then(|d| digest_without(d, &hash));
         }
-        for (id, digest) in digests {
-            if let Some(digest) = digest {
-                tx.execute(
-                    "UPDATE snapshots SET digest = $2 WHERE id = $1",
-                    &[&id, &digest],
-                )
-                .await
-                .map_err(pg_err)?;
-            }
-        }
+        write_digests(&tx, digests).await?;
         for (table, slot) in [
             ("events", &mut removed.events),
             ("users", &mut removed.users),
@@ -581,7 +564,7 @@ impl PostgresStore {
                 .map_err(pg_err)?;
         }
         let mut rewritten_parts = 0;
-        let mut rewritten: std::collections::BTreeMap<i64, Option<Vec<u8>>> = Default::default();
+        let mut rewritten = Digests::new();
         for (prefix, scrub) in scrub
             .iter()
             .flat_map(|(prefixes, scrub)| prefixes.iter().map(move |p| (p, scrub)))
@@ -600,15 +583,7 @@ impl PostgresStore {
                 let bytes: Vec<u8> = row.try_get(2).map_err(pg_err)?;
                 if let Some(new) = scrub(&key, &bytes) {
                     // The rewritten part replaces the old one in its snapshot's digest.
-                    let digest = match rewritten.entry(id) {
-                        std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                        std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
-                            tx.query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
-                                .await
-                                .map_err(pg_err)?
-                                .and_then(|r| r.get(0)),
-                        ),
-                    };
+                    let digest = cached_digest(&tx, &mut rewritten, id).await?;
                     *digest = digest.as_deref().and_then(|d| {
                         digest_replacing(
                             d,
@@ -626,16 +601,7 @@ impl PostgresStore {
                 }
             }
         }
-        for (id, digest) in rewritten {
-            if let Some(digest) = digest {
-                tx.execute(
-                    "UPDATE snapshots SET digest = $2 WHERE id = $1",
-                    &[&id, &digest],
-                )
-                .await
-                .map_err(pg_err)?;
-            }
-        }
+        write_digests(&tx, rewritten).await?;
         self.check_writer(&tx).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(ErasureReport {
@@ -933,6 +899,43 @@ async fn take_writer_lock(
 }
 
 /// Reads a snapshot's parts and stored digest (`row`: id, covers_seq, created_ms, digest).
+/// Snapshot digests an erasure is changing, each read once (`None`: no digest stored).
+type Digests = std::collections::BTreeMap<i64, Option<Vec<u8>>>;
+
+/// The digest of snapshot `id` as `digests` holds it, read from the table the first time.
+async fn cached_digest<'d>(
+    tx: &Transaction<'_>,
+    digests: &'d mut Digests,
+    id: i64,
+) -> Result<&'d mut Option<Vec<u8>>> {
+    match digests.entry(id) {
+        std::collections::btree_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+        std::collections::btree_map::Entry::Vacant(entry) => {
+            let stored = tx
+                .query_opt("SELECT digest FROM snapshots WHERE id = $1", &[&id])
+                .await
+                .map_err(pg_err)?
+                .and_then(|r| r.get(0));
+            Ok(entry.insert(stored))
+        }
+    }
+}
+
+/// Writes back the digests an erasure changed.
+async fn write_digests(tx: &Transaction<'_>, digests: Digests) -> Result<()> {
+    for (id, digest) in digests {
+        if let Some(digest) = digest {
+            tx.execute(
+                "UPDATE snapshots SET digest = $2 WHERE id = $1",
+                &[&id, &digest],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+    }
+    Ok(())
+}
+
 async fn read_snapshot(
     tx: &Transaction<'_>,
     row: &Row,
