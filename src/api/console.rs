@@ -241,7 +241,9 @@ fn session(req: &HttpRequest, state: &AppState) -> Option<String> {
     if state.settings.security.admin_key.is_empty() {
         return None;
     }
-    state.console.verify(cookie(req, COOKIE)?, now_ms())
+    state
+        .console
+        .verify(cookie(req, COOKIE)?, state.clock.now_ms())
 }
 
 /// Whether the request carries the CSRF token of session `nonce`.
@@ -360,7 +362,7 @@ async fn login(
         tracing::warn!(peer = ?req.peer_addr(), "console login with a wrong key");
         return Err(Error::Unauthorized);
     }
-    let value = state.console.issue(now_ms());
+    let value = state.console.issue(state.clock.now_ms());
     Ok(HttpResponse::NoContent()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((

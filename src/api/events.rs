@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use momentum_actors::engine::{NewEvent, Rejection};
-use momentum_models::clock::{now_ms, DAY_MS};
+use momentum_models::clock::DAY_MS;
 use momentum_models::events::{EventKind, KindWeights};
 
 use crate::api::{read_json_body, validate_id};
@@ -249,7 +249,7 @@ async fn post_events(
         &body,
         state.settings.ingest.max_batch,
         &state.settings.weights,
-        now_ms(),
+        state.clock.now_ms(),
     )?;
     let mut valid = Vec::with_capacity(decoded.len());
     let mut recommendation_ids = Vec::with_capacity(decoded.len());

@@ -5,7 +5,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::error::Category;
 
-use momentum_models::clock::now_ms;
 use momentum_models::experiment::{ExperimentDef, VariantDef};
 
 use crate::api::{path_id, read_json_body, require_admin, validate_id};
@@ -64,9 +63,10 @@ async fn create(
         variants: body.variants,
         control: body.control,
     };
-    let view = state
-        .experiments
-        .create(&body.id, body.salt.as_deref(), &def, now_ms())?;
+    let view =
+        state
+            .experiments
+            .create(&body.id, body.salt.as_deref(), &def, state.clock.now_ms())?;
     Ok(HttpResponse::Created().json(view))
 }
 
@@ -102,7 +102,7 @@ async fn stop(
 ) -> Result<HttpResponse, Error> {
     require_admin(&req, &state)?;
     path_id("experiment id", &id)?;
-    Ok(HttpResponse::Ok().json(state.experiments.stop(&id, now_ms())?))
+    Ok(HttpResponse::Ok().json(state.experiments.stop(&id, state.clock.now_ms())?))
 }
 
 async fn delete(
