@@ -153,7 +153,7 @@ impl Default for EaseConfig {
     fn default() -> Self {
         EaseConfig {
             lambda: 300.0,
-            neighbours: 400,
+            neighbours: 200,
             max_items: 5_000,
             rebuild_events: 50_000,
             rebuild_secs: 600,

@@ -13,15 +13,18 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-
 use momentum_models::ease::{fit, EaseError, EaseParams};
 use momentum_models::similarity::to_fixed;
 
 use crate::config::EaseConfig;
 use crate::index::Index;
 
-/// A published model: item → its strongest `(item, weight)` pairs, best first.
+/// A published model: each modelled item's strongest weights to other modelled items, best
+/// first, in one contiguous array.
+///
+/// Modelled items have local indices `0..items()` in external-id order, so a scorer can sum
+/// rows into a dense array of `items()` slots (scanned in external-id order) instead of one
+/// indexed by dense id, which may be far larger than the modelled part of the catalogue.
 #[derive(Debug, Default)]
 pub struct EaseModel {
     /// 0 before the first build; then increasing.
@@ -30,32 +33,77 @@ pub struct EaseModel {
     pub built_ms: i64,
     /// Wall time of the build, in seconds.
     pub build_seconds: f64,
-    rows: FxHashMap<u32, Box<[(u32, f32)]>>,
-    /// The same rows with each weight in the scorers' fixed point (`to_fixed`), so scoring
-    /// adds integers: the sums are the bits `add` of the floats would give. A weight of
-    /// magnitude 2²³ or more (never seen: λ bounds them far below 1) would saturate.
-    fixed: FxHashMap<u32, Box<[(u32, i64)]>>,
+    /// Local index → dense item id.
+    items: Vec<u32>,
+    /// Dense item id → local index (`NOT_MODELLED` for the rest).
+    local: Vec<u32>,
+    /// Local index `l`'s row is `starts[l]..starts[l + 1]` of the arrays below.
+    starts: Vec<usize>,
+    /// Local index of each weight's target item.
+    targets: Vec<u32>,
+    /// The weights, as fitted.
+    weights: Vec<f32>,
+    /// The same weights in the scorers' fixed point (`to_fixed`), so scoring adds integers:
+    /// the sums are the bits `add` of the floats would give. A weight of magnitude 2²³ or
+    /// more (never seen: λ bounds them far below 1) would saturate.
+    fixed: Vec<i64>,
+}
+
+const NOT_MODELLED: u32 = u32::MAX;
+
+/// One row of an [`EaseModel`]: targets as local indices, weights as fitted and in fixed point.
+#[derive(Debug, Clone, Copy)]
+pub struct EaseRow<'a> {
+    pub targets: &'a [u32],
+    pub weights: &'a [f32],
+    pub fixed: &'a [i64],
 }
 
 impl EaseModel {
     /// Items modelled.
     pub fn items(&self) -> usize {
-        self.rows.len()
+        self.items.len()
+    }
+
+    /// The local index of a dense item id, if the item is modelled.
+    pub fn local(&self, item: u32) -> Option<u32> {
+        match self.local.get(item as usize) {
+            Some(&l) if l != NOT_MODELLED => Some(l),
+            _ => None,
+        }
+    }
+
+    /// The dense item id of a local index.
+    pub fn item(&self, local: u32) -> u32 {
+        self.items[local as usize]
     }
 
     /// Whether `item` is modelled.
     pub fn covers(&self, item: u32) -> bool {
-        self.rows.contains_key(&item)
+        self.local(item).is_some()
     }
 
-    /// The weights from `item` to others, best first (empty when not modelled).
-    pub fn row(&self, item: u32) -> &[(u32, f32)] {
-        self.rows.get(&item).map_or(&[], |r| r)
+    /// The row of a local index.
+    pub fn local_row(&self, local: u32) -> EaseRow<'_> {
+        let l = local as usize;
+        let range = self.starts[l]..self.starts[l + 1];
+        EaseRow {
+            targets: &self.targets[range.clone()],
+            weights: &self.weights[range.clone()],
+            fixed: &self.fixed[range],
+        }
     }
 
-    /// [`EaseModel::row`] in fixed point.
-    pub fn fixed_row(&self, item: u32) -> &[(u32, i64)] {
-        self.fixed.get(&item).map_or(&[], |r| r)
+    /// The weights from `item` to others (dense ids), best first (empty when not modelled).
+    pub fn row(&self, item: u32) -> Vec<(u32, f32)> {
+        self.local(item).map_or_else(Vec::new, |l| {
+            let row = self.local_row(l);
+            row.targets
+                .iter()
+                .zip(row.weights)
+                .map(|(&t, &w)| (self.item(t), w))
+                .collect()
+        })
     }
 }
 
@@ -104,40 +152,38 @@ pub fn build(
         threads: 0,
     };
     let fitted = fit(&diag, pairs, &params)?;
-    let rows: FxHashMap<u32, Box<[(u32, f32)]>> = fitted
-        .rows
-        .into_iter()
-        .enumerate()
-        .map(|(l, row)| {
-            let row: Box<[(u32, f32)]> = row
-                .into_iter()
-                .map(|(j, w)| (candidates[j as usize].0, w))
-                .collect();
-            (candidates[l].0, row)
-        })
-        .collect();
-    let fixed = rows
-        .iter()
-        .map(|(&item, row)| {
-            let row: Box<[(u32, i64)]> = row
-                .iter()
-                .map(|&(j, w)| {
-                    let fixed = to_fixed(f64::from(w));
-                    debug_assert!(i64::try_from(fixed).is_ok(), "EASE weight {w} out of range");
-                    (
-                        j,
-                        i64::try_from(fixed).unwrap_or(if fixed < 0 { i64::MIN } else { i64::MAX }),
-                    )
-                })
-                .collect();
-            (item, row)
-        })
-        .collect();
+    let items: Vec<u32> = candidates.iter().map(|c| c.0).collect();
+    let mut local = vec![NOT_MODELLED; items.iter().map(|&i| i as usize + 1).max().unwrap_or(0)];
+    for (l, &item) in items.iter().enumerate() {
+        local[item as usize] = l as u32;
+    }
+    let mut starts = Vec::with_capacity(items.len() + 1);
+    let total: usize = fitted.rows.iter().map(Vec::len).sum();
+    let (mut targets, mut weights, mut fixed) = (
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+    );
+    starts.push(0);
+    for row in fitted.rows {
+        for (j, w) in row {
+            let f = to_fixed(f64::from(w));
+            debug_assert!(i64::try_from(f).is_ok(), "EASE weight {w} out of range");
+            targets.push(j);
+            weights.push(w);
+            fixed.push(i64::try_from(f).unwrap_or(if f < 0 { i64::MIN } else { i64::MAX }));
+        }
+        starts.push(targets.len());
+    }
     Ok(EaseModel {
         version,
         built_ms: now_ms,
         build_seconds: started.elapsed().as_secs_f64(),
-        rows,
+        items,
+        local,
+        starts,
+        targets,
+        weights,
         fixed,
     })
 }

@@ -18,7 +18,7 @@ use momentum_models::content::text::display_term;
 use momentum_models::content::ScoringLimits;
 use momentum_models::experiment::VariantOverrides;
 use momentum_models::similarity::{
-    cosine, normalise_by_max, top_k_by, Neighbour, SparseAccumulator,
+    cosine, from_fixed, normalise_by_max, top_k_by, Neighbour, SparseAccumulator,
 };
 
 use crate::config::{ItemModel, RecommendConfig};
@@ -145,12 +145,43 @@ pub fn confidence(support: usize) -> f64 {
 #[derive(Debug, Default)]
 pub struct Scratch {
     item_acc: SparseAccumulator,
+    /// Per modelled item (local index of the learned model): the learned-model pass.
+    ease: Vec<EaseSlot>,
     user_acc: SparseAccumulator,
     dots: SparseAccumulator,
     /// item → position in the ranked list + 1 (0: not ranked).
     slots: Vec<u32>,
     /// item → neighbours with a positive weight on it.
     support: Vec<u32>,
+}
+
+/// What the learned-model pass gathers on one target item: the fixed-point sum of the user's
+/// rows, how many of the user's items have a positive weight on it, and the strongest of them
+/// (local index, so the smaller index is the smaller external id).
+#[derive(Debug, Clone, Copy, Default)]
+struct EaseSlot {
+    sum: i128,
+    support: u32,
+    best: u32,
+    best_weight: f32,
+}
+
+impl EaseSlot {
+    #[inline]
+    fn add(&mut self, from: u32, weight: f32, fixed: i64) {
+        self.sum += i128::from(fixed);
+        if weight > 0.0 {
+            // Ties go to the item that comes first by external id, as everywhere else.
+            if self.support == 0
+                || weight > self.best_weight
+                || (weight == self.best_weight && from < self.best)
+            {
+                self.best = from;
+                self.best_weight = weight;
+            }
+            self.support += 1;
+        }
+    }
 }
 
 /// `buffer[id]`, growing the buffer with zeros as needed.
@@ -236,19 +267,26 @@ pub fn collaborative(
             .iter()
             .any(|&(i, w)| w > 0.0 && model.covers(i));
     let mut item_scores: Vec<Neighbour> = if learned {
-        // EASE: Σ_i x_ui · B_ij over the user's items (binary x, as the model was fitted).
+        // EASE: Σ_i x_ui · B_ij over the user's items (binary x, as the model was fitted), in
+        // one pass that also notes each target's strongest contributor for the reasons.
+        let slots = &mut scratch.ease;
+        slots.clear();
+        slots.resize(model.items(), EaseSlot::default());
         for &(item, w) in &vector.items {
-            if w > 0.0 {
-                for &(j, b) in model.fixed_row(item) {
-                    scratch.item_acc.add_fixed(j, i128::from(b));
-                }
+            let Some(from) = model.local(item).filter(|_| w > 0.0) else {
+                continue;
+            };
+            let row = model.local_row(from);
+            for ((&to, &b), &fixed) in row.targets.iter().zip(row.weights).zip(row.fixed) {
+                slots[to as usize].add(from, b, fixed);
             }
         }
-        scratch
-            .item_acc
-            .drain()
-            .into_iter()
-            .filter(|&(j, s)| s > 0.0 && eligible(table, vector, j))
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.sum > 0)
+            .map(|(l, slot)| (model.item(l as u32), from_fixed(slot.sum)))
+            .filter(|&(j, _)| eligible(table, vector, j))
             .collect()
     } else {
         // Cosine: accumulate Σ_i w_ui · dot_ij / ‖i‖, divide by ‖j‖ once per candidate.
@@ -305,52 +343,59 @@ pub fn collaborative(
     }
     let item_order = index.item_order();
     let ranked = top_k_by(scratch.dots.drain(), n, &item_order);
-    // Per-source scores of the ranked items: both lists are in id order.
+    // Per-source scores of the ranked items: the user-based list and the cosine list are in
+    // dense-id order, the learned list in the model's local order.
     let score_of = |scores: &[Neighbour], j: u32| {
         scores
             .binary_search_by_key(&j, |s| s.0)
             .map_or(0.0, |k| scores[k].1)
     };
-
-    // The strongest item-based contributor of each ranked item and how many of the user's
-    // items point at it, in one pass over the user's rows.
-    for (k, &(j, _)) in ranked.iter().enumerate() {
-        *dense_slot(&mut scratch.slots, j) = k as u32 + 1;
-    }
-    let slots = &scratch.slots;
-    let slot_of = |j: u32| match slots.get(j as usize) {
-        Some(&s) if s > 0 => Some(s as usize - 1),
-        _ => None,
-    };
-    let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
-    let mut item_support = vec![0usize; ranked.len()];
-    let ranked_norm2: Vec<f64> = if learned {
-        Vec::new()
-    } else {
-        ranked.iter().map(|&(j, _)| table.norm2(j)).collect()
-    };
-    let mut note = |k: usize, i: u32, contribution: f64| {
-        item_support[k] += 1;
-        // Ties go to the item that comes first by external id, as everywhere else.
-        let stronger = |b: (u32, f64)| {
-            contribution > b.1 || (contribution == b.1 && item_order(&i, &b.0).is_lt())
-        };
-        if best[k].is_none_or(stronger) {
-            best[k] = Some((i, contribution));
+    let item_score_of = |j: u32| {
+        if learned {
+            let local = model.local(j);
+            item_scores
+                .binary_search_by_key(&local, |s| model.local(s.0))
+                .map_or(0.0, |k| item_scores[k].1)
+        } else {
+            score_of(&item_scores, j)
         }
     };
-    for &(i, w) in &vector.items {
-        if learned {
-            if w > 0.0 {
-                for &(j, b) in model.row(i) {
-                    if let Some(k) = slot_of(j) {
-                        if b > 0.0 {
-                            note(k, i, f64::from(b));
-                        }
-                    }
+
+    // The strongest item-based contributor of each ranked item and how many of the user's
+    // items point at it: noted by the learned-model pass, or found in one pass over the
+    // user's co-occurrence rows.
+    let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
+    let mut item_support = vec![0usize; ranked.len()];
+    if learned {
+        for (k, &(j, _)) in ranked.iter().enumerate() {
+            if let Some(slot) = model.local(j).map(|l| scratch.ease[l as usize]) {
+                item_support[k] = slot.support as usize;
+                if slot.support > 0 {
+                    best[k] = Some((model.item(slot.best), f64::from(slot.best_weight)));
                 }
             }
-        } else {
+        }
+    } else {
+        for (k, &(j, _)) in ranked.iter().enumerate() {
+            *dense_slot(&mut scratch.slots, j) = k as u32 + 1;
+        }
+        let slots = &scratch.slots;
+        let slot_of = |j: u32| match slots.get(j as usize) {
+            Some(&s) if s > 0 => Some(s as usize - 1),
+            _ => None,
+        };
+        let ranked_norm2: Vec<f64> = ranked.iter().map(|&(j, _)| table.norm2(j)).collect();
+        let mut note = |k: usize, i: u32, contribution: f64| {
+            item_support[k] += 1;
+            // Ties go to the item that comes first by external id, as everywhere else.
+            let stronger = |b: (u32, f64)| {
+                contribution > b.1 || (contribution == b.1 && item_order(&i, &b.0).is_lt())
+            };
+            if best[k].is_none_or(stronger) {
+                best[k] = Some((i, contribution));
+            }
+        };
+        for &(i, w) in &vector.items {
             let stats = table.get(i);
             for e in stats.cooc.entries() {
                 if let Some(k) = slot_of(e.item) {
@@ -362,9 +407,9 @@ pub fn collaborative(
                 }
             }
         }
-    }
-    for &(j, _) in &ranked {
-        scratch.slots[j as usize] = 0;
+        for &(j, _) in &ranked {
+            scratch.slots[j as usize] = 0;
+        }
     }
     let neighbour_support: Vec<usize> = ranked
         .iter()
@@ -384,7 +429,7 @@ pub fn collaborative(
             let (best, item_support) = (best[k], item_support[k]);
             let neighbour_support = neighbour_support[k];
             let mut reasons = Vec::new();
-            let item_part = score_of(&item_scores, j) * (1.0 - uw);
+            let item_part = item_score_of(j) * (1.0 - uw);
             let user_part = score_of(&user_scores, j) * uw;
             if let Some((i, _)) = best {
                 reasons.push(Reason::SimilarTo {

@@ -18,7 +18,7 @@
 //! have been read, remaining terms whose lists would exceed the budget are skipped too. With
 //! skipped terms a score is a lower bound of the true cosine.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use super::tfidf::TfIdfIndex;
@@ -82,7 +82,7 @@ impl TfIdfIndex {
     /// twice contributes twice), keeping the `max_terms` strongest terms.
     pub fn user_profile(&self, engaged: &[(u32, f32)], max_terms: usize) -> InterestProfile {
         // Fixed point, so the sum does not depend on the order of `engaged`.
-        let mut acc: HashMap<u32, i128> = HashMap::new();
+        let mut acc: HashMap<u32, i128> = HashMap::default();
         for &(item, weight) in engaged {
             let w = f64::from(weight);
             if !(w.is_finite() && w > 0.0) {
@@ -184,7 +184,7 @@ impl TfIdfIndex {
             return Vec::new();
         }
         // item → (dot product, best contribution, index of the best term in the profile)
-        let mut acc: HashMap<u32, (f64, f64, usize)> = HashMap::new();
+        let mut acc: HashMap<u32, (f64, f64, usize)> = HashMap::default();
         let mut visited = 0usize;
         for (pos, (term, p)) in profile.terms.iter().enumerate() {
             let Some(id) = self.term_id(term) else {

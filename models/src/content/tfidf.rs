@@ -22,6 +22,8 @@
 //! is the reference the incremental index is tested against.
 
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -74,7 +76,7 @@ pub struct TfIdfIndex {
     term_ids: HashMap<Arc<str>, u32>,
     pub(super) terms: Vec<TermEntry>,
     free_terms: Vec<u32>,
-    pub(super) items: HashMap<u32, ItemDoc>,
+    pub(super) items: FxHashMap<u32, ItemDoc>,
     /// Bumped by every mutation; norm caches are valid only for the version they carry.
     /// Starts at 1 so a fresh cache (version 0) is never valid.
     version: u64,
@@ -93,7 +95,7 @@ impl TfIdfIndex {
             term_ids: HashMap::new(),
             terms: Vec::new(),
             free_terms: Vec::new(),
-            items: HashMap::new(),
+            items: FxHashMap::default(),
             version: 1,
         }
     }
