@@ -1,0 +1,493 @@
+//! Cluster mode with real processes on loopback ports: two Nisshi brokers over a PostgreSQL
+//! database of the test's own, and three `momentum` nodes. Each test starts and stops its own
+//! brokers and nodes; a guard kills every process (and drops the database) even when the test
+//! fails.
+//!
+//! The broker binary comes from `MOMENTUM_BROKER_BIN`, else the cached install of
+//! `tools/broker.sh`; without either the tests fail and say to run `tools/broker.sh`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::TestServer;
+
+const PARTITIONS: u32 = 12;
+
+/// The broker binary, or a failure naming how to install it.
+fn broker_bin() -> PathBuf {
+    let path = match std::env::var_os("MOMENTUM_BROKER_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let tools = std::env::var_os("MOMENTUM_TOOLS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                        .join(".cache/momentum-tools")
+                });
+            tools.join("nisshi-0.8.1/bin/nisshi")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "the cluster tests need the Kafka-protocol broker at {}: run tools/broker.sh (it \
+         installs Nisshi once, about 12 minutes) or set MOMENTUM_BROKER_BIN",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// `url` with its database replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
+    format!("{base}/{db}")
+}
+
+fn admin_sql(sql: &str) {
+    let url = database_url();
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to DATABASE_URL (the cluster tests need PostgreSQL)");
+                tokio::spawn(connection);
+                client.batch_execute(&sql).await.expect("admin SQL");
+            })
+    })
+    .join()
+    .expect("admin SQL thread");
+}
+
+/// A running node (`child` is `None` once killed).
+struct Node {
+    addr: String,
+    child: Option<Child>,
+}
+
+/// Brokers, nodes and the database of one test; everything stops on drop.
+struct Cluster {
+    db: String,
+    brokers: Vec<Child>,
+    broker_addrs: Vec<String>,
+    nodes: Vec<Node>,
+    dir: PathBuf,
+    client: reqwest::blocking::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for broker in &mut self.brokers {
+            let _ = broker.kill();
+            let _ = broker.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("cluster test failed; logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+    }
+}
+
+impl Cluster {
+    /// Two brokers over a fresh database.
+    fn start(test: &str) -> Cluster {
+        let bin = broker_bin();
+        let db = format!("momentum_cluster_{test}_{}", std::process::id());
+        admin_sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("momentum-cluster-{test}-"))
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let mut cluster = Cluster {
+            db: db.clone(),
+            brokers: Vec::new(),
+            broker_addrs: Vec::new(),
+            nodes: Vec::new(),
+            dir,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        };
+        let storage = with_database(&database_url(), &db);
+        // The first broker creates the schema; the second starts once it listens.
+        for i in 0..2 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let log = std::fs::File::create(cluster.dir.join(format!("broker-{i}.log")))
+                .expect("log file");
+            let child = Command::new(&bin)
+                .arg("broker")
+                .args(["--cluster-id", &db])
+                .args(["--listener-url", &format!("tcp://{addr}")])
+                .args(["--advertised-listener-url", &format!("tcp://{addr}")])
+                .args(["--storage-engine", &storage])
+                .args(["--group-initial-rebalance-delay", "1s"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::from(log.try_clone().expect("log")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("start the broker");
+            cluster.brokers.push(child);
+            wait_for_port(&addr, Duration::from_secs(60));
+            cluster.broker_addrs.push(addr);
+        }
+        cluster
+    }
+
+    /// Starts node `name` (a new process; a name used before keeps its store directory).
+    fn start_node(&mut self, name: &str) -> usize {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let store = self.dir.join(format!("{name}-store"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_momentum"))
+            .env("MOMENTUM__SERVER__BIND", &addr)
+            .env("MOMENTUM__SERVER__WORKERS", "2")
+            .env("MOMENTUM__ACTORS__SHARDS", "2")
+            .env("MOMENTUM__ACTORS__THREADS", "1")
+            .env("MOMENTUM__RECOMMEND__POPULAR_REFRESH_MS", "0")
+            .env("MOMENTUM__STORE__PATH", &store)
+            .env("MOMENTUM__SNAPSHOT__INTERVAL_SECS", "0")
+            .env("MOMENTUM__LOGGING__LEVEL", "info")
+            .env("MOMENTUM__CLUSTER__ENABLED", "true")
+            .env("MOMENTUM__CLUSTER__BROKERS", self.broker_addrs.join(","))
+            .env("MOMENTUM__CLUSTER__PARTITIONS", PARTITIONS.to_string())
+            .env("MOMENTUM__CLUSTER__NODE_ID", name)
+            .env("MOMENTUM__CLUSTER__ADVERTISED_ADDRESS", &addr)
+            .env("MOMENTUM__CLUSTER__SESSION_TIMEOUT_MS", "6000")
+            .stdout(Stdio::from(file.try_clone().expect("log")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start a node");
+        self.nodes.push(Node {
+            addr: addr.clone(),
+            child: Some(child),
+        });
+        wait_for_port(&addr, Duration::from_secs(60));
+        self.nodes.len() - 1
+    }
+
+    fn url(&self, node: usize, path: &str) -> String {
+        format!("http://{}{path}", self.nodes[node].addr)
+    }
+
+    fn alive(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|&n| self.nodes[n].child.is_some())
+    }
+
+    /// `kill -9` of node `n`.
+    fn kill(&mut self, n: usize) {
+        let mut child = self.nodes[n].child.take().expect("node is running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    fn status(&self, node: usize) -> Option<Value> {
+        let res = self.client.get(self.url(node, "/v1/cluster")).send().ok()?;
+        res.json().ok()
+    }
+
+    /// Partition → (owning node, next offset) when every partition is ready on exactly one
+    /// live node and no live node is replaying one; `None` otherwise.
+    fn owners(&self) -> Option<BTreeMap<u32, (usize, i64)>> {
+        let mut owners = BTreeMap::new();
+        for n in self.alive() {
+            let status = self.status(n)?;
+            for p in status["partitions"].as_array()? {
+                let partition = p["partition"].as_u64()? as u32;
+                match p["state"].as_str()? {
+                    "ready" => {
+                        if owners
+                            .insert(partition, (n, p["next_offset"].as_i64()?))
+                            .is_some()
+                        {
+                            return None;
+                        }
+                    }
+                    "restoring" => return None,
+                    _ => {}
+                }
+            }
+        }
+        (owners.len() == PARTITIONS as usize).then_some(owners)
+    }
+
+    /// Waits until every partition is served by exactly one live node with every live node
+    /// owning at least one, and the owners applied `records` log records in all; returns the
+    /// owner of every partition.
+    fn wait_converged(&self, records: i64, timeout: Duration) -> BTreeMap<u32, (usize, i64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(owners) = self.owners() {
+                let applied: i64 = owners.values().map(|o| o.1).sum();
+                let spread = self
+                    .alive()
+                    .all(|n| owners.values().any(|&(owner, _)| owner == n));
+                if applied == records && spread {
+                    return owners;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not converge on {records} records within {timeout:?}: {:?}",
+                self.alive()
+                    .map(|n| self.status(n).map(|s| s["partitions"].clone()))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Posts a batch to node `n`; the status and body.
+    fn post(&self, n: usize, batch: &Value) -> (u16, Value) {
+        match self
+            .client
+            .post(self.url(n, "/v1/events"))
+            .json(batch)
+            .send()
+        {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                (status, res.json().unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    fn get(&self, n: usize, path: &str) -> (u16, Value) {
+        match self.client.get(self.url(n, path)).send() {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                (status, res.json().unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+}
+
+fn wait_for_port(addr: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A deterministic workload: `users` users, `items` goals with a skewed popularity, `n`
+/// events with ids, all timestamped at `ts` (so the features do not depend on the order).
+fn workload(seed: u64, users: usize, items: usize, n: usize, ts: i64) -> Vec<Value> {
+    let mut state = seed;
+    let mut next = || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let kinds = ["view", "click", "start", "checkin", "complete", "like"];
+    (0..n)
+        .map(|i| {
+            let user = next() as usize % users;
+            // Square of a uniform draw: low item numbers are more popular.
+            let u = (next() % 1000) as f64 / 1000.0;
+            let item = ((u * u) * items as f64) as usize;
+            let kind = kinds[next() as usize % kinds.len()];
+            json!({"event_id": format!("ev-{seed}-{i}"), "user_id": format!("user-{user}"),
+                   "item_id": format!("goal-{item}"), "kind": kind, "ts": ts})
+        })
+        .collect()
+}
+
+/// What a node answers about a user that must be equal wherever the user is served.
+fn user_view(get: impl Fn(&str) -> (u16, Value), user: &str) -> Value {
+    let (status, summary) = get(&format!("/v1/users/{user}"));
+    assert_eq!(status, 200, "{user}: {summary}");
+    let (status, features) = get(&format!("/v1/users/{user}/features"));
+    assert_eq!(status, 200, "{user}: {features}");
+    json!({
+        "interactions": summary["interactions"],
+        "last_event_ms": summary["last_event_ms"],
+        "engagement_score": features["features"]["engagement_score"],
+    })
+}
+
+fn reference_view(server: &TestServer, user: &str) -> Value {
+    let client = reqwest::blocking::Client::new();
+    user_view(
+        |path| {
+            let res = client.get(server.url(path)).send().expect("reference");
+            let status = res.status().as_u16();
+            (status, res.json().unwrap_or(Value::Null))
+        },
+        user,
+    )
+}
+
+fn reference_post(server: &TestServer, batch: &Value) {
+    let res = reqwest::blocking::Client::new()
+        .post(server.url("/v1/events"))
+        .json(batch)
+        .send()
+        .expect("reference post");
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+/// Events posted through three nodes (and duplicates re-posted through another node) give
+/// every user the same state on the user's owner as a single node given the same events; a
+/// non-owner refuses the read with `421 not_owner`.
+#[test]
+fn events_through_three_nodes_equal_a_single_node() {
+    let mut cluster = Cluster::start("equality");
+    for name in ["n1", "n2", "n3"] {
+        cluster.start_node(name);
+    }
+    cluster.wait_converged(0, Duration::from_secs(90));
+    let reference = TestServer::start();
+    let ts = 1_700_000_000_000i64;
+    let events = workload(14, 150, 40, 3000, ts);
+    let mut records = 0i64;
+    for (i, chunk) in events.chunks(100).enumerate() {
+        let batch = Value::Array(chunk.to_vec());
+        let (status, body) = cluster.post(i % 3, &batch);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], 100);
+        records += 100;
+        reference_post(&reference, &batch);
+    }
+    // Retries through another node: logged again, applied once.
+    for (i, chunk) in events.chunks(100).take(5).enumerate() {
+        let batch = Value::Array(chunk.to_vec());
+        let (status, _) = cluster.post((i + 1) % 3, &batch);
+        assert_eq!(status, 200);
+        records += 100;
+    }
+    let owners = cluster.wait_converged(records, Duration::from_secs(120));
+    let users: Vec<String> = (0..150).map(|u| format!("user-{u}")).collect();
+    for user in &users {
+        let partition = momentum::cluster::partition_of(user, PARTITIONS);
+        let owner = owners[&partition].0;
+        let at_owner = user_view(|path| cluster.get(owner, path), user);
+        assert_eq!(at_owner, reference_view(&reference, user), "{user}");
+        let other = (owner + 1) % 3;
+        let (status, body) = cluster.get(other, &format!("/v1/users/{user}"));
+        assert_eq!(status, 421, "{user} on a node that does not own it: {body}");
+        assert_eq!(body["error"]["code"], "not_owner");
+    }
+}
+
+/// `kill -9` of a node while events stream through the others: its partitions are served
+/// again by the survivors within 30 s, and every acknowledged event is applied exactly once
+/// (each user's state equals a single node's given exactly the acknowledged events).
+#[test]
+fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
+    let mut cluster = Cluster::start("death");
+    for name in ["d1", "d2", "d3"] {
+        cluster.start_node(name);
+    }
+    cluster.wait_converged(0, Duration::from_secs(90));
+    let reference = TestServer::start();
+    let ts = 1_700_000_000_000i64;
+    let events = workload(15, 120, 30, 4000, ts);
+    let mut records = 0i64;
+    let mut killed_at = None;
+    let mut statuses_seen: HashMap<u16, usize> = HashMap::new();
+    let victim = 2;
+    let victim_user = (0..120)
+        .map(|u| format!("user-{u}"))
+        .find(|u| {
+            let p = momentum::cluster::partition_of(u, PARTITIONS);
+            cluster.owners().is_some_and(|o| o[&p].0 == victim)
+        })
+        .expect("the victim owns a user");
+    for (i, chunk) in events.chunks(100).enumerate() {
+        if i == 10 {
+            cluster.kill(victim);
+            killed_at = Some(Instant::now());
+        }
+        let batch = Value::Array(chunk.to_vec());
+        // Through the survivors; a batch that is not acknowledged is retried (same ids).
+        let mut attempt = 0;
+        loop {
+            let (status, body) = cluster.post(attempt % 2, &batch);
+            if status == 200 {
+                assert_eq!(body["accepted"], 100);
+                records += 100;
+                break;
+            }
+            attempt += 1;
+            assert!(attempt < 50, "a batch was never acknowledged: {status} {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        reference_post(&reference, &batch);
+        if killed_at.is_some() {
+            let (status, _) = cluster.get(0, &format!("/v1/users/{victim_user}"));
+            *statuses_seen.entry(status).or_default() += 1;
+        }
+    }
+    // The victim's partitions are served again.
+    let killed_at = killed_at.expect("the node was killed");
+    let owners = cluster.wait_converged(records, Duration::from_secs(60));
+    let handover = killed_at.elapsed();
+    eprintln!("hand-over after kill -9: served again {:.1} s after the kill", handover.as_secs_f64());
+    assert!(handover < Duration::from_secs(30), "{handover:?}");
+    for status in statuses_seen.keys() {
+        assert!(
+            [200, 421, 503].contains(status),
+            "reads during the hand-over answer 200, 421 or 503, not {status}"
+        );
+    }
+    for u in 0..120 {
+        let user = format!("user-{u}");
+        let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
+        assert_ne!(owner, victim);
+        let at_owner = user_view(|path| cluster.get(owner, path), &user);
+        assert_eq!(at_owner, reference_view(&reference, &user), "{user}");
+    }
+    // Re-posting every acknowledged event changes nothing: each one was applied already.
+    for chunk in events.chunks(500) {
+        let (status, _) = cluster.post(0, &Value::Array(chunk.to_vec()));
+        assert_eq!(status, 200);
+        records += chunk.len() as i64;
+    }
+    let owners = cluster.wait_converged(records, Duration::from_secs(60));
+    for u in 0..120 {
+        let user = format!("user-{u}");
+        let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
+        let at_owner = user_view(|path| cluster.get(owner, path), &user);
+        assert_eq!(at_owner, reference_view(&reference, &user), "{user} after re-posting");
+    }
+}
