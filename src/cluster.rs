@@ -16,6 +16,7 @@
 //! gate a per-user read passes ([`Cluster::check_user`]).
 
 pub mod consumer;
+pub mod items;
 pub mod settings;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -138,6 +139,7 @@ pub struct Cluster {
     settings: ClusterSettings,
     producer: FutureProducer,
     partitions: Arc<Vec<PartitionSlot>>,
+    item_progress: items::ItemProgress,
     metrics: ClusterMetrics,
     retry_after: u64,
 }
@@ -179,6 +181,7 @@ impl Cluster {
                 .collect(),
         );
         Ok(Cluster {
+            item_progress: items::ItemProgress::new(settings.partitions),
             settings,
             producer,
             partitions,
@@ -197,6 +200,45 @@ impl Cluster {
 
     pub fn partition_slots(&self) -> &Arc<Vec<PartitionSlot>> {
         &self.partitions
+    }
+
+    /// Where this node stands on the item-deltas topic.
+    pub fn item_progress(&self) -> &items::ItemProgress {
+        &self.item_progress
+    }
+
+    /// Publishes the item side of a batch of partition `partition` covering its log up to
+    /// `offset`, and waits for the broker's confirmation.
+    pub async fn publish_item_deltas(
+        &self,
+        partition: u32,
+        offset: i64,
+        rows: Vec<items::WireRow>,
+    ) -> Result<(), Error> {
+        let record = items::ItemDeltaRecord {
+            partition,
+            offset,
+            rows,
+        };
+        let payload = serde_json::to_vec(&record).map_err(|source| Error::Json {
+            what: "item delta".into(),
+            source,
+        })?;
+        let key = partition.to_string();
+        let delivery = self.producer.send(
+            FutureRecord::to(&self.settings.item_deltas_topic)
+                .partition(partition as i32)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_millis(self.settings.produce_timeout_ms),
+        );
+        match delivery.await {
+            Ok(_) => {
+                self.metrics.item_deltas_published.inc();
+                Ok(())
+            }
+            Err((error, _)) => Err(self.unavailable(error)),
+        }
     }
 
     /// The partition of `user_id` in this cluster.

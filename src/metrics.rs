@@ -345,6 +345,11 @@ pub struct ClusterMetrics {
     pub consumer_lag: IntGauge,
     /// Rows dropped because their partition was revoked.
     pub users_dropped: IntCounter,
+    /// Item-deltas records published by this node (as an owner), applied here, and skipped
+    /// here because their source offset was already applied.
+    pub item_deltas_published: IntCounter,
+    pub item_deltas_applied: IntCounter,
+    pub item_deltas_skipped: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -385,6 +390,18 @@ impl ClusterMetrics {
                 "momentum_cluster_users_dropped_total",
                 "User rows dropped because their partition was revoked",
             )?,
+            item_deltas_published: IntCounter::new(
+                "momentum_cluster_item_deltas_published_total",
+                "Item-deltas records this node published as an owner",
+            )?,
+            item_deltas_applied: IntCounter::new(
+                "momentum_cluster_item_deltas_applied_total",
+                "Item-deltas records applied to this node's catalogue",
+            )?,
+            item_deltas_skipped: IntCounter::new(
+                "momentum_cluster_item_deltas_skipped_total",
+                "Item-deltas records skipped: their source offset was already applied",
+            )?,
         };
         registry.register(Box::new(m.events_produced.clone()))?;
         registry.register(Box::new(m.produce_failures.clone()))?;
@@ -394,6 +411,9 @@ impl ClusterMetrics {
         registry.register(Box::new(m.handover_seconds.clone()))?;
         registry.register(Box::new(m.consumer_lag.clone()))?;
         registry.register(Box::new(m.users_dropped.clone()))?;
+        registry.register(Box::new(m.item_deltas_published.clone()))?;
+        registry.register(Box::new(m.item_deltas_applied.clone()))?;
+        registry.register(Box::new(m.item_deltas_skipped.clone()))?;
         Ok(m)
     }
 }

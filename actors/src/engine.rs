@@ -12,9 +12,9 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    DeleteItem, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarItems,
-    GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents, Restart,
-    UserSummary,
+    ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportShard, GetActivity,
+    GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, ImportShard, InternedEvent,
+    PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
@@ -191,6 +191,90 @@ impl Engine {
         self.dispatch(events)?.wait().await
     }
 
+    /// Applies a batch to its users' rows only and returns the item side of it instead of
+    /// applying it to the catalogue (cluster mode: the caller publishes it, and every node
+    /// applies it with [`Engine::apply_item_deltas`]). Either the whole batch is admitted or
+    /// nothing is sent.
+    pub async fn record_events_detached(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<(IngestReport, Vec<RowDelta>), ActorError> {
+        self.admit(&events)?;
+        let (mut report, per_shard) = self.route(events);
+        let mut waiting = Vec::new();
+        for (shard, events) in per_shard.into_iter().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.shards[shard].try_send(RecordEventsDetached { events, reply: tx })?;
+            waiting.push(rx);
+        }
+        let mut deltas = Vec::new();
+        for rx in waiting {
+            let (outcome, shard_deltas) = rx.await.map_err(|_| ActorError::Stopped {
+                actor: "user_shard",
+            })?;
+            report.accepted += outcome.accepted;
+            report.duplicates += outcome.duplicates.len();
+            deltas.extend(shard_deltas);
+        }
+        self.index.events_applied.fetch_add(
+            report.accepted as u64,
+            std::sync::atomic::Ordering::AcqRel,
+        );
+        self.metrics.users.set(self.index.users.len() as i64);
+        self.metrics.items.set(self.index.items.len() as i64);
+        Ok((report, deltas))
+    }
+
+    /// Applies row changes computed elsewhere (another node's [`Engine::record_events_detached`],
+    /// in this node's dense ids) to the catalogue. `publish_vector` says for which users the
+    /// delta's vector becomes the published one: users whose rows another node keeps.
+    pub async fn apply_item_deltas(
+        &self,
+        deltas: Vec<RowDelta>,
+        publish_vector: impl Fn(u32) -> bool,
+    ) -> Result<(), ActorError> {
+        for d in &deltas {
+            if publish_vector(d.user) {
+                self.index.vectors.insert(d.user, d.after.clone());
+            }
+        }
+        self.catalog
+            .ask(|reply| ApplyItemDeltas {
+                deltas,
+                outcome: crate::messages::ShardOutcome::default(),
+                reply: Some(reply),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the rows of `users` (external ids) on this node: rows, recent event ids and
+    /// caches go; their ids, published vectors and their weights in the catalogue stay.
+    /// Returns how many rows were dropped.
+    pub async fn drop_rows(&self, users: &[Arc<str>]) -> Result<usize, ActorError> {
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for user_id in users {
+            if let Some(user) = self.index.users.get(user_id) {
+                per_shard[shard_for(user_id, n)].push(user);
+            }
+        }
+        let mut dropped = 0;
+        for (shard, users) in per_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            dropped += self.shards[shard]
+                .ask(|reply| DropRows { users, reply })
+                .await?
+                .accepted;
+        }
+        Ok(dropped)
+    }
+
     /// Whether a batch would be admitted now: every shard it touches and the catalogue have
     /// room. [`Engine::dispatch`] checks again; callers that must not act on a batch the
     /// engine would refuse (the event log in `sync` mode) check first.
@@ -224,10 +308,9 @@ impl Engine {
     /// [`PendingIngest`] waits for the outcome. Batches dispatched one after the other reach
     /// every shard in that order, which is what lets the event log and snapshots agree with
     /// memory. Either the whole batch is admitted or, when a mailbox is full, nothing is sent.
-    pub fn dispatch(&self, events: Vec<NewEvent>) -> Result<PendingIngest<'_>, ActorError> {
-        // Admission first: refusing after interning would only waste id slots, but refusing
-        // after sending would half-apply the batch.
-        self.admit(&events)?;
+    /// Interns a batch and splits it by shard; events on deleted items and ids beyond the
+    /// tables' bounds are refused in the report.
+    fn route(&self, events: Vec<NewEvent>) -> (IngestReport, Vec<Vec<InternedEvent>>) {
         let mut report = IngestReport::default();
         let mut per_shard: Vec<Vec<InternedEvent>> = vec![Vec::new(); self.shards.len()];
         for e in events {
@@ -271,6 +354,14 @@ impl Engine {
                 ts_ms: e.ts_ms,
             });
         }
+        (report, per_shard)
+    }
+
+    pub fn dispatch(&self, events: Vec<NewEvent>) -> Result<PendingIngest<'_>, ActorError> {
+        // Admission first: refusing after interning would only waste id slots, but refusing
+        // after sending would half-apply the batch.
+        self.admit(&events)?;
+        let (report, per_shard) = self.route(events);
         let mut waiting = Vec::new();
         for (shard, events) in per_shard.into_iter().enumerate() {
             if events.is_empty() {

@@ -51,6 +51,26 @@ pub struct RecordEvents {
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 
+/// Apply events to their users' rows only, and hand the item side back to the caller instead
+/// of the catalogue (cluster mode: the item side travels through the cluster's log, and every
+/// node applies it with [`ApplyItemDeltas`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RecordEventsDetached {
+    pub events: Vec<InternedEvent>,
+    pub reply: oneshot::Sender<(ShardOutcome, Vec<RowDelta>)>,
+}
+
+/// Forget users' rows, recent event ids and caches, leaving their published vectors and
+/// their weights in the catalogue as they are (cluster mode: the users moved to another
+/// node, which now keeps them). `accepted` of the outcome counts the rows dropped.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DropRows {
+    pub users: Vec<u32>,
+    pub reply: oneshot::Sender<ShardOutcome>,
+}
+
 /// Apply the item side of a batch (shard → catalogue); the catalogue answers the client.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -20,9 +20,9 @@ use crate::config::EngineConfig;
 use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    ApplyItemDeltas, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarUsers,
-    GetUser, ImportShard, InternedEvent, PutUser, RecordEvents, Restart, RowDelta, ShardOutcome,
-    UserSummary,
+    ApplyItemDeltas, DropRows, EraseUser, ExportShard, GetActivity, GetRecommendations,
+    GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutUser, RecordEvents,
+    RecordEventsDetached, Restart, RowDelta, ShardOutcome, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
@@ -485,6 +485,21 @@ impl ShardState {
         })
     }
 
+    /// Forgets a user's row, recent event ids and caches; the published vector and the
+    /// catalogue keep the user's weights. True if the user had a row.
+    pub fn drop_row(&mut self, user: u32) -> bool {
+        self.dedupe.erase(user);
+        let Some(row) = self.rows.remove(user) else {
+            return false;
+        };
+        self.neighbour_cache.remove(&user);
+        self.rec_cache.invalidate(user);
+        let weights = &self.config.weights;
+        let cells = row.cells().filter(|c| c.1.weight(weights) > 0.0).count();
+        self.metrics.interactions.sub(cells as i64);
+        true
+    }
+
     /// A copy of the user's activity log (time order).
     pub fn activity(&self, user: u32) -> Option<Vec<Activity>> {
         self.rows.get(user).map(|row| row.activity().collect())
@@ -588,6 +603,30 @@ impl Handler<RecordEvents> for UserShard {
     }
 }
 
+impl Handler<RecordEventsDetached> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordEventsDetached, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.record(msg.events));
+    }
+}
+
+impl Handler<DropRows> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropRows, _: &mut Self::Context) {
+        let accepted = msg
+            .users
+            .into_iter()
+            .filter(|&user| self.state.drop_row(user))
+            .count();
+        let _ = msg.reply.send(ShardOutcome {
+            accepted,
+            duplicates: Vec::new(),
+        });
+    }
+}
+
 impl Handler<GetRecommendations> for UserShard {
     type Result = ();
 
@@ -683,6 +722,8 @@ tracked_handler!(UserShard, ExportShard);
 tracked_handler!(UserShard, ImportShard);
 tracked_handler!(UserShard, EraseUser);
 tracked_handler!(UserShard, RecordEvents);
+tracked_handler!(UserShard, RecordEventsDetached);
+tracked_handler!(UserShard, DropRows);
 tracked_handler!(UserShard, GetRecommendations);
 tracked_handler!(UserShard, GetSimilarUsers);
 tracked_handler!(UserShard, PutUser);

@@ -35,7 +35,6 @@ use momentum_actors::{ActorError, Engine};
 
 use super::{partition_of, Cluster, LoggedEvent, PartitionSlot, PartitionState};
 use crate::error::Error;
-use crate::metrics::ClusterMetrics;
 
 /// A change of assignment, recorded by the callback and carried out by the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,13 +127,14 @@ impl Stop {
         self.0.store(true, Ordering::Release);
     }
 
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
 
-/// Creates the events topic if it does not exist (idempotent; every node tries).
-async fn ensure_topic(cluster: &Cluster) -> Result<(), Error> {
+/// Creates the events and item-deltas topics if they do not exist (idempotent; every node
+/// tries).
+async fn ensure_topics(cluster: &Cluster) -> Result<(), Error> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
@@ -143,16 +143,21 @@ async fn ensure_topic(cluster: &Cluster) -> Result<(), Error> {
         .set("bootstrap.servers", &settings.brokers)
         .create()
         .map_err(|e| Error::failed("kafka admin client", e))?;
-    let topic = NewTopic::new(
-        &settings.events_topic,
-        settings.partitions as i32,
-        TopicReplication::Fixed(-1),
-    );
+    let topics: Vec<NewTopic<'_>> = [&settings.events_topic, &settings.item_deltas_topic]
+        .into_iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.partitions as i32,
+                TopicReplication::Fixed(-1),
+            )
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
-        .create_topics([&topic], &options)
+        .create_topics(&topics, &options)
         .await
-        .map_err(|e| Error::failed("creating the events topic", e))?;
+        .map_err(|e| Error::failed("creating the cluster topics", e))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -189,13 +194,18 @@ pub fn start(
             };
             // The topic may be created by another node at the same time; retry briefly.
             let mut attempts = 0;
-            while let Err(error) = runtime.block_on(ensure_topic(&cluster)) {
+            while let Err(error) = runtime.block_on(ensure_topics(&cluster)) {
                 attempts += 1;
                 tracing::warn!(error = %crate::error::Report(&error), attempts, "events topic not ready");
                 if stop.stopped() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(500));
+            }
+            // Item knowledge first: a new owner waits for it before replaying.
+            if let Err(error) = super::items::start(cluster.clone(), engine.clone(), stop.clone()) {
+                tracing::error!(%error, "cannot start the cluster items thread");
+                return;
             }
             if let Err(error) = run(&cluster, &engine, &stop, &runtime) {
                 tracing::error!(%error, "cluster membership stopped");
@@ -244,6 +254,9 @@ fn run(
     let mut restoring: Vec<(u32, Instant, Option<i64>)> = Vec::new();
     let mut last_watermarks = Instant::now();
     let mut batch: Vec<Polled> = Vec::with_capacity(settings.apply_batch);
+    // Per partition: events at or below this offset are replayed without publishing their
+    // item side (it was published by an earlier owner and applied everywhere).
+    let mut silent_until: Vec<i64> = vec![-1; slots.len()];
     while !stop.stopped() {
         // Poll up to a batch: wait for the first message, then take what is already there.
         let mut wait = Duration::from_millis(100);
@@ -287,10 +300,11 @@ fn run(
                 Change::Assigned(p) => {
                     restoring.retain(|r| r.0 != p);
                     restoring.push((p, Instant::now(), None));
+                    silent_until[p as usize] = item_side_applied(cluster, &consumer, p, stop);
                 }
             }
         }
-        apply(cluster, engine, runtime, &mut batch);
+        apply(cluster, engine, runtime, &mut batch, &silent_until, stop);
         // Readiness: a restoring partition is ready once it reached the end of the log as it
         // was at (about) its assignment.
         restoring.retain_mut(|(p, since, target)| {
@@ -361,51 +375,98 @@ fn run(
     Ok(())
 }
 
+/// Waits until this node read the item-deltas topic of partition `p` up to its end (as of
+/// now), and returns the highest source offset of `p` whose item side is applied: the replay
+/// of `p` publishes only what lies beyond it.
+fn item_side_applied(
+    cluster: &Cluster,
+    consumer: &BaseConsumer<Membership>,
+    p: u32,
+    stop: &Stop,
+) -> i64 {
+    let topic = &cluster.settings().item_deltas_topic;
+    let progress = cluster.item_progress();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(2)) {
+            Ok((_, high)) if progress.position(p) >= high => return progress.applied(p),
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, partition = p, "item-deltas watermarks"),
+        }
+        if stop.stopped() || Instant::now() > deadline {
+            tracing::warn!(partition = p, "item deltas not caught up; replaying with what is applied");
+            return progress.applied(p);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Applies the polled events whose partition is still in the generation they were polled
-/// under and at or past its replay position; retries while the actors are full (an event
-/// of the log is never skipped).
+/// under and at or past its replay position, and publishes the item side of those beyond
+/// `silent_until`; retries while the actors are full or the broker does not confirm (an
+/// event of the log is never skipped).
 fn apply(
     cluster: &Cluster,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
     batch: &mut Vec<Polled>,
+    silent_until: &[i64],
+    stop: &Stop,
 ) {
     let slots = cluster.partition_slots();
-    let mut events = Vec::with_capacity(batch.len());
+    let partitions = cluster.settings().partitions;
+    let mut silent = Vec::new();
+    let mut published = Vec::new();
+    // Per partition: the highest offset whose item side this batch publishes.
+    let mut tags: Vec<(u32, i64)> = Vec::new();
     let mut positions: Vec<(u32, i64)> = Vec::new();
     for polled in batch.drain(..) {
-        let slot = &slots[polled.partition as usize];
+        let p = polled.partition;
+        let slot = &slots[p as usize];
         if slot.state() == PartitionState::NotOwned
             || slot.generation.load(Ordering::Acquire) != polled.generation
             || polled.offset < slot.next_offset.load(Ordering::Acquire)
         {
             continue;
         }
-        positions.push((polled.partition, polled.offset));
+        positions.push((p, polled.offset));
         match polled.event {
-            Some(event) if partition_of(&event.user_id, cluster.settings().partitions) == polled.partition => {
-                events.push(event)
+            Some(event) if partition_of(&event.user_id, partitions) == p => {
+                if polled.offset <= silent_until[p as usize] {
+                    silent.push(event);
+                } else {
+                    match tags.iter_mut().find(|t| t.0 == p) {
+                        Some(tag) => tag.1 = tag.1.max(polled.offset),
+                        None => tags.push((p, polled.offset)),
+                    }
+                    published.push(event);
+                }
             }
             Some(_) | None => {
                 tracing::warn!(
-                    partition = polled.partition,
+                    partition = p,
                     offset = polled.offset,
                     "skipping a record that is not a momentum event of this partition"
                 );
             }
         }
     }
-    let applied = events.len();
-    if !events.is_empty() {
-        loop {
-            match runtime.block_on(engine.record_events(events.clone())) {
-                Ok(_) => break,
-                Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
-                Err(error) => {
-                    tracing::error!(%error, "applying owned events failed");
-                    break;
-                }
+    let applied = silent.len() + published.len();
+    // Silent events come first: within a partition they precede every published one.
+    let _ = record(engine, runtime, silent);
+    let deltas = record(engine, runtime, published);
+    for (p, rows) in super::items::encode(engine, partitions, &deltas) {
+        let Some(&(_, offset)) = tags.iter().find(|t| t.0 == p) else {
+            continue;
+        };
+        while let Err(error) =
+            runtime.block_on(cluster.publish_item_deltas(p, offset, rows.clone()))
+        {
+            tracing::warn!(error = %crate::error::Report(&error), partition = p, "publishing item deltas");
+            if stop.stopped() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
     cluster.metrics().events_applied.inc_by(applied as u64);
@@ -416,8 +477,30 @@ fn apply(
     }
 }
 
-/// Drops the in-memory rows of every user of partition `p` (a revoked partition); returns
-/// how many.
+/// Applies events to their users' rows; returns the item side.
+fn record(
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    events: Vec<NewEvent>,
+) -> Vec<momentum_actors::messages::RowDelta> {
+    if events.is_empty() {
+        return Vec::new();
+    }
+    loop {
+        match runtime.block_on(engine.record_events_detached(events.clone())) {
+            Ok((_, deltas)) => return deltas,
+            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
+            Err(error) => {
+                tracing::error!(%error, "applying owned events failed");
+                return Vec::new();
+            }
+        }
+    }
+}
+
+/// Drops the in-memory rows of every user of partition `p` (a revoked partition); their
+/// vectors and item weights stay, kept up to date by the new owner's item deltas. Returns how
+/// many rows were dropped.
 async fn drop_partition(engine: &Engine, cluster: &Cluster, p: u32) -> usize {
     let partitions = cluster.settings().partitions;
     let users: Vec<Arc<str>> = engine
@@ -428,25 +511,19 @@ async fn drop_partition(engine: &Engine, cluster: &Cluster, p: u32) -> usize {
         .flatten()
         .filter(|name| partition_of(name, partitions) == p)
         .collect();
-    let mut dropped = 0;
-    for user in users {
-        loop {
-            match engine.erase_user(&user).await {
-                Ok(true) => {
-                    dropped += 1;
-                    break;
-                }
-                Ok(false) => break,
-                Err(ActorError::Overloaded { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await
-                }
-                Err(error) => {
-                    tracing::error!(%error, "dropping a revoked user's row");
-                    break;
-                }
+    loop {
+        match engine.drop_rows(&users).await {
+            Ok(dropped) => {
+                tracing::info!(partition = p, dropped, "revoked partition dropped");
+                return dropped;
+            }
+            Err(ActorError::Overloaded { .. }) => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(error) => {
+                tracing::error!(%error, partition = p, "dropping a revoked partition's rows");
+                return 0;
             }
         }
     }
-    tracing::info!(partition = p, dropped, "revoked partition dropped");
-    dropped
 }

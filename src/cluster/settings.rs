@@ -14,6 +14,7 @@ pub struct ClusterSettings {
     /// Partitions of the events topic (fixed at cluster creation).
     pub partitions: u32,
     pub events_topic: String,
+    pub item_deltas_topic: String,
     pub owners_topic: String,
     pub group_id: String,
     /// This node's stable name (`group.instance.id`).
@@ -34,6 +35,7 @@ impl Default for ClusterSettings {
             brokers: String::new(),
             partitions: 64,
             events_topic: "events".into(),
+            item_deltas_topic: "item-deltas".into(),
             owners_topic: "owners".into(),
             group_id: "momentum".into(),
             node_id: String::new(),
@@ -93,9 +95,16 @@ impl ClusterSettings {
             return Err("cluster.partitions must be in 1..=10000".into());
         }
         kafka_name("events_topic", &self.events_topic, 249)?;
+        kafka_name("item_deltas_topic", &self.item_deltas_topic, 249)?;
         kafka_name("owners_topic", &self.owners_topic, 249)?;
-        if self.events_topic == self.owners_topic {
-            return Err("cluster.events_topic and cluster.owners_topic must differ".into());
+        if self.events_topic == self.owners_topic
+            || self.events_topic == self.item_deltas_topic
+            || self.item_deltas_topic == self.owners_topic
+        {
+            return Err(
+                "cluster.events_topic, cluster.item_deltas_topic and cluster.owners_topic must differ"
+                    .into(),
+            );
         }
         kafka_name("group_id", &self.group_id, 249)?;
         if self.node_id.is_empty() {
