@@ -82,7 +82,9 @@ pub enum Error {
     #[error("the server is restoring its state; retry shortly")]
     NotReady,
     /// Cluster mode: the user's partition is owned by another node.
-    #[error("partition {partition} is not owned by node {node_id:?}; ask its owner (GET /v1/cluster)")]
+    #[error(
+        "partition {partition} is not owned by node {node_id:?}; ask its owner (GET /v1/cluster)"
+    )]
     NotOwner { partition: u32, node_id: String },
     /// Cluster mode: a service the write path needs did not answer.
     #[error("{what} is unavailable, retry later")]

@@ -110,7 +110,9 @@ impl Server {
         self.state.ready.store(false, Ordering::Release);
         self.state.cluster_stop.stop();
         if let Some(cluster) = &self.state.cluster {
-            cluster.flush(Duration::from_secs(self.state.settings.server.shutdown_timeout_secs));
+            cluster.flush(Duration::from_secs(
+                self.state.settings.server.shutdown_timeout_secs,
+            ));
         }
         let mut stopped = Ok(());
         if self.state.jobs.snapshot.get().is_some() {

@@ -380,7 +380,9 @@ impl ClusterMetrics {
                     "momentum_cluster_handover_seconds",
                     "Seconds from a partition's assignment to serving it",
                 )
-                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ]),
             )?,
             consumer_lag: IntGauge::new(
                 "momentum_cluster_consumer_lag_events",

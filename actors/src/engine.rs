@@ -12,9 +12,9 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportShard, GetActivity,
-    GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, ImportShard, InternedEvent,
-    PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta, UserSummary,
+    ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportShard, GetActivity, GetRecommendations,
+    GetSimilarItems, GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser,
+    RecordEvents, RecordEventsDetached, Restart, RowDelta, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
@@ -219,10 +219,9 @@ impl Engine {
             report.duplicates += outcome.duplicates.len();
             deltas.extend(shard_deltas);
         }
-        self.index.events_applied.fetch_add(
-            report.accepted as u64,
-            std::sync::atomic::Ordering::AcqRel,
-        );
+        self.index
+            .events_applied
+            .fetch_add(report.accepted as u64, std::sync::atomic::Ordering::AcqRel);
         self.metrics.users.set(self.index.users.len() as i64);
         self.metrics.items.set(self.index.items.len() as i64);
         Ok((report, deltas))

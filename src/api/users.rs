@@ -80,7 +80,6 @@ fn retry(state: &AppState) -> u64 {
     state.settings.server.retry_after_secs
 }
 
-
 async fn put_user(
     id: web::Path<String>,
     body: web::Json<ProfileBody>,

@@ -333,7 +333,12 @@ fn run(
                 slot.set_state(PartitionState::Ready);
                 let seconds = since.elapsed().as_secs_f64();
                 metrics.handover_seconds.observe(seconds);
-                tracing::info!(partition = *p, seconds, next_offset = next, "partition ready");
+                tracing::info!(
+                    partition = *p,
+                    seconds,
+                    next_offset = next,
+                    "partition ready"
+                );
                 return false;
             }
             true
@@ -394,7 +399,10 @@ fn item_side_applied(
             Err(error) => tracing::debug!(%error, partition = p, "item-deltas watermarks"),
         }
         if stop.stopped() || Instant::now() > deadline {
-            tracing::warn!(partition = p, "item deltas not caught up; replaying with what is applied");
+            tracing::warn!(
+                partition = p,
+                "item deltas not caught up; replaying with what is applied"
+            );
             return progress.applied(p);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -173,13 +173,20 @@ fn run(
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         // Assigned, not subscribed: the id only names the client to the broker.
-        .set("group.id", format!("{}-items-{}", settings.group_id, settings.node_id))
+        .set(
+            "group.id",
+            format!("{}-items-{}", settings.group_id, settings.node_id),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..settings.partitions {
-        assignment.add_partition_offset(&settings.item_deltas_topic, p as i32, Offset::Beginning)?;
+        assignment.add_partition_offset(
+            &settings.item_deltas_topic,
+            p as i32,
+            Offset::Beginning,
+        )?;
     }
     consumer.assign(&assignment)?;
     let progress = cluster.item_progress();
@@ -231,7 +238,10 @@ fn run(
                 cluster.metrics().item_deltas_skipped.inc();
             }
         } else {
-            tracing::warn!(offset = message.offset(), "skipping a record that is not an item delta");
+            tracing::warn!(
+                offset = message.offset(),
+                "skipping a record that is not an item delta"
+            );
         }
         if let Some(position) = progress.position.get(topic_partition as usize) {
             position.fetch_max(next, Ordering::AcqRel);
@@ -258,6 +268,9 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&record).expect("encodes");
         let back: ItemDeltaRecord = serde_json::from_slice(&bytes).expect("decodes");
-        assert_eq!(back, record, "floats survive the JSON round trip bit for bit");
+        assert_eq!(
+            back, record,
+            "floats survive the JSON round trip bit for bit"
+        );
     }
 }

@@ -115,9 +115,11 @@ impl ClusterSettings {
         }
         kafka_name("node_id", &self.node_id, 64)?;
         if self.advertised_address.is_empty() {
-            return Err("cluster.advertised_address is required when cluster.enabled = true \
+            return Err(
+                "cluster.advertised_address is required when cluster.enabled = true \
                         (host:port of this node's HTTP API)"
-                .into());
+                    .into(),
+            );
         }
         host_port("advertised_address", &self.advertised_address)?;
         if !(1000..=300_000).contains(&self.session_timeout_ms) {
@@ -162,7 +164,8 @@ mod tests {
 
     #[test]
     fn each_bad_key_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ClusterSettings)>)> = vec![
+        type Spoil = Box<dyn Fn(&mut ClusterSettings)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             ("cluster.brokers", Box::new(|s| s.brokers = String::new())),
             ("cluster.brokers", Box::new(|s| s.brokers = "nohost".into())),
             ("cluster.partitions", Box::new(|s| s.partitions = 0)),

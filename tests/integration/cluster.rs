@@ -50,7 +50,8 @@ fn free_port() -> u16 {
 }
 
 fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// `url` with its database replaced by `db`.
@@ -121,7 +122,9 @@ impl Cluster {
     fn start(test: &str) -> Cluster {
         let bin = broker_bin();
         let db = format!("momentum_cluster_{test}_{}", std::process::id());
-        admin_sql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"));
+        admin_sql(&format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"
+        ));
         let dir = tempfile::Builder::new()
             .prefix(&format!("momentum-cluster-{test}-"))
             .tempdir()
@@ -230,13 +233,12 @@ impl Cluster {
             for p in status["partitions"].as_array()? {
                 let partition = p["partition"].as_u64()? as u32;
                 match p["state"].as_str()? {
-                    "ready" => {
+                    "ready"
                         if owners
                             .insert(partition, (n, p["next_offset"].as_i64()?))
-                            .is_some()
-                        {
-                            return None;
-                        }
+                            .is_some() =>
+                    {
+                        return None
                     }
                     "restoring" => return None,
                     _ => {}
@@ -302,7 +304,10 @@ impl Cluster {
 fn wait_for_port(addr: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr} after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -345,6 +350,32 @@ fn user_view(get: impl Fn(&str) -> (u16, Value), user: &str) -> Value {
     })
 }
 
+/// A user's recommendations and similar users as comparable values: ids in order, scores
+/// rounded to 1e-9 (sums over neighbours may add in another order on another node).
+fn lists_view(get: impl Fn(&str) -> (u16, Value), user: &str) -> Value {
+    let round = |v: &Value| (v.as_f64().unwrap_or(f64::NAN) * 1e9).round() / 1e9;
+    let (status, recs) = get(&format!("/v1/users/{user}/recommendations?n=10"));
+    assert_eq!(status, 200, "{user}: {recs}");
+    let items: Vec<Value> = recs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| json!([i["item_id"], round(&i["score"]), i["reasons"]]))
+        .collect();
+    let (status, similar) = get(&format!("/v1/users/{user}/similar-users"));
+    assert_eq!(status, 200, "{user}: {similar}");
+    json!({"strategy": recs["strategy"], "items": items, "similar_users": similar})
+}
+
+fn reference_get(server: &TestServer) -> impl Fn(&str) -> (u16, Value) + '_ {
+    let client = reqwest::blocking::Client::new();
+    move |path| {
+        let res = client.get(server.url(path)).send().expect("reference");
+        let status = res.status().as_u16();
+        (status, res.json().unwrap_or(Value::Null))
+    }
+}
+
 fn reference_view(server: &TestServer, user: &str) -> Value {
     let client = reqwest::blocking::Client::new();
     user_view(
@@ -367,8 +398,9 @@ fn reference_post(server: &TestServer, batch: &Value) {
 }
 
 /// Events posted through three nodes (and duplicates re-posted through another node) give
-/// every user the same state on the user's owner as a single node given the same events; a
-/// non-owner refuses the read with `421 not_owner`.
+/// every user the same state, recommendations and similar users on the user's owner as a
+/// single node given the same events (item statistics reach every node through the
+/// item-deltas topic); a non-owner refuses the read with `421 not_owner`.
 #[test]
 fn events_through_three_nodes_equal_a_single_node() {
     let mut cluster = Cluster::start("equality");
@@ -402,6 +434,8 @@ fn events_through_three_nodes_equal_a_single_node() {
         let owner = owners[&partition].0;
         let at_owner = user_view(|path| cluster.get(owner, path), user);
         assert_eq!(at_owner, reference_view(&reference, user), "{user}");
+        let lists = lists_view(|path| cluster.get(owner, path), user);
+        assert_eq!(lists, lists_view(reference_get(&reference), user), "{user}");
         let other = (owner + 1) % 3;
         let (status, body) = cluster.get(other, &format!("/v1/users/{user}"));
         assert_eq!(status, 421, "{user} on a node that does not own it: {body}");
@@ -449,7 +483,10 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
                 break;
             }
             attempt += 1;
-            assert!(attempt < 50, "a batch was never acknowledged: {status} {body}");
+            assert!(
+                attempt < 50,
+                "a batch was never acknowledged: {status} {body}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         reference_post(&reference, &batch);
@@ -462,7 +499,10 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
     let killed_at = killed_at.expect("the node was killed");
     let owners = cluster.wait_converged(records, Duration::from_secs(60));
     let handover = killed_at.elapsed();
-    eprintln!("hand-over after kill -9: served again {:.1} s after the kill", handover.as_secs_f64());
+    eprintln!(
+        "hand-over after kill -9: served again {:.1} s after the kill",
+        handover.as_secs_f64()
+    );
     assert!(handover < Duration::from_secs(30), "{handover:?}");
     for status in statuses_seen.keys() {
         assert!(
@@ -488,6 +528,10 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
         let user = format!("user-{u}");
         let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
         let at_owner = user_view(|path| cluster.get(owner, path), &user);
-        assert_eq!(at_owner, reference_view(&reference, &user), "{user} after re-posting");
+        assert_eq!(
+            at_owner,
+            reference_view(&reference, &user),
+            "{user} after re-posting"
+        );
     }
 }
