@@ -18,6 +18,7 @@
 pub mod consumer;
 pub mod items;
 pub mod settings;
+pub mod snapshots;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;

@@ -350,6 +350,10 @@ pub struct ClusterMetrics {
     pub item_deltas_published: IntCounter,
     pub item_deltas_applied: IntCounter,
     pub item_deltas_skipped: IntCounter,
+    /// Partition snapshots written, refused because a newer one was there, and restored.
+    pub snapshots_written: IntCounter,
+    pub snapshots_fenced: IntCounter,
+    pub snapshots_restored: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -404,8 +408,23 @@ impl ClusterMetrics {
                 "momentum_cluster_item_deltas_skipped_total",
                 "Item-deltas records skipped: their source offset was already applied",
             )?,
+            snapshots_written: IntCounter::new(
+                "momentum_cluster_snapshots_written_total",
+                "Partition snapshots written to PostgreSQL",
+            )?,
+            snapshots_fenced: IntCounter::new(
+                "momentum_cluster_snapshots_fenced_total",
+                "Partition snapshots refused because one at a higher offset was there",
+            )?,
+            snapshots_restored: IntCounter::new(
+                "momentum_cluster_snapshots_restored_total",
+                "Partition snapshots loaded by a new owner",
+            )?,
         };
         registry.register(Box::new(m.events_produced.clone()))?;
+        registry.register(Box::new(m.snapshots_written.clone()))?;
+        registry.register(Box::new(m.snapshots_fenced.clone()))?;
+        registry.register(Box::new(m.snapshots_restored.clone()))?;
         registry.register(Box::new(m.produce_failures.clone()))?;
         registry.register(Box::new(m.events_applied.clone()))?;
         registry.register(Box::new(m.partitions_owned.clone()))?;

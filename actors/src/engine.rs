@@ -12,9 +12,10 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportShard, GetActivity, GetRecommendations,
-    GetSimilarItems, GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser,
-    RecordEvents, RecordEventsDetached, Restart, RowDelta, UserSummary,
+    AdoptRows, ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportRows, ExportShard,
+    GetActivity, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, ImportShard,
+    InternedEvent, PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta,
+    UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
@@ -248,6 +249,84 @@ impl Engine {
             })
             .await?;
         Ok(())
+    }
+
+    /// The rows and recent event ids of `users` (external ids; those this node keeps), with
+    /// the item id table their activity logs refer to: a partition snapshot in cluster mode.
+    pub async fn export_rows(&self, users: &[Arc<str>]) -> Result<EngineExport, ActorError> {
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for user_id in users {
+            if let Some(user) = self.index.users.get(user_id) {
+                per_shard[shard_for(user_id, n)].push(user);
+            }
+        }
+        // Item ids only grow, so reading the table now covers every row exported later.
+        let mut export = EngineExport {
+            items: self.index.items.slots_snapshot(),
+            ..EngineExport::default()
+        };
+        for (shard, users) in per_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let (records, ids) = self.shards[shard]
+                .ask(|reply| ExportRows { users, reply })
+                .await?;
+            export.users.extend(records);
+            export.event_ids.push(ids);
+        }
+        export.users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(export)
+    }
+
+    /// Takes over rows exported by [`Engine::export_rows`], possibly in another process:
+    /// users and the goals of their activity logs are mapped to this process's dense ids
+    /// (interned if new), recent event ids follow their users. The catalogue is not touched.
+    /// Returns the rows taken.
+    pub async fn adopt_rows(&self, export: EngineExport) -> Result<usize, ActorError> {
+        let n = self.shards.len();
+        let item_of = |writer: u32| -> Option<u32> {
+            let name = export.items.get(writer as usize)?.as_ref()?;
+            self.index.items.intern(name)
+        };
+        let mut user_of: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut users: Vec<Vec<UserRecord>> = vec![Vec::new(); n];
+        for mut record in export.users.iter().cloned() {
+            let Some(local) = self.index.users.intern(&record.user_id) else {
+                continue;
+            };
+            user_of.insert(record.dense_id, local);
+            record.dense_id = local;
+            for activity in &mut record.activity {
+                activity.goal = activity.goal.and_then(item_of);
+            }
+            users[shard_for(&record.user_id, n)].push(record);
+        }
+        let mut ids: Vec<Vec<DedupeEntry>> = vec![Vec::new(); n];
+        for (writer, hash) in export.event_ids.iter().flatten() {
+            if let Some(&local) = user_of.get(writer) {
+                if let Some(name) = self.index.users.name(local) {
+                    ids[shard_for(&name, n)].push((local, *hash));
+                }
+            }
+        }
+        let mut taken = 0;
+        for ((shard, users), event_ids) in self.shards.iter().zip(users).zip(ids) {
+            if users.is_empty() {
+                continue;
+            }
+            taken += shard
+                .ask(|reply| AdoptRows {
+                    users,
+                    event_ids,
+                    reply,
+                })
+                .await?
+                .accepted;
+        }
+        self.metrics.users.set(self.index.users.len() as i64);
+        Ok(taken)
     }
 
     /// Forgets the rows of `users` (external ids) on this node: rows, recent event ids and

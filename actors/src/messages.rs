@@ -71,6 +71,25 @@ pub struct DropRows {
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 
+/// The rows and recent event ids of some users (a partition snapshot in cluster mode).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ExportRows {
+    pub users: Vec<u32>,
+    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<DedupeEntry>)>,
+}
+
+/// Take over rows written by another node (cluster mode: a partition snapshot). The records
+/// are already in this node's dense ids; the catalogue is not touched (it already holds these
+/// users' weights). `accepted` of the outcome counts the rows taken.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AdoptRows {
+    pub users: Vec<UserRecord>,
+    pub event_ids: Vec<DedupeEntry>,
+    pub reply: oneshot::Sender<ShardOutcome>,
+}
+
 /// Apply the item side of a batch (shard → catalogue); the catalogue answers the client.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -33,6 +33,7 @@ use rdkafka::ClientContext;
 use momentum_actors::engine::NewEvent;
 use momentum_actors::{ActorError, Engine};
 
+use super::snapshots::SnapshotStore;
 use super::{partition_of, Cluster, LoggedEvent, PartitionSlot, PartitionState};
 use crate::error::Error;
 
@@ -257,6 +258,11 @@ fn run(
     // Per partition: events at or below this offset are replayed without publishing their
     // item side (it was published by an earlier owner and applied everywhere).
     let mut silent_until: Vec<i64> = vec![-1; slots.len()];
+    // Partition snapshots: the connection, the offset of the last one written or loaded per
+    // partition, and when the last round ran.
+    let mut store: Option<SnapshotStore> = None;
+    let mut snapshotted: Vec<i64> = vec![-1; slots.len()];
+    let mut last_snapshots = Instant::now();
     while !stop.stopped() {
         // Poll up to a batch: wait for the first message, then take what is already there.
         let mut wait = Duration::from_millis(100);
@@ -301,6 +307,23 @@ fn run(
                     restoring.retain(|r| r.0 != p);
                     restoring.push((p, Instant::now(), None));
                     silent_until[p as usize] = item_side_applied(cluster, &consumer, p, stop);
+                    snapshotted[p as usize] = -1;
+                    if let Some(offset) = restore_snapshot(cluster, engine, runtime, &mut store, p)
+                    {
+                        snapshotted[p as usize] = offset;
+                        slots[p as usize]
+                            .next_offset
+                            .store(offset + 1, Ordering::Release);
+                        if let Err(error) = consumer.seek(
+                            &settings.events_topic,
+                            p as i32,
+                            Offset::Offset(offset + 1),
+                            Duration::from_secs(1),
+                        ) {
+                            // Harmless: earlier records are skipped by offset.
+                            tracing::debug!(%error, partition = p, "seek past the snapshot");
+                        }
+                    }
                 }
             }
         }
@@ -343,6 +366,11 @@ fn run(
             }
             true
         });
+        let every = settings.snapshot_interval_secs;
+        if every > 0 && last_snapshots.elapsed() >= Duration::from_secs(every) {
+            last_snapshots = Instant::now();
+            write_snapshots(cluster, engine, runtime, &mut store, &mut snapshotted);
+        }
         // Lag of the partitions served here, refreshed about once a second.
         if last_watermarks.elapsed() >= Duration::from_secs(1) {
             last_watermarks = Instant::now();
@@ -501,6 +529,133 @@ fn record(
             Err(error) => {
                 tracing::error!(%error, "applying owned events failed");
                 return Vec::new();
+            }
+        }
+    }
+}
+
+/// The snapshot connection, (re)connected if needed; `None` (logged) if PostgreSQL cannot be
+/// reached now.
+fn snapshot_store<'a>(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Runtime,
+    store: &'a mut Option<SnapshotStore>,
+) -> Option<&'a SnapshotStore> {
+    if store.as_ref().is_some_and(SnapshotStore::is_closed) {
+        *store = None;
+    }
+    if store.is_none() {
+        let settings = cluster.settings();
+        let url = settings.snapshot_url()?;
+        match runtime.block_on(SnapshotStore::connect(&url, &settings.snapshot_schema)) {
+            Ok(connected) => *store = Some(connected),
+            Err(error) => {
+                tracing::warn!(error = %crate::error::Report(&error), "partition snapshots unavailable");
+                return None;
+            }
+        }
+    }
+    store.as_ref()
+}
+
+/// Loads partition `p`'s snapshot into the engine; its offset, or `None` when there is none
+/// or it cannot be read (the partition is then replayed from the start of its log).
+fn restore_snapshot(
+    cluster: &Cluster,
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    store: &mut Option<SnapshotStore>,
+    p: u32,
+) -> Option<i64> {
+    let store = snapshot_store(cluster, runtime, store)?;
+    let (offset, body) = match runtime.block_on(store.load(p)) {
+        Ok(found) => found?,
+        Err(error) => {
+            tracing::warn!(error = %crate::error::Report(&error), partition = p, "loading a partition snapshot");
+            return None;
+        }
+    };
+    let export = match super::snapshots::decode(&body) {
+        Ok(export) => export,
+        Err(error) => {
+            tracing::error!(%error, partition = p, "a partition snapshot cannot be decoded");
+            return None;
+        }
+    };
+    loop {
+        match runtime.block_on(engine.adopt_rows(export.clone())) {
+            Ok(users) => {
+                tracing::info!(partition = p, offset, users, "partition snapshot restored");
+                cluster.metrics().snapshots_restored.inc();
+                return Some(offset);
+            }
+            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
+            Err(error) => {
+                tracing::error!(%error, partition = p, "restoring a partition snapshot");
+                return None;
+            }
+        }
+    }
+}
+
+/// Writes a snapshot of every ready partition that moved since its last one.
+fn write_snapshots(
+    cluster: &Cluster,
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    store: &mut Option<SnapshotStore>,
+    snapshotted: &mut [i64],
+) {
+    let slots = cluster.partition_slots();
+    let due: Vec<(u32, i64)> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, slot)| slot.state() == PartitionState::Ready)
+        .map(|(p, slot)| (p as u32, slot.next_offset.load(Ordering::Acquire) - 1))
+        .filter(|&(p, offset)| offset > snapshotted[p as usize])
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let Some(store) = snapshot_store(cluster, runtime, store) else {
+        return;
+    };
+    let partitions = cluster.settings().partitions;
+    let mut users: Vec<Vec<Arc<str>>> = vec![Vec::new(); slots.len()];
+    for name in engine.index().users.slots_snapshot().into_iter().flatten() {
+        users[partition_of(&name, partitions) as usize].push(name);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for (p, offset) in due {
+        let export = match runtime.block_on(engine.export_rows(&users[p as usize])) {
+            Ok(export) => export,
+            Err(error) => {
+                tracing::warn!(%error, partition = p, "exporting a partition");
+                continue;
+            }
+        };
+        let body = super::snapshots::encode(&export);
+        let node = &cluster.settings().node_id;
+        match runtime.block_on(store.save(p, offset, node, now_ms, &body)) {
+            Ok(true) => {
+                snapshotted[p as usize] = offset;
+                cluster.metrics().snapshots_written.inc();
+            }
+            Ok(false) => {
+                // A snapshot at this or a higher offset is there (a successor's): fenced.
+                snapshotted[p as usize] = offset;
+                cluster.metrics().snapshots_fenced.inc();
+                tracing::info!(
+                    partition = p,
+                    offset,
+                    "partition snapshot fenced by a newer one"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error::Report(&error), partition = p, "writing a partition snapshot");
+                return;
             }
         }
     }

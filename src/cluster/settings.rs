@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
     pub enabled: bool,
@@ -26,6 +26,40 @@ pub struct ClusterSettings {
     pub apply_batch: usize,
     /// How long `POST /v1/events` waits for the broker's confirmation.
     pub produce_timeout_ms: u64,
+    /// Seconds between partition snapshots written by the owner (0: none).
+    pub snapshot_interval_secs: u64,
+    /// PostgreSQL URL of the partition snapshots; empty: `DATABASE_URL`. A secret.
+    pub snapshot_url: String,
+    /// PostgreSQL schema of the partition snapshot table; empty: `public`.
+    pub snapshot_schema: String,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The snapshot URL may carry a password: it never reaches logs.
+        let redacted = if self.snapshot_url.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("ClusterSettings")
+            .field("enabled", &self.enabled)
+            .field("brokers", &self.brokers)
+            .field("partitions", &self.partitions)
+            .field("events_topic", &self.events_topic)
+            .field("item_deltas_topic", &self.item_deltas_topic)
+            .field("owners_topic", &self.owners_topic)
+            .field("group_id", &self.group_id)
+            .field("node_id", &self.node_id)
+            .field("advertised_address", &self.advertised_address)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("apply_batch", &self.apply_batch)
+            .field("produce_timeout_ms", &self.produce_timeout_ms)
+            .field("snapshot_interval_secs", &self.snapshot_interval_secs)
+            .field("snapshot_url", &redacted)
+            .field("snapshot_schema", &self.snapshot_schema)
+            .finish()
+    }
 }
 
 impl Default for ClusterSettings {
@@ -43,6 +77,9 @@ impl Default for ClusterSettings {
             session_timeout_ms: 6000,
             apply_batch: 1000,
             produce_timeout_ms: 10_000,
+            snapshot_interval_secs: 60,
+            snapshot_url: String::new(),
+            snapshot_schema: String::new(),
         }
     }
 }
@@ -131,7 +168,32 @@ impl ClusterSettings {
         if !(100..=300_000).contains(&self.produce_timeout_ms) {
             return Err("cluster.produce_timeout_ms must be in 100..=300000".into());
         }
+        if self.snapshot_url.is_empty() && std::env::var_os("DATABASE_URL").is_none() {
+            return Err("cluster.snapshot_url (or DATABASE_URL) is required when \
+                        cluster.enabled = true: partition snapshots live in PostgreSQL"
+                .into());
+        }
+        if !self
+            .snapshot_schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.snapshot_schema.len() > 63
+        {
+            return Err(format!(
+                "cluster.snapshot_schema {:?} must be at most 63 of [A-Za-z0-9_]",
+                self.snapshot_schema
+            ));
+        }
         Ok(())
+    }
+
+    /// The PostgreSQL URL of the partition snapshots.
+    pub fn snapshot_url(&self) -> Option<String> {
+        if self.snapshot_url.is_empty() {
+            std::env::var("DATABASE_URL").ok()
+        } else {
+            Some(self.snapshot_url.clone())
+        }
     }
 }
 
@@ -145,6 +207,7 @@ mod tests {
             brokers: "127.0.0.1:9092, 127.0.0.1:9093".into(),
             node_id: "node-1".into(),
             advertised_address: "10.0.0.1:8080".into(),
+            snapshot_url: "postgres://u:secret@127.0.0.1/db".into(),
             ..ClusterSettings::default()
         }
     }
@@ -160,6 +223,13 @@ mod tests {
     #[test]
     fn a_complete_section_validates() {
         assert!(enabled().validate().is_ok());
+    }
+
+    #[test]
+    fn the_snapshot_url_never_reaches_debug_output() {
+        let text = format!("{:?}", enabled());
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 
     #[test]
@@ -184,6 +254,10 @@ mod tests {
                 Box::new(|s| s.session_timeout_ms = 10),
             ),
             ("cluster.apply_batch", Box::new(|s| s.apply_batch = 0)),
+            (
+                "cluster.snapshot_schema",
+                Box::new(|s| s.snapshot_schema = "a;drop".into()),
+            ),
             (
                 "cluster.produce_timeout_ms",
                 Box::new(|s| s.produce_timeout_ms = 0),

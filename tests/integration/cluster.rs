@@ -54,10 +54,10 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// `url` with its database replaced by `db`.
+/// `url` with its database replaced by `db`, without TLS (loopback).
 fn with_database(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
-    format!("{base}/{db}")
+    format!("{base}/{db}?sslmode=disable")
 }
 
 fn admin_sql(sql: &str) {
@@ -89,6 +89,8 @@ struct Node {
 /// Brokers, nodes and the database of one test; everything stops on drop.
 struct Cluster {
     db: String,
+    /// The test's database (the brokers' storage and the partition snapshots).
+    db_url: String,
     brokers: Vec<Child>,
     broker_addrs: Vec<String>,
     nodes: Vec<Node>,
@@ -131,6 +133,7 @@ impl Cluster {
             .expect("temp dir")
             .keep();
         let mut cluster = Cluster {
+            db_url: with_database(&database_url(), &db),
             db: db.clone(),
             brokers: Vec::new(),
             broker_addrs: Vec::new(),
@@ -141,7 +144,7 @@ impl Cluster {
                 .build()
                 .expect("client"),
         };
-        let storage = with_database(&database_url(), &db);
+        let storage = cluster.db_url.clone();
         // The first broker creates the schema; the second starts once it listens.
         for i in 0..2 {
             let port = free_port();
@@ -192,6 +195,8 @@ impl Cluster {
             .env("MOMENTUM__CLUSTER__NODE_ID", name)
             .env("MOMENTUM__CLUSTER__ADVERTISED_ADDRESS", &addr)
             .env("MOMENTUM__CLUSTER__SESSION_TIMEOUT_MS", "6000")
+            .env("MOMENTUM__CLUSTER__SNAPSHOT_URL", &self.db_url)
+            .env("MOMENTUM__CLUSTER__SNAPSHOT_INTERVAL_SECS", "1")
             .stdout(Stdio::from(file.try_clone().expect("log")))
             .stderr(Stdio::from(file))
             .spawn()
