@@ -60,9 +60,10 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}?sslmode=disable")
 }
 
-fn admin_sql(sql: &str) {
+/// Runs each statement on its own (`CREATE`/`DROP DATABASE` cannot share a transaction).
+fn admin_sql(statements: &[&str]) {
     let url = database_url();
-    let sql = sql.to_owned();
+    let statements: Vec<String> = statements.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -73,7 +74,9 @@ fn admin_sql(sql: &str) {
                     .await
                     .expect("connect to DATABASE_URL (the cluster tests need PostgreSQL)");
                 tokio::spawn(connection);
-                client.batch_execute(&sql).await.expect("admin SQL");
+                for sql in statements {
+                    client.batch_execute(&sql).await.expect("admin SQL");
+                }
             })
     })
     .join()
@@ -115,7 +118,7 @@ impl Drop for Cluster {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+        admin_sql(&[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db)]);
     }
 }
 
@@ -124,9 +127,10 @@ impl Cluster {
     fn start(test: &str) -> Cluster {
         let bin = broker_bin();
         let db = format!("momentum_cluster_{test}_{}", std::process::id());
-        admin_sql(&format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"
-        ));
+        admin_sql(&[
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            &format!("CREATE DATABASE {db}"),
+        ]);
         let dir = tempfile::Builder::new()
             .prefix(&format!("momentum-cluster-{test}-"))
             .tempdir()
