@@ -310,6 +310,24 @@ impl Cluster {
     }
 }
 
+/// The value of an unlabelled metric on node `n`.
+fn metric(cluster: &Cluster, n: usize, name: &str) -> u64 {
+    let text = cluster
+        .client
+        .get(cluster.url(n, "/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} on node {n}")) as u64
+}
+
 fn wait_for_port(addr: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(addr).is_err() {
@@ -438,6 +456,7 @@ fn events_through_three_nodes_equal_a_single_node() {
     }
     let owners = cluster.wait_converged(records, Duration::from_secs(120));
     let users: Vec<String> = (0..150).map(|u| format!("user-{u}")).collect();
+    let mut with_lists = 0;
     for user in &users {
         let partition = momentum::cluster::partition_of(user, PARTITIONS);
         let owner = owners[&partition].0;
@@ -445,10 +464,25 @@ fn events_through_three_nodes_equal_a_single_node() {
         assert_eq!(at_owner, reference_view(&reference, user), "{user}");
         let lists = lists_view(|path| cluster.get(owner, path), user);
         assert_eq!(lists, lists_view(reference_get(&reference), user), "{user}");
+        let non_empty = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+        if non_empty(&lists["items"]) && non_empty(&lists["similar_users"]["users"]) {
+            with_lists += 1;
+        }
         let other = (owner + 1) % 3;
         let (status, body) = cluster.get(other, &format!("/v1/users/{user}"));
         assert_eq!(status, 421, "{user} on a node that does not own it: {body}");
         assert_eq!(body["error"]["code"], "not_owner");
+    }
+    // The comparison compared something: most users have lists and neighbours.
+    assert!(with_lists > 100, "{with_lists} of 150 users have lists");
+    // The item side reached every node: each applied item deltas it did not publish.
+    for n in 0..3 {
+        let published = metric(&cluster, n, "momentum_cluster_item_deltas_published_total");
+        let applied = metric(&cluster, n, "momentum_cluster_item_deltas_applied_total");
+        assert!(
+            applied > published,
+            "node {n}: {applied} applied, {published} published"
+        );
     }
 }
 
@@ -467,6 +501,7 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
     let events = workload(15, 120, 30, 4000, ts);
     let mut records = 0i64;
     let mut killed_at = None;
+    let mut served_again = None;
     let mut statuses_seen: HashMap<u16, usize> = HashMap::new();
     let victim = 2;
     let victim_user = (0..120)
@@ -499,20 +534,32 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
             std::thread::sleep(Duration::from_millis(200));
         }
         reference_post(&reference, &batch);
-        if killed_at.is_some() {
+        if let Some(at) = killed_at {
             let (status, _) = cluster.get(0, &format!("/v1/users/{victim_user}"));
             *statuses_seen.entry(status).or_default() += 1;
+            if served_again.is_none() && cluster.owners().is_some() {
+                served_again = Some(at.elapsed());
+            }
         }
     }
-    // The victim's partitions are served again.
+    // The victim's partitions are served again (every partition ready on a survivor).
     let killed_at = killed_at.expect("the node was killed");
     let owners = cluster.wait_converged(records, Duration::from_secs(60));
-    let handover = killed_at.elapsed();
+    let handover = served_again.unwrap_or_else(|| killed_at.elapsed());
     eprintln!(
-        "hand-over after kill -9: served again {:.1} s after the kill",
+        "hand-over after kill -9: every partition served again {:.1} s after the kill",
         handover.as_secs_f64()
     );
     assert!(handover < Duration::from_secs(30), "{handover:?}");
+    assert!(
+        statuses_seen.keys().any(|&s| s != 200),
+        "the victim's user was read on a survivor before the hand-over: {statuses_seen:?}"
+    );
+    // The survivors restored the victim's partitions from their snapshots.
+    let restored: u64 = (0..2)
+        .map(|n| metric(&cluster, n, "momentum_cluster_snapshots_restored_total"))
+        .sum();
+    assert!(restored > 0, "no partition snapshot was restored");
     for status in statuses_seen.keys() {
         assert!(
             [200, 421, 503].contains(status),
