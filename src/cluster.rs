@@ -135,11 +135,32 @@ impl PartitionSlot {
     }
 }
 
+/// A record of the owners topic: who serves a partition (key: the partition number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub partition: u32,
+    pub node_id: String,
+    /// The node's HTTP address (`cluster.advertised_address`).
+    pub address: String,
+    /// Unix milliseconds of the assignment this record reports (later wins).
+    pub generation: i64,
+    /// Ready (served) or still replaying.
+    pub ready: bool,
+}
+
+/// The header a forwarded read carries: its receiver answers it itself or refuses it
+/// (`421`), never forwards it again.
+pub const FORWARDED_HEADER: &str = "x-momentum-forwarded";
+
 /// The cluster side of a node: settings, producer and partition states.
 pub struct Cluster {
     settings: ClusterSettings,
     producer: FutureProducer,
     partitions: Arc<Vec<PartitionSlot>>,
+    /// What the owners topic says about each partition.
+    owners: parking_lot::RwLock<Vec<Option<OwnerRecord>>>,
+    /// Client for forwarding reads to owners (bounded by a timeout).
+    http: reqwest::Client,
     item_progress: items::ItemProgress,
     metrics: ClusterMetrics,
     retry_after: u64,
@@ -181,7 +202,14 @@ impl Cluster {
                 .map(|_| PartitionSlot::default())
                 .collect(),
         );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| Error::failed("forwarding client", e))?;
         Ok(Cluster {
+            owners: parking_lot::RwLock::new(vec![None; settings.partitions as usize]),
+            http,
             item_progress: items::ItemProgress::new(settings.partitions),
             settings,
             producer,
@@ -240,6 +268,13 @@ impl Cluster {
             }
             Err((error, _)) => Err(self.unavailable(error)),
         }
+    }
+
+    /// What this node does with `partition`.
+    pub fn partition_state(&self, partition: u32) -> PartitionState {
+        self.partitions
+            .get(partition as usize)
+            .map_or(PartitionState::NotOwned, PartitionSlot::state)
     }
 
     /// The partition of `user_id` in this cluster.
@@ -323,6 +358,81 @@ impl Cluster {
         }
     }
 
+    /// Records what the owners topic says about a partition: a claim replaces the known one
+    /// unless that is of a later assignment.
+    pub fn learn_owner(&self, record: OwnerRecord) {
+        let mut owners = self.owners.write();
+        if let Some(slot) = owners.get_mut(record.partition as usize) {
+            if slot
+                .as_ref()
+                .is_none_or(|known| known.generation <= record.generation)
+            {
+                *slot = Some(record);
+            }
+        }
+    }
+
+    /// The owner the owners topic names for `partition`, if another node and ready.
+    pub fn owner_elsewhere(&self, partition: u32) -> Option<OwnerRecord> {
+        self.owners
+            .read()
+            .get(partition as usize)?
+            .clone()
+            .filter(|o| o.ready && o.node_id != self.settings.node_id)
+    }
+
+    /// Publishes this node's claim on `partition` to the owners topic (compacted, keyed by
+    /// partition). Failures are logged: the claim is advisory, the group decides.
+    pub async fn claim(&self, partition: u32, generation: i64, ready: bool) {
+        let record = OwnerRecord {
+            partition,
+            node_id: self.settings.node_id.clone(),
+            address: self.settings.advertised_address.clone(),
+            generation,
+            ready,
+        };
+        let Ok(payload) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let key = partition.to_string();
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::to(&self.settings.owners_topic)
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_millis(self.settings.produce_timeout_ms),
+            )
+            .await;
+        if let Err((error, _)) = sent {
+            tracing::warn!(%error, partition, "publishing an owner claim");
+        }
+    }
+
+    /// Forwards a read of `path_and_query` one hop to `owner` and returns its answer
+    /// (status, content type, Retry-After, body).
+    pub async fn forward(
+        &self,
+        owner: &OwnerRecord,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<reqwest::Response, Error> {
+        let mut request = self
+            .http
+            .request(method, format!("http://{}{path_and_query}", owner.address))
+            .header(FORWARDED_HEADER, &self.settings.node_id);
+        for name in ["x-admin-key", "accept"] {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                request = request.header(name, value);
+            }
+        }
+        request.send().await.map_err(|e| {
+            tracing::warn!(error = %e, owner = %owner.node_id, "forwarding a read");
+            Error::NotReady
+        })
+    }
+
     /// `GET /v1/cluster`: this node and what it knows of every partition.
     pub fn status(&self) -> serde_json::Value {
         let partitions: Vec<serde_json::Value> = self
@@ -332,8 +442,12 @@ impl Cluster {
             .map(|(p, slot)| {
                 let next = slot.next_offset.load(Ordering::Acquire);
                 let high = slot.high_watermark.load(Ordering::Acquire);
+                let owner = self.owners.read().get(p).cloned().flatten();
                 serde_json::json!({
                     "partition": p,
+                    "owner": owner.map(|o| serde_json::json!({
+                        "node_id": o.node_id, "address": o.address, "ready": o.ready,
+                    })),
                     "state": slot.state(),
                     "next_offset": next,
                     "lag": (high - next).max(0),

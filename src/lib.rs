@@ -248,7 +248,8 @@ async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
 }
 
 /// The HTTP server on `listener`: middleware (outermost first: admission, 405 bodies, the
-/// HTTP contract) and one `configure` per resource.
+/// HTTP contract, forwarding reads to their owner in cluster mode) and one `configure` per
+/// resource.
 fn http_server(
     state: &Arc<AppState>,
     listener: TcpListener,
@@ -268,6 +269,7 @@ fn http_server(
             .app_data(api::json_config())
             .app_data(api::query_config())
             .app_data(api::path_config())
+            .wrap(actix_web::middleware::from_fn(api::cluster::forward_reads))
             .wrap(actix_web::middleware::from_fn(api::http_contract))
             .wrap(actix_web::middleware::ErrorHandlers::new().handler(
                 actix_web::http::StatusCode::METHOD_NOT_ALLOWED,

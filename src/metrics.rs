@@ -354,6 +354,9 @@ pub struct ClusterMetrics {
     pub snapshots_written: IntCounter,
     pub snapshots_fenced: IntCounter,
     pub snapshots_restored: IntCounter,
+    /// Reads forwarded to the owner of the user's partition, by result (`ok`, `moved`,
+    /// `error`).
+    pub forwarded: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -420,7 +423,15 @@ impl ClusterMetrics {
                 "momentum_cluster_snapshots_restored_total",
                 "Partition snapshots loaded by a new owner",
             )?,
+            forwarded: IntCounterVec::new(
+                Opts::new(
+                    "momentum_cluster_forwarded_requests_total",
+                    "Reads forwarded to the owner of the user's partition, by result",
+                ),
+                &["result"],
+            )?,
         };
+        registry.register(Box::new(m.forwarded.clone()))?;
         registry.register(Box::new(m.events_produced.clone()))?;
         registry.register(Box::new(m.snapshots_written.clone()))?;
         registry.register(Box::new(m.snapshots_fenced.clone()))?;

@@ -144,7 +144,7 @@ async fn ensure_topics(cluster: &Cluster) -> Result<(), Error> {
         .set("bootstrap.servers", &settings.brokers)
         .create()
         .map_err(|e| Error::failed("kafka admin client", e))?;
-    let topics: Vec<NewTopic<'_>> = [&settings.events_topic, &settings.item_deltas_topic]
+    let mut topics: Vec<NewTopic<'_>> = [&settings.events_topic, &settings.item_deltas_topic]
         .into_iter()
         .map(|name| {
             NewTopic::new(
@@ -154,6 +154,11 @@ async fn ensure_topics(cluster: &Cluster) -> Result<(), Error> {
             )
         })
         .collect();
+    // The owners table: one partition, compacted (the last claim per partition is kept).
+    topics.push(
+        NewTopic::new(&settings.owners_topic, 1, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact"),
+    );
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&topics, &options)
@@ -262,6 +267,8 @@ fn run(
     // partition, and when the last round ran.
     let mut store: Option<SnapshotStore> = None;
     let mut snapshotted: Vec<i64> = vec![-1; slots.len()];
+    // Per partition: the generation of the current assignment (its owner claims carry it).
+    let mut generations: Vec<i64> = vec![0; slots.len()];
     let mut last_snapshots = Instant::now();
     while !stop.stopped() {
         // Poll up to a batch: wait for the first message, then take what is already there.
@@ -306,6 +313,9 @@ fn run(
                 Change::Assigned(p) => {
                     restoring.retain(|r| r.0 != p);
                     restoring.push((p, Instant::now(), None));
+                    let generation = unix_ms();
+                    generations[p as usize] = generation;
+                    runtime.block_on(cluster.claim(p, generation, false));
                     silent_until[p as usize] = item_side_applied(cluster, &consumer, p, stop);
                     snapshotted[p as usize] = -1;
                     if let Some(offset) = restore_snapshot(cluster, engine, runtime, &mut store, p)
@@ -354,6 +364,7 @@ fn run(
             let next = slot.next_offset.load(Ordering::Acquire);
             if target.is_some_and(|t| next >= t) {
                 slot.set_state(PartitionState::Ready);
+                runtime.block_on(cluster.claim(*p, generations[*p as usize], true));
                 let seconds = since.elapsed().as_secs_f64();
                 metrics.handover_seconds.observe(seconds);
                 tracing::info!(
@@ -534,6 +545,12 @@ fn record(
     }
 }
 
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The snapshot connection, (re)connected if needed; `None` (logged) if PostgreSQL cannot be
 /// reached now.
 fn snapshot_store<'a>(
@@ -625,9 +642,7 @@ fn write_snapshots(
     for name in engine.index().users.slots_snapshot().into_iter().flatten() {
         users[partition_of(&name, partitions) as usize].push(name);
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = unix_ms();
     for (p, offset) in due {
         let export = match runtime.block_on(engine.export_rows(&users[p as usize])) {
             Ok(export) => export,

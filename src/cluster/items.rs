@@ -9,6 +9,9 @@
 //! partition, so a replay after a failover and a stalled former owner are harmless. A new
 //! owner first catches up with the item-deltas topic, then replays the events at or below the
 //! highest applied tag without publishing (their item side is already everywhere).
+//!
+//! The same thread reads the compacted owners topic, where each node claims the partitions it
+//! was assigned (replaying, then ready), so that any node can forward a read to the owner.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -188,6 +191,8 @@ fn run(
             Offset::Beginning,
         )?;
     }
+    // The owners table rides along: who serves which partition, for forwarding reads.
+    assignment.add_partition_offset(&settings.owners_topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let progress = cluster.item_progress();
     let slots = cluster.partition_slots();
@@ -202,6 +207,15 @@ fn run(
                 continue;
             }
         };
+        if message.topic() == settings.owners_topic {
+            if let Some(record) = message
+                .payload()
+                .and_then(|bytes| serde_json::from_slice::<super::OwnerRecord>(bytes).ok())
+            {
+                cluster.learn_owner(record);
+            }
+            continue;
+        }
         let Ok(topic_partition) = u32::try_from(message.partition()) else {
             continue;
         };

@@ -427,7 +427,8 @@ fn reference_post(server: &TestServer, batch: &Value) {
 /// Events posted through three nodes (and duplicates re-posted through another node) give
 /// every user the same state, recommendations and similar users on the user's owner as a
 /// single node given the same events (item statistics reach every node through the
-/// item-deltas topic); a non-owner refuses the read with `421 not_owner`.
+/// item-deltas topic); any other node forwards a read to the owner and answers the same, and a
+/// read that was forwarded already is refused with `421 not_owner` instead of a second hop.
 #[test]
 fn events_through_three_nodes_equal_a_single_node() {
     let mut cluster = Cluster::start("equality");
@@ -468,13 +469,45 @@ fn events_through_three_nodes_equal_a_single_node() {
         if non_empty(&lists["items"]) && non_empty(&lists["similar_users"]["users"]) {
             with_lists += 1;
         }
+        // Another node forwards the read to the owner (once the owners topic reached it).
         let other = (owner + 1) % 3;
-        let (status, body) = cluster.get(other, &format!("/v1/users/{user}"));
-        assert_eq!(status, 421, "{user} on a node that does not own it: {body}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let forwarded = loop {
+            let (status, body) = cluster.get(other, &format!("/v1/users/{user}"));
+            if status == 200 || Instant::now() > deadline {
+                break (status, body);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(
+            forwarded.0, 200,
+            "{user} through node {other}: {}",
+            forwarded.1
+        );
+        assert_eq!(user_view(|path| cluster.get(other, path), user), at_owner);
+        // A request that was forwarded already is refused, never forwarded again.
+        let res = cluster
+            .client
+            .get(cluster.url(other, &format!("/v1/users/{user}")))
+            .header("x-momentum-forwarded", "test")
+            .send()
+            .expect("request");
+        assert_eq!(res.status().as_u16(), 421, "{user}");
+        let body: Value = res.json().expect("json");
         assert_eq!(body["error"]["code"], "not_owner");
     }
     // The comparison compared something: most users have lists and neighbours.
     assert!(with_lists > 100, "{with_lists} of 150 users have lists");
+    let text = cluster
+        .client
+        .get(cluster.url(0, "/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    assert!(
+        text.contains("momentum_cluster_forwarded_requests_total{result=\"ok\"}"),
+        "forwarded reads are counted"
+    );
     // The item side reached every node: each applied item deltas it did not publish.
     for n in 0..3 {
         let published = metric(&cluster, n, "momentum_cluster_item_deltas_published_total");
@@ -563,7 +596,7 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
     for status in statuses_seen.keys() {
         assert!(
             [200, 421, 503].contains(status),
-            "reads during the hand-over answer 200, 421 or 503, not {status}"
+            "reads during the hand-over are forwarded (200) or answer 421 or 503, not {status}"
         );
     }
     for u in 0..120 {
