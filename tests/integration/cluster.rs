@@ -87,6 +87,8 @@ fn admin_sql(statements: &[&str]) {
 struct Node {
     addr: String,
     child: Option<Child>,
+    /// Stopped with SIGSTOP (left out of the live nodes until SIGCONT).
+    paused: bool,
 }
 
 /// Brokers, nodes and the database of one test; everything stops on drop.
@@ -208,6 +210,7 @@ impl Cluster {
         self.nodes.push(Node {
             addr: addr.clone(),
             child: Some(child),
+            paused: false,
         });
         wait_for_port(&addr, Duration::from_secs(60));
         self.nodes.len() - 1
@@ -218,7 +221,112 @@ impl Cluster {
     }
 
     fn alive(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.nodes.len()).filter(|&n| self.nodes[n].child.is_some())
+        (0..self.nodes.len()).filter(|&n| self.nodes[n].child.is_some() && !self.nodes[n].paused)
+    }
+
+    /// Sends `signal` (a `kill` name such as `STOP`) to node `n`.
+    fn signal(&self, n: usize, signal: &str) {
+        let pid = self.nodes[n].child.as_ref().expect("node is running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Stops node `n` with SIGTERM and waits for it to exit.
+    fn terminate(&mut self, n: usize) {
+        self.signal(n, "TERM");
+        let mut child = self.nodes[n].child.take().expect("node is running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {n} did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Partition → offset of the partition snapshots in the test's database.
+    fn snapshot_offsets(&self) -> BTreeMap<u32, i64> {
+        let url = self.db_url.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async move {
+                    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to the test database");
+                    tokio::spawn(connection);
+                    client
+                        .query(
+                            "SELECT partition, log_offset FROM momentum_partition_snapshots",
+                            &[],
+                        )
+                        .await
+                        .expect("snapshot table")
+                        .iter()
+                        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1)))
+                        .collect()
+                })
+        })
+        .join()
+        .expect("query thread")
+    }
+
+    /// Partition → generation of the assignment, for the partitions node `n` owns.
+    fn generations(&self, n: usize) -> BTreeMap<u32, u64> {
+        let status = self.status(n).expect("status");
+        status["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .filter(|p| p["state"] != "not_owned")
+            .map(|p| {
+                (
+                    p["partition"].as_u64().expect("partition") as u32,
+                    p["generation"].as_u64().expect("generation"),
+                )
+            })
+            .collect()
+    }
+
+    /// Posts `events` in batches of 100 through the live nodes in turn (each batch to the
+    /// reference too); returns the records logged.
+    fn post_all(&self, events: &[Value], reference: &TestServer) -> i64 {
+        let alive: Vec<usize> = self.alive().collect();
+        let mut records = 0;
+        for (i, chunk) in events.chunks(100).enumerate() {
+            let batch = Value::Array(chunk.to_vec());
+            let (status, body) = self.post(alive[i % alive.len()], &batch);
+            assert_eq!(status, 200, "{body}");
+            records += chunk.len() as i64;
+            reference_post(reference, &batch);
+        }
+        records
+    }
+
+    /// Every user's state and lists on the owner equal the reference's.
+    fn assert_equal_to(&self, reference: &TestServer, users: usize, records: i64) {
+        let owners = self.wait_converged(records, Duration::from_secs(90));
+        for u in 0..users {
+            let user = format!("user-{u}");
+            let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
+            let get = |path: &str| self.get(owner, path);
+            assert_eq!(
+                user_view(get, &user),
+                reference_view(reference, &user),
+                "{user}"
+            );
+            assert_eq!(
+                lists_view(get, &user),
+                lists_view(reference_get(reference), &user),
+                "{user}"
+            );
+        }
     }
 
     /// `kill -9` of node `n`.
@@ -623,4 +731,103 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
             "{user} after re-posting"
         );
     }
+}
+
+/// A fourth node joins: it takes partitions, and every partition an old node keeps stays in
+/// the same assignment (cooperative-sticky: only the partitions that move are revoked).
+#[test]
+fn a_joining_node_moves_only_the_partitions_it_takes() {
+    let mut cluster = Cluster::start("join");
+    for name in ["j1", "j2", "j3"] {
+        cluster.start_node(name);
+    }
+    let reference = TestServer::start();
+    cluster.wait_converged(0, Duration::from_secs(90));
+    let events = workload(16, 100, 30, 1500, 1_700_000_000_000);
+    let records = cluster.post_all(&events, &reference);
+    let before = cluster.wait_converged(records, Duration::from_secs(90));
+    let generations: Vec<BTreeMap<u32, u64>> = (0..3).map(|n| cluster.generations(n)).collect();
+    cluster.start_node("j4");
+    let after = cluster.wait_converged(records, Duration::from_secs(90));
+    let mut moved = 0;
+    for (p, &(owner, _)) in &after {
+        if owner == 3 {
+            moved += 1;
+            continue;
+        }
+        assert_eq!(owner, before[p].0, "partition {p} moved between old nodes");
+        assert_eq!(
+            cluster.generations(owner)[p],
+            generations[owner][p],
+            "partition {p} was revoked and assigned again on node {owner}"
+        );
+    }
+    assert!(
+        moved > 0 && moved < PARTITIONS as usize,
+        "{moved} partitions moved"
+    );
+    cluster.assert_equal_to(&reference, 100, records);
+}
+
+/// A node stopped with SIGSTOP past the session timeout, then resumed: its partitions were
+/// served by the others meanwhile, nothing is applied twice, and no snapshot goes back to a
+/// lower offset (only a higher offset may replace one).
+#[test]
+fn a_stalled_node_applies_nothing_twice_and_overwrites_no_newer_snapshot() {
+    let mut cluster = Cluster::start("stall");
+    for name in ["s1", "s2", "s3"] {
+        cluster.start_node(name);
+    }
+    let reference = TestServer::start();
+    cluster.wait_converged(0, Duration::from_secs(90));
+    let events = workload(17, 100, 30, 2000, 1_700_000_000_000);
+    let mut records = cluster.post_all(&events[..1000], &reference);
+    cluster.wait_converged(records, Duration::from_secs(90));
+    cluster.signal(2, "STOP");
+    cluster.nodes[2].paused = true;
+    records += cluster.post_all(&events[1000..], &reference);
+    // The others took its partitions (after the session timeout) and caught up.
+    cluster.assert_equal_to(&reference, 100, records);
+    // Let the successors snapshot what they replayed.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = cluster.snapshot_offsets();
+    cluster.signal(2, "CONT");
+    cluster.nodes[2].paused = false;
+    // Back in the group; the state everywhere is still exactly the reference's.
+    cluster.assert_equal_to(&reference, 100, records);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = cluster.snapshot_offsets();
+    for (p, offset) in &before {
+        assert!(
+            after[p] >= *offset,
+            "partition {p}: snapshot went back from offset {offset} to {}",
+            after[p]
+        );
+    }
+}
+
+/// Every node is stopped (SIGTERM) and started again under the same names: the state
+/// afterwards equals the state before (snapshots, the rest of the log, the item deltas).
+#[test]
+fn a_full_restart_keeps_the_state() {
+    let mut cluster = Cluster::start("restart");
+    for name in ["r1", "r2", "r3"] {
+        cluster.start_node(name);
+    }
+    let reference = TestServer::start();
+    cluster.wait_converged(0, Duration::from_secs(90));
+    let events = workload(18, 100, 30, 1500, 1_700_000_000_000);
+    let records = cluster.post_all(&events, &reference);
+    cluster.assert_equal_to(&reference, 100, records);
+    for n in 0..3 {
+        cluster.terminate(n);
+    }
+    for name in ["r1", "r2", "r3"] {
+        cluster.start_node(name);
+    }
+    cluster.assert_equal_to(&reference, 100, records);
+    let restored: u64 = (3..6)
+        .map(|n| metric(&cluster, n, "momentum_cluster_snapshots_restored_total"))
+        .sum();
+    assert!(restored > 0, "the restart restored partition snapshots");
 }
