@@ -451,6 +451,7 @@ impl Cluster {
                     "state": slot.state(),
                     "next_offset": next,
                     "lag": (high - next).max(0),
+                    "item_offset": self.item_progress.applied(p as u32),
                     "generation": slot.generation.load(Ordering::Acquire),
                 })
             })

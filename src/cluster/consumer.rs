@@ -502,7 +502,15 @@ fn apply(
     // Silent events come first: within a partition they precede every published one.
     let _ = record(engine, runtime, silent);
     let deltas = record(engine, runtime, published);
-    for (p, rows) in super::items::encode(engine, partitions, &deltas) {
+    let mut encoded = super::items::encode(engine, partitions, &deltas);
+    // Every partition with published events gets a record, rows or not: its tag is how every
+    // node knows its item statistics caught up with the partition (`GET /v1/cluster`).
+    for &(p, _) in &tags {
+        if !encoded.iter().any(|e| e.0 == p) {
+            encoded.push((p, Vec::new()));
+        }
+    }
+    for (p, rows) in encoded {
         let Some(&(_, offset)) = tags.iter().find(|t| t.0 == p) else {
             continue;
         };

@@ -376,7 +376,7 @@ impl Cluster {
                 let spread = self
                     .alive()
                     .all(|n| owners.values().any(|&(owner, _)| owner == n));
-                if applied == records && spread {
+                if applied == records && spread && self.items_caught_up(&owners) {
                     return owners;
                 }
             }
@@ -389,6 +389,24 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Whether every live node applied the item side of every partition up to what its owner
+    /// applied (item statistics are the same everywhere).
+    fn items_caught_up(&self, owners: &BTreeMap<u32, (usize, i64)>) -> bool {
+        self.alive().all(|n| {
+            self.status(n).is_some_and(|status| {
+                status["partitions"].as_array().is_some_and(|parts| {
+                    parts.iter().all(|p| {
+                        let partition = p["partition"].as_u64().unwrap_or(u64::MAX) as u32;
+                        let Some(&(_, next)) = owners.get(&partition) else {
+                            return false;
+                        };
+                        next == 0 || p["item_offset"].as_i64() == Some(next - 1)
+                    })
+                })
+            })
+        })
     }
 
     /// Posts a batch to node `n`; the status and body.
