@@ -334,7 +334,11 @@ impl Cluster {
             if let Some(owners) = self.owners() {
                 let applied: i64 = owners.values().map(|o| o.1).sum();
                 assert!(applied <= at_most, "{applied} records > {at_most} sent");
-                if self.items_caught_up(&owners) && last == Some(applied) {
+                // Every live node back in the group, owning partitions again.
+                let spread = self
+                    .alive()
+                    .all(|n| owners.values().any(|&(owner, _)| owner == n));
+                if spread && self.items_caught_up(&owners) && last == Some(applied) {
                     break owners;
                 }
                 last = Some(applied);
@@ -354,7 +358,7 @@ impl Cluster {
         for u in 0..users {
             let user = format!("user-{u}");
             let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
-            let get = |path: &str| self.get(owner, path);
+            let get = |path: &str| self.read(owner, path);
             assert_eq!(
                 user_view(get, &user),
                 reference_view(reference, &user),
@@ -461,6 +465,19 @@ impl Cluster {
                 (status, res.json().unwrap_or(Value::Null))
             }
             Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// A read as a client does it: a `503` (a partition changing hands) is retried after its
+    /// `Retry-After`, for up to 30 s.
+    fn read(&self, n: usize, path: &str) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(n, path);
+            if status != 503 || Instant::now() > deadline {
+                return (status, body);
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 
@@ -626,9 +643,9 @@ fn events_through_three_nodes_equal_a_single_node() {
     for user in &users {
         let partition = momentum::cluster::partition_of(user, PARTITIONS);
         let owner = owners[&partition].0;
-        let at_owner = user_view(|path| cluster.get(owner, path), user);
+        let at_owner = user_view(|path| cluster.read(owner, path), user);
         assert_eq!(at_owner, reference_view(&reference, user), "{user}");
-        let lists = lists_view(|path| cluster.get(owner, path), user);
+        let lists = lists_view(|path| cluster.read(owner, path), user);
         assert_eq!(lists, lists_view(reference_get(&reference), user), "{user}");
         let non_empty = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
         if non_empty(&lists["items"]) && non_empty(&lists["similar_users"]["users"]) {
@@ -649,7 +666,7 @@ fn events_through_three_nodes_equal_a_single_node() {
             "{user} through node {other}: {}",
             forwarded.1
         );
-        assert_eq!(user_view(|path| cluster.get(other, path), user), at_owner);
+        assert_eq!(user_view(|path| cluster.read(other, path), user), at_owner);
         // A request that was forwarded already is refused, never forwarded again.
         let res = cluster
             .client
@@ -768,7 +785,7 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
         let user = format!("user-{u}");
         let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
         assert_ne!(owner, victim);
-        let at_owner = user_view(|path| cluster.get(owner, path), &user);
+        let at_owner = user_view(|path| cluster.read(owner, path), &user);
         assert_eq!(at_owner, reference_view(&reference, &user), "{user}");
     }
     // Re-posting every acknowledged event changes nothing: each one was applied already.
@@ -781,7 +798,7 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
     for u in 0..120 {
         let user = format!("user-{u}");
         let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
-        let at_owner = user_view(|path| cluster.get(owner, path), &user);
+        let at_owner = user_view(|path| cluster.read(owner, path), &user);
         assert_eq!(
             at_owner,
             reference_view(&reference, &user),
