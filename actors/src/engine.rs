@@ -814,6 +814,78 @@ mod tests {
         engine.stop();
     }
 
+    fn event(id: &str, user: &str, item: &str, kind: EventKind) -> NewEvent {
+        NewEvent {
+            index: 0,
+            event_id: Some(id.into()),
+            user_id: user.into(),
+            item_id: Some(item.into()),
+            kind,
+            value: None,
+            ts_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn small_engine(shards: usize) -> Engine {
+        let mut config = EngineConfig::default();
+        config.actors.shards = shards;
+        config.actors.threads = 1;
+        Engine::start(config, ActorMetrics::unregistered())
+    }
+
+    #[actix::test]
+    async fn rows_move_between_engines_with_different_dense_ids() {
+        let a = small_engine(2);
+        let b = small_engine(3);
+        // Different interning orders: the same names get other dense ids in `b`.
+        b.record_events(vec![event("x1", "zed", "walk", EventKind::View)])
+            .await
+            .expect("recorded");
+        let (report, deltas) = a
+            .record_events_detached(vec![
+                event("e1", "alice", "run", EventKind::Start),
+                event("e2", "alice", "read", EventKind::Complete),
+            ])
+            .await
+            .expect("recorded");
+        assert_eq!(report.accepted, 2);
+        assert_eq!(deltas.len(), 1, "one row changed");
+        assert!(
+            a.index()
+                .item_table
+                .read()
+                .get(deltas[0].changes[0].0)
+                .column
+                .is_empty(),
+            "a detached batch leaves the catalogue alone"
+        );
+        let export = a.export_rows(&[Arc::from("alice")]).await.expect("export");
+        assert_eq!(export.users.len(), 1);
+        assert_eq!(b.adopt_rows(export).await.expect("adopt"), 1);
+        assert_eq!(b.get_user("alice").await.expect("known").interactions, 2);
+        let goals: Vec<Option<Arc<str>>> = b
+            .activity("alice")
+            .await
+            .expect("activity")
+            .iter()
+            .map(|a| a.goal.and_then(|g| b.item_name(g)))
+            .collect();
+        assert_eq!(goals, vec![Some(Arc::from("run")), Some(Arc::from("read"))]);
+        // The recent event ids came along: a retry is a duplicate in `b`.
+        let retry = b
+            .record_events(vec![event("e2", "alice", "read", EventKind::Complete)])
+            .await
+            .expect("recorded");
+        assert_eq!((retry.accepted, retry.duplicates), (0, 1));
+        // Dropping the rows keeps the published vector.
+        assert_eq!(b.drop_rows(&[Arc::from("alice")]).await.expect("drop"), 1);
+        assert!(b.get_user("alice").await.is_err(), "the row is gone");
+        let alice = b.index().users.get("alice").expect("id kept");
+        assert!(b.index().vectors.contains_key(&alice), "the vector stays");
+        a.stop();
+        b.stop();
+    }
+
     #[test]
     fn shard_routing_is_md5_based_and_stable() {
         // md5("alice") = 6384e2b2184bcbf58eccf10ca7a6563c
