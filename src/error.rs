@@ -81,6 +81,17 @@ pub enum Error {
     /// Restoring state at start-up.
     #[error("the server is restoring its state; retry shortly")]
     NotReady,
+    /// Cluster mode: the user's partition is owned by another node.
+    #[error(
+        "partition {partition} is not owned by node {node_id:?}; ask its owner (GET /v1/cluster)"
+    )]
+    NotOwner { partition: u32, node_id: String },
+    /// Cluster mode: a service the write path needs did not answer.
+    #[error("{what} is unavailable, retry later")]
+    Unavailable {
+        what: &'static str,
+        retry_after: u64,
+    },
     /// Invalid configuration (start-up only).
     #[error("configuration: {message}")]
     Config { message: String },
@@ -233,6 +244,8 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::ModelNotReady { .. } => "model_not_ready",
             Error::NotReady => "not_ready",
+            Error::NotOwner { .. } => "not_owner",
+            Error::Unavailable { .. } => "unavailable",
             Error::Config { .. } | Error::EngineConfig { .. } | Error::AnalyticsConfig { .. } => {
                 "config"
             }
@@ -282,7 +295,9 @@ impl ResponseError for Error {
             | Error::BodyBufferFull { .. }
             | Error::ShuttingDown
             | Error::NotReady
+            | Error::Unavailable { .. }
             | Error::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotOwner { .. } => StatusCode::MISDIRECTED_REQUEST,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled | Error::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -319,7 +334,8 @@ impl ResponseError for Error {
         match self {
             Error::Overloaded { retry_after, .. }
             | Error::Shed { retry_after, .. }
-            | Error::BodyBufferFull { retry_after } => {
+            | Error::BodyBufferFull { retry_after }
+            | Error::Unavailable { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after)));
             }
             // The rest of the body is still on the wire: the connection cannot be reused.

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod analytics;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod eval;
 pub mod experiments;
@@ -66,6 +67,11 @@ pub struct AppState {
     pub load: admission::Load,
     /// The web console: session key and sampled live figures.
     pub console: api::console::Console,
+    /// Cluster mode (`cluster.enabled`): the event log producer and the partitions this node
+    /// owns; `None` on a single node.
+    pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Stops the cluster membership thread at shutdown.
+    pub cluster_stop: cluster::consumer::Stop,
 }
 
 /// A started server.
@@ -102,6 +108,12 @@ impl Server {
         let result = self.http.await;
         signals.abort();
         self.state.ready.store(false, Ordering::Release);
+        self.state.cluster_stop.stop();
+        if let Some(cluster) = &self.state.cluster {
+            cluster.flush(Duration::from_secs(
+                self.state.settings.server.shutdown_timeout_secs,
+            ));
+        }
         let mut stopped = Ok(());
         if self.state.jobs.snapshot.get().is_some() {
             let deadline = Duration::from_secs(self.state.settings.server.shutdown_timeout_secs);
@@ -199,6 +211,16 @@ async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
         Duration::from_secs(settings.models.device_window_secs),
     )
     .map_err(internal)?;
+    let cluster = if settings.cluster.enabled {
+        let metrics = metrics::ClusterMetrics::new(&registry).map_err(internal)?;
+        Some(Arc::new(cluster::Cluster::new(
+            settings.cluster.clone(),
+            metrics,
+            settings.server.retry_after_secs,
+        )?))
+    } else {
+        None
+    };
     if settings.security.model_key.is_empty() {
         tracing::warn!(
             "security.model_key is not set: models cannot be trained, stored or loaded \
@@ -220,11 +242,14 @@ async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
         fleet,
         load: admission::Load::default(),
         console: api::console::Console::new(),
+        cluster,
+        cluster_stop: cluster::consumer::Stop::default(),
     }))
 }
 
 /// The HTTP server on `listener`: middleware (outermost first: admission, 405 bodies, the
-/// HTTP contract) and one `configure` per resource.
+/// HTTP contract, forwarding reads to their owner in cluster mode) and one `configure` per
+/// resource.
 fn http_server(
     state: &Arc<AppState>,
     listener: TcpListener,
@@ -244,6 +269,7 @@ fn http_server(
             .app_data(api::json_config())
             .app_data(api::query_config())
             .app_data(api::path_config())
+            .wrap(actix_web::middleware::from_fn(api::cluster::forward_reads))
             .wrap(actix_web::middleware::from_fn(api::http_contract))
             .wrap(actix_web::middleware::ErrorHandlers::new().handler(
                 actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -260,6 +286,7 @@ fn http_server(
             .configure(api::models::configure)
             .configure(api::interventions::configure)
             .configure(api::console::configure)
+            .configure(api::cluster::configure)
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
@@ -288,6 +315,16 @@ fn restore_then_serve(state: &Arc<AppState>, handle: ServerHandle) {
             Ok(stats) => {
                 jobs::start(&state);
                 start_log_writers(&state);
+                if let Some(cluster) = &state.cluster {
+                    // The partitions this node owns are served once replayed (per partition).
+                    if let Err(error) = cluster::consumer::start(
+                        cluster.clone(),
+                        state.engine.clone(),
+                        state.cluster_stop.clone(),
+                    ) {
+                        tracing::error!(%error, "cannot start the cluster membership thread");
+                    }
+                }
                 state.ready.store(true, Ordering::Release);
                 tracing::info!(
                     snapshot_users = stats.snapshot_users,

@@ -326,3 +326,126 @@ impl JobMetrics {
         }
     }
 }
+
+/// Cluster mode: the write path to the event log, partition ownership and hand-overs.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// Events the broker confirmed (`POST /v1/events` on this node).
+    pub events_produced: IntCounter,
+    /// Batches refused because the broker did not confirm them.
+    pub produce_failures: IntCounter,
+    /// Events of owned partitions applied to this node's actors (replays included).
+    pub events_applied: IntCounter,
+    /// Partitions assigned to this node, and of those the ones being served.
+    pub partitions_owned: IntGauge,
+    pub partitions_ready: IntGauge,
+    /// Seconds from a partition's assignment to its first read being served.
+    pub handover_seconds: prometheus::Histogram,
+    /// Events in owned partitions not applied yet (sum over partitions).
+    pub consumer_lag: IntGauge,
+    /// Rows dropped because their partition was revoked.
+    pub users_dropped: IntCounter,
+    /// Item-deltas records published by this node (as an owner), applied here, and skipped
+    /// here because their source offset was already applied.
+    pub item_deltas_published: IntCounter,
+    pub item_deltas_applied: IntCounter,
+    pub item_deltas_skipped: IntCounter,
+    /// Partition snapshots written, refused because a newer one was there, and restored.
+    pub snapshots_written: IntCounter,
+    pub snapshots_fenced: IntCounter,
+    pub snapshots_restored: IntCounter,
+    /// Reads forwarded to the owner of the user's partition, by result (`ok`, `moved`,
+    /// `error`).
+    pub forwarded: IntCounterVec,
+}
+
+impl ClusterMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = ClusterMetrics {
+            events_produced: IntCounter::new(
+                "momentum_cluster_events_produced_total",
+                "Events written to the events topic and confirmed by the broker",
+            )?,
+            produce_failures: IntCounter::new(
+                "momentum_cluster_produce_failures_total",
+                "Batches refused because the broker did not confirm them",
+            )?,
+            events_applied: IntCounter::new(
+                "momentum_cluster_events_applied_total",
+                "Events of owned partitions applied by this node, replays included",
+            )?,
+            partitions_owned: IntGauge::new(
+                "momentum_cluster_partitions_owned",
+                "Partitions assigned to this node",
+            )?,
+            partitions_ready: IntGauge::new(
+                "momentum_cluster_partitions_ready",
+                "Partitions assigned to this node and caught up (served)",
+            )?,
+            handover_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "momentum_cluster_handover_seconds",
+                    "Seconds from a partition's assignment to serving it",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ]),
+            )?,
+            consumer_lag: IntGauge::new(
+                "momentum_cluster_consumer_lag_events",
+                "Events in owned partitions not applied yet",
+            )?,
+            users_dropped: IntCounter::new(
+                "momentum_cluster_users_dropped_total",
+                "User rows dropped because their partition was revoked",
+            )?,
+            item_deltas_published: IntCounter::new(
+                "momentum_cluster_item_deltas_published_total",
+                "Item-deltas records this node published as an owner",
+            )?,
+            item_deltas_applied: IntCounter::new(
+                "momentum_cluster_item_deltas_applied_total",
+                "Item-deltas records applied to this node's catalogue",
+            )?,
+            item_deltas_skipped: IntCounter::new(
+                "momentum_cluster_item_deltas_skipped_total",
+                "Item-deltas records skipped: their source offset was already applied",
+            )?,
+            snapshots_written: IntCounter::new(
+                "momentum_cluster_snapshots_written_total",
+                "Partition snapshots written to PostgreSQL",
+            )?,
+            snapshots_fenced: IntCounter::new(
+                "momentum_cluster_snapshots_fenced_total",
+                "Partition snapshots refused because one at a higher offset was there",
+            )?,
+            snapshots_restored: IntCounter::new(
+                "momentum_cluster_snapshots_restored_total",
+                "Partition snapshots loaded by a new owner",
+            )?,
+            forwarded: IntCounterVec::new(
+                Opts::new(
+                    "momentum_cluster_forwarded_requests_total",
+                    "Reads forwarded to the owner of the user's partition, by result",
+                ),
+                &["result"],
+            )?,
+        };
+        registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.events_produced.clone()))?;
+        registry.register(Box::new(m.snapshots_written.clone()))?;
+        registry.register(Box::new(m.snapshots_fenced.clone()))?;
+        registry.register(Box::new(m.snapshots_restored.clone()))?;
+        registry.register(Box::new(m.produce_failures.clone()))?;
+        registry.register(Box::new(m.events_applied.clone()))?;
+        registry.register(Box::new(m.partitions_owned.clone()))?;
+        registry.register(Box::new(m.partitions_ready.clone()))?;
+        registry.register(Box::new(m.handover_seconds.clone()))?;
+        registry.register(Box::new(m.consumer_lag.clone()))?;
+        registry.register(Box::new(m.users_dropped.clone()))?;
+        registry.register(Box::new(m.item_deltas_published.clone()))?;
+        registry.register(Box::new(m.item_deltas_applied.clone()))?;
+        registry.register(Box::new(m.item_deltas_skipped.clone()))?;
+        Ok(m)
+    }
+}

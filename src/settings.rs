@@ -14,6 +14,7 @@ use momentum_models::events::KindWeights;
 use momentum_models::export::ModelKey;
 
 use crate::analytics::config::{AnalyticsConfig, ChurnConfig, ModelsConfig, TrainerConfig};
+use crate::cluster::ClusterSettings;
 use crate::error::Error;
 use crate::journal::SnapshotSettings;
 use crate::store::StoreConfig;
@@ -38,6 +39,8 @@ pub struct Settings {
     pub models: ModelsConfig,
     pub trainer: TrainerConfig,
     pub churn: ChurnConfig,
+    #[serde(default)]
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +220,7 @@ impl Settings {
                  without it model files would cross the network in the clear",
             );
         }
+        self.cluster.validate()?;
         self.analytics().validate()?;
         Ok(self.engine().validate()?)
     }

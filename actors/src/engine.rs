@@ -12,8 +12,9 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    DeleteItem, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarItems,
-    GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutItem, PutUser, RecordEvents, Restart,
+    AdoptRows, ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportRows, ExportShard,
+    GetActivity, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, ImportShard,
+    InternedEvent, PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta,
     UserSummary,
 };
 use crate::metrics::ActorMetrics;
@@ -191,6 +192,167 @@ impl Engine {
         self.dispatch(events)?.wait().await
     }
 
+    /// Applies a batch to its users' rows only and returns the item side of it instead of
+    /// applying it to the catalogue (cluster mode: the caller publishes it, and every node
+    /// applies it with [`Engine::apply_item_deltas`]). Either the whole batch is admitted or
+    /// nothing is sent.
+    pub async fn record_events_detached(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<(IngestReport, Vec<RowDelta>), ActorError> {
+        self.admit(&events)?;
+        let (mut report, per_shard) = self.route(events);
+        let mut waiting = Vec::new();
+        for (shard, events) in per_shard.into_iter().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.shards[shard].try_send(RecordEventsDetached { events, reply: tx })?;
+            waiting.push(rx);
+        }
+        let mut deltas = Vec::new();
+        for rx in waiting {
+            let (outcome, shard_deltas) = rx.await.map_err(|_| ActorError::Stopped {
+                actor: "user_shard",
+            })?;
+            report.accepted += outcome.accepted;
+            report.duplicates += outcome.duplicates.len();
+            deltas.extend(shard_deltas);
+        }
+        self.index
+            .events_applied
+            .fetch_add(report.accepted as u64, std::sync::atomic::Ordering::AcqRel);
+        self.metrics.users.set(self.index.users.len() as i64);
+        self.metrics.items.set(self.index.items.len() as i64);
+        Ok((report, deltas))
+    }
+
+    /// Applies row changes computed elsewhere (another node's [`Engine::record_events_detached`],
+    /// in this node's dense ids) to the catalogue. `publish_vector` says for which users the
+    /// delta's vector becomes the published one: users whose rows another node keeps.
+    pub async fn apply_item_deltas(
+        &self,
+        deltas: Vec<RowDelta>,
+        publish_vector: impl Fn(u32) -> bool,
+    ) -> Result<(), ActorError> {
+        for d in &deltas {
+            if publish_vector(d.user) {
+                self.index.vectors.insert(d.user, d.after.clone());
+            }
+        }
+        self.catalog
+            .ask(|reply| ApplyItemDeltas {
+                deltas,
+                outcome: crate::messages::ShardOutcome::default(),
+                reply: Some(reply),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The rows and recent event ids of `users` (external ids; those this node keeps), with
+    /// the item id table their activity logs refer to: a partition snapshot in cluster mode.
+    pub async fn export_rows(&self, users: &[Arc<str>]) -> Result<EngineExport, ActorError> {
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for user_id in users {
+            if let Some(user) = self.index.users.get(user_id) {
+                per_shard[shard_for(user_id, n)].push(user);
+            }
+        }
+        // Item ids only grow, so reading the table now covers every row exported later.
+        let mut export = EngineExport {
+            items: self.index.items.slots_snapshot(),
+            ..EngineExport::default()
+        };
+        for (shard, users) in per_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let (records, ids) = self.shards[shard]
+                .ask(|reply| ExportRows { users, reply })
+                .await?;
+            export.users.extend(records);
+            export.event_ids.push(ids);
+        }
+        export.users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(export)
+    }
+
+    /// Takes over rows exported by [`Engine::export_rows`], possibly in another process:
+    /// users and the goals of their activity logs are mapped to this process's dense ids
+    /// (interned if new), recent event ids follow their users. The catalogue is not touched.
+    /// Returns the rows taken.
+    pub async fn adopt_rows(&self, export: EngineExport) -> Result<usize, ActorError> {
+        let n = self.shards.len();
+        let item_of = |writer: u32| -> Option<u32> {
+            let name = export.items.get(writer as usize)?.as_ref()?;
+            self.index.items.intern(name)
+        };
+        let mut user_of: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut users: Vec<Vec<UserRecord>> = vec![Vec::new(); n];
+        for mut record in export.users.iter().cloned() {
+            let Some(local) = self.index.users.intern(&record.user_id) else {
+                continue;
+            };
+            user_of.insert(record.dense_id, local);
+            record.dense_id = local;
+            for activity in &mut record.activity {
+                activity.goal = activity.goal.and_then(item_of);
+            }
+            users[shard_for(&record.user_id, n)].push(record);
+        }
+        let mut ids: Vec<Vec<DedupeEntry>> = vec![Vec::new(); n];
+        for (writer, hash) in export.event_ids.iter().flatten() {
+            if let Some(&local) = user_of.get(writer) {
+                if let Some(name) = self.index.users.name(local) {
+                    ids[shard_for(&name, n)].push((local, *hash));
+                }
+            }
+        }
+        let mut taken = 0;
+        for ((shard, users), event_ids) in self.shards.iter().zip(users).zip(ids) {
+            if users.is_empty() {
+                continue;
+            }
+            taken += shard
+                .ask(|reply| AdoptRows {
+                    users,
+                    event_ids,
+                    reply,
+                })
+                .await?
+                .accepted;
+        }
+        self.metrics.users.set(self.index.users.len() as i64);
+        Ok(taken)
+    }
+
+    /// Forgets the rows of `users` (external ids) on this node: rows, recent event ids and
+    /// caches go; their ids, published vectors and their weights in the catalogue stay.
+    /// Returns how many rows were dropped.
+    pub async fn drop_rows(&self, users: &[Arc<str>]) -> Result<usize, ActorError> {
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for user_id in users {
+            if let Some(user) = self.index.users.get(user_id) {
+                per_shard[shard_for(user_id, n)].push(user);
+            }
+        }
+        let mut dropped = 0;
+        for (shard, users) in per_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            dropped += self.shards[shard]
+                .ask(|reply| DropRows { users, reply })
+                .await?
+                .accepted;
+        }
+        Ok(dropped)
+    }
+
     /// Whether a batch would be admitted now: every shard it touches and the catalogue have
     /// room. [`Engine::dispatch`] checks again; callers that must not act on a batch the
     /// engine would refuse (the event log in `sync` mode) check first.
@@ -224,10 +386,9 @@ impl Engine {
     /// [`PendingIngest`] waits for the outcome. Batches dispatched one after the other reach
     /// every shard in that order, which is what lets the event log and snapshots agree with
     /// memory. Either the whole batch is admitted or, when a mailbox is full, nothing is sent.
-    pub fn dispatch(&self, events: Vec<NewEvent>) -> Result<PendingIngest<'_>, ActorError> {
-        // Admission first: refusing after interning would only waste id slots, but refusing
-        // after sending would half-apply the batch.
-        self.admit(&events)?;
+    /// Interns a batch and splits it by shard; events on deleted items and ids beyond the
+    /// tables' bounds are refused in the report.
+    fn route(&self, events: Vec<NewEvent>) -> (IngestReport, Vec<Vec<InternedEvent>>) {
         let mut report = IngestReport::default();
         let mut per_shard: Vec<Vec<InternedEvent>> = vec![Vec::new(); self.shards.len()];
         for e in events {
@@ -271,6 +432,14 @@ impl Engine {
                 ts_ms: e.ts_ms,
             });
         }
+        (report, per_shard)
+    }
+
+    pub fn dispatch(&self, events: Vec<NewEvent>) -> Result<PendingIngest<'_>, ActorError> {
+        // Admission first: refusing after interning would only waste id slots, but refusing
+        // after sending would half-apply the batch.
+        self.admit(&events)?;
+        let (report, per_shard) = self.route(events);
         let mut waiting = Vec::new();
         for (shard, events) in per_shard.into_iter().enumerate() {
             if events.is_empty() {
@@ -643,6 +812,78 @@ mod tests {
             "1 + 8 do not"
         );
         engine.stop();
+    }
+
+    fn event(id: &str, user: &str, item: &str, kind: EventKind) -> NewEvent {
+        NewEvent {
+            index: 0,
+            event_id: Some(id.into()),
+            user_id: user.into(),
+            item_id: Some(item.into()),
+            kind,
+            value: None,
+            ts_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn small_engine(shards: usize) -> Engine {
+        let mut config = EngineConfig::default();
+        config.actors.shards = shards;
+        config.actors.threads = 1;
+        Engine::start(config, ActorMetrics::unregistered())
+    }
+
+    #[actix::test]
+    async fn rows_move_between_engines_with_different_dense_ids() {
+        let a = small_engine(2);
+        let b = small_engine(3);
+        // Different interning orders: the same names get other dense ids in `b`.
+        b.record_events(vec![event("x1", "zed", "walk", EventKind::View)])
+            .await
+            .expect("recorded");
+        let (report, deltas) = a
+            .record_events_detached(vec![
+                event("e1", "alice", "run", EventKind::Start),
+                event("e2", "alice", "read", EventKind::Complete),
+            ])
+            .await
+            .expect("recorded");
+        assert_eq!(report.accepted, 2);
+        assert_eq!(deltas.len(), 1, "one row changed");
+        assert!(
+            a.index()
+                .item_table
+                .read()
+                .get(deltas[0].changes[0].0)
+                .column
+                .is_empty(),
+            "a detached batch leaves the catalogue alone"
+        );
+        let export = a.export_rows(&[Arc::from("alice")]).await.expect("export");
+        assert_eq!(export.users.len(), 1);
+        assert_eq!(b.adopt_rows(export).await.expect("adopt"), 1);
+        assert_eq!(b.get_user("alice").await.expect("known").interactions, 2);
+        let goals: Vec<Option<Arc<str>>> = b
+            .activity("alice")
+            .await
+            .expect("activity")
+            .iter()
+            .map(|a| a.goal.and_then(|g| b.item_name(g)))
+            .collect();
+        assert_eq!(goals, vec![Some(Arc::from("run")), Some(Arc::from("read"))]);
+        // The recent event ids came along: a retry is a duplicate in `b`.
+        let retry = b
+            .record_events(vec![event("e2", "alice", "read", EventKind::Complete)])
+            .await
+            .expect("recorded");
+        assert_eq!((retry.accepted, retry.duplicates), (0, 1));
+        // Dropping the rows keeps the published vector.
+        assert_eq!(b.drop_rows(&[Arc::from("alice")]).await.expect("drop"), 1);
+        assert!(b.get_user("alice").await.is_err(), "the row is gone");
+        let alice = b.index().users.get("alice").expect("id kept");
+        assert!(b.index().vectors.contains_key(&alice), "the vector stays");
+        a.stop();
+        b.stop();
     }
 
     #[test]

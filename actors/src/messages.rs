@@ -51,6 +51,45 @@ pub struct RecordEvents {
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 
+/// Apply events to their users' rows only, and hand the item side back to the caller instead
+/// of the catalogue (cluster mode: the item side travels through the cluster's log, and every
+/// node applies it with [`ApplyItemDeltas`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RecordEventsDetached {
+    pub events: Vec<InternedEvent>,
+    pub reply: oneshot::Sender<(ShardOutcome, Vec<RowDelta>)>,
+}
+
+/// Forget users' rows, recent event ids and caches, leaving their published vectors and
+/// their weights in the catalogue as they are (cluster mode: the users moved to another
+/// node, which now keeps them). `accepted` of the outcome counts the rows dropped.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DropRows {
+    pub users: Vec<u32>,
+    pub reply: oneshot::Sender<ShardOutcome>,
+}
+
+/// The rows and recent event ids of some users (a partition snapshot in cluster mode).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ExportRows {
+    pub users: Vec<u32>,
+    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<DedupeEntry>)>,
+}
+
+/// Take over rows written by another node (cluster mode: a partition snapshot). The records
+/// are already in this node's dense ids; the catalogue is not touched (it already holds these
+/// users' weights). `accepted` of the outcome counts the rows taken.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AdoptRows {
+    pub users: Vec<UserRecord>,
+    pub event_ids: Vec<DedupeEntry>,
+    pub reply: oneshot::Sender<ShardOutcome>,
+}
+
 /// Apply the item side of a batch (shard → catalogue); the catalogue answers the client.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -20,9 +20,9 @@ use crate::config::EngineConfig;
 use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    ApplyItemDeltas, EraseUser, ExportShard, GetActivity, GetRecommendations, GetSimilarUsers,
-    GetUser, ImportShard, InternedEvent, PutUser, RecordEvents, Restart, RowDelta, ShardOutcome,
-    UserSummary,
+    AdoptRows, ApplyItemDeltas, DropRows, EraseUser, ExportRows, ExportShard, GetActivity,
+    GetRecommendations, GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutUser,
+    RecordEvents, RecordEventsDetached, Restart, RowDelta, ShardOutcome, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
@@ -485,6 +485,84 @@ impl ShardState {
         })
     }
 
+    /// The rows and recent event ids of `users` (those with a row), in external item ids.
+    pub fn export_rows(&self, users: &[u32]) -> (Vec<UserRecord>, Vec<DedupeEntry>) {
+        let wanted: rustc_hash::FxHashSet<u32> = users.iter().copied().collect();
+        let records = users
+            .iter()
+            .filter_map(|&user| {
+                let row = self.rows.get(user)?;
+                let user_id = self.index.users.name(user)?;
+                let mut cells: Vec<(Arc<str>, Interaction)> = row
+                    .cells()
+                    .filter_map(|(item, cell)| Some((self.index.items.name(item)?, cell)))
+                    .collect();
+                cells.sort_by(|a, b| a.0.cmp(&b.0));
+                Some(UserRecord {
+                    user_id,
+                    dense_id: user,
+                    last_event_ms: row.last_event_ms(),
+                    cells,
+                    activity: row.activity().collect(),
+                })
+            })
+            .collect();
+        let ids = self
+            .dedupe
+            .entries()
+            .into_iter()
+            .filter(|e| wanted.contains(&e.0))
+            .collect();
+        (records, ids)
+    }
+
+    /// Takes over rows written elsewhere, already in this process's dense ids: rows, vectors
+    /// and recent event ids; the catalogue is left as it is. Returns the rows taken.
+    pub fn adopt(&mut self, users: Vec<UserRecord>, event_ids: Vec<DedupeEntry>) -> usize {
+        let weights = &self.config.weights;
+        let mut interactions = 0i64;
+        let mut taken = 0;
+        for record in users {
+            let user = record.dense_id;
+            let row = self.rows.get_or_insert(user);
+            row.set_last_event_ms(record.last_event_ms);
+            row.set_activity(record.activity);
+            for (item_id, cell) in record.cells {
+                let Some(item) = self.index.items.intern(&item_id) else {
+                    continue;
+                };
+                let after = cell.weight(weights);
+                let before = row.set_cell(item, &cell).map_or(0.0, |c| c.weight(weights));
+                interactions += i64::from(after > 0.0) - i64::from(before > 0.0);
+            }
+            let vector = self.published_vector_of(user);
+            self.index.vectors.insert(user, vector);
+            self.neighbour_cache.remove(&user);
+            self.rec_cache.invalidate(user);
+            taken += 1;
+        }
+        for entry in event_ids {
+            self.dedupe.insert(entry);
+        }
+        self.metrics.interactions.add(interactions);
+        taken
+    }
+
+    /// Forgets a user's row, recent event ids and caches; the published vector and the
+    /// catalogue keep the user's weights. True if the user had a row.
+    pub fn drop_row(&mut self, user: u32) -> bool {
+        self.dedupe.erase(user);
+        let Some(row) = self.rows.remove(user) else {
+            return false;
+        };
+        self.neighbour_cache.remove(&user);
+        self.rec_cache.invalidate(user);
+        let weights = &self.config.weights;
+        let cells = row.cells().filter(|c| c.1.weight(weights) > 0.0).count();
+        self.metrics.interactions.sub(cells as i64);
+        true
+    }
+
     /// A copy of the user's activity log (time order).
     pub fn activity(&self, user: u32) -> Option<Vec<Activity>> {
         self.rows.get(user).map(|row| row.activity().collect())
@@ -588,6 +666,50 @@ impl Handler<RecordEvents> for UserShard {
     }
 }
 
+impl Handler<RecordEventsDetached> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordEventsDetached, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.record(msg.events));
+    }
+}
+
+impl Handler<ExportRows> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExportRows, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.export_rows(&msg.users));
+    }
+}
+
+impl Handler<AdoptRows> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: AdoptRows, _: &mut Self::Context) {
+        let accepted = self.state.adopt(msg.users, msg.event_ids);
+        let _ = msg.reply.send(ShardOutcome {
+            accepted,
+            duplicates: Vec::new(),
+        });
+    }
+}
+
+impl Handler<DropRows> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropRows, _: &mut Self::Context) {
+        let accepted = msg
+            .users
+            .into_iter()
+            .filter(|&user| self.state.drop_row(user))
+            .count();
+        let _ = msg.reply.send(ShardOutcome {
+            accepted,
+            duplicates: Vec::new(),
+        });
+    }
+}
+
 impl Handler<GetRecommendations> for UserShard {
     type Result = ();
 
@@ -683,6 +805,10 @@ tracked_handler!(UserShard, ExportShard);
 tracked_handler!(UserShard, ImportShard);
 tracked_handler!(UserShard, EraseUser);
 tracked_handler!(UserShard, RecordEvents);
+tracked_handler!(UserShard, RecordEventsDetached);
+tracked_handler!(UserShard, DropRows);
+tracked_handler!(UserShard, ExportRows);
+tracked_handler!(UserShard, AdoptRows);
 tracked_handler!(UserShard, GetRecommendations);
 tracked_handler!(UserShard, GetSimilarUsers);
 tracked_handler!(UserShard, PutUser);

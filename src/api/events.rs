@@ -276,6 +276,9 @@ async fn post_events(
         }
         valid.push(event);
     }
+    if let Some(cluster) = &state.cluster {
+        return logged_to_cluster(&state, cluster, valid, rejected).await;
+    }
     state.analytics.observe_events(&state.engine, &valid);
     let report = if valid.is_empty() {
         Default::default()
@@ -306,6 +309,40 @@ async fn post_events(
     Ok(HttpResponse::Ok().json(json!({
         "accepted": report.accepted,
         "duplicates": report.duplicates,
+        "rejected": rejected_json,
+    })))
+}
+
+/// Cluster mode: the valid events are produced to the events topic, each to its user's
+/// partition, and the answer waits for the broker's confirmation of every one. The owners
+/// apply them (and drop duplicate event ids) as they consume: `accepted` counts the events
+/// logged, and `duplicates` is always 0 here (`momentum_events_duplicate_total` on the owners
+/// counts them).
+async fn logged_to_cluster(
+    state: &AppState,
+    cluster: &crate::cluster::Cluster,
+    valid: Vec<NewEvent>,
+    mut rejected: Vec<Rejection>,
+) -> Result<HttpResponse, Error> {
+    rejected.sort_by_key(|r| r.index);
+    let m = &state.http_metrics;
+    for r in &rejected {
+        m.events_rejected.with_label_values(&[r.code]).inc();
+    }
+    let rejected_json: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"index": r.index, "code": r.code, "message": r.message}))
+        .collect();
+    if valid.is_empty() {
+        return Ok(HttpResponse::BadRequest().json(json!({
+            "error": {"code": "invalid_events", "message": "no event in the batch is valid"},
+            "rejected": rejected_json,
+        })));
+    }
+    cluster.produce(&valid).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "accepted": valid.len(),
+        "duplicates": 0,
         "rejected": rejected_json,
     })))
 }

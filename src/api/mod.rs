@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource, plus the extractor configuration that turns every
 //! malformed request into the JSON error format.
 
+pub mod cluster;
 pub mod console;
 pub mod events;
 pub mod experiments;
@@ -36,6 +37,15 @@ pub enum InvalidId {
 }
 
 /// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (README, "REST API").
+/// Cluster mode: a user's reads are answered by the node that owns the user's partition
+/// ([`crate::cluster::Cluster::check_user`]); on a single node every user is here.
+pub fn owned_here(state: &crate::AppState, user_id: &str) -> Result<(), Error> {
+    match &state.cluster {
+        Some(cluster) => cluster.check_user(user_id),
+        None => Ok(()),
+    }
+}
+
 pub fn validate_id(what: &str, id: &str) -> Result<(), InvalidId> {
     let what = || what.to_owned();
     if id.is_empty() {

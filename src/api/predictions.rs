@@ -61,6 +61,7 @@ async fn get_features(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     let uf = user_features(&state, &id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": id.as_str(),
@@ -89,6 +90,7 @@ async fn get_success(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     let goal_id = query
         .goal_id
         .as_deref()
@@ -127,6 +129,7 @@ async fn get_churn(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     state.analytics.require(ModelKind::Churn)?;
     let uf = user_features(&state, &id).await?;
     let p = state
@@ -154,6 +157,7 @@ async fn get_forecast(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     let days = query.days.unwrap_or(7);
     if days == 0 || days > MAX_FORECAST_DAYS {
         return Err(Error::bad(

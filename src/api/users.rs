@@ -102,6 +102,7 @@ async fn get_user(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     let summary = state
         .engine
         .get_user(&id)
@@ -173,6 +174,7 @@ async fn recommendations(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     let max_n = state.settings.recommend.max_n;
     let n = query.n.unwrap_or(state.settings.recommend.default_n);
     if n == 0 || n > max_n {
@@ -221,6 +223,7 @@ async fn similar_users(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
+    crate::api::owned_here(&state, &id)?;
     let list = state
         .engine
         .similar_users(&id)

@@ -567,7 +567,9 @@ impl Jobs {
 /// Starts the `snapshot` and `item_model` jobs of a server whose state is restored (the
 /// analytics jobs start with the server: [`crate::analytics::start`]). Later calls do nothing.
 pub fn start(state: &Arc<AppState>) {
-    if state.jobs.snapshot.get().is_none() {
+    // In cluster mode the events topic is the log and partitions are restored by replaying
+    // it: a snapshot of this node's rows would restore users it may no longer own.
+    if state.cluster.is_none() && state.jobs.snapshot.get().is_none() {
         let _ = state.jobs.snapshot.set(snapshot::start(state));
     }
     if state.jobs.item_model.get().is_none() {

@@ -3,6 +3,7 @@
 
 mod admission;
 mod bad_input;
+mod cluster;
 mod common;
 mod console;
 mod contract;

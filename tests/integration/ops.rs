@@ -919,6 +919,8 @@ fn alerts_and_dashboard_use_metrics_that_exist() {
         "MomentumRecommendationCacheHitRateLow",
         "MomentumMailboxSaturated",
         "MomentumSnapshotLagging",
+        "MomentumClusterLagHigh",
+        "MomentumClusterPartitionsUnready",
     ] {
         assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
         assert!(

@@ -1,0 +1,526 @@
+//! Cluster mode: several nodes share the users through a Kafka consumer group
+//! (docs/operations.md, "Cluster mode").
+//!
+//! The `events` topic is the event log. A user belongs to partition `md5(user_id) mod P`
+//! (`models::hash::md5_bucket`, the same bucket function the shards use); `POST /v1/events` on
+//! any node produces each event to its user's partition (`acks=all`, idempotent producer) and
+//! answers once the broker confirmed every event. Every node joins one consumer group with the
+//! cooperative-sticky assignor and a stable `group.instance.id`: the broker decides who is
+//! alive and the assignor who owns which partitions — no membership code of ours. A node
+//! applies the events of the partitions it owns to its actors ([`consumer`]); a partition is
+//! served only once its replay caught up with the end of the log as it was when the
+//! partition was assigned, and a revoked partition stops being served at once and its rows
+//! are dropped.
+//!
+//! [`Cluster`] is what the routes see: the producer, the state of every partition, and the
+//! gate a per-user read passes ([`Cluster::check_user`]).
+
+pub mod consumer;
+pub mod items;
+pub mod settings;
+pub mod snapshots;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+use momentum_actors::engine::NewEvent;
+use momentum_models::events::EventKind;
+use momentum_models::hash::md5_bucket;
+
+use crate::error::Error;
+use crate::metrics::ClusterMetrics;
+pub use settings::ClusterSettings;
+
+/// The partition of a user: `md5(user_id) mod partitions`.
+pub fn partition_of(user_id: &str, partitions: u32) -> u32 {
+    // The remainder is below `partitions`, so the narrowing is lossless.
+    md5_bucket(&[user_id.as_bytes()], u64::from(partitions)) as u32
+}
+
+/// What this node does with a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionState {
+    /// Another node owns it (or nobody yet).
+    NotOwned,
+    /// Assigned here; replaying the log. Its reads answer `503 not_ready`.
+    Restoring,
+    /// Assigned here and caught up: served.
+    Ready,
+}
+
+impl PartitionState {
+    fn from_u8(v: u8) -> PartitionState {
+        match v {
+            1 => PartitionState::Restoring,
+            2 => PartitionState::Ready,
+            _ => PartitionState::NotOwned,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            PartitionState::NotOwned => 0,
+            PartitionState::Restoring => 1,
+            PartitionState::Ready => 2,
+        }
+    }
+}
+
+/// An event as it travels on the `events` topic (the validated event, in external ids).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+    pub ts_ms: i64,
+}
+
+impl LoggedEvent {
+    pub fn from_event(e: &NewEvent) -> LoggedEvent {
+        LoggedEvent {
+            event_id: e.event_id.clone(),
+            user_id: e.user_id.clone(),
+            item_id: e.item_id.clone(),
+            kind: e.kind.as_str().to_owned(),
+            value: e.value,
+            ts_ms: e.ts_ms,
+        }
+    }
+
+    /// Back to an engine event (`None`: a kind this version does not know).
+    pub fn into_event(self, index: usize) -> Option<NewEvent> {
+        Some(NewEvent {
+            index,
+            event_id: self.event_id,
+            user_id: self.user_id,
+            item_id: self.item_id,
+            kind: EventKind::parse(&self.kind)?,
+            value: self.value,
+            ts_ms: self.ts_ms,
+        })
+    }
+}
+
+/// Per-partition bookkeeping readable from any thread.
+#[derive(Debug, Default)]
+pub struct PartitionSlot {
+    state: AtomicU8,
+    /// The next offset to apply (the position of the replay).
+    next_offset: AtomicI64,
+    /// The end of the log when the partition was last seen (for lag).
+    high_watermark: AtomicI64,
+    /// How many times this node was assigned the partition.
+    generation: AtomicU64,
+}
+
+impl PartitionSlot {
+    pub fn state(&self) -> PartitionState {
+        PartitionState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: PartitionState) {
+        self.state.store(state.as_u8(), Ordering::Release);
+    }
+}
+
+/// A record of the owners topic: who serves a partition (key: the partition number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub partition: u32,
+    pub node_id: String,
+    /// The node's HTTP address (`cluster.advertised_address`).
+    pub address: String,
+    /// Unix milliseconds of the assignment this record reports (later wins).
+    pub generation: i64,
+    /// Ready (served) or still replaying.
+    pub ready: bool,
+}
+
+/// The header a forwarded read carries: its receiver answers it itself or refuses it
+/// (`421`), never forwards it again.
+pub const FORWARDED_HEADER: &str = "x-momentum-forwarded";
+
+/// The cluster side of a node: settings, producer and partition states.
+pub struct Cluster {
+    settings: ClusterSettings,
+    producer: FutureProducer,
+    partitions: Arc<Vec<PartitionSlot>>,
+    /// What the owners topic says about each partition.
+    owners: parking_lot::RwLock<Vec<Option<OwnerRecord>>>,
+    /// Client for forwarding reads to owners (bounded by a timeout).
+    http: reqwest::Client,
+    item_progress: items::ItemProgress,
+    metrics: ClusterMetrics,
+    retry_after: u64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.settings.node_id)
+            .field("partitions", &self.settings.partitions)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// The producer and the partition table; the consumer starts with [`consumer::start`].
+    pub fn new(
+        settings: ClusterSettings,
+        metrics: ClusterMetrics,
+        retry_after: u64,
+    ) -> Result<Cluster, Error> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("client.id", &settings.node_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Bounded: a full local queue refuses at once (503) instead of growing.
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                settings.produce_timeout_ms.to_string(),
+            )
+            .create()
+            .map_err(|e| Error::failed("kafka producer", e))?;
+        let partitions = Arc::new(
+            (0..settings.partitions)
+                .map(|_| PartitionSlot::default())
+                .collect(),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| Error::failed("forwarding client", e))?;
+        Ok(Cluster {
+            owners: parking_lot::RwLock::new(vec![None; settings.partitions as usize]),
+            http,
+            item_progress: items::ItemProgress::new(settings.partitions),
+            settings,
+            producer,
+            partitions,
+            metrics,
+            retry_after,
+        })
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    pub fn partition_slots(&self) -> &Arc<Vec<PartitionSlot>> {
+        &self.partitions
+    }
+
+    /// Where this node stands on the item-deltas topic.
+    pub fn item_progress(&self) -> &items::ItemProgress {
+        &self.item_progress
+    }
+
+    /// Publishes the item side of a batch of partition `partition` covering its log up to
+    /// `offset`, and waits for the broker's confirmation.
+    pub async fn publish_item_deltas(
+        &self,
+        partition: u32,
+        offset: i64,
+        rows: Vec<items::WireRow>,
+    ) -> Result<(), Error> {
+        let record = items::ItemDeltaRecord {
+            partition,
+            offset,
+            rows,
+        };
+        let payload = serde_json::to_vec(&record).map_err(|source| Error::Json {
+            what: "item delta".into(),
+            source,
+        })?;
+        let key = partition.to_string();
+        let delivery = self.producer.send(
+            FutureRecord::to(&self.settings.item_deltas_topic)
+                .partition(partition as i32)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_millis(self.settings.produce_timeout_ms),
+        );
+        match delivery.await {
+            Ok(_) => {
+                self.metrics.item_deltas_published.inc();
+                Ok(())
+            }
+            Err((error, _)) => Err(self.unavailable(error)),
+        }
+    }
+
+    /// What this node does with `partition`.
+    pub fn partition_state(&self, partition: u32) -> PartitionState {
+        self.partitions
+            .get(partition as usize)
+            .map_or(PartitionState::NotOwned, PartitionSlot::state)
+    }
+
+    /// The partition of `user_id` in this cluster.
+    pub fn partition_of(&self, user_id: &str) -> u32 {
+        partition_of(user_id, self.settings.partitions)
+    }
+
+    /// Whether this node may answer a read of `user_id`: its partition is owned here and
+    /// caught up. Owned but replaying: `503 not_ready` + `Retry-After`; owned elsewhere:
+    /// `421 not_owner`.
+    pub fn check_user(&self, user_id: &str) -> Result<(), Error> {
+        let partition = self.partition_of(user_id);
+        match self.partitions[partition as usize].state() {
+            PartitionState::Ready => Ok(()),
+            PartitionState::Restoring => Err(Error::NotReady),
+            PartitionState::NotOwned => Err(Error::NotOwner {
+                partition,
+                node_id: self.settings.node_id.clone(),
+            }),
+        }
+    }
+
+    /// Logs a batch: each event goes to its user's partition, and the call returns once the
+    /// broker confirmed every one (`acks=all`). Any failure — a full local queue, a broker
+    /// that does not confirm within `cluster.produce_timeout_ms` — is an error and nothing
+    /// is acknowledged to the client; a retry with the same event ids is deduplicated by the
+    /// owner.
+    pub async fn produce(&self, events: &[NewEvent]) -> Result<(), Error> {
+        let topic = self.settings.events_topic.as_str();
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            let payload =
+                serde_json::to_vec(&LoggedEvent::from_event(event)).map_err(|source| {
+                    Error::Json {
+                        what: "logged event".into(),
+                        source,
+                    }
+                })?;
+            let partition = self.partition_of(&event.user_id);
+            let record = FutureRecord::to(topic)
+                .partition(partition as i32)
+                .key(event.user_id.as_bytes())
+                .payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.metrics.produce_failures.inc();
+                    return Err(Error::Overloaded {
+                        actor: "kafka_producer",
+                        retry_after: self.retry_after,
+                    });
+                }
+                Err((error, _)) => {
+                    self.metrics.produce_failures.inc();
+                    return Err(self.unavailable(error));
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => {
+                    self.metrics.produce_failures.inc();
+                    return Err(self.unavailable(error));
+                }
+                Err(_cancelled) => {
+                    self.metrics.produce_failures.inc();
+                    return Err(Error::ShuttingDown);
+                }
+            }
+        }
+        self.metrics.events_produced.inc_by(events.len() as u64);
+        Ok(())
+    }
+
+    fn unavailable(&self, error: KafkaError) -> Error {
+        tracing::warn!(%error, "the broker did not confirm a batch");
+        Error::Unavailable {
+            what: "the event log (Kafka)",
+            retry_after: self.retry_after,
+        }
+    }
+
+    /// Records what the owners topic says about a partition: a claim replaces the known one
+    /// unless that is of a later assignment.
+    pub fn learn_owner(&self, record: OwnerRecord) {
+        let mut owners = self.owners.write();
+        if let Some(slot) = owners.get_mut(record.partition as usize) {
+            if slot
+                .as_ref()
+                .is_none_or(|known| known.generation <= record.generation)
+            {
+                *slot = Some(record);
+            }
+        }
+    }
+
+    /// The owner the owners topic names for `partition`, if another node and ready.
+    pub fn owner_elsewhere(&self, partition: u32) -> Option<OwnerRecord> {
+        self.owners
+            .read()
+            .get(partition as usize)?
+            .clone()
+            .filter(|o| o.ready && o.node_id != self.settings.node_id)
+    }
+
+    /// Publishes this node's claim on `partition` to the owners topic (compacted, keyed by
+    /// partition). Failures are logged: the claim is advisory, the group decides.
+    pub async fn claim(&self, partition: u32, generation: i64, ready: bool) {
+        let record = OwnerRecord {
+            partition,
+            node_id: self.settings.node_id.clone(),
+            address: self.settings.advertised_address.clone(),
+            generation,
+            ready,
+        };
+        let Ok(payload) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let key = partition.to_string();
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::to(&self.settings.owners_topic)
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_millis(self.settings.produce_timeout_ms),
+            )
+            .await;
+        if let Err((error, _)) = sent {
+            tracing::warn!(%error, partition, "publishing an owner claim");
+        }
+    }
+
+    /// Forwards a read of `path_and_query` one hop to `owner` and returns its answer
+    /// (status, content type, Retry-After, body).
+    pub async fn forward(
+        &self,
+        owner: &OwnerRecord,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<reqwest::Response, Error> {
+        let mut request = self
+            .http
+            .request(method, format!("http://{}{path_and_query}", owner.address))
+            .header(FORWARDED_HEADER, &self.settings.node_id);
+        for name in ["x-admin-key", "accept"] {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                request = request.header(name, value);
+            }
+        }
+        request.send().await.map_err(|e| {
+            tracing::warn!(error = %e, owner = %owner.node_id, "forwarding a read");
+            Error::NotReady
+        })
+    }
+
+    /// `GET /v1/cluster`: this node and what it knows of every partition.
+    pub fn status(&self) -> serde_json::Value {
+        let partitions: Vec<serde_json::Value> = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, slot)| {
+                let next = slot.next_offset.load(Ordering::Acquire);
+                let high = slot.high_watermark.load(Ordering::Acquire);
+                let owner = self.owners.read().get(p).cloned().flatten();
+                serde_json::json!({
+                    "partition": p,
+                    "owner": owner.map(|o| serde_json::json!({
+                        "node_id": o.node_id, "address": o.address, "ready": o.ready,
+                    })),
+                    "state": slot.state(),
+                    "next_offset": next,
+                    "lag": (high - next).max(0),
+                    "item_offset": self.item_progress.applied(p as u32),
+                    "generation": slot.generation.load(Ordering::Acquire),
+                })
+            })
+            .collect();
+        let owned = self
+            .partitions
+            .iter()
+            .filter(|s| s.state() != PartitionState::NotOwned)
+            .count();
+        serde_json::json!({
+            "node_id": self.settings.node_id,
+            "advertised_address": self.settings.advertised_address,
+            "partitions_total": self.settings.partitions,
+            "partitions_owned": owned,
+            "partitions": partitions,
+        })
+    }
+
+    /// Waits until the local producer queue is empty (shutdown), at most `timeout`.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, "kafka producer flush");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_follow_md5_and_stay_in_range() {
+        // md5("alice") = 6384e2b2184bcbf58eccf10ca7a6563c
+        assert_eq!(
+            partition_of("alice", 64),
+            (0x6384e2b2184bcbf5u64 % 64) as u32
+        );
+        for user in ["a", "bob", "carol", "x-1"] {
+            assert!(partition_of(user, 7) < 7);
+        }
+    }
+
+    #[test]
+    fn logged_events_round_trip() {
+        let event = NewEvent {
+            index: 3,
+            event_id: Some("e1".into()),
+            user_id: "alice".into(),
+            item_id: Some("run".into()),
+            kind: EventKind::Rate,
+            value: Some(4.0),
+            ts_ms: 1_700_000_000_000,
+        };
+        let bytes = serde_json::to_vec(&LoggedEvent::from_event(&event)).expect("encodes");
+        let back: LoggedEvent = serde_json::from_slice(&bytes).expect("decodes");
+        assert_eq!(back.into_event(3), Some(event));
+        let unknown = LoggedEvent {
+            kind: "teleport".into(),
+            ..LoggedEvent::from_event(&NewEvent {
+                index: 0,
+                event_id: None,
+                user_id: "u".into(),
+                item_id: None,
+                kind: EventKind::AppOpen,
+                value: None,
+                ts_ms: 0,
+            })
+        };
+        assert_eq!(unknown.into_event(0), None);
+    }
+}

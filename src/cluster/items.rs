@@ -1,0 +1,290 @@
+//! Global item knowledge: item statistics are sums over all users, so every node applies the
+//! item side of every partition's events, whoever owns the users.
+//!
+//! The owner of a partition applies its events to the users' rows and publishes the item side
+//! of each batch (the changed cells and each user's vector after it, in external ids) to the
+//! item-deltas topic, tagged with the source partition and the highest source offset the
+//! batch covers. Every node consumes every partition of that topic (no group: each reads all)
+//! and applies a record only if its tag is above the highest source offset it applied for that
+//! partition, so a replay after a failover and a stalled former owner are harmless. A new
+//! owner first catches up with the item-deltas topic, then replays the events at or below the
+//! highest applied tag without publishing (their item side is already everywhere).
+//!
+//! The same thread reads the compacted owners topic, where each node claims the partitions it
+//! was assigned (replaying, then ready), so that any node can forward a read to the owner.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use momentum_actors::index::UserVector;
+use momentum_actors::messages::RowDelta;
+use momentum_actors::{ActorError, Engine};
+
+use super::consumer::Stop;
+use super::{partition_of, Cluster, PartitionState};
+
+/// One user's row change, in external ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireRow {
+    pub user_id: String,
+    /// (item, old weight, new weight).
+    pub changes: Vec<(String, f32, f32)>,
+    /// The user's vector after the batch: (item, weight).
+    pub after: Vec<(String, f32)>,
+    pub norm2: f64,
+}
+
+/// A record of the item-deltas topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemDeltaRecord {
+    /// The events partition the rows belong to.
+    pub partition: u32,
+    /// The highest offset of that partition the batch covered.
+    pub offset: i64,
+    pub rows: Vec<WireRow>,
+}
+
+/// Where every node stands on the item-deltas topic.
+#[derive(Debug)]
+pub struct ItemProgress {
+    /// Per source partition: the highest source offset applied here (-1: none).
+    applied: Vec<AtomicI64>,
+    /// Per item-deltas partition: the next offset this node will read.
+    position: Vec<AtomicI64>,
+}
+
+impl ItemProgress {
+    pub fn new(partitions: u32) -> ItemProgress {
+        ItemProgress {
+            applied: (0..partitions).map(|_| AtomicI64::new(-1)).collect(),
+            position: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    /// The highest source offset of partition `p` whose item side was applied here.
+    pub fn applied(&self, p: u32) -> i64 {
+        self.applied[p as usize].load(Ordering::Acquire)
+    }
+
+    /// The next item-deltas offset of partition `p` this node will read.
+    pub fn position(&self, p: u32) -> i64 {
+        self.position[p as usize].load(Ordering::Acquire)
+    }
+}
+
+/// The item side of a batch in external ids, grouped by source partition.
+pub fn encode(engine: &Engine, partitions: u32, deltas: &[RowDelta]) -> Vec<(u32, Vec<WireRow>)> {
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<WireRow>> = Default::default();
+    let item = |id: u32| engine.item_name(id).map(|n| n.to_string());
+    for d in deltas {
+        let Some(user_id) = engine.user_name(d.user) else {
+            continue;
+        };
+        let row = WireRow {
+            changes: d
+                .changes
+                .iter()
+                .filter_map(|&(i, old, new)| Some((item(i)?, old, new)))
+                .collect(),
+            after: d
+                .after
+                .items
+                .iter()
+                .filter_map(|&(i, w)| Some((item(i)?, w)))
+                .collect(),
+            norm2: d.after.norm2,
+            user_id: user_id.to_string(),
+        };
+        by_partition
+            .entry(partition_of(&row.user_id, partitions))
+            .or_default()
+            .push(row);
+    }
+    by_partition.into_iter().collect()
+}
+
+/// A record's rows in this node's dense ids (interning users and items it has not seen);
+/// rows naming ids beyond the tables' bounds are left out.
+fn decode(engine: &Engine, rows: Vec<WireRow>) -> Vec<RowDelta> {
+    let index = engine.index();
+    rows.into_iter()
+        .filter_map(|row| {
+            let user = index.users.intern(&row.user_id)?;
+            let changes = row
+                .changes
+                .iter()
+                .map(|(item, old, new)| Some((index.items.intern(item)?, *old, *new)))
+                .collect::<Option<Vec<_>>>()?;
+            let mut items = row
+                .after
+                .iter()
+                .map(|(item, w)| Some((index.items.intern(item)?, *w)))
+                .collect::<Option<Vec<_>>>()?;
+            items.sort_unstable_by_key(|e| e.0);
+            Some(RowDelta {
+                user,
+                changes,
+                after: Arc::new(UserVector {
+                    items: items.into_boxed_slice(),
+                    norm2: row.norm2,
+                    excluded: Box::default(),
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Starts the thread that applies every partition's item side to this node's catalogue.
+pub fn start(
+    cluster: Arc<Cluster>,
+    engine: Arc<Engine>,
+    stop: Stop,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cluster-items".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cluster items cannot start a runtime");
+                    return;
+                }
+            };
+            if let Err(error) = run(&cluster, &engine, &stop, &runtime) {
+                tracing::error!(%error, "cluster items stopped");
+            }
+        })
+}
+
+fn run(
+    cluster: &Cluster,
+    engine: &Engine,
+    stop: &Stop,
+    runtime: &tokio::runtime::Runtime,
+) -> rdkafka::error::KafkaResult<()> {
+    let settings = cluster.settings();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        // Assigned, not subscribed: the id only names the client to the broker.
+        .set(
+            "group.id",
+            format!("{}-items-{}", settings.group_id, settings.node_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..settings.partitions {
+        assignment.add_partition_offset(
+            &settings.item_deltas_topic,
+            p as i32,
+            Offset::Beginning,
+        )?;
+    }
+    // The owners table rides along: who serves which partition, for forwarding reads.
+    assignment.add_partition_offset(&settings.owners_topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let progress = cluster.item_progress();
+    let slots = cluster.partition_slots();
+    while !stop.stopped() {
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = match polled {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "item-deltas consumer");
+                continue;
+            }
+        };
+        if message.topic() == settings.owners_topic {
+            if let Some(record) = message
+                .payload()
+                .and_then(|bytes| serde_json::from_slice::<super::OwnerRecord>(bytes).ok())
+            {
+                cluster.learn_owner(record);
+            }
+            continue;
+        }
+        let Ok(topic_partition) = u32::try_from(message.partition()) else {
+            continue;
+        };
+        let record = message
+            .payload()
+            .and_then(|bytes| serde_json::from_slice::<ItemDeltaRecord>(bytes).ok());
+        let next = message.offset() + 1;
+        if let Some(record) = record.filter(|r| r.partition < settings.partitions) {
+            let p = record.partition;
+            if record.offset > progress.applied(p) {
+                let deltas = decode(engine, record.rows);
+                let partitions = settings.partitions;
+                let publish = |user: u32| {
+                    engine.user_name(user).is_some_and(|name| {
+                        slots[partition_of(&name, partitions) as usize].state()
+                            == PartitionState::NotOwned
+                    })
+                };
+                loop {
+                    match runtime.block_on(engine.apply_item_deltas(deltas.clone(), publish)) {
+                        Ok(()) => break,
+                        Err(ActorError::Overloaded { .. }) => {
+                            std::thread::sleep(Duration::from_millis(5))
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "applying item deltas failed");
+                            break;
+                        }
+                    }
+                }
+                progress.applied[p as usize].fetch_max(record.offset, Ordering::AcqRel);
+                cluster.metrics().item_deltas_applied.inc();
+            } else {
+                cluster.metrics().item_deltas_skipped.inc();
+            }
+        } else {
+            tracing::warn!(
+                offset = message.offset(),
+                "skipping a record that is not an item delta"
+            );
+        }
+        if let Some(position) = progress.position.get(topic_partition as usize) {
+            position.fetch_max(next, Ordering::AcqRel);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_exactly() {
+        let record = ItemDeltaRecord {
+            partition: 3,
+            offset: 41,
+            rows: vec![WireRow {
+                user_id: "alice".into(),
+                changes: vec![("run".into(), 0.0, 5.0), ("read".into(), 2.5, 0.1)],
+                after: vec![("read".into(), 0.1), ("run".into(), 5.0)],
+                norm2: 25.0 + 0.1f64 * 0.1,
+            }],
+        };
+        let bytes = serde_json::to_vec(&record).expect("encodes");
+        let back: ItemDeltaRecord = serde_json::from_slice(&bytes).expect("decodes");
+        assert_eq!(
+            back, record,
+            "floats survive the JSON round trip bit for bit"
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! Partition snapshots in PostgreSQL: one row per partition holding the rows and recent event
+//! ids of its users as of an offset of its log. The upsert only lets a higher offset replace
+//! the row — that is the fencing: a stalled former owner, whose state is older, can never
+//! overwrite its successor's snapshot (and a state at a higher offset is the same function of
+//! the same log prefix, whoever computed it). A new owner loads the snapshot and replays from
+//! its offset + 1.
+
+use momentum_actors::engine::EngineExport;
+use momentum_actors::snapshot::{
+    decode_dedupe, decode_item_slots, decode_user_chunk, encode_dedupe, encode_item_slots,
+    encode_user_chunk, DecodeError,
+};
+
+use crate::error::Error;
+
+/// The table, created if missing.
+const TABLE: &str = "momentum_partition_snapshots";
+
+/// A connection to the snapshot table.
+pub struct SnapshotStore {
+    client: tokio_postgres::Client,
+    table: String,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::failed(format!("partition snapshots: {context}"), e)
+}
+
+/// A schema name as an SQL identifier (`[A-Za-z0-9_]`, checked by the settings).
+fn qualified(schema: &str) -> String {
+    if schema.is_empty() {
+        TABLE.to_owned()
+    } else {
+        format!("\"{schema}\".{TABLE}")
+    }
+}
+
+impl SnapshotStore {
+    /// Connects (the connection runs on the current runtime) and creates the table if needed.
+    pub async fn connect(url: &str, schema: &str) -> Result<SnapshotStore, Error> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(pg("connect"))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "partition snapshot connection closed");
+            }
+        });
+        let table = qualified(schema);
+        let mut ddl = String::new();
+        if !schema.is_empty() {
+            ddl.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";"));
+        }
+        ddl.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                partition integer PRIMARY KEY,
+                log_offset bigint NOT NULL,
+                node_id text NOT NULL,
+                written_ms bigint NOT NULL,
+                body bytea NOT NULL)"
+        ));
+        client.batch_execute(&ddl).await.map_err(pg("create"))?;
+        Ok(SnapshotStore { client, table })
+    }
+
+    /// The snapshot of `partition`: its offset and body.
+    pub async fn load(&self, partition: u32) -> Result<Option<(i64, Vec<u8>)>, Error> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT log_offset, body FROM {} WHERE partition = $1",
+                    self.table
+                ),
+                &[&(partition as i32)],
+            )
+            .await
+            .map_err(pg("load"))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Writes the snapshot of `partition` as of `offset` unless one at this or a higher
+    /// offset is there; true if written.
+    pub async fn save(
+        &self,
+        partition: u32,
+        offset: i64,
+        node_id: &str,
+        written_ms: i64,
+        body: &[u8],
+    ) -> Result<bool, Error> {
+        let written = self
+            .client
+            .execute(
+                &format!(
+                    "INSERT INTO {t} (partition, log_offset, node_id, written_ms, body)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (partition) DO UPDATE
+                       SET log_offset = EXCLUDED.log_offset, node_id = EXCLUDED.node_id,
+                           written_ms = EXCLUDED.written_ms, body = EXCLUDED.body
+                       WHERE {t}.log_offset < EXCLUDED.log_offset",
+                    t = self.table
+                ),
+                &[&(partition as i32), &offset, &node_id, &written_ms, &body],
+            )
+            .await
+            .map_err(pg("save"))?;
+        Ok(written == 1)
+    }
+
+    /// Whether the connection is gone (the caller reconnects).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// A partition's rows as bytes: three length-prefixed parts (item id table, user records,
+/// recent event ids), in the snapshot record formats of `actors/src/snapshot.rs`.
+pub fn encode(export: &EngineExport) -> Vec<u8> {
+    let ids: Vec<_> = export.event_ids.iter().flatten().copied().collect();
+    let parts = [
+        encode_item_slots(&export.items),
+        encode_user_chunk(&export.users),
+        encode_dedupe(&ids),
+    ];
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(&part);
+    }
+    out
+}
+
+/// The inverse of [`encode`].
+pub fn decode(bytes: &[u8]) -> Result<EngineExport, DecodeError> {
+    let mut rest = bytes;
+    let mut part = || -> Result<&[u8], DecodeError> {
+        let corrupt = DecodeError {
+            reason: "partition snapshot framing",
+        };
+        let (len, tail) = rest.split_first_chunk::<8>().ok_or(corrupt.clone())?;
+        let len = usize::try_from(u64::from_be_bytes(*len)).map_err(|_| corrupt.clone())?;
+        if tail.len() < len {
+            return Err(corrupt);
+        }
+        let (part, tail) = tail.split_at(len);
+        rest = tail;
+        Ok(part)
+    };
+    let items = decode_item_slots(part()?)?;
+    let users = decode_user_chunk(part()?)?;
+    let ids = decode_dedupe(part()?)?;
+    Ok(EngineExport {
+        items,
+        users,
+        event_ids: vec![ids],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_partition_round_trips_and_truncation_is_refused() {
+        let export = EngineExport {
+            items: vec![Some(Arc::from("run")), None, Some(Arc::from("read"))],
+            users: vec![momentum_actors::snapshot::UserRecord {
+                user_id: Arc::from("alice"),
+                dense_id: 7,
+                last_event_ms: Some(1_700_000_000_000),
+                cells: Vec::new(),
+                activity: Vec::new(),
+            }],
+            event_ids: vec![vec![(7, 42), (7, 43)]],
+        };
+        let bytes = encode(&export);
+        assert_eq!(decode(&bytes).expect("decodes"), export);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode(&[]).is_err());
+    }
+}
