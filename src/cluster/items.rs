@@ -110,32 +110,70 @@ pub fn encode(engine: &Engine, partitions: u32, deltas: &[RowDelta]) -> Vec<(u32
     by_partition.into_iter().collect()
 }
 
-/// A record's rows in this node's dense ids (interning users and items it has not seen);
-/// rows naming ids beyond the tables' bounds are left out.
-fn decode(engine: &Engine, rows: Vec<WireRow>) -> Vec<RowDelta> {
+/// What this node's catalogue holds of each user: the vector whose item side it applied
+/// last. A record's change is computed against it, not taken from the record, so a record
+/// that covers offsets an earlier record of another owner already covered (a new owner
+/// replays what the old one published but this node had not read when it claimed the
+/// partition) moves the catalogue to the record's state once instead of adding the overlap
+/// twice.
+pub type ItemSide = std::collections::HashMap<u32, Arc<UserVector>>;
+
+/// The change from `before` to `after` (both sorted by item): `(item, old, new)` for every
+/// item whose weight differs.
+fn diff(before: &[(u32, f32)], after: &[(u32, f32)]) -> Vec<(u32, f32, f32)> {
+    let mut changes = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (before.get(i), after.get(j)) {
+            (Some(&(a, wa)), Some(&(b, wb))) if a == b => {
+                if wa != wb {
+                    changes.push((a, wa, wb));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(&(a, wa)), Some(&(b, _))) if a < b => {
+                changes.push((a, wa, 0.0));
+                i += 1;
+            }
+            (Some(&(a, wa)), None) => {
+                changes.push((a, wa, 0.0));
+                i += 1;
+            }
+            (_, Some(&(b, wb))) => {
+                changes.push((b, 0.0, wb));
+                j += 1;
+            }
+            (None, None) => return changes,
+        }
+    }
+}
+
+/// A record's rows in this node's dense ids (interning users and items it has not seen),
+/// each as the change from the user's vector in `side` to the record's; `side` moves to the
+/// record's vectors. Rows naming ids beyond the tables' bounds are left out.
+fn decode(engine: &Engine, rows: Vec<WireRow>, side: &mut ItemSide) -> Vec<RowDelta> {
     let index = engine.index();
     rows.into_iter()
         .filter_map(|row| {
             let user = index.users.intern(&row.user_id)?;
-            let changes = row
-                .changes
-                .iter()
-                .map(|(item, old, new)| Some((index.items.intern(item)?, *old, *new)))
-                .collect::<Option<Vec<_>>>()?;
             let mut items = row
                 .after
                 .iter()
                 .map(|(item, w)| Some((index.items.intern(item)?, *w)))
                 .collect::<Option<Vec<_>>>()?;
             items.sort_unstable_by_key(|e| e.0);
+            let after = Arc::new(UserVector {
+                items: items.into_boxed_slice(),
+                norm2: row.norm2,
+                excluded: Box::default(),
+            });
+            let before = side.insert(user, after.clone());
+            let changes = diff(before.as_ref().map_or(&[][..], |v| &v.items), &after.items);
             Some(RowDelta {
                 user,
                 changes,
-                after: Arc::new(UserVector {
-                    items: items.into_boxed_slice(),
-                    norm2: row.norm2,
-                    excluded: Box::default(),
-                }),
+                after,
             })
         })
         .collect()
@@ -196,6 +234,7 @@ fn run(
     consumer.assign(&assignment)?;
     let progress = cluster.item_progress();
     let slots = cluster.partition_slots();
+    let mut side = ItemSide::default();
     while !stop.stopped() {
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -226,7 +265,7 @@ fn run(
         if let Some(record) = record.filter(|r| r.partition < settings.partitions) {
             let p = record.partition;
             if record.offset > progress.applied(p) {
-                let deltas = decode(engine, record.rows);
+                let deltas = decode(engine, record.rows, &mut side);
                 let partitions = settings.partitions;
                 let publish = |user: u32| {
                     engine.user_name(user).is_some_and(|name| {
@@ -286,5 +325,21 @@ mod tests {
             back, record,
             "floats survive the JSON round trip bit for bit"
         );
+    }
+
+    #[test]
+    fn changes_are_computed_from_the_last_applied_vector() {
+        let before = [(1, 1.0), (3, 2.0), (5, 4.0)];
+        let after = [(0, 0.5), (3, 2.0), (5, 3.0), (7, 1.0)];
+        assert_eq!(
+            diff(&before, &after),
+            vec![(0, 0.0, 0.5), (1, 1.0, 0.0), (5, 4.0, 3.0), (7, 0.0, 1.0)]
+        );
+        assert!(
+            diff(&after, &after).is_empty(),
+            "a repeated state changes nothing"
+        );
+        assert_eq!(diff(&[], &[(2, 1.5)]), vec![(2, 0.0, 1.5)]);
+        assert_eq!(diff(&[(2, 1.5)], &[]), vec![(2, 1.5, 0.0)]);
     }
 }
