@@ -93,18 +93,6 @@ impl EaseModel {
             fixed: &self.fixed[range],
         }
     }
-
-    /// The weights from `item` to others (dense ids), best first (empty when not modelled).
-    pub fn row(&self, item: u32) -> Vec<(u32, f32)> {
-        self.local(item).map_or_else(Vec::new, |l| {
-            let row = self.local_row(l);
-            row.targets
-                .iter()
-                .zip(row.weights)
-                .map(|(&t, &w)| (self.item(t), w))
-                .collect()
-        })
-    }
 }
 
 /// Builds a model from the index's current counts. Runs for seconds on large catalogues:

@@ -26,7 +26,7 @@ use crate::messages::{
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
-use crate::rows::Rows;
+use crate::rows::{Rows, UserRow};
 use crate::snapshot::{event_id_hash, DedupeEntry, UserRecord};
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
@@ -386,27 +386,31 @@ impl ShardState {
         recs
     }
 
+    /// A user's row as a snapshot record, cells in external item id order (equal states give
+    /// equal bytes); `None` for ids the interners no longer name.
+    fn record_of(&self, user: u32, row: &UserRow) -> Option<UserRecord> {
+        let user_id = self.index.users.name(user)?;
+        let mut cells: Vec<(Arc<str>, Interaction)> = row
+            .cells()
+            .filter_map(|(item, cell)| Some((self.index.items.name(item)?, cell)))
+            .collect();
+        cells.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(UserRecord {
+            user_id,
+            dense_id: user,
+            last_event_ms: row.last_event_ms(),
+            cells,
+            activity: row.activity().collect(),
+        })
+    }
+
     /// This shard's rows as snapshot records (sorted by user id, cells by item id, so equal
     /// states give equal bytes) and its recent event id entries.
     pub fn export(&self) -> (Vec<UserRecord>, Vec<DedupeEntry>) {
         let mut users: Vec<UserRecord> = self
             .rows
             .iter()
-            .filter_map(|(user, row)| {
-                let user_id = self.index.users.name(user)?;
-                let mut cells: Vec<(Arc<str>, Interaction)> = row
-                    .cells()
-                    .filter_map(|(item, cell)| Some((self.index.items.name(item)?, cell)))
-                    .collect();
-                cells.sort_by(|a, b| a.0.cmp(&b.0));
-                Some(UserRecord {
-                    user_id,
-                    dense_id: user,
-                    last_event_ms: row.last_event_ms(),
-                    cells,
-                    activity: row.activity().collect(),
-                })
-            })
+            .filter_map(|(user, row)| self.record_of(user, row))
             .collect();
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         (users, self.dedupe.entries())
@@ -490,22 +494,7 @@ impl ShardState {
         let wanted: rustc_hash::FxHashSet<u32> = users.iter().copied().collect();
         let records = users
             .iter()
-            .filter_map(|&user| {
-                let row = self.rows.get(user)?;
-                let user_id = self.index.users.name(user)?;
-                let mut cells: Vec<(Arc<str>, Interaction)> = row
-                    .cells()
-                    .filter_map(|(item, cell)| Some((self.index.items.name(item)?, cell)))
-                    .collect();
-                cells.sort_by(|a, b| a.0.cmp(&b.0));
-                Some(UserRecord {
-                    user_id,
-                    dense_id: user,
-                    last_event_ms: row.last_event_ms(),
-                    cells,
-                    activity: row.activity().collect(),
-                })
-            })
+            .filter_map(|&user| self.record_of(user, self.rows.get(user)?))
             .collect();
         let ids = self
             .dedupe
