@@ -37,6 +37,26 @@ use crate::error::Error;
 use crate::metrics::ClusterMetrics;
 pub use settings::ClusterSettings;
 
+/// Starts a named thread that runs `body` with its own current-thread tokio runtime (the
+/// cluster's Kafka loops block on their consumer and call the engine's async API from there).
+fn spawn_with_runtime(
+    name: &str,
+    body: impl FnOnce(&tokio::runtime::Runtime) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let thread = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => body(&runtime),
+                Err(error) => tracing::error!(%error, thread, "cannot start a runtime"),
+            }
+        })
+}
+
 /// The partition of a user: `md5(user_id) mod partitions`.
 pub fn partition_of(user_id: &str, partitions: u32) -> u32 {
     // The remainder is below `partitions`, so the narrowing is lossless.

@@ -185,38 +185,26 @@ pub fn start(
     engine: Arc<Engine>,
     stop: Stop,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("cluster-membership".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "cluster membership cannot start a runtime");
-                    return;
-                }
-            };
-            // The topic may be created by another node at the same time; retry briefly.
-            let mut attempts = 0;
-            while let Err(error) = runtime.block_on(ensure_topics(&cluster)) {
-                attempts += 1;
-                tracing::warn!(error = %crate::error::Report(&error), attempts, "events topic not ready");
-                if stop.stopped() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            // Item knowledge first: a new owner waits for it before replaying.
-            if let Err(error) = super::items::start(cluster.clone(), engine.clone(), stop.clone()) {
-                tracing::error!(%error, "cannot start the cluster items thread");
+    super::spawn_with_runtime("cluster-membership", move |runtime| {
+        // The topic may be created by another node at the same time; retry briefly.
+        let mut attempts = 0;
+        while let Err(error) = runtime.block_on(ensure_topics(&cluster)) {
+            attempts += 1;
+            tracing::warn!(error = %crate::error::Report(&error), attempts, "events topic not ready");
+            if stop.stopped() {
                 return;
             }
-            if let Err(error) = run(&cluster, &engine, &stop, &runtime) {
-                tracing::error!(%error, "cluster membership stopped");
-            }
-        })
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Item knowledge first: a new owner waits for it before replaying.
+        if let Err(error) = super::items::start(cluster.clone(), engine.clone(), stop.clone()) {
+            tracing::error!(%error, "cannot start the cluster items thread");
+            return;
+        }
+        if let Err(error) = run(&cluster, &engine, &stop, runtime) {
+            tracing::error!(%error, "cluster membership stopped");
+        }
+    })
 }
 
 fn consumer(cluster: &Cluster) -> KafkaResult<BaseConsumer<Membership>> {

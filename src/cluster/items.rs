@@ -185,23 +185,11 @@ pub fn start(
     engine: Arc<Engine>,
     stop: Stop,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("cluster-items".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "cluster items cannot start a runtime");
-                    return;
-                }
-            };
-            if let Err(error) = run(&cluster, &engine, &stop, &runtime) {
-                tracing::error!(%error, "cluster items stopped");
-            }
-        })
+    super::spawn_with_runtime("cluster-items", move |runtime| {
+        if let Err(error) = run(&cluster, &engine, &stop, runtime) {
+            tracing::error!(%error, "cluster items stopped");
+        }
+    })
 }
 
 fn run(
