@@ -2,7 +2,7 @@
 //! item side of every partition's events, whoever owns the users.
 //!
 //! The owner of a partition applies its events to the users' rows and publishes the item side
-//! of each batch (the changed cells and each user's vector after it, in external ids) to the
+//! of each batch (each changed user's vector after it, in external ids) to the
 //! item-deltas topic, tagged with the source partition and the highest source offset the
 //! batch covers. Every node consumes every partition of that topic (no group: each reads all)
 //! and applies a record only if its tag is above the highest source offset it applied for that
@@ -34,9 +34,8 @@ use super::{partition_of, Cluster, PartitionState};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireRow {
     pub user_id: String,
-    /// (item, old weight, new weight).
-    pub changes: Vec<(String, f32, f32)>,
-    /// The user's vector after the batch: (item, weight).
+    /// The user's vector after the batch: (item, weight). Receivers derive the change from
+    /// the vector they applied last (see [`ItemSide`]).
     pub after: Vec<(String, f32)>,
     pub norm2: f64,
 }
@@ -88,11 +87,6 @@ pub fn encode(engine: &Engine, partitions: u32, deltas: &[RowDelta]) -> Vec<(u32
             continue;
         };
         let row = WireRow {
-            changes: d
-                .changes
-                .iter()
-                .filter_map(|&(i, old, new)| Some((item(i)?, old, new)))
-                .collect(),
             after: d
                 .after
                 .items
@@ -302,7 +296,6 @@ mod tests {
             offset: 41,
             rows: vec![WireRow {
                 user_id: "alice".into(),
-                changes: vec![("run".into(), 0.0, 5.0), ("read".into(), 2.5, 0.1)],
                 after: vec![("read".into(), 0.1), ("run".into(), 5.0)],
                 norm2: 25.0 + 0.1f64 * 0.1,
             }],
