@@ -160,6 +160,17 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`] with three nodes `{prefix}1`..`{prefix}3`, once every partition is
+    /// ready.
+    fn three_nodes(test: &str, prefix: &str) -> Cluster {
+        let mut cluster = Cluster::start(test);
+        for i in 1..=3 {
+            cluster.start_node(&format!("{prefix}{i}"));
+        }
+        cluster.wait_converged(0, Duration::from_secs(90));
+        cluster
+    }
+
     /// Starts broker `i` on its address and waits until it listens.
     fn spawn_broker(&self, i: usize) -> Child {
         let addr = &self.broker_addrs[i];
@@ -624,11 +635,7 @@ fn reference_post(server: &TestServer, batch: &Value) {
 /// read that was forwarded already is refused with `421 not_owner` instead of a second hop.
 #[test]
 fn events_through_three_nodes_equal_a_single_node() {
-    let mut cluster = Cluster::start("equality");
-    for name in ["n1", "n2", "n3"] {
-        cluster.start_node(name);
-    }
-    cluster.wait_converged(0, Duration::from_secs(90));
+    let cluster = Cluster::three_nodes("equality", "n");
     let reference = TestServer::start();
     let ts = 1_700_000_000_000i64;
     let events = workload(14, 150, 40, 3000, ts);
@@ -717,11 +724,7 @@ fn events_through_three_nodes_equal_a_single_node() {
 /// (each user's state equals a single node's given exactly the acknowledged events).
 #[test]
 fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
-    let mut cluster = Cluster::start("death");
-    for name in ["d1", "d2", "d3"] {
-        cluster.start_node(name);
-    }
-    cluster.wait_converged(0, Duration::from_secs(90));
+    let mut cluster = Cluster::three_nodes("death", "d");
     let reference = TestServer::start();
     let ts = 1_700_000_000_000i64;
     let events = workload(15, 120, 30, 4000, ts);
@@ -822,12 +825,8 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
 /// the same assignment (cooperative-sticky: only the partitions that move are revoked).
 #[test]
 fn a_joining_node_moves_only_the_partitions_it_takes() {
-    let mut cluster = Cluster::start("join");
-    for name in ["j1", "j2", "j3"] {
-        cluster.start_node(name);
-    }
+    let mut cluster = Cluster::three_nodes("join", "j");
     let reference = TestServer::start();
-    cluster.wait_converged(0, Duration::from_secs(90));
     let events = workload(16, 100, 30, 1500, 1_700_000_000_000);
     let records = cluster.post_all(&events, &reference);
     let before = cluster.wait_converged(records, Duration::from_secs(90));
@@ -859,12 +858,8 @@ fn a_joining_node_moves_only_the_partitions_it_takes() {
 /// lower offset (only a higher offset may replace one).
 #[test]
 fn a_stalled_node_applies_nothing_twice_and_overwrites_no_newer_snapshot() {
-    let mut cluster = Cluster::start("stall");
-    for name in ["s1", "s2", "s3"] {
-        cluster.start_node(name);
-    }
+    let mut cluster = Cluster::three_nodes("stall", "s");
     let reference = TestServer::start();
-    cluster.wait_converged(0, Duration::from_secs(90));
     let events = workload(17, 100, 30, 2000, 1_700_000_000_000);
     let mut records = cluster.post_all(&events[..1000], &reference);
     cluster.wait_converged(records, Duration::from_secs(90));
@@ -895,12 +890,8 @@ fn a_stalled_node_applies_nothing_twice_and_overwrites_no_newer_snapshot() {
 /// afterwards equals the state before (snapshots, the rest of the log, the item deltas).
 #[test]
 fn a_full_restart_keeps_the_state() {
-    let mut cluster = Cluster::start("restart");
-    for name in ["r1", "r2", "r3"] {
-        cluster.start_node(name);
-    }
+    let mut cluster = Cluster::three_nodes("restart", "r");
     let reference = TestServer::start();
-    cluster.wait_converged(0, Duration::from_secs(90));
     let events = workload(18, 100, 30, 1500, 1_700_000_000_000);
     let records = cluster.post_all(&events, &reference);
     cluster.assert_equal_to(&reference, 100, records);
@@ -923,12 +914,8 @@ fn a_full_restart_keeps_the_state() {
 /// events — nothing acknowledged during the outage was lost.
 #[test]
 fn a_broker_death_under_load_loses_nothing_acknowledged() {
-    let mut cluster = Cluster::start("brokerdeath");
-    for name in ["b1", "b2", "b3"] {
-        cluster.start_node(name);
-    }
+    let mut cluster = Cluster::three_nodes("brokerdeath", "b");
     let reference = TestServer::start();
-    cluster.wait_converged(0, Duration::from_secs(90));
     let events = workload(19, 100, 30, 3000, 1_700_000_000_000);
     let mut records = 0i64;
     let mut acknowledged = 0i64;
