@@ -949,7 +949,11 @@ mod tests {
         assert_eq!(moved.built_ms, built.built_ms);
         assert_eq!(moved.items(), built.items());
         for l in 0..built.items() as u32 {
-            assert_eq!(b.item_name(moved.item(l)), a.item_name(built.item(l)), "{l}");
+            assert_eq!(
+                b.item_name(moved.item(l)),
+                a.item_name(built.item(l)),
+                "{l}"
+            );
             let (x, y) = (built.local_row(l), moved.local_row(l));
             assert_eq!(x.targets, y.targets, "{l}");
             assert_eq!(x.fixed, y.fixed, "{l}");
@@ -967,13 +971,14 @@ mod tests {
         let moved = Arc::new(moved);
         assert!(b.install_item_model(moved.clone()));
         assert!(Arc::ptr_eq(&b.item_model(), &moved));
-        assert!(!b.install_item_model(Arc::new(crate::ease::EaseModel {
-            version: 7,
-            ..Default::default()
-        })));
+        let same = b.decode_item_model(&bytes, 7).expect("decodes");
+        assert!(!b.install_item_model(Arc::new(same)), "same version");
         // Damaged bodies are refused, never installed half.
         for cut in [0, 1, 17, bytes.len() / 2, bytes.len() - 1] {
-            assert!(b.decode_item_model(&bytes[..cut], 8).is_err(), "cut at {cut}");
+            assert!(
+                b.decode_item_model(&bytes[..cut], 8).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut wrong = bytes.clone();
         wrong[0] = 9;
@@ -981,7 +986,10 @@ mod tests {
         let mut out_of_range = bytes.clone();
         let last_target = bytes.len() - 8;
         out_of_range[last_target..last_target + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(b.decode_item_model(&out_of_range, 8).is_err(), "target range");
+        assert!(
+            b.decode_item_model(&out_of_range, 8).is_err(),
+            "target range"
+        );
         a.stop();
         b.stop();
     }

@@ -217,7 +217,10 @@ pub fn catalogue_progress(cluster: &Cluster) -> i64 {
 
 /// Reads the stored model and installs it if it is newer than the live one; the model
 /// installed, if any. A body this node cannot decode is logged and left alone.
-pub async fn sync(cluster: &Cluster, engine: &Arc<Engine>) -> Result<Option<Arc<EaseModel>>, Error> {
+pub async fn sync(
+    cluster: &Cluster,
+    engine: &Arc<Engine>,
+) -> Result<Option<Arc<EaseModel>>, Error> {
     let shared = cluster.item_model();
     let store = shared.store(cluster).await?;
     let live = engine.item_model().version;
@@ -333,14 +336,24 @@ mod tests {
                 Some(1)
             );
             // A stalled former leader, built from less or as much: refused.
-            assert_eq!(store.publish(9, 0, "b", 2, b"older").await.expect("write"), None);
-            assert_eq!(store.publish(10, 5, "b", 2, b"same").await.expect("write"), None);
+            assert_eq!(
+                store.publish(9, 0, "b", 2, b"older").await.expect("write"),
+                None
+            );
+            assert_eq!(
+                store.publish(10, 5, "b", 2, b"same").await.expect("write"),
+                None
+            );
             // More data: stored under the next version.
             assert_eq!(
                 store.publish(11, 1, "c", 3, b"newer").await.expect("write"),
                 Some(2)
             );
-            let stored = store.newer_than(1).await.expect("load").expect("a newer one");
+            let stored = store
+                .newer_than(1)
+                .await
+                .expect("load")
+                .expect("a newer one");
             assert_eq!(
                 stored,
                 StoredModel {
@@ -358,7 +371,8 @@ mod tests {
                 Some(10)
             );
         };
-        let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
+        let outcome =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
         let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .expect("connect");

@@ -137,10 +137,7 @@ impl Job for ItemModelJob {
             // The data the live model (built here or installed) or the last attempt here
             // covered, and since when.
             let progress = catalogue_progress(cluster);
-            let live = cluster
-                .item_model()
-                .progress()
-                .map(|p| (p, model.built_ms));
+            let live = cluster.item_model().progress().map(|p| (p, model.built_ms));
             let tried = self.last.lock().map(|l| (l.events as i64, l.at_ms));
             let (covered, since_ms) = match (live, tried) {
                 (None, None) => return true,

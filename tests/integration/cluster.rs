@@ -989,7 +989,7 @@ fn a_broker_death_under_load_loses_nothing_acknowledged() {
 /// computed with it equal a single node's that built its own model from the same events.
 #[test]
 fn the_item_model_is_built_once_and_installed_everywhere() {
-    let cluster = Cluster::three_nodes("itemmodel", "m");
+    let mut cluster = Cluster::three_nodes("itemmodel", "m");
     let reference = TestServer::start();
     let events = workload(20, 100, 30, 1500, 1_700_000_000_000);
     let records = cluster.post_all(&events, &reference);
@@ -1012,8 +1012,10 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
         "{message}"
     );
     // The leader builds from the whole catalogue and stores it for the cluster.
-    let (status, built) =
-        rebuild_item_model(&cluster.client, &cluster.url(leader, "/v1/admin/item-model"));
+    let (status, built) = rebuild_item_model(
+        &cluster.client,
+        &cluster.url(leader, "/v1/admin/item-model"),
+    );
     assert_eq!(status, 200, "{built}");
     let version = built["version"].as_u64().expect("version");
     assert!(built["items"].as_u64() > Some(10), "{built}");
@@ -1029,7 +1031,10 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
                 assert_eq!(model["leader"]["node_id"], leader_name.as_str(), "node {n}");
                 break;
             }
-            assert!(Instant::now() < deadline, "node {n} did not install {version}: {model}");
+            assert!(
+                Instant::now() < deadline,
+                "node {n} did not install {version}: {model}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         assert_eq!(
@@ -1042,10 +1047,20 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
     // build included, unless leadership moved before the workload), and each of them is one
     // version of the cluster's model: nothing was built twice.
     let ok: Vec<u64> = (0..3)
-        .map(|n| metric_or_zero(&cluster, n, r#"momentum_item_model_builds_total{result="ok"}"#) as u64)
+        .map(|n| {
+            metric_or_zero(
+                &cluster,
+                n,
+                r#"momentum_item_model_builds_total{result="ok"}"#,
+            ) as u64
+        })
         .collect();
     assert!(ok[leader] > 0, "{ok:?}");
-    assert_eq!(ok.iter().sum::<u64>(), version, "one stored version per build: {ok:?}");
+    assert_eq!(
+        ok.iter().sum::<u64>(),
+        version,
+        "one stored version per build: {ok:?}"
+    );
     for n in (0..3).filter(|&n| n != leader) {
         assert!(
             metric_or_zero(&cluster, n, "momentum_cluster_item_model_installs_total") >= 1.0,
@@ -1053,13 +1068,17 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
         );
     }
     // A rebuild from no new data is fenced: the cluster's model stays.
-    let (status, again) =
-        rebuild_item_model(&cluster.client, &cluster.url(leader, "/v1/admin/item-model"));
+    let fenced = "momentum_cluster_item_model_fenced_total";
+    let fenced_before = metric_or_zero(&cluster, leader, fenced);
+    let (status, again) = rebuild_item_model(
+        &cluster.client,
+        &cluster.url(leader, "/v1/admin/item-model"),
+    );
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["version"].as_u64(), Some(version), "{again}");
     assert_eq!(
-        metric_or_zero(&cluster, leader, "momentum_cluster_item_model_fenced_total"),
-        1.0
+        metric_or_zero(&cluster, leader, fenced),
+        fenced_before + 1.0
     );
     // The single node builds its own from the same events: every user's lists are equal.
     let (status, body) = rebuild_item_model(
@@ -1068,5 +1087,61 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["items"], built["items"], "the same items are modelled");
+    cluster.assert_users_equal(&owners, &reference, 100);
+
+    // The leader dies: the node that takes partition 0 leads once it serves it. It does not
+    // build at once what the cluster has; asked to, it builds the next version from more data.
+    let builds = |cluster: &Cluster, n: usize| {
+        metric_or_zero(
+            cluster,
+            n,
+            r#"momentum_item_model_builds_total{result="ok"}"#,
+        ) as u64
+    };
+    let before: Vec<u64> = (0..3).map(|n| builds(&cluster, n)).collect();
+    cluster.kill(leader);
+    let more = workload(21, 100, 30, 500, 1_700_000_000_000);
+    let records = records + cluster.post_all(&more, &reference);
+    let owners = cluster.wait_converged(records, Duration::from_secs(60));
+    let successor = owners[&0].0;
+    assert_ne!(successor, leader);
+    assert_eq!(
+        cluster.status(successor).expect("status")["item_model"]["is_leader"],
+        true
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        builds(&cluster, successor),
+        before[successor],
+        "no build at once"
+    );
+    let (status, next) = rebuild_item_model(
+        &cluster.client,
+        &cluster.url(successor, "/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["version"].as_u64(), Some(version + 1), "{next}");
+    assert_eq!(builds(&cluster, successor), before[successor] + 1);
+    let successor_name = format!("m{}", successor + 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in cluster.alive().collect::<Vec<_>>() {
+        while cluster.status(n).expect("status")["item_model"]["version"].as_u64()
+            != Some(version + 1)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {n} did not install {}",
+                version + 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let status = cluster.status(n).expect("status");
+        assert_eq!(status["item_model"]["built_by"], successor_name.as_str());
+    }
+    let (status, _) = rebuild_item_model(
+        &reqwest::blocking::Client::new(),
+        &reference.url("/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200);
     cluster.assert_users_equal(&owners, &reference, 100);
 }
