@@ -16,6 +16,7 @@
 //! gate a per-user read passes ([`Cluster::check_user`]).
 
 pub mod consumer;
+pub mod item_model;
 pub mod items;
 pub mod settings;
 pub mod snapshots;
@@ -175,6 +176,9 @@ pub struct OwnerRecord {
     pub ready: bool,
 }
 
+/// The partition whose owner, once it serves it, leads the cluster ([`Cluster::is_leader`]).
+pub const LEADER_PARTITION: u32 = 0;
+
 /// The header a forwarded read carries: its receiver answers it itself or refuses it
 /// (`421`), never forwards it again.
 pub const FORWARDED_HEADER: &str = "x-momentum-forwarded";
@@ -189,6 +193,8 @@ pub struct Cluster {
     /// Client for forwarding reads to owners (bounded by a timeout).
     http: reqwest::Client,
     item_progress: items::ItemProgress,
+    /// Where this node's learned item model came from ([`item_model`]).
+    item_model: item_model::ModelSync,
     metrics: ClusterMetrics,
     retry_after: u64,
 }
@@ -238,6 +244,7 @@ impl Cluster {
             owners: parking_lot::RwLock::new(vec![None; settings.partitions as usize]),
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
+            item_model: item_model::ModelSync::default(),
             settings,
             producer,
             partitions,
@@ -261,6 +268,26 @@ impl Cluster {
     /// Where this node stands on the item-deltas topic.
     pub fn item_progress(&self) -> &items::ItemProgress {
         &self.item_progress
+    }
+
+    /// Where this node's learned item model came from.
+    pub fn item_model(&self) -> &item_model::ModelSync {
+        &self.item_model
+    }
+
+    /// Whether this node leads the cluster — builds the learned item model — because it
+    /// serves [`LEADER_PARTITION`] (owns it, ready). The assignor decides, not code of ours.
+    pub fn is_leader(&self) -> bool {
+        self.partition_state(LEADER_PARTITION) == PartitionState::Ready
+    }
+
+    /// The leader as the owners topic names it (this node included), once it serves.
+    pub fn leader(&self) -> Option<OwnerRecord> {
+        self.owners
+            .read()
+            .get(LEADER_PARTITION as usize)?
+            .clone()
+            .filter(|o| o.ready)
     }
 
     /// Publishes the item side of a batch of partition `partition` covering its log up to

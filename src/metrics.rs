@@ -360,6 +360,10 @@ pub struct ClusterMetrics {
     /// Reads forwarded to the owner of the user's partition, by result (`ok`, `moved`,
     /// `error`).
     pub forwarded: IntCounterVec,
+    /// Learned item models installed from the cluster's store, and models built here (as the
+    /// leader) that the store refused because its model was built from as much data or more.
+    pub item_model_installs: IntCounter,
+    pub item_model_fenced: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -442,8 +446,18 @@ impl ClusterMetrics {
                 ),
                 &["result"],
             )?,
+            item_model_installs: IntCounter::new(
+                "momentum_cluster_item_model_installs_total",
+                "Learned item models installed from the cluster (built by the leader)",
+            )?,
+            item_model_fenced: IntCounter::new(
+                "momentum_cluster_item_model_fenced_total",
+                "Item models built here refused by the cluster: its model was built from as much data or more",
+            )?,
         };
         registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.item_model_installs.clone()))?;
+        registry.register(Box::new(m.item_model_fenced.clone()))?;
         registry.register(Box::new(m.events_produced.clone()))?;
         registry.register(Box::new(m.snapshots_written.clone()))?;
         registry.register(Box::new(m.item_staleness_seconds.clone()))?;

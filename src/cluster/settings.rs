@@ -32,6 +32,8 @@ pub struct ClusterSettings {
     pub snapshot_url: String,
     /// PostgreSQL schema of the partition snapshot table; empty: `public`.
     pub snapshot_schema: String,
+    /// Seconds between two reads of the cluster's learned item model by every node.
+    pub item_model_poll_secs: u64,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("snapshot_interval_secs", &self.snapshot_interval_secs)
             .field("snapshot_url", &redacted)
             .field("snapshot_schema", &self.snapshot_schema)
+            .field("item_model_poll_secs", &self.item_model_poll_secs)
             .finish()
     }
 }
@@ -80,6 +83,7 @@ impl Default for ClusterSettings {
             snapshot_interval_secs: 60,
             snapshot_url: String::new(),
             snapshot_schema: String::new(),
+            item_model_poll_secs: 5,
         }
     }
 }
@@ -184,6 +188,9 @@ impl ClusterSettings {
                 self.snapshot_schema
             ));
         }
+        if !(1..=3600).contains(&self.item_model_poll_secs) {
+            return Err("cluster.item_model_poll_secs must be in 1..=3600".into());
+        }
         Ok(())
     }
 
@@ -261,6 +268,10 @@ mod tests {
             (
                 "cluster.produce_timeout_ms",
                 Box::new(|s| s.produce_timeout_ms = 0),
+            ),
+            (
+                "cluster.item_model_poll_secs",
+                Box::new(|s| s.item_model_poll_secs = 0),
             ),
         ];
         for (key, spoil) in cases {
