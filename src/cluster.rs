@@ -195,6 +195,8 @@ pub struct Cluster {
     item_progress: items::ItemProgress,
     /// Where this node's learned item model came from ([`item_model`]).
     item_model: item_model::ModelSync,
+    /// The next offset of the items topic this node will apply (what it applied is below).
+    items_applied: AtomicI64,
     metrics: ClusterMetrics,
     retry_after: u64,
 }
@@ -245,6 +247,7 @@ impl Cluster {
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
             item_model: item_model::ModelSync::default(),
+            items_applied: AtomicI64::new(0),
             settings,
             producer,
             partitions,
@@ -325,6 +328,58 @@ impl Cluster {
             }
             Err((error, _)) => Err(self.unavailable(error)),
         }
+    }
+
+    /// Logs an item's metadata (`None`: its deletion) to the items topic, which every node
+    /// applies in the topic's order, and waits until this node applied it too, so the caller
+    /// reads its own write. `503 unavailable` if the broker does not confirm it, or this
+    /// node does not apply it, within `cluster.produce_timeout_ms`; a write that was confirmed
+    /// but not yet applied here still reaches every node.
+    pub async fn publish_item(
+        &self,
+        item_id: &str,
+        meta: Option<&momentum_actors::index::ItemMeta>,
+    ) -> Result<(), Error> {
+        let record = items::ItemRecord {
+            item_id: item_id.to_owned(),
+            meta: meta.cloned(),
+        };
+        let payload = serde_json::to_vec(&record).map_err(|source| Error::Json {
+            what: "item metadata".into(),
+            source,
+        })?;
+        let timeout = Duration::from_millis(self.settings.produce_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let delivered = self
+            .producer
+            .send(
+                FutureRecord::to(&self.settings.items_topic)
+                    .partition(0)
+                    .key(item_id)
+                    .payload(&payload),
+                timeout,
+            )
+            .await;
+        let offset = match delivered {
+            Ok((_, offset)) => offset,
+            Err((error, _)) => return Err(self.unavailable(error)),
+        };
+        while self.items_applied.load(Ordering::Acquire) <= offset {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(item_id, offset, "item metadata logged but not applied here in time");
+                return Err(Error::Unavailable {
+                    what: "the item metadata log (Kafka)",
+                    retry_after: self.retry_after,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Records that this node applied the items topic up to `offset`.
+    pub fn item_record_applied(&self, offset: i64) {
+        self.items_applied.fetch_max(offset + 1, Ordering::AcqRel);
     }
 
     /// What this node does with `partition`.

@@ -319,6 +319,7 @@ fn restore_then_serve(state: &Arc<AppState>, handle: ServerHandle) {
                     // The partitions this node owns are served once replayed (per partition).
                     if let Err(error) = cluster::consumer::start(
                         cluster.clone(),
+                        Arc::downgrade(&state),
                         state.engine.clone(),
                         state.cluster_stop.clone(),
                     ) {

@@ -115,7 +115,15 @@ async fn put_item(
 ) -> Result<HttpResponse, Error> {
     path_id("item id", &id)?;
     let meta = body.into_inner().validate()?;
-    let created = state.journal.put_item(&id, meta.clone()).await?;
+    let created = match &state.cluster {
+        // Every node applies it from the items topic, this one before the answer.
+        Some(cluster) => {
+            let existed = state.engine.get_item(&id).is_ok();
+            cluster.publish_item(&id, Some(&meta)).await?;
+            !existed
+        }
+        None => state.journal.put_item(&id, meta.clone()).await?,
+    };
     let users = state.engine.get_item(&id).map_or(0, |v| v.users);
     let body = item_json(&id, &meta, users);
     Ok(if created {
@@ -144,7 +152,17 @@ async fn delete_item(
 ) -> Result<HttpResponse, Error> {
     require_admin(&req, &state)?;
     path_id("item id", &id)?;
-    state.journal.delete_item(&id).await?;
+    match &state.cluster {
+        Some(cluster) => {
+            // An unknown item is a 404 here, as in single-node mode; nothing is logged.
+            state
+                .engine
+                .get_item(&id)
+                .map_err(|e| Error::from_actor(e, state.settings.server.retry_after_secs))?;
+            cluster.publish_item(&id, None).await?;
+        }
+        None => state.journal.delete_item(&id).await?,
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -156,11 +156,13 @@ async fn ensure_topics(cluster: &Cluster) -> Result<(), Error> {
             )
         })
         .collect();
-    // The owners table: one partition, compacted (the last claim per partition is kept).
-    topics.push(
-        NewTopic::new(&settings.owners_topic, 1, TopicReplication::Fixed(-1))
-            .set("cleanup.policy", "compact"),
-    );
+    // The owners table and the item metadata: one partition each, compacted (the last claim
+    // per partition, the last write per item are kept).
+    for name in [&settings.owners_topic, &settings.items_topic] {
+        topics.push(
+            NewTopic::new(name, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact"),
+        );
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&topics, &options)
@@ -184,6 +186,7 @@ async fn ensure_topics(cluster: &Cluster) -> Result<(), Error> {
 /// applies owned partitions to `engine` until `stop`.
 pub fn start(
     cluster: Arc<Cluster>,
+    state: std::sync::Weak<crate::AppState>,
     engine: Arc<Engine>,
     stop: Stop,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -199,7 +202,9 @@ pub fn start(
             std::thread::sleep(Duration::from_millis(500));
         }
         // Item knowledge first: a new owner waits for it before replaying.
-        if let Err(error) = super::items::start(cluster.clone(), engine.clone(), stop.clone()) {
+        if let Err(error) =
+            super::items::start(cluster.clone(), state, engine.clone(), stop.clone())
+        {
             tracing::error!(%error, "cannot start the cluster items thread");
             return;
         }
@@ -373,7 +378,11 @@ fn run(
             last_snapshots = Instant::now();
             write_snapshots(cluster, engine, runtime, &mut store, &mut snapshotted);
         }
-        // Lag of the partitions served here, refreshed about once a second.
+        // Lag of the partitions served here, refreshed about once a second from the high
+        // watermarks the broker sends with every fetch answer (cached by the client). Asking
+        // the broker instead (`fetch_watermarks`) blocks this loop for a round trip per
+        // partition: with a slow `ListOffsets` (Nisshi over a PostgreSQL holding 100k records
+        // took over 500 ms) that stalled applying for seconds every second.
         if last_watermarks.elapsed() >= Duration::from_secs(1) {
             last_watermarks = Instant::now();
             let mut lag = 0;
@@ -381,11 +390,9 @@ fn run(
                 if slot.state() == PartitionState::NotOwned {
                     continue;
                 }
-                if let Ok((_, high)) = consumer.fetch_watermarks(
-                    &settings.events_topic,
-                    p as i32,
-                    Duration::from_millis(500),
-                ) {
+                if let Ok((_, high)) =
+                    consumer.get_watermark_offsets(&settings.events_topic, p as i32)
+                {
                     slot.high_watermark.store(high, Ordering::Release);
                     lag += (high - slot.next_offset.load(Ordering::Acquire)).max(0);
                 }

@@ -11,10 +11,12 @@
 //! highest applied tag without publishing (their item side is already everywhere).
 //!
 //! The same thread reads the compacted owners topic, where each node claims the partitions it
-//! was assigned (replaying, then ready), so that any node can forward a read to the owner.
+//! was assigned (replaying, then ready), so that any node can forward a read to the owner, and
+//! the compacted items topic: item metadata written through any node (`PUT`/`DELETE
+//! /v1/items/{id}`), which every node applies in the topic's order.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -23,12 +25,14 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use momentum_actors::index::UserVector;
+use momentum_actors::index::{ItemMeta, UserVector};
 use momentum_actors::messages::RowDelta;
 use momentum_actors::{ActorError, Engine};
 
 use super::consumer::Stop;
 use super::{partition_of, Cluster, PartitionState};
+use crate::error::Error;
+use crate::AppState;
 
 /// One user's row change, in external ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +57,15 @@ pub struct ItemDeltaRecord {
     #[serde(default)]
     pub logged_ms: i64,
     pub rows: Vec<WireRow>,
+}
+
+/// A record of the items topic: an item's metadata as of a `PUT`, or its deletion (`None`).
+/// Keyed by item id in a compacted topic, so the last write per item is what a new node
+/// reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    pub item_id: String,
+    pub meta: Option<ItemMeta>,
 }
 
 /// Where every node stands on the item-deltas topic.
@@ -181,11 +194,12 @@ fn decode(engine: &Engine, rows: Vec<WireRow>, side: &mut ItemSide) -> Vec<RowDe
 /// Starts the thread that applies every partition's item side to this node's catalogue.
 pub fn start(
     cluster: Arc<Cluster>,
+    state: Weak<AppState>,
     engine: Arc<Engine>,
     stop: Stop,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     super::spawn_with_runtime("cluster-items", move |runtime| {
-        if let Err(error) = run(&cluster, &engine, &stop, runtime) {
+        if let Err(error) = run(&cluster, &state, &engine, &stop, runtime) {
             tracing::error!(%error, "cluster items stopped");
         }
     })
@@ -193,6 +207,7 @@ pub fn start(
 
 fn run(
     cluster: &Cluster,
+    state: &Weak<AppState>,
     engine: &Engine,
     stop: &Stop,
     runtime: &tokio::runtime::Runtime,
@@ -216,8 +231,10 @@ fn run(
             Offset::Beginning,
         )?;
     }
-    // The owners table rides along: who serves which partition, for forwarding reads.
+    // The owners table rides along: who serves which partition, for forwarding reads; so does
+    // the item metadata every node applies.
     assignment.add_partition_offset(&settings.owners_topic, 0, Offset::Beginning)?;
+    assignment.add_partition_offset(&settings.items_topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let progress = cluster.item_progress();
     let slots = cluster.partition_slots();
@@ -240,6 +257,20 @@ fn run(
             {
                 cluster.learn_owner(record);
             }
+            continue;
+        }
+        if message.topic() == settings.items_topic {
+            match message
+                .payload()
+                .and_then(|bytes| serde_json::from_slice::<ItemRecord>(bytes).ok())
+            {
+                Some(record) => apply_item_record(state, runtime, stop, record),
+                None => tracing::warn!(
+                    offset = message.offset(),
+                    "skipping a record that is not item metadata"
+                ),
+            }
+            cluster.item_record_applied(message.offset());
             continue;
         }
         let Ok(topic_partition) = u32::try_from(message.partition()) else {
@@ -295,6 +326,40 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// Applies an item's metadata or deletion to this node's store and catalogue, as a local
+/// `PUT`/`DELETE` does. Deleting an item this node does not know changes nothing. A failure
+/// (the store, full mailboxes) is retried for about ten seconds, then logged and skipped.
+fn apply_item_record(
+    state: &Weak<AppState>,
+    runtime: &tokio::runtime::Runtime,
+    stop: &Stop,
+    record: ItemRecord,
+) {
+    let Some(state) = state.upgrade() else {
+        return;
+    };
+    for attempt in 1..=50 {
+        let applied = match &record.meta {
+            Some(meta) => runtime
+                .block_on(state.journal.put_item(&record.item_id, meta.clone()))
+                .map(drop),
+            None => match runtime.block_on(state.journal.delete_item(&record.item_id)) {
+                Err(Error::UnknownItem { .. }) => Ok(()),
+                other => other,
+            },
+        };
+        match applied {
+            Ok(()) => return,
+            Err(error) if attempt == 50 || stop.stopped() => {
+                tracing::error!(error = %crate::error::Report(&error), item_id = %record.item_id,
+                    "item metadata from the cluster not applied");
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub struct ClusterSettings {
     pub events_topic: String,
     pub item_deltas_topic: String,
     pub owners_topic: String,
+    /// Item metadata (compacted, one partition): every node applies every `PUT`/`DELETE`.
+    pub items_topic: String,
     pub group_id: String,
     /// This node's stable name (`group.instance.id`).
     pub node_id: String,
@@ -51,6 +53,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("events_topic", &self.events_topic)
             .field("item_deltas_topic", &self.item_deltas_topic)
             .field("owners_topic", &self.owners_topic)
+            .field("items_topic", &self.items_topic)
             .field("group_id", &self.group_id)
             .field("node_id", &self.node_id)
             .field("advertised_address", &self.advertised_address)
@@ -74,6 +77,7 @@ impl Default for ClusterSettings {
             events_topic: "events".into(),
             item_deltas_topic: "item-deltas".into(),
             owners_topic: "owners".into(),
+            items_topic: "items".into(),
             group_id: "momentum".into(),
             node_id: String::new(),
             advertised_address: String::new(),
@@ -138,14 +142,17 @@ impl ClusterSettings {
         kafka_name("events_topic", &self.events_topic, 249)?;
         kafka_name("item_deltas_topic", &self.item_deltas_topic, 249)?;
         kafka_name("owners_topic", &self.owners_topic, 249)?;
-        if self.events_topic == self.owners_topic
-            || self.events_topic == self.item_deltas_topic
-            || self.item_deltas_topic == self.owners_topic
-        {
-            return Err(
-                "cluster.events_topic, cluster.item_deltas_topic and cluster.owners_topic must differ"
-                    .into(),
-            );
+        kafka_name("items_topic", &self.items_topic, 249)?;
+        let topics = [
+            &self.events_topic,
+            &self.item_deltas_topic,
+            &self.owners_topic,
+            &self.items_topic,
+        ];
+        if (1..topics.len()).any(|i| topics[..i].contains(&topics[i])) {
+            return Err("cluster.events_topic, cluster.item_deltas_topic, cluster.owners_topic \
+                        and cluster.items_topic must differ"
+                .into());
         }
         kafka_name("group_id", &self.group_id, 249)?;
         if self.node_id.is_empty() {

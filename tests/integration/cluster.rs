@@ -834,6 +834,22 @@ fn events_through_three_nodes_equal_a_single_node() {
     let cluster = Cluster::three_nodes("equality", "n");
     let reference = TestServer::start();
     let ts = 1_700_000_000_000i64;
+    // Item metadata through every node in turn (the content side of the lists): each node
+    // applies every write from the items topic, and answers only once it applied its own.
+    for g in 0..40 {
+        let path = format!("/v1/items/goal-{g}");
+        let body = item_metadata(g, 1);
+        let res = cluster
+            .client
+            .put(cluster.url(g % 3, &path))
+            .json(&body)
+            .send()
+            .expect("put item");
+        assert_eq!(res.status().as_u16(), 201, "{path}");
+        let (status, view) = cluster.get((g + 1) % 3, &path);
+        assert_eq!((status, &view["tags"]), (200, &body["tags"]), "{path}");
+        put_reference(&reference, &path, &body);
+    }
     let events = workload(14, 150, 40, 3000, ts);
     let mut records = 0i64;
     for (i, chunk) in events.chunks(100).enumerate() {
@@ -850,6 +866,42 @@ fn events_through_three_nodes_equal_a_single_node() {
         let (status, _) = cluster.post((i + 1) % 3, &batch);
         assert_eq!(status, 200);
         records += 100;
+    }
+    // Rewrites and a deletion through other nodes than the first writes: the last write of
+    // each item wins everywhere.
+    for g in 0..10 {
+        let path = format!("/v1/items/goal-{g}");
+        let body = item_metadata(g, 2);
+        let res = cluster
+            .client
+            .put(cluster.url((g + 2) % 3, &path))
+            .json(&body)
+            .send()
+            .expect("put item");
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        put_reference(&reference, &path, &body);
+    }
+    for (n, target) in [(1, cluster.url(1, "/v1/items/goal-39")), (3, reference.url("/v1/items/goal-39"))] {
+        let res = cluster
+            .client
+            .delete(target)
+            .header("x-admin-key", ADMIN_KEY)
+            .send()
+            .expect("delete item");
+        assert_eq!(res.status().as_u16(), 204, "delete through {n}");
+    }
+    for n in 0..3 {
+        for g in [0, 5, 20] {
+            let path = format!("/v1/items/goal-{g}");
+            let (status, view) = cluster.get(n, &path);
+            let (_, expected) = reference_get(&reference)(&path);
+            assert_eq!(status, 200, "{path} on node {n}: {view}");
+            for field in ["title", "tags", "type", "difficulty"] {
+                assert_eq!(view[field], expected[field], "{path} {field} on node {n}");
+            }
+        }
+        let (status, _) = cluster.get(n, "/v1/items/goal-39");
+        assert_eq!(status, 404, "the deleted item on node {n}");
     }
     let owners = cluster.wait_converged(records, Duration::from_secs(120));
     let users: Vec<String> = (0..150).map(|u| format!("user-{u}")).collect();
@@ -913,6 +965,27 @@ fn events_through_three_nodes_equal_a_single_node() {
             "node {n}: {applied} applied, {published} published"
         );
     }
+}
+
+/// Metadata of goal `g`, version `v` (tags overlap between goals so content similarity has
+/// something to find; a rewrite changes them).
+fn item_metadata(g: usize, v: usize) -> Value {
+    let themes = ["fitness", "reading", "language", "mindful", "savings", "sleep"];
+    json!({
+        "title": format!("Goal {g} v{v}"),
+        "tags": [themes[g % 6], themes[(g / 6 + v) % 6]],
+        "type": if g % 2 == 0 { "habit" } else { "project" },
+        "difficulty": ((g % 5) as f64 + 1.0) / 5.0,
+    })
+}
+
+fn put_reference(reference: &TestServer, path: &str, body: &Value) {
+    let res = reqwest::blocking::Client::new()
+        .put(reference.url(path))
+        .json(body)
+        .send()
+        .expect("reference put");
+    assert!(res.status().is_success(), "reference {path}");
 }
 
 /// `kill -9` of a node while events stream through the others: its partitions are served
