@@ -20,10 +20,10 @@
 //! partly confirmed batch — and the owner of the user's partition drops every copy after the
 //! first by its event id (`actors.dedupe_capacity`).
 //!
-//! Bounded: a round polls at most [`ROUND_RECORDS`] records and produces at most
-//! [`CHUNK_EVENTS`] events at a time, waiting for the broker before it reads on; while the
-//! broker does not confirm, the bridge reads nothing more (librdkafka's prefetch is capped by
-//! `queued.max.messages.kbytes`).
+//! Bounded: a round polls at most [`ROUND_RECORDS`] records, and the bridge produces about
+//! [`CHUNK_EVENTS`] events at a time (the events of whole records), waiting for the broker
+//! before it reads on; while the broker does not confirm, the bridge reads nothing more
+//! (librdkafka's prefetch is capped by `queued.max.messages.kbytes`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,8 +195,8 @@ fn run(
     let mut chunk: Vec<NewEvent> = Vec::with_capacity(CHUNK_EVENTS);
     // Per source partition: the offset to commit (every record below it is produced).
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut last_status = Instant::now() - Duration::from_secs(1);
-    while !stop.stopped() {
+    let mut last_status: Option<Instant> = None;
+    'rounds: while !stop.stopped() {
         // Per source partition: the offset after the last record polled in this round.
         let mut polled: BTreeMap<i32, i64> = BTreeMap::new();
         let mut wait = Duration::from_millis(100);
@@ -224,28 +224,36 @@ fn run(
                         "bridged event refused; skipped"
                     ),
                     None => {
-                        tracing::warn!(topic, partition, offset, reason, "bridged record refused; skipped")
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            offset,
+                            reason,
+                            "bridged record refused; skipped"
+                        )
                     }
                 }
             }
             chunk.extend(decoded.events);
             polled.insert(partition, offset + 1);
             if chunk.len() >= CHUNK_EVENTS && !produce(cluster, runtime, &mut chunk, stop) {
-                return Ok(());
+                break 'rounds;
             }
         }
         if !produce(cluster, runtime, &mut chunk, stop) {
-            return Ok(());
+            break;
         }
         // Every event of the records polled so far is confirmed: their offsets may be
         // committed. A commit that fails (a rebalance under way) is tried again next round.
         done.extend(polled);
         commit(&consumer, topic, &mut done);
-        if last_status.elapsed() >= Duration::from_secs(1) {
-            last_status = Instant::now();
+        if last_status.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            last_status = Some(Instant::now());
             refresh_status(cluster, &consumer, topic);
         }
     }
+    // Leaving the group hands this node's partitions to the others at once; they start from
+    // its last commit.
     consumer.unsubscribe();
     let _ = consumer.poll(Duration::from_millis(100));
     Ok(())
@@ -400,7 +408,10 @@ mod tests {
         let long = "t".repeat(249);
         let id = derived_event_id(&long, 2147483647, i64::MAX, 9999);
         assert!(crate::api::validate_id("event_id", &id).is_ok(), "{id}");
-        assert_ne!(id, derived_event_id(&"u".repeat(249), 2147483647, i64::MAX, 9999));
+        assert_ne!(
+            id,
+            derived_event_id(&"u".repeat(249), 2147483647, i64::MAX, 9999)
+        );
     }
 
     #[test]
@@ -425,8 +436,12 @@ mod tests {
             Some(br#"{"user_id":"u","kind":"app_open"}"#),
             &rules(),
         );
-        assert_eq!(one.events[0].event_id.as_deref(), Some("bridge:clicks:0:5:0"));
-        for bad in [None, Some(&b"\xff\xfe"[..]), Some(b"[]"), Some(b"42")] {
+        assert_eq!(
+            one.events[0].event_id.as_deref(),
+            Some("bridge:clicks:0:5:0")
+        );
+        let bad: [Option<&[u8]>; 4] = [None, Some(b"\xff\xfe"), Some(b"[]"), Some(b"42")];
+        for bad in bad {
             let decoded = decode("clicks", 0, 6, bad, &rules());
             assert!(decoded.events.is_empty());
             assert_eq!(decoded.rejected.len(), 1, "{bad:?}");

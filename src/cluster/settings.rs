@@ -155,8 +155,12 @@ impl ClusterSettings {
         kafka_name("group_id", &self.group_id, 249)?;
         if !self.bridge_topic.is_empty() {
             kafka_name("bridge_topic", &self.bridge_topic, 249)?;
-            if [&self.events_topic, &self.item_deltas_topic, &self.owners_topic]
-                .contains(&&self.bridge_topic)
+            if [
+                &self.events_topic,
+                &self.item_deltas_topic,
+                &self.owners_topic,
+            ]
+            .contains(&&self.bridge_topic)
             {
                 return Err(format!(
                     "cluster.bridge_topic {:?} must not be one of the cluster's own topics \

@@ -437,7 +437,11 @@ impl Cluster {
     /// Waits until every partition is served by exactly one live node with every live node
     /// owning at least one, and the owners applied `records` log records in all; returns the
     /// owner of every partition.
-    pub(crate) fn wait_converged(&self, records: i64, timeout: Duration) -> BTreeMap<u32, (usize, i64)> {
+    pub(crate) fn wait_converged(
+        &self,
+        records: i64,
+        timeout: Duration,
+    ) -> BTreeMap<u32, (usize, i64)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(owners) = self.owners() {

@@ -90,10 +90,7 @@ impl Source {
         for p in 0..SOURCE_PARTITIONS {
             tpl.add_partition(SOURCE, p);
         }
-        let Ok(committed) = self
-            .reader
-            .committed_offsets(tpl, Duration::from_secs(5))
-        else {
+        let Ok(committed) = self.reader.committed_offsets(tpl, Duration::from_secs(5)) else {
             return false;
         };
         (0..SOURCE_PARTITIONS).all(|p| {
@@ -153,10 +150,14 @@ impl Batch {
             let user = group[0]["user_id"].as_str().expect("user").to_owned();
             if invalid && n % 4 == 1 {
                 // Refused one by one; the valid events of the record still go through.
-                group.push(json!({"user_id": &user, "item_id": "goal-1", "kind": "teleport",
-                                  "ts": 1_700_000_000_000i64}));
-                group.push(json!({"user_id": "not ok", "item_id": "goal-1", "kind": "view",
-                                  "ts": 1_700_000_000_000i64}));
+                group.push(
+                    json!({"user_id": &user, "item_id": "goal-1", "kind": "teleport",
+                                  "ts": 1_700_000_000_000i64}),
+                );
+                group.push(
+                    json!({"user_id": "not ok", "item_id": "goal-1", "kind": "view",
+                                  "ts": 1_700_000_000_000i64}),
+                );
                 group.push(json!({"user_id": &user, "kind": "view", "ts": 1_700_000_000_000i64}));
                 batch.refused += 3;
             }
@@ -304,8 +305,8 @@ fn a_bridged_topic_is_applied_once_per_event_id_across_a_node_death() {
 
     // Each valid event reached the events topic at least once; only the victim's uncommitted
     // records (at most the ones written around the kill) twice.
-    let valid = (before.valid.len() + during.valid.len() + after.valid.len() + again.valid.len())
-        as i64;
+    let valid =
+        (before.valid.len() + during.valid.len() + after.valid.len() + again.valid.len()) as i64;
     cluster.assert_equal_to_any_records(
         &reference,
         USERS,
