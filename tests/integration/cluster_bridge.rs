@@ -22,13 +22,12 @@ const SOURCE: &str = "app-interactions";
 const SOURCE_PARTITIONS: i32 = 3;
 const USERS: usize = 60;
 
-/// The test's own client of the bridged topic: creates it, writes records, and reads the
-/// bridge group's committed offsets.
+/// The test's own client of the bridged topic: creates it, writes records, and reads a bridge
+/// group's committed offsets.
 struct Source {
+    brokers: String,
     runtime: tokio::runtime::Runtime,
     producer: FutureProducer,
-    /// Not subscribed: only reads offsets and watermarks.
-    reader: BaseConsumer,
 }
 
 impl Source {
@@ -51,16 +50,10 @@ impl Source {
             .set("acks", "all")
             .create()
             .expect("producer");
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", "momentum-bridge")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("offset reader");
         Source {
+            brokers: brokers.to_owned(),
             runtime,
             producer,
-            reader,
         }
     }
 
@@ -83,21 +76,18 @@ impl Source {
         }
     }
 
-    /// Whether the bridge group committed every partition up to its end: every record written
+    /// Whether `reader`'s group committed every partition up to its end: every record written
     /// so far was bridged and confirmed.
-    fn fully_committed(&self) -> bool {
+    fn fully_committed(reader: &BaseConsumer) -> bool {
         let mut tpl = TopicPartitionList::new();
         for p in 0..SOURCE_PARTITIONS {
             tpl.add_partition(SOURCE, p);
         }
-        let Ok(committed) = self.reader.committed_offsets(tpl, Duration::from_secs(5)) else {
+        let Ok(committed) = reader.committed_offsets(tpl, Duration::from_secs(5)) else {
             return false;
         };
         (0..SOURCE_PARTITIONS).all(|p| {
-            let Ok((_, high)) = self
-                .reader
-                .fetch_watermarks(SOURCE, p, Duration::from_secs(5))
-            else {
+            let Ok((_, high)) = reader.fetch_watermarks(SOURCE, p, Duration::from_secs(5)) else {
                 return false;
             };
             let at = committed
@@ -108,12 +98,20 @@ impl Source {
         })
     }
 
-    fn wait_fully_committed(&self, timeout: Duration) {
+    /// Waits until the bridge group `group` bridged and committed every record written so far.
+    fn wait_fully_committed(&self, group: &str, timeout: Duration) {
+        // Not subscribed: it only reads the group's offsets and the watermarks.
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
         let deadline = Instant::now() + timeout;
-        while !self.fully_committed() {
+        while !Source::fully_committed(&reader) {
             assert!(
                 Instant::now() < deadline,
-                "the bridge did not commit the bridged topic within {timeout:?}"
+                "{group} did not commit the bridged topic within {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -248,7 +246,8 @@ fn wait_bridged_by_live_nodes(cluster: &Cluster, timeout: Duration) {
 /// ids, duplicates by id, invalid events, undecodable records) into the events topic; one is
 /// killed (`kill -9`) while they do. Every valid event is applied exactly once — each user's
 /// state and lists on its owner equal a single node's given the valid events — and the
-/// refusals are counted exactly.
+/// refusals are counted exactly. Then a fourth node bridges the whole topic again in a new
+/// group: the same records give the same ids, and nothing changes.
 #[test]
 fn a_bridged_topic_is_applied_once_per_event_id_across_a_node_death() {
     let mut cluster = Cluster::start("bridge");
@@ -271,7 +270,7 @@ fn a_bridged_topic_is_applied_once_per_event_id_across_a_node_death() {
     let before = Batch::of(&events[..500], true);
     source.write(&before.records);
     post_reference(&before);
-    source.wait_fully_committed(Duration::from_secs(60));
+    source.wait_fully_committed("momentum-bridge", Duration::from_secs(60));
     let victim = 2;
     assert!(
         !bridged_by(&cluster, victim).is_empty(),
@@ -301,7 +300,7 @@ fn a_bridged_topic_is_applied_once_per_event_id_across_a_node_death() {
     source.write(&again.records);
     post_reference(&after);
     post_reference(&again);
-    source.wait_fully_committed(Duration::from_secs(90));
+    source.wait_fully_committed("momentum-bridge", Duration::from_secs(90));
 
     // Each valid event reached the events topic at least once; only the victim's uncommitted
     // records (at most the ones written around the kill) twice.
@@ -322,5 +321,40 @@ fn a_bridged_topic_is_applied_once_per_event_id_across_a_node_death() {
     assert!(
         bridged >= since_kill,
         "the survivors bridged {bridged} events; {since_kill} were written after the hand-over"
+    );
+
+    // A bridge group of another name reads the topic from its start on a fourth node: every
+    // record is bridged again with the same ids (derived ones included), so nothing changes.
+    cluster.node_env.push((
+        "MOMENTUM__CLUSTER__BRIDGE_GROUP".into(),
+        "momentum-bridge-again".into(),
+    ));
+    let fourth = cluster.start_node("g4");
+    source.wait_fully_committed("momentum-bridge-again", Duration::from_secs(90));
+    // Alone in its group, it bridges every partition (its status refreshes every second).
+    let every: BTreeSet<u64> = (0..SOURCE_PARTITIONS as u64).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bridged_by(&cluster, fourth) != every {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            bridged_by(&cluster, fourth)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.assert_equal_to_any_records(
+        &reference,
+        USERS,
+        2 * valid,
+        2 * valid + during.valid.len() as i64,
+    );
+    assert_eq!(
+        refused(&cluster, fourth),
+        before.refused + after.refused,
+        "the fourth node refused each invalid event and record once"
+    );
+    assert_eq!(
+        metric(&cluster, fourth, "momentum_cluster_bridge_events_total"),
+        valid as u64
     );
 }
