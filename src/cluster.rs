@@ -61,6 +61,13 @@ fn spawn_with_runtime(
         })
 }
 
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The partition of a user: `md5(user_id) mod partitions`.
 pub fn partition_of(user_id: &str, partitions: u32) -> u32 {
     // The remainder is below `partitions`, so the narrowing is lossless.
@@ -268,16 +275,19 @@ impl Cluster {
     }
 
     /// Publishes the item side of a batch of partition `partition` covering its log up to
-    /// `offset`, and waits for the broker's confirmation.
+    /// `offset`, whose oldest event was logged at `logged_ms`, and waits for the broker's
+    /// confirmation.
     pub async fn publish_item_deltas(
         &self,
         partition: u32,
         offset: i64,
+        logged_ms: i64,
         rows: Vec<items::WireRow>,
     ) -> Result<(), Error> {
         let record = items::ItemDeltaRecord {
             partition,
             offset,
+            logged_ms,
             rows,
         };
         let payload = serde_json::to_vec(&record).map_err(|source| Error::Json {

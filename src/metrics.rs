@@ -350,6 +350,9 @@ pub struct ClusterMetrics {
     pub item_deltas_published: IntCounter,
     pub item_deltas_applied: IntCounter,
     pub item_deltas_skipped: IntCounter,
+    /// Seconds from the broker logging an event to its item side reaching this node's
+    /// catalogue (the oldest event of each applied item-deltas record).
+    pub item_staleness_seconds: prometheus::Histogram,
     /// Partition snapshots written, refused because a newer one was there, and restored.
     pub snapshots_written: IntCounter,
     pub snapshots_fenced: IntCounter,
@@ -418,6 +421,15 @@ impl ClusterMetrics {
                 "momentum_cluster_item_deltas_skipped_total",
                 "Item-deltas records skipped: their source offset was already applied",
             )?,
+            item_staleness_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "momentum_cluster_item_staleness_seconds",
+                    "Seconds from an event's logging to its item side being applied on this node",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+            )?,
             snapshots_written: IntCounter::new(
                 "momentum_cluster_snapshots_written_total",
                 "Partition snapshots written to PostgreSQL",
@@ -459,6 +471,7 @@ impl ClusterMetrics {
         registry.register(Box::new(m.bridge_lag.clone()))?;
         registry.register(Box::new(m.events_produced.clone()))?;
         registry.register(Box::new(m.snapshots_written.clone()))?;
+        registry.register(Box::new(m.item_staleness_seconds.clone()))?;
         registry.register(Box::new(m.snapshots_fenced.clone()))?;
         registry.register(Box::new(m.snapshots_restored.clone()))?;
         registry.register(Box::new(m.produce_failures.clone()))?;

@@ -34,7 +34,7 @@ use momentum_actors::engine::NewEvent;
 use momentum_actors::{ActorError, Engine};
 
 use super::snapshots::SnapshotStore;
-use super::{partition_of, Cluster, LoggedEvent, PartitionSlot, PartitionState};
+use super::{partition_of, unix_ms, Cluster, LoggedEvent, PartitionSlot, PartitionState};
 use crate::error::Error;
 
 /// A change of assignment, recorded by the callback and carried out by the loop.
@@ -116,6 +116,8 @@ struct Polled {
     partition: u32,
     offset: i64,
     generation: u64,
+    /// When the broker took the record (its timestamp, ms since the epoch; 0 if it has none).
+    logged_ms: i64,
     event: Option<NewEvent>,
 }
 
@@ -292,6 +294,7 @@ fn run(
                         partition,
                         offset: message.offset(),
                         generation: slot.generation.load(Ordering::Acquire),
+                        logged_ms: message.timestamp().to_millis().unwrap_or(0),
                         event,
                     });
                 }
@@ -460,8 +463,9 @@ fn apply(
     let partitions = cluster.settings().partitions;
     let mut silent = Vec::new();
     let mut published = Vec::new();
-    // Per partition: the highest offset whose item side this batch publishes.
-    let mut tags: Vec<(u32, i64)> = Vec::new();
+    // Per partition: the highest offset whose item side this batch publishes, and when its
+    // oldest published event was logged (for the staleness every node measures).
+    let mut tags: Vec<(u32, i64, i64)> = Vec::new();
     let mut positions: Vec<(u32, i64)> = Vec::new();
     for polled in batch.drain(..) {
         let p = polled.partition;
@@ -479,8 +483,11 @@ fn apply(
                     silent.push(event);
                 } else {
                     match tags.iter_mut().find(|t| t.0 == p) {
-                        Some(tag) => tag.1 = tag.1.max(polled.offset),
-                        None => tags.push((p, polled.offset)),
+                        Some(tag) => {
+                            tag.1 = tag.1.max(polled.offset);
+                            tag.2 = tag.2.min(polled.logged_ms);
+                        }
+                        None => tags.push((p, polled.offset, polled.logged_ms)),
                     }
                     published.push(event);
                 }
@@ -501,17 +508,17 @@ fn apply(
     let mut encoded = super::items::encode(engine, partitions, &deltas);
     // Every partition with published events gets a record, rows or not: its tag is how every
     // node knows its item statistics caught up with the partition (`GET /v1/cluster`).
-    for &(p, _) in &tags {
+    for &(p, _, _) in &tags {
         if !encoded.iter().any(|e| e.0 == p) {
             encoded.push((p, Vec::new()));
         }
     }
     for (p, rows) in encoded {
-        let Some(&(_, offset)) = tags.iter().find(|t| t.0 == p) else {
+        let Some(&(_, offset, logged_ms)) = tags.iter().find(|t| t.0 == p) else {
             continue;
         };
         while let Err(error) =
-            runtime.block_on(cluster.publish_item_deltas(p, offset, rows.clone()))
+            runtime.block_on(cluster.publish_item_deltas(p, offset, logged_ms, rows.clone()))
         {
             tracing::warn!(error = %crate::error::Report(&error), partition = p, "publishing item deltas");
             if stop.stopped() {
@@ -547,12 +554,6 @@ fn record(
             }
         }
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The snapshot connection, (re)connected if needed; `None` (logged) if PostgreSQL cannot be

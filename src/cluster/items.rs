@@ -47,6 +47,11 @@ pub struct ItemDeltaRecord {
     pub partition: u32,
     /// The highest offset of that partition the batch covered.
     pub offset: i64,
+    /// When the broker logged the oldest event of the batch (ms since the epoch; 0: unknown,
+    /// as in records of older versions). Receivers measure the staleness of their item
+    /// statistics from it.
+    #[serde(default)]
+    pub logged_ms: i64,
     pub rows: Vec<WireRow>,
 }
 
@@ -269,6 +274,13 @@ fn run(
                 }
                 progress.applied[p as usize].fetch_max(record.offset, Ordering::AcqRel);
                 cluster.metrics().item_deltas_applied.inc();
+                if record.logged_ms > 0 {
+                    let now_ms = super::unix_ms();
+                    cluster
+                        .metrics()
+                        .item_staleness_seconds
+                        .observe((now_ms - record.logged_ms).max(0) as f64 / 1000.0);
+                }
             } else {
                 cluster.metrics().item_deltas_skipped.inc();
             }
@@ -294,6 +306,7 @@ mod tests {
         let record = ItemDeltaRecord {
             partition: 3,
             offset: 41,
+            logged_ms: 1_700_000_000_123,
             rows: vec![WireRow {
                 user_id: "alice".into(),
                 after: vec![("read".into(), 0.1), ("run".into(), 5.0)],

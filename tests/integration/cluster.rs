@@ -60,9 +60,10 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}?sslmode=disable")
 }
 
-/// Runs each statement on its own (`CREATE`/`DROP DATABASE` cannot share a transaction).
-fn admin_sql(statements: &[&str]) {
-    let url = database_url();
+/// Runs each statement on its own (`CREATE`/`DROP DATABASE` cannot share a transaction) on
+/// the server of `url`.
+fn admin_sql(url: &str, statements: &[&str]) {
+    let url = url.to_owned();
     let statements: Vec<String> = statements.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -72,7 +73,7 @@ fn admin_sql(statements: &[&str]) {
             .block_on(async move {
                 let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                     .await
-                    .expect("connect to DATABASE_URL (the cluster tests need PostgreSQL)");
+                    .expect("connect to PostgreSQL (the cluster tests need it: DATABASE_URL)");
                 tokio::spawn(connection);
                 for sql in statements {
                     client.batch_execute(&sql).await.expect("admin SQL");
@@ -94,6 +95,8 @@ struct Node {
 /// Brokers, nodes and the database of one test; everything stops on drop.
 pub(crate) struct Cluster {
     db: String,
+    /// A URL of the PostgreSQL server holding `db`, to create and drop it.
+    admin_url: String,
     /// The test's database (the brokers' storage and the partition snapshots).
     db_url: String,
     brokers: Vec<Child>,
@@ -103,6 +106,8 @@ pub(crate) struct Cluster {
     pub(crate) client: reqwest::blocking::Client,
     /// Further `MOMENTUM__…` variables of every node started from now on.
     pub(crate) node_env: Vec<(String, String)>,
+    /// The test's own PostgreSQL server, when it has one (it stops after the processes above).
+    postgres: Option<PrivatePostgres>,
 }
 
 impl Drop for Cluster {
@@ -122,26 +127,43 @@ impl Drop for Cluster {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-        admin_sql(&[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db)]);
+        // A server of the test's own goes away with its data; the shared one keeps running.
+        if self.postgres.is_none() {
+            admin_sql(
+                &self.admin_url,
+                &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db)],
+            );
+        }
     }
 }
 
 impl Cluster {
-    /// Two brokers over a fresh database.
+    /// Two brokers over a fresh database of the machine's PostgreSQL.
     pub(crate) fn start(test: &str) -> Cluster {
+        Cluster::start_on(test, database_url(), None)
+    }
+
+    /// Two brokers over a fresh database of the server at `admin_url` (`postgres`, the test's
+    /// own server, if given).
+    fn start_on(test: &str, admin_url: String, postgres: Option<PrivatePostgres>) -> Cluster {
         broker_bin();
         let db = format!("momentum_cluster_{test}_{}", std::process::id());
-        admin_sql(&[
-            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-            &format!("CREATE DATABASE {db}"),
-        ]);
+        admin_sql(
+            &admin_url,
+            &[
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                &format!("CREATE DATABASE {db}"),
+            ],
+        );
         let dir = tempfile::Builder::new()
             .prefix(&format!("momentum-cluster-{test}-"))
             .tempdir()
             .expect("temp dir")
             .keep();
         let mut cluster = Cluster {
-            db_url: with_database(&database_url(), &db),
+            db_url: with_database(&admin_url, &db),
+            admin_url,
+            postgres,
             db: db.clone(),
             brokers: Vec::new(),
             broker_addrs: Vec::new(),
@@ -166,7 +188,11 @@ impl Cluster {
     /// [`Cluster::start`] with three nodes `{prefix}1`..`{prefix}3`, once every partition is
     /// ready.
     fn three_nodes(test: &str, prefix: &str) -> Cluster {
-        let mut cluster = Cluster::start(test);
+        Cluster::with_three_nodes(Cluster::start(test), prefix)
+    }
+
+    /// `cluster` with three nodes `{prefix}1`..`{prefix}3`, once every partition is ready.
+    fn with_three_nodes(mut cluster: Cluster, prefix: &str) -> Cluster {
         for i in 1..=3 {
             cluster.start_node(&format!("{prefix}{i}"));
         }
@@ -548,6 +574,149 @@ fn wait_for_port(addr: &str, timeout: Duration) {
             "nothing listens on {addr} after {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A PostgreSQL server of the test's own, on a free loopback port, that the test can stop
+/// (immediate shutdown: like a crash) and start again on the same port and data. As root the
+/// server runs as the `postgres` user, which PostgreSQL requires. The binaries come from
+/// `MOMENTUM_PG_BIN`, else the newest `/usr/lib/postgresql/<version>/bin`.
+struct PrivatePostgres {
+    /// Data directory, owned by the server's user (the directory above it too).
+    root: PathBuf,
+    port: u16,
+    server: Option<Child>,
+}
+
+impl PrivatePostgres {
+    fn bin(name: &str) -> PathBuf {
+        let dir = match std::env::var_os("MOMENTUM_PG_BIN") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| {
+                        let version = e.file_name().to_str()?.parse().ok()?;
+                        Some((version, e.path().join("bin")))
+                    })
+                    .collect();
+                versions.sort();
+                versions.pop().map(|(_, dir)| dir).unwrap_or_default()
+            }
+        };
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "this test runs a PostgreSQL server of its own and needs {name}: install PostgreSQL's \
+             server binaries or set MOMENTUM_PG_BIN (looked at {})",
+            path.display()
+        );
+        path
+    }
+
+    /// `program` with `args`, as the `postgres` user when the test runs as root.
+    fn command(program: &std::path::Path) -> Command {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+            let mut command = Command::new("setpriv");
+            command
+                .args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// A fresh cluster (`initdb`, trust authentication), started.
+    fn start() -> PrivatePostgres {
+        let root = PathBuf::from(format!(
+            "/tmp/momentum-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let status = PrivatePostgres::command(std::path::Path::new("/bin/mkdir"))
+            .arg("-p")
+            .arg(&root)
+            .status()
+            .expect("mkdir");
+        assert!(status.success(), "mkdir {}", root.display());
+        let output = PrivatePostgres::command(&PrivatePostgres::bin("initdb"))
+            .arg("-D")
+            .arg(root.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb");
+        assert!(
+            output.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut postgres = PrivatePostgres {
+            root,
+            port: free_port(),
+            server: None,
+        };
+        postgres.resume();
+        postgres
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server on its port and data, and waits until it listens.
+    fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{}.log", self.root.display()))
+            .expect("log file");
+        let child = PrivatePostgres::command(&PrivatePostgres::bin("postgres"))
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={}", self.root.display()),
+            ])
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start postgres");
+        self.server = Some(child);
+        wait_for_port(&format!("127.0.0.1:{}", self.port), Duration::from_secs(60));
+    }
+
+    /// Immediate shutdown (`SIGQUIT` to the postmaster): every connection drops at once and
+    /// the next start recovers from the WAL, as after a crash.
+    fn crash(&mut self) {
+        let mut child = self.server.take().expect("postgres is running");
+        let status = Command::new("kill")
+            .args(["-QUIT", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -QUIT postgres");
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            self.crash();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+        let _ = std::fs::remove_file(format!("{}.log", self.root.display()));
     }
 }
 
@@ -961,5 +1130,85 @@ fn a_broker_death_under_load_loses_nothing_acknowledged() {
     // listens there again (docs/operations.md, "Cluster mode").
     let restarted = cluster.spawn_broker(0);
     cluster.brokers[0] = restarted;
+    cluster.assert_equal_to_any_records(&reference, 100, acknowledged, records);
+}
+
+/// PostgreSQL — the brokers' log and the partition snapshots, on a server of the test's own —
+/// crashes while clients post through every node: nothing is acknowledged while it is down
+/// (each batch answers `503` with `Retry-After`; reads are still served), and once it is back
+/// the cluster recovers
+/// without help: the refused batches, retried with the same ids, are acknowledged, and every
+/// user's state equals a single node's given the same events.
+#[test]
+fn postgresql_down_acknowledges_nothing_and_the_cluster_recovers() {
+    let postgres = PrivatePostgres::start();
+    let admin_url = postgres.url();
+    let mut cluster =
+        Cluster::with_three_nodes(Cluster::start_on("pgdown", admin_url, Some(postgres)), "p");
+    let reference = TestServer::start();
+    let events = workload(23, 100, 30, 2400, 1_700_000_000_000);
+    let (before, after) = events.split_at(1000);
+    let mut records = cluster.post_all(before, &reference);
+    cluster.wait_converged(records, Duration::from_secs(90));
+    let mut acknowledged = records;
+
+    cluster.postgres.as_mut().expect("own server").crash();
+    let down = Instant::now();
+    let batches: Vec<Value> = after
+        .chunks(100)
+        .map(|chunk| Value::Array(chunk.to_vec()))
+        .collect();
+    // One batch to each node while it is down: none may be acknowledged.
+    for (n, batch) in batches.iter().take(3).enumerate() {
+        let res = cluster
+            .client
+            .post(cluster.url(n, "/v1/events"))
+            .json(batch)
+            .send()
+            .expect("the node answers");
+        let status = res.status().as_u16();
+        let retry_after = res.headers().get("retry-after").cloned();
+        let body: Value = res.json().unwrap_or(Value::Null);
+        assert_eq!(status, 503, "node {n} while PostgreSQL is down: {body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert!(retry_after.is_some(), "503 without Retry-After");
+        // It may or may not have reached the log before PostgreSQL went.
+        records += 100;
+    }
+    eprintln!(
+        "postgresql down: three batches refused in {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
+    // Reads need no database: every node still answers from memory (forwarding included).
+    for n in 0..3 {
+        let (status, body) = cluster.get(n, "/v1/users/user-7/recommendations");
+        assert_eq!(status, 200, "node {n} while PostgreSQL is down: {body}");
+    }
+
+    cluster.postgres.as_mut().expect("own server").resume();
+    let back = Instant::now();
+    let mut first_ack = None;
+    for (i, batch) in batches.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, body) = cluster.post(i % 3, batch);
+            records += 100;
+            if status == 200 {
+                acknowledged += 100;
+                first_ack.get_or_insert_with(|| back.elapsed());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no acknowledgement 120 s after PostgreSQL came back: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        reference_post(&reference, batch);
+    }
+    eprintln!(
+        "postgresql back: first batch acknowledged after {:.1} s",
+        first_ack.expect("acknowledged").as_secs_f64()
+    );
     cluster.assert_equal_to_any_records(&reference, 100, acknowledged, records);
 }
