@@ -20,6 +20,7 @@
 
 pub mod bridge;
 pub mod consumer;
+pub mod item_model;
 pub mod items;
 pub mod settings;
 pub mod snapshots;
@@ -179,6 +180,9 @@ pub struct OwnerRecord {
     pub ready: bool,
 }
 
+/// The partition whose owner, once it serves it, leads the cluster ([`Cluster::is_leader`]).
+pub const LEADER_PARTITION: u32 = 0;
+
 /// The header a forwarded read carries: its receiver answers it itself or refuses it
 /// (`421`), never forwards it again.
 pub const FORWARDED_HEADER: &str = "x-momentum-forwarded";
@@ -194,6 +198,8 @@ pub struct Cluster {
     http: reqwest::Client,
     item_progress: items::ItemProgress,
     bridge: bridge::BridgeStatus,
+    /// Where this node's learned item model came from ([`item_model`]).
+    item_model: item_model::ModelSync,
     metrics: ClusterMetrics,
     retry_after: u64,
 }
@@ -244,6 +250,7 @@ impl Cluster {
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
             bridge: bridge::BridgeStatus::default(),
+            item_model: item_model::ModelSync::default(),
             settings,
             producer,
             partitions,
@@ -272,6 +279,26 @@ impl Cluster {
     /// Where this node stands on the item-deltas topic.
     pub fn item_progress(&self) -> &items::ItemProgress {
         &self.item_progress
+    }
+
+    /// Where this node's learned item model came from.
+    pub fn item_model(&self) -> &item_model::ModelSync {
+        &self.item_model
+    }
+
+    /// Whether this node leads the cluster — builds the learned item model — because it
+    /// serves [`LEADER_PARTITION`] (owns it, ready). The assignor decides, not code of ours.
+    pub fn is_leader(&self) -> bool {
+        self.partition_state(LEADER_PARTITION) == PartitionState::Ready
+    }
+
+    /// The leader as the owners topic names it (this node included), once it serves.
+    pub fn leader(&self) -> Option<OwnerRecord> {
+        self.owners
+            .read()
+            .get(LEADER_PARTITION as usize)?
+            .clone()
+            .filter(|o| o.ready)
     }
 
     /// Publishes the item side of a batch of partition `partition` covering its log up to

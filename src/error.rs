@@ -86,6 +86,16 @@ pub enum Error {
         "partition {partition} is not owned by node {node_id:?}; ask its owner (GET /v1/cluster)"
     )]
     NotOwner { partition: u32, node_id: String },
+    /// Cluster mode: only the cluster's leader (the node serving partition 0) does this.
+    #[error(
+        "{what} runs on the cluster's leader, node {node_id:?} at {address}; send the request \
+         there (GET /v1/cluster names the leader)"
+    )]
+    NotLeader {
+        what: &'static str,
+        node_id: String,
+        address: String,
+    },
     /// Cluster mode: a service the write path needs did not answer.
     #[error("{what} is unavailable, retry later")]
     Unavailable {
@@ -245,6 +255,7 @@ impl Error {
             Error::ModelNotReady { .. } => "model_not_ready",
             Error::NotReady => "not_ready",
             Error::NotOwner { .. } => "not_owner",
+            Error::NotLeader { .. } => "not_leader",
             Error::Unavailable { .. } => "unavailable",
             Error::Config { .. } | Error::EngineConfig { .. } | Error::AnalyticsConfig { .. } => {
                 "config"
@@ -297,7 +308,7 @@ impl ResponseError for Error {
             | Error::NotReady
             | Error::Unavailable { .. }
             | Error::ModelNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::NotOwner { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Error::NotOwner { .. } | Error::NotLeader { .. } => StatusCode::MISDIRECTED_REQUEST,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::AdminDisabled | Error::Forbidden { .. } => StatusCode::FORBIDDEN,

@@ -367,6 +367,10 @@ pub struct ClusterMetrics {
     pub bridge_events: IntCounter,
     pub bridge_rejected: IntCounterVec,
     pub bridge_lag: IntGauge,
+    /// Learned item models installed from the cluster's store, and models built here (as the
+    /// leader) that the store refused because its model was built from as much data or more.
+    pub item_model_installs: IntCounter,
+    pub item_model_fenced: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -464,11 +468,21 @@ impl ClusterMetrics {
                 "momentum_cluster_bridge_lag_records",
                 "Records of the bridged partitions this node has not bridged yet",
             )?,
+            item_model_installs: IntCounter::new(
+                "momentum_cluster_item_model_installs_total",
+                "Learned item models installed from the cluster (built by the leader)",
+            )?,
+            item_model_fenced: IntCounter::new(
+                "momentum_cluster_item_model_fenced_total",
+                "Item models built here refused by the cluster: its model was built from as much data or more",
+            )?,
         };
         registry.register(Box::new(m.forwarded.clone()))?;
         registry.register(Box::new(m.bridge_events.clone()))?;
         registry.register(Box::new(m.bridge_rejected.clone()))?;
         registry.register(Box::new(m.bridge_lag.clone()))?;
+        registry.register(Box::new(m.item_model_installs.clone()))?;
+        registry.register(Box::new(m.item_model_fenced.clone()))?;
         registry.register(Box::new(m.events_produced.clone()))?;
         registry.register(Box::new(m.snapshots_written.clone()))?;
         registry.register(Box::new(m.item_staleness_seconds.clone()))?;

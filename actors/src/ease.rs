@@ -18,6 +18,7 @@ use momentum_models::similarity::to_fixed;
 
 use crate::config::EaseConfig;
 use crate::index::Index;
+use crate::snapshot::{put_strings, DecodeError, Reader};
 
 /// A published model: each modelled item's strongest weights to other modelled items, best
 /// first, in one contiguous array.
@@ -25,7 +26,7 @@ use crate::index::Index;
 /// Modelled items have local indices `0..items()` in external-id order, so a scorer can sum
 /// rows into a dense array of `items()` slots (scanned in external-id order) instead of one
 /// indexed by dense id, which may be far larger than the modelled part of the catalogue.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct EaseModel {
     /// 0 before the first build; then increasing.
     pub version: u64,
@@ -141,37 +142,164 @@ pub fn build(
     };
     let fitted = fit(&diag, pairs, &params)?;
     let items: Vec<u32> = candidates.iter().map(|c| c.0).collect();
+    let total: usize = fitted.rows.iter().map(Vec::len).sum();
+    let mut starts = Vec::with_capacity(items.len() + 1);
+    let (mut targets, mut weights) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    starts.push(0);
+    for row in fitted.rows {
+        for (j, w) in row {
+            targets.push(j);
+            weights.push(w);
+        }
+        starts.push(targets.len());
+    }
+    Ok(assemble(
+        version,
+        now_ms,
+        started.elapsed().as_secs_f64(),
+        items,
+        starts,
+        targets,
+        weights,
+    ))
+}
+
+/// A model from its rows (`starts`, `targets` as local indices, `weights`) over `items`
+/// (local index → dense id): derives the dense → local map and the fixed-point weights.
+fn assemble(
+    version: u64,
+    built_ms: i64,
+    build_seconds: f64,
+    items: Vec<u32>,
+    starts: Vec<usize>,
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+) -> EaseModel {
+    debug_assert_eq!(starts.len(), items.len() + 1);
+    debug_assert!(targets.iter().all(|&t| (t as usize) < items.len()));
     let mut local = vec![NOT_MODELLED; items.iter().map(|&i| i as usize + 1).max().unwrap_or(0)];
     for (l, &item) in items.iter().enumerate() {
         local[item as usize] = l as u32;
     }
-    let mut starts = Vec::with_capacity(items.len() + 1);
-    let total: usize = fitted.rows.iter().map(Vec::len).sum();
-    let (mut targets, mut weights, mut fixed) = (
-        Vec::with_capacity(total),
-        Vec::with_capacity(total),
-        Vec::with_capacity(total),
-    );
-    starts.push(0);
-    for row in fitted.rows {
-        for (j, w) in row {
+    let fixed = weights
+        .iter()
+        .map(|&w| {
             let f = to_fixed(f64::from(w));
             debug_assert!(i64::try_from(f).is_ok(), "EASE weight {w} out of range");
-            targets.push(j);
-            weights.push(w);
-            fixed.push(i64::try_from(f).unwrap_or(if f < 0 { i64::MIN } else { i64::MAX }));
-        }
-        starts.push(targets.len());
-    }
-    Ok(EaseModel {
+            i64::try_from(f).unwrap_or(if f < 0 { i64::MIN } else { i64::MAX })
+        })
+        .collect();
+    EaseModel {
         version,
-        built_ms: now_ms,
-        build_seconds: started.elapsed().as_secs_f64(),
+        built_ms,
+        build_seconds,
         items,
         local,
         starts,
         targets,
         weights,
         fixed,
-    })
+    }
+}
+
+/// The version of the encoding below.
+const ENCODING: u8 = 1;
+
+/// Encodes a model with external item ids, so that another process (whose dense ids differ)
+/// can install it with [`decode`]. Layout (little-endian, the conventions of
+/// `snapshot.rs`): `encoding u8 (1), built_ms i64, build_seconds f64`, the modelled items'
+/// external ids in local order (the snapshot string list: `u8 1, count u32, (u16 len +
+/// bytes)` each), one `u32` row length per item, then per weight `target u32` (local index)
+/// and `weight f32`. The version is not part of it: the cluster store keeps it. Items whose
+/// name is unknown (never the case for a model built from the index) encode as `""`.
+pub fn encode(model: &EaseModel, name: impl Fn(u32) -> Option<Arc<str>>) -> Vec<u8> {
+    let names: Vec<Arc<str>> = model
+        .items
+        .iter()
+        .map(|&i| name(i).unwrap_or_else(|| Arc::from("")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(|n| &**n).collect();
+    let mut out = Vec::with_capacity(
+        17 + names.iter().map(|n| n.len() + 6).sum::<usize>() + model.targets.len() * 8,
+    );
+    out.push(ENCODING);
+    out.extend_from_slice(&model.built_ms.to_le_bytes());
+    out.extend_from_slice(&model.build_seconds.to_le_bytes());
+    put_strings(&mut out, &names);
+    for row in model.starts.windows(2) {
+        out.extend_from_slice(&((row[1] - row[0]) as u32).to_le_bytes());
+    }
+    for (&t, &w) in model.targets.iter().zip(&model.weights) {
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode`], in this process's dense ids: `dense` maps an external id to
+/// its dense id (interning it if needed); `None` (the item table is full) refuses the model.
+/// The weights are the encoded ones bit for bit, so the model scores exactly as the
+/// writer's.
+pub fn decode(
+    bytes: &[u8],
+    version: u64,
+    mut dense: impl FnMut(&str) -> Option<u32>,
+) -> Result<EaseModel, DecodeError> {
+    let corrupt = |reason| DecodeError { reason };
+    let mut r = Reader::new(bytes);
+    if r.array::<1>()?[0] != ENCODING {
+        return Err(corrupt("unknown item model encoding"));
+    }
+    let built_ms = i64::from_le_bytes(r.array()?);
+    let build_seconds = f64::from_le_bytes(r.array()?);
+    let names = r.strings()?;
+    let n = names.len();
+    let mut items = Vec::with_capacity(n);
+    for name in &names {
+        if name.is_empty() {
+            return Err(corrupt("item model names an empty item id"));
+        }
+        items.push(dense(name).ok_or(corrupt("item table full"))?);
+    }
+    let mut sorted = items.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(corrupt("item model names an item twice"));
+    }
+    if n > r.remaining() / 4 {
+        return Err(corrupt("row count exceeds record"));
+    }
+    let mut starts = Vec::with_capacity(n + 1);
+    starts.push(0usize);
+    for _ in 0..n {
+        let len = u32::from_le_bytes(r.array()?) as usize;
+        let end = starts[starts.len() - 1] + len;
+        starts.push(end);
+    }
+    let total = starts[n];
+    if total.checked_mul(8) != Some(r.remaining()) {
+        return Err(corrupt("item model weights do not match its rows"));
+    }
+    let (mut targets, mut weights) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    for _ in 0..total {
+        let t = u32::from_le_bytes(r.array()?);
+        let w = f32::from_le_bytes(r.array()?);
+        if t as usize >= n {
+            return Err(corrupt("item model target out of range"));
+        }
+        if !w.is_finite() {
+            return Err(corrupt("item model weight is not finite"));
+        }
+        targets.push(t);
+        weights.push(w);
+    }
+    Ok(assemble(
+        version,
+        built_ms,
+        build_seconds,
+        items,
+        starts,
+        targets,
+        weights,
+    ))
 }

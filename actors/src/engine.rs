@@ -704,7 +704,6 @@ impl Engine {
         }
     }
 
-    /// External id of a dense item id.
     /// Builds the learned item model from the current counts and publishes it (the next
     /// version). Blocks for as long as the factorisation takes: call it off the async
     /// threads. On failure the previous model stays.
@@ -719,8 +718,45 @@ impl Engine {
             version,
             now_ms,
         )?);
-        *self.index.ease.write() = model.clone();
+        self.install_item_model(model.clone());
         Ok(model)
+    }
+
+    /// Fits the learned item model from the current counts without publishing it (version
+    /// 0: the caller gives it one and publishes it with [`Engine::install_item_model`]).
+    /// Blocks like [`Engine::build_item_model`].
+    pub fn fit_item_model(
+        &self,
+        now_ms: i64,
+    ) -> Result<crate::ease::EaseModel, momentum_models::ease::EaseError> {
+        crate::ease::build(&self.index, &self.config.ease, 0, now_ms)
+    }
+
+    /// Publishes `model` whole, unless the published one has this version or a later one;
+    /// true if published. Every model a scorer sees arrives through here.
+    pub fn install_item_model(&self, model: Arc<crate::ease::EaseModel>) -> bool {
+        let mut live = self.index.ease.write();
+        if live.version >= model.version {
+            return false;
+        }
+        *live = model;
+        true
+    }
+
+    /// `model` with external item ids ([`crate::ease::encode`]).
+    pub fn encode_item_model(&self, model: &crate::ease::EaseModel) -> Vec<u8> {
+        crate::ease::encode(model, |item| self.index.items.name(item))
+    }
+
+    /// A model encoded by [`Engine::encode_item_model`], possibly in another process, in
+    /// this process's dense ids: items it does not know yet are interned (the catalogue
+    /// learns their statistics from the same data soon after). Not published.
+    pub fn decode_item_model(
+        &self,
+        bytes: &[u8],
+        version: u64,
+    ) -> Result<crate::ease::EaseModel, crate::snapshot::DecodeError> {
+        crate::ease::decode(bytes, version, |name| self.index.items.intern(name))
     }
 
     /// The published item model (version 0 and empty before the first build).
@@ -728,6 +764,7 @@ impl Engine {
         self.index.ease.read().clone()
     }
 
+    /// External id of a dense item id.
     pub fn item_name(&self, item: u32) -> Option<Arc<str>> {
         self.index.items.name(item)
     }
@@ -882,6 +919,77 @@ mod tests {
         assert!(b.get_user("alice").await.is_err(), "the row is gone");
         let alice = b.index().users.get("alice").expect("id kept");
         assert!(b.index().vectors.contains_key(&alice), "the vector stays");
+        a.stop();
+        b.stop();
+    }
+
+    #[actix::test]
+    async fn an_item_model_moves_between_engines_with_different_dense_ids() {
+        let a = small_engine(2);
+        let b = small_engine(3);
+        // `b` interns other items first: the same names get other dense ids there.
+        b.record_events(vec![event("x1", "zed", "walk", EventKind::View)])
+            .await
+            .expect("recorded");
+        let mut events = Vec::new();
+        for u in 0..12 {
+            for (k, item) in ["run", "read", "swim", "cook", "draw"].iter().enumerate() {
+                if (u + k) % 3 != 0 {
+                    let id = format!("e{u}-{k}");
+                    events.push(event(&id, &format!("u{u}"), item, EventKind::Complete));
+                }
+            }
+        }
+        a.record_events(events).await.expect("recorded");
+        let built = a.build_item_model(1_700_000_000_000).expect("built");
+        assert!(built.items() >= 5, "{} items modelled", built.items());
+        let bytes = a.encode_item_model(&built);
+        let moved = b.decode_item_model(&bytes, 7).expect("decodes");
+        assert_eq!(moved.version, 7);
+        assert_eq!(moved.built_ms, built.built_ms);
+        assert_eq!(moved.items(), built.items());
+        for l in 0..built.items() as u32 {
+            assert_eq!(
+                b.item_name(moved.item(l)),
+                a.item_name(built.item(l)),
+                "{l}"
+            );
+            let (x, y) = (built.local_row(l), moved.local_row(l));
+            assert_eq!(x.targets, y.targets, "{l}");
+            assert_eq!(x.fixed, y.fixed, "{l}");
+            let bits = |w: &[f32]| w.iter().map(|w| w.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(x.weights), bits(y.weights), "{l}");
+        }
+        assert_ne!(
+            a.index().items.get("run"),
+            b.index().items.get("run"),
+            "the dense ids differ"
+        );
+        // Encoding again from `b` gives the same bytes: nothing depends on dense ids.
+        assert_eq!(b.encode_item_model(&moved), bytes);
+        // Installing is whole and only forward.
+        let moved = Arc::new(moved);
+        assert!(b.install_item_model(moved.clone()));
+        assert!(Arc::ptr_eq(&b.item_model(), &moved));
+        let same = b.decode_item_model(&bytes, 7).expect("decodes");
+        assert!(!b.install_item_model(Arc::new(same)), "same version");
+        // Damaged bodies are refused, never installed half.
+        for cut in [0, 1, 17, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                b.decode_item_model(&bytes[..cut], 8).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut wrong = bytes.clone();
+        wrong[0] = 9;
+        assert!(b.decode_item_model(&wrong, 8).is_err(), "unknown encoding");
+        let mut out_of_range = bytes.clone();
+        let last_target = bytes.len() - 8;
+        out_of_range[last_target..last_target + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            b.decode_item_model(&out_of_range, 8).is_err(),
+            "target range"
+        );
         a.stop();
         b.stop();
     }

@@ -49,11 +49,21 @@ pub struct DecodeError {
     pub reason: &'static str,
 }
 
-struct Reader<'a> {
+/// Reads the records' fields in order (the item model's encoding in `ease.rs` uses it too).
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.bytes.len() < n {
             return Err(DecodeError {
@@ -65,7 +75,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
@@ -285,13 +295,19 @@ pub fn decode_dedupe(bytes: &[u8]) -> Result<Vec<DedupeEntry>, DecodeError> {
 
 /// A list of strings: `version u8 (1), count u32, then (u16 len + bytes)` per string.
 fn encode_strings(ids: &[&str]) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    let mut out = Vec::new();
+    put_strings(&mut out, ids);
+    out
+}
+
+/// Appends `ids` to `out` in the string list layout of [`encode_strings`].
+pub(crate) fn put_strings(out: &mut Vec<u8>, ids: &[&str]) {
+    out.push(VERSION);
     out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     for id in ids {
         out.extend_from_slice(&(id.len() as u16).to_le_bytes());
         out.extend_from_slice(id.as_bytes());
     }
-    out
 }
 
 /// Encodes the item id table (dense order; empty string = unused slot).
@@ -309,24 +325,30 @@ pub fn decode_item_slots(bytes: &[u8]) -> Result<Vec<Option<Arc<str>>>, DecodeEr
 }
 
 fn decode_strings(bytes: &[u8]) -> Result<Vec<Arc<str>>, DecodeError> {
-    let mut r = Reader { bytes };
-    if r.array::<1>()?[0] != VERSION {
-        return Err(DecodeError {
-            reason: "unknown version",
-        });
+    Reader { bytes }.strings()
+}
+
+impl Reader<'_> {
+    /// A string list in the layout of [`encode_strings`].
+    pub(crate) fn strings(&mut self) -> Result<Vec<Arc<str>>, DecodeError> {
+        if self.array::<1>()?[0] != VERSION {
+            return Err(DecodeError {
+                reason: "unknown version",
+            });
+        }
+        let n = u32::from_le_bytes(self.array()?) as usize;
+        if n > self.bytes.len() / 2 {
+            return Err(DecodeError {
+                reason: "id count exceeds record",
+            });
+        }
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = u16::from_le_bytes(self.array()?) as usize;
+            ids.push(self.str(len)?);
+        }
+        Ok(ids)
     }
-    let n = u32::from_le_bytes(r.array()?) as usize;
-    if n > r.bytes.len() / 2 {
-        return Err(DecodeError {
-            reason: "id count exceeds record",
-        });
-    }
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len = u16::from_le_bytes(r.array()?) as usize;
-        ids.push(r.str(len)?);
-    }
-    Ok(ids)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `GET /v1/cluster`: this node's view of the cluster — its name and address, and per
 //! partition whether it owns it, whether it is ready, its replay position and lag, and who the
-//! owners topic names as its owner. On a single node it says cluster mode is off.
+//! owners topic names as its owner, and the learned item model: its version (the cluster's),
+//! who built it and who leads the cluster. On a single node it says cluster mode is off.
 //!
 //! [`forward_reads`]: in cluster mode a read of a user whose partition another node serves is
 //! forwarded one hop to that node (as the owners topic names it) and its answer returned.
@@ -25,6 +26,18 @@ async fn get_cluster(state: web::Data<AppState>) -> HttpResponse {
         Some(cluster) => {
             let mut status = cluster.status();
             status["enabled"] = json!(true);
+            let model = state.engine.item_model();
+            let sync = cluster.item_model();
+            status["item_model"] = json!({
+                "version": model.version,
+                "items": model.items(),
+                "built_by": sync.built_by(),
+                "progress": sync.progress(),
+                "leader": cluster.leader().map(|l| json!({
+                    "node_id": l.node_id, "address": l.address,
+                })),
+                "is_leader": cluster.is_leader(),
+            });
             HttpResponse::Ok().json(status)
         }
         None => HttpResponse::Ok().json(json!({"enabled": false})),

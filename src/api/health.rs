@@ -72,12 +72,27 @@ async fn snapshot(
 }
 
 /// `POST /v1/admin/item-model` (admin): rebuild the learned item model now (after a bulk
-/// import, say) instead of waiting for `ease.rebuild_events` or `ease.rebuild_secs`.
+/// import, say) instead of waiting for `ease.rebuild_events` or `ease.rebuild_secs`. In a
+/// cluster only the leader builds: another node answers `421 not_leader` naming it (`503
+/// not_ready` while no node serves partition 0). On the leader, a build from no more data
+/// than the cluster's model is dropped and the cluster's model is answered.
 async fn item_model(
     req: actix_web::HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, crate::Error> {
     crate::api::require_admin(&req, &state)?;
+    // In a cluster only the leader builds; the others name it.
+    if let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_leader()) {
+        let leader = cluster
+            .leader()
+            .filter(|l| l.node_id != cluster.settings().node_id)
+            .ok_or(crate::Error::NotReady)?;
+        return Err(crate::Error::NotLeader {
+            what: "the item-model build",
+            node_id: leader.node_id,
+            address: leader.address,
+        });
+    }
     let job = state.jobs.item_model.get().ok_or(crate::Error::NotReady)?;
     let retry = state.settings.server.retry_after_secs;
     let model = job

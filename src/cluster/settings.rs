@@ -37,6 +37,8 @@ pub struct ClusterSettings {
     pub bridge_topic: String,
     /// The consumer group the nodes bridge `bridge_topic` in.
     pub bridge_group: String,
+    /// Seconds between two reads of the cluster's learned item model by every node.
+    pub item_model_poll_secs: u64,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -65,6 +67,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("snapshot_schema", &self.snapshot_schema)
             .field("bridge_topic", &self.bridge_topic)
             .field("bridge_group", &self.bridge_group)
+            .field("item_model_poll_secs", &self.item_model_poll_secs)
             .finish()
     }
 }
@@ -89,6 +92,7 @@ impl Default for ClusterSettings {
             snapshot_schema: String::new(),
             bridge_topic: String::new(),
             bridge_group: "momentum-bridge".into(),
+            item_model_poll_secs: 5,
         }
     }
 }
@@ -217,6 +221,9 @@ impl ClusterSettings {
                 self.snapshot_schema
             ));
         }
+        if !(1..=3600).contains(&self.item_model_poll_secs) {
+            return Err("cluster.item_model_poll_secs must be in 1..=3600".into());
+        }
         Ok(())
     }
 
@@ -327,6 +334,10 @@ mod tests {
                     s.bridge_topic = "clicks".into();
                     s.bridge_group = s.group_id.clone();
                 }),
+            ),
+            (
+                "cluster.item_model_poll_secs",
+                Box::new(|s| s.item_model_poll_secs = 0),
             ),
         ];
         for (key, spoil) in cases {

@@ -34,40 +34,55 @@ fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::failed(format!("partition snapshots: {context}"), e)
 }
 
-/// A schema name as an SQL identifier (`[A-Za-z0-9_]`, checked by the settings).
-fn qualified(schema: &str) -> String {
+/// `table` in `schema` as an SQL name (`[A-Za-z0-9_]`, checked by the settings).
+fn qualified(schema: &str, table: &str) -> String {
     if schema.is_empty() {
-        TABLE.to_owned()
+        table.to_owned()
     } else {
-        format!("\"{schema}\".{TABLE}")
+        format!("\"{schema}\".{table}")
     }
+}
+
+/// Connects to the cluster's PostgreSQL (the connection runs on the current runtime) and
+/// runs `ddl` (given the qualified table name) after creating `schema` if it is named;
+/// returns the client and the qualified name.
+pub(super) async fn connect(
+    url: &str,
+    schema: &str,
+    table: &str,
+    ddl: impl FnOnce(&str) -> String,
+) -> Result<(tokio_postgres::Client, String), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "cluster PostgreSQL connection closed");
+        }
+    });
+    let table = qualified(schema, table);
+    let mut sql = String::new();
+    if !schema.is_empty() {
+        sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";"));
+    }
+    sql.push_str(&ddl(&table));
+    client.batch_execute(&sql).await?;
+    Ok((client, table))
 }
 
 impl SnapshotStore {
     /// Connects (the connection runs on the current runtime) and creates the table if needed.
     pub async fn connect(url: &str, schema: &str) -> Result<SnapshotStore, Error> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(pg("connect"))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "partition snapshot connection closed");
-            }
-        });
-        let table = qualified(schema);
-        let mut ddl = String::new();
-        if !schema.is_empty() {
-            ddl.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";"));
-        }
-        ddl.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {table} (
-                partition integer PRIMARY KEY,
-                log_offset bigint NOT NULL,
-                node_id text NOT NULL,
-                written_ms bigint NOT NULL,
-                body bytea NOT NULL)"
-        ));
-        client.batch_execute(&ddl).await.map_err(pg("create"))?;
+        let (client, table) = connect(url, schema, TABLE, |table| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                    partition integer PRIMARY KEY,
+                    log_offset bigint NOT NULL,
+                    node_id text NOT NULL,
+                    written_ms bigint NOT NULL,
+                    body bytea NOT NULL)"
+            )
+        })
+        .await
+        .map_err(pg("connect"))?;
         Ok(SnapshotStore { client, table })
     }
 

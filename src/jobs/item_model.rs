@@ -7,6 +7,14 @@
 //! the blocking pool; the engine publishes each model whole, with the next version, and a
 //! failed build keeps the previous one. Nothing is built on its own when
 //! `recommend.item_model = "cosine"`; `POST /v1/admin/item-model` builds in either case.
+//!
+//! In a cluster the model is built once per cluster ([`crate::cluster::item_model`]): only
+//! the leader's job builds, once it has read the cluster's model, and it counts the data by
+//! the catalogue's progress on the item-deltas topic instead of the events this node applied
+//! (a node applies only its own partitions' events, but its catalogue holds everyone's). The
+//! built model is stored under the cluster's fence before it goes live, with the cluster's
+//! version. Every node, the leader too, reads the stored model every
+//! `cluster.item_model_poll_secs` ([`follow`]) and installs a newer one.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -18,6 +26,8 @@ use momentum_actors::config::ItemModel;
 use momentum_actors::ease::EaseModel;
 
 use super::{Job, JobError, JobFuture, JobHandle, JobRunner, Schedule, Trigger, WhenBusy};
+use crate::cluster::item_model::{build_and_publish, catalogue_progress, sync, Published};
+use crate::cluster::Cluster;
 use crate::AppState;
 
 /// Metrics of the item-model job.
@@ -52,7 +62,8 @@ impl ItemModelMetrics {
             builds: IntCounterVec::new(
                 Opts::new(
                     "momentum_item_model_builds_total",
-                    "Builds of the learned item model by result",
+                    "Builds of the learned item model by result (ok, error; in a cluster also \
+                     fenced: a model from as much data was stored already)",
                 ),
                 &["result"],
             )?,
@@ -64,13 +75,21 @@ impl ItemModelMetrics {
         registry.register(Box::new(m.builds.clone()))?;
         Ok(m)
     }
+
+    /// Shows `model` as the live one.
+    fn show(&self, model: &EaseModel) {
+        self.build_seconds.set(model.build_seconds);
+        self.items.set(model.items() as i64);
+        self.version.set(model.version as i64);
+    }
 }
 
 /// What the last build started from.
 #[derive(Debug, Clone, Copy)]
 struct Built {
     at_ms: i64,
-    /// `events_applied` and the index epoch when it started.
+    /// `events_applied` (in a cluster: the catalogue progress) and the index epoch when it
+    /// started.
     events: u64,
     epoch: u64,
 }
@@ -111,6 +130,24 @@ impl Job for ItemModelJob {
         let rebuild_ms = i64::try_from(ease.rebuild_secs)
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
+        if let Some(cluster) = &state.cluster {
+            if !cluster.is_leader() || !cluster.item_model().synced() {
+                return false;
+            }
+            // The data the live model (built here or installed) or the last attempt here
+            // covered, and since when.
+            let progress = catalogue_progress(cluster);
+            let live = cluster.item_model().progress().map(|p| (p, model.built_ms));
+            let tried = self.last.lock().map(|l| (l.events as i64, l.at_ms));
+            let (covered, since_ms) = match (live, tried) {
+                (None, None) => return true,
+                (Some(x), None) | (None, Some(x)) => x,
+                (Some(x), Some(y)) => (x.0.max(y.0), x.1.max(y.1)),
+            };
+            let due_events = i64::try_from(ease.rebuild_events).unwrap_or(i64::MAX);
+            return progress.saturating_sub(covered) >= due_events
+                || (progress > covered && now_ms.saturating_sub(since_ms) >= rebuild_ms);
+        }
         match *self.last.lock() {
             None => true,
             Some(last) => {
@@ -125,11 +162,15 @@ impl Job for ItemModelJob {
         let state = self.state.upgrade();
         if let Some(state) = &state {
             let index = state.engine.index();
-            *self.last.lock() = Some(Built {
-                at_ms: now_ms,
-                events: index
+            let events = match &state.cluster {
+                Some(cluster) => catalogue_progress(cluster).max(0) as u64,
+                None => index
                     .events_applied
                     .load(std::sync::atomic::Ordering::Acquire),
+            };
+            *self.last.lock() = Some(Built {
+                at_ms: now_ms,
+                events,
                 epoch: index.epoch(),
             });
         }
@@ -144,15 +185,16 @@ impl Job for ItemModelJob {
 /// previous model stays when the build fails.
 async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, JobError> {
     let metrics = &state.jobs.item_model_metrics;
+    if let Some(cluster) = &state.cluster {
+        return build_in_cluster(state, cluster, now_ms).await;
+    }
     let builder = state.clone();
     let built =
         actix_web::rt::task::spawn_blocking(move || builder.engine.build_item_model(now_ms)).await;
     let error = match built {
         Ok(Ok(model)) => {
             metrics.builds.with_label_values(&["ok"]).inc();
-            metrics.build_seconds.set(model.build_seconds);
-            metrics.items.set(model.items() as i64);
-            metrics.version.set(model.version as i64);
+            metrics.show(&model);
             tracing::info!(
                 version = model.version,
                 items = model.items(),
@@ -169,8 +211,71 @@ async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, Job
     Err(error)
 }
 
-/// Starts the job on the current arbiter (once the state is restored).
+/// The leader's build ([`build_and_publish`]): `ok` once stored and live, `fenced` when the
+/// cluster's model covers as much data (that one stays, and is what the run reports).
+async fn build_in_cluster(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    now_ms: i64,
+) -> Result<Arc<EaseModel>, JobError> {
+    let metrics = &state.jobs.item_model_metrics;
+    match build_and_publish(cluster, &state.engine, now_ms).await {
+        Ok(Published::Stored(model)) => {
+            metrics.builds.with_label_values(&["ok"]).inc();
+            metrics.show(&model);
+            tracing::info!(
+                version = model.version,
+                items = model.items(),
+                seconds = model.build_seconds,
+                "item model built and stored for the cluster"
+            );
+            Ok(model)
+        }
+        Ok(Published::Fenced) => {
+            metrics.builds.with_label_values(&["fenced"]).inc();
+            let live = state.engine.item_model();
+            metrics.show(&live);
+            Ok(live)
+        }
+        Err(error) => {
+            metrics.builds.with_label_values(&["error"]).inc();
+            let error = JobError::failed("item model build for the cluster failed", error);
+            tracing::warn!(error = %error.chain(), "item model build failed; the previous model stays");
+            Err(error)
+        }
+    }
+}
+
+/// Every node in a cluster: reads the cluster's model every `cluster.item_model_poll_secs`
+/// and installs a newer one, until the state is gone.
+async fn follow(state: Weak<AppState>, every: Duration) {
+    loop {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let Some(cluster) = state.cluster.clone() else {
+            return;
+        };
+        match sync(&cluster, &state.engine).await {
+            Ok(Some(model)) => state.jobs.item_model_metrics.show(&model),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                error = %crate::error::Report(&error),
+                "reading the cluster's item model"
+            ),
+        }
+        drop(state);
+        actix_web::rt::time::sleep(every).await;
+    }
+}
+
+/// Starts the job on the current arbiter (once the state is restored), and in a cluster the
+/// loop that installs the cluster's model.
 pub fn start(state: &Arc<AppState>) -> JobHandle<ItemModelJob> {
+    if let Some(cluster) = &state.cluster {
+        let every = Duration::from_secs(cluster.settings().item_model_poll_secs);
+        actix::spawn(follow(Arc::downgrade(state), every));
+    }
     JobRunner::new(
         ItemModelJob {
             state: Arc::downgrade(state),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, ADMIN_KEY};
 
 pub(crate) const PARTITIONS: u32 = 12;
 
@@ -251,6 +251,8 @@ impl Cluster {
             .env("MOMENTUM__CLUSTER__SESSION_TIMEOUT_MS", "6000")
             .env("MOMENTUM__CLUSTER__SNAPSHOT_URL", &self.db_url)
             .env("MOMENTUM__CLUSTER__SNAPSHOT_INTERVAL_SECS", "1")
+            .env("MOMENTUM__CLUSTER__ITEM_MODEL_POLL_SECS", "1")
+            .env("MOMENTUM__SECURITY__ADMIN_KEY", ADMIN_KEY)
             .envs(self.node_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(file.try_clone().expect("log")))
             .stderr(Stdio::from(file))
@@ -546,6 +548,31 @@ impl Cluster {
             Err(_) => (0, Value::Null),
         }
     }
+}
+
+/// The value of a metric on node `n`, `name` with its labels as `/metrics` prints them (0
+/// when the series is not there yet).
+fn metric_or_zero(cluster: &Cluster, n: usize, name: &str) -> f64 {
+    let text = cluster
+        .client
+        .get(cluster.url(n, "/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `POST /v1/admin/item-model` on `url` (a node's or the reference's); status and body.
+fn rebuild_item_model(client: &reqwest::blocking::Client, url: &str) -> (u16, Value) {
+    let res = client
+        .post(url)
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .expect("rebuild request");
+    let status = res.status().as_u16();
+    (status, res.json().unwrap_or(Value::Null))
 }
 
 /// The value of an unlabelled metric on node `n`.
@@ -1211,4 +1238,167 @@ fn postgresql_down_acknowledges_nothing_and_the_cluster_recovers() {
         first_ack.expect("acknowledged").as_secs_f64()
     );
     cluster.assert_equal_to_any_records(&reference, 100, acknowledged, records);
+}
+
+/// The learned item model is built once per cluster: only the leader (the node serving
+/// partition 0) builds it, the others refuse a rebuild request naming the leader, every node
+/// installs the leader's model under the same version, and each user's recommendations
+/// computed with it equal a single node's that built its own model from the same events.
+#[test]
+fn the_item_model_is_built_once_and_installed_everywhere() {
+    let mut cluster = Cluster::three_nodes("itemmodel", "m");
+    let reference = TestServer::start();
+    let events = workload(20, 100, 30, 1500, 1_700_000_000_000);
+    let records = cluster.post_all(&events, &reference);
+    let owners = cluster.wait_converged(records, Duration::from_secs(90));
+    let leader = owners[&0].0;
+    let leader_name = format!("m{}", leader + 1);
+    for n in 0..3 {
+        let status = cluster.status(n).expect("status");
+        assert_eq!(status["item_model"]["is_leader"], n == leader, "node {n}");
+    }
+    // Another node refuses, naming the leader.
+    let other = (leader + 1) % 3;
+    let (status, body) =
+        rebuild_item_model(&cluster.client, &cluster.url(other, "/v1/admin/item-model"));
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(body["error"]["code"], "not_leader");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&leader_name) && message.contains(&cluster.nodes[leader].addr),
+        "{message}"
+    );
+    // The leader builds from the whole catalogue and stores it for the cluster.
+    let (status, built) = rebuild_item_model(
+        &cluster.client,
+        &cluster.url(leader, "/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200, "{built}");
+    let version = built["version"].as_u64().expect("version");
+    assert!(built["items"].as_u64() > Some(10), "{built}");
+    // Every node installs it (each reads the cluster's model every second here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0..3 {
+        loop {
+            let status = cluster.status(n).expect("status");
+            let model = &status["item_model"];
+            if model["version"].as_u64() == Some(version) {
+                assert_eq!(model["built_by"], leader_name.as_str(), "node {n}");
+                assert_eq!(model["items"], built["items"], "node {n}");
+                assert_eq!(model["leader"]["node_id"], leader_name.as_str(), "node {n}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {n} did not install {version}: {model}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            metric_or_zero(&cluster, n, "momentum_item_model_version") as u64,
+            version,
+            "node {n}"
+        );
+    }
+    // Built once per cluster: successful builds happened on the leader only (the startup
+    // build included, unless leadership moved before the workload), and each of them is one
+    // version of the cluster's model: nothing was built twice.
+    let ok: Vec<u64> = (0..3)
+        .map(|n| {
+            metric_or_zero(
+                &cluster,
+                n,
+                r#"momentum_item_model_builds_total{result="ok"}"#,
+            ) as u64
+        })
+        .collect();
+    assert!(ok[leader] > 0, "{ok:?}");
+    assert_eq!(
+        ok.iter().sum::<u64>(),
+        version,
+        "one stored version per build: {ok:?}"
+    );
+    for n in (0..3).filter(|&n| n != leader) {
+        assert!(
+            metric_or_zero(&cluster, n, "momentum_cluster_item_model_installs_total") >= 1.0,
+            "node {n} installed the cluster's model"
+        );
+    }
+    // A rebuild from no new data is fenced: the cluster's model stays.
+    let fenced = "momentum_cluster_item_model_fenced_total";
+    let fenced_before = metric_or_zero(&cluster, leader, fenced);
+    let (status, again) = rebuild_item_model(
+        &cluster.client,
+        &cluster.url(leader, "/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["version"].as_u64(), Some(version), "{again}");
+    assert_eq!(
+        metric_or_zero(&cluster, leader, fenced),
+        fenced_before + 1.0
+    );
+    // The single node builds its own from the same events: every user's lists are equal.
+    let (status, body) = rebuild_item_model(
+        &reqwest::blocking::Client::new(),
+        &reference.url("/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"], built["items"], "the same items are modelled");
+    cluster.assert_users_equal(&owners, &reference, 100);
+
+    // The leader dies: the node that takes partition 0 leads once it serves it. It does not
+    // build at once what the cluster has; asked to, it builds the next version from more data.
+    let builds = |cluster: &Cluster, n: usize| {
+        metric_or_zero(
+            cluster,
+            n,
+            r#"momentum_item_model_builds_total{result="ok"}"#,
+        ) as u64
+    };
+    let before: Vec<u64> = (0..3).map(|n| builds(&cluster, n)).collect();
+    cluster.kill(leader);
+    let more = workload(21, 100, 30, 500, 1_700_000_000_000);
+    let records = records + cluster.post_all(&more, &reference);
+    let owners = cluster.wait_converged(records, Duration::from_secs(60));
+    let successor = owners[&0].0;
+    assert_ne!(successor, leader);
+    assert_eq!(
+        cluster.status(successor).expect("status")["item_model"]["is_leader"],
+        true
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        builds(&cluster, successor),
+        before[successor],
+        "no build at once"
+    );
+    let (status, next) = rebuild_item_model(
+        &cluster.client,
+        &cluster.url(successor, "/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["version"].as_u64(), Some(version + 1), "{next}");
+    assert_eq!(builds(&cluster, successor), before[successor] + 1);
+    let successor_name = format!("m{}", successor + 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in cluster.alive().collect::<Vec<_>>() {
+        while cluster.status(n).expect("status")["item_model"]["version"].as_u64()
+            != Some(version + 1)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {n} did not install {}",
+                version + 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let status = cluster.status(n).expect("status");
+        assert_eq!(status["item_model"]["built_by"], successor_name.as_str());
+    }
+    let (status, _) = rebuild_item_model(
+        &reqwest::blocking::Client::new(),
+        &reference.url("/v1/admin/item-model"),
+    );
+    assert_eq!(status, 200);
+    cluster.assert_users_equal(&owners, &reference, 100);
 }
