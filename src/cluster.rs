@@ -12,9 +12,13 @@
 //! partition was assigned, and a revoked partition stops being served at once and its rows
 //! are dropped.
 //!
+//! Optionally, the nodes bridge a topic of the operator's into the events topic
+//! ([`bridge`]).
+//!
 //! [`Cluster`] is what the routes see: the producer, the state of every partition, and the
 //! gate a per-user read passes ([`Cluster::check_user`]).
 
+pub mod bridge;
 pub mod consumer;
 pub mod item_model;
 pub mod items;
@@ -193,6 +197,7 @@ pub struct Cluster {
     /// Client for forwarding reads to owners (bounded by a timeout).
     http: reqwest::Client,
     item_progress: items::ItemProgress,
+    bridge: bridge::BridgeStatus,
     /// Where this node's learned item model came from ([`item_model`]).
     item_model: item_model::ModelSync,
     /// The next offset of the items topic this node will apply (what it applied is below).
@@ -246,6 +251,7 @@ impl Cluster {
             owners: parking_lot::RwLock::new(vec![None; settings.partitions as usize]),
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
+            bridge: bridge::BridgeStatus::default(),
             item_model: item_model::ModelSync::default(),
             items_applied: AtomicI64::new(0),
             settings,
@@ -266,6 +272,11 @@ impl Cluster {
 
     pub fn partition_slots(&self) -> &Arc<Vec<PartitionSlot>> {
         &self.partitions
+    }
+
+    /// The partitions of the bridged topic this node bridges.
+    pub fn bridge_status(&self) -> &bridge::BridgeStatus {
+        &self.bridge
     }
 
     /// Where this node stands on the item-deltas topic.
@@ -579,6 +590,11 @@ impl Cluster {
             "partitions_total": self.settings.partitions,
             "partitions_owned": owned,
             "partitions": partitions,
+            "bridge": (!self.settings.bridge_topic.is_empty()).then(|| serde_json::json!({
+                "topic": self.settings.bridge_topic,
+                "group": self.settings.bridge_group,
+                "partitions": self.bridge.partitions(),
+            })),
         })
     }
 

@@ -317,10 +317,16 @@ fn restore_then_serve(state: &Arc<AppState>, handle: ServerHandle) {
                 start_log_writers(&state);
                 if let Some(cluster) = &state.cluster {
                     // The partitions this node owns are served once replayed (per partition).
+                    let rules = cluster::bridge::Rules {
+                        max_batch: state.settings.ingest.max_batch,
+                        weights: state.settings.weights.clone(),
+                        clock: state.clock.clone(),
+                    };
                     if let Err(error) = cluster::consumer::start(
                         cluster.clone(),
                         Arc::downgrade(&state),
                         state.engine.clone(),
+                        rules,
                         state.cluster_stop.clone(),
                     ) {
                         tracing::error!(%error, "cannot start the cluster membership thread");

@@ -330,7 +330,7 @@ impl JobMetrics {
 /// Cluster mode: the write path to the event log, partition ownership and hand-overs.
 #[derive(Debug, Clone)]
 pub struct ClusterMetrics {
-    /// Events the broker confirmed (`POST /v1/events` on this node).
+    /// Events the broker confirmed (`POST /v1/events` on this node, and the bridge's).
     pub events_produced: IntCounter,
     /// Batches refused because the broker did not confirm them.
     pub produce_failures: IntCounter,
@@ -360,6 +360,13 @@ pub struct ClusterMetrics {
     /// Reads forwarded to the owner of the user's partition, by result (`ok`, `moved`,
     /// `error`).
     pub forwarded: IntCounterVec,
+    /// The bridge (`cluster.bridge_topic`): events it re-partitioned into the events topic
+    /// (confirmed by the broker), events and records it refused by reason (the validation
+    /// codes of `POST /v1/events`, and `malformed_json`, `empty_batch`, `batch_too_large` for
+    /// a whole record), and the records of its source partitions not bridged yet.
+    pub bridge_events: IntCounter,
+    pub bridge_rejected: IntCounterVec,
+    pub bridge_lag: IntGauge,
     /// Learned item models installed from the cluster's store, and models built here (as the
     /// leader) that the store refused because its model was built from as much data or more.
     pub item_model_installs: IntCounter,
@@ -446,6 +453,21 @@ impl ClusterMetrics {
                 ),
                 &["result"],
             )?,
+            bridge_events: IntCounter::new(
+                "momentum_cluster_bridge_events_total",
+                "Events the bridge re-partitioned from the bridged topic into the events topic",
+            )?,
+            bridge_rejected: IntCounterVec::new(
+                Opts::new(
+                    "momentum_cluster_bridge_rejected_total",
+                    "Events (or whole records) of the bridged topic refused, by reason",
+                ),
+                &["reason"],
+            )?,
+            bridge_lag: IntGauge::new(
+                "momentum_cluster_bridge_lag_records",
+                "Records of the bridged partitions this node has not bridged yet",
+            )?,
             item_model_installs: IntCounter::new(
                 "momentum_cluster_item_model_installs_total",
                 "Learned item models installed from the cluster (built by the leader)",
@@ -456,6 +478,9 @@ impl ClusterMetrics {
             )?,
         };
         registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.bridge_events.clone()))?;
+        registry.register(Box::new(m.bridge_rejected.clone()))?;
+        registry.register(Box::new(m.bridge_lag.clone()))?;
         registry.register(Box::new(m.item_model_installs.clone()))?;
         registry.register(Box::new(m.item_model_fenced.clone()))?;
         registry.register(Box::new(m.events_produced.clone()))?;

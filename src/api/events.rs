@@ -166,6 +166,41 @@ pub fn parse_events(
             format!("expected a JSON array of events: {e}"),
         )
     })?;
+    validate_all(raw, max_batch, weights, now_ms)
+}
+
+/// [`parse_events`] for a record of a bridged topic (`crate::cluster::bridge`): the value is
+/// one event object or a JSON array of them, validated exactly as a request body is. A single
+/// object is event 0 of its record.
+pub fn parse_record(
+    value: &[u8],
+    max_batch: usize,
+    weights: &KindWeights,
+    now_ms: i64,
+) -> Result<(Vec<Validated>, Vec<Rejection>), Error> {
+    let single = value
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if !single {
+        return parse_events(value, max_batch, weights, now_ms);
+    }
+    let raw: &RawValue = serde_json::from_slice(value).map_err(|e| {
+        Error::bad(
+            "malformed_json",
+            format!("expected an event object or a JSON array of events: {e}"),
+        )
+    })?;
+    validate_all(vec![raw], max_batch, weights, now_ms)
+}
+
+/// Validates each decoded element of a batch on its own (see [`parse_events`]).
+fn validate_all(
+    raw: Vec<&RawValue>,
+    max_batch: usize,
+    weights: &KindWeights,
+    now_ms: i64,
+) -> Result<(Vec<Validated>, Vec<Rejection>), Error> {
     if raw.len() > max_batch {
         return Err(Error::TooLarge {
             code: "batch_too_large",
@@ -421,6 +456,27 @@ mod tests {
         assert_eq!(rejected[0].code, "invalid_value");
         let err = parse_events(b"[1,2,3]", 2, &w, 0).expect_err("too many");
         assert_eq!(err.code(), "batch_too_large");
+    }
+
+    #[test]
+    fn a_bridged_record_is_one_event_or_an_array_validated_like_a_body() {
+        let w = KindWeights::default();
+        let one = br#" {"user_id":"u","item_id":"i","kind":"view","ts":5}"#;
+        let (valid, rejected) = parse_record(one, 10, &w, 0).expect("an object");
+        assert_eq!((valid.len(), rejected.len()), (1, 0));
+        assert_eq!(valid[0].event.index, 0);
+        let many = br#"[{"user_id":"u","item_id":"i","kind":"view"},{"user_id":"u","kind":"fly"}]"#;
+        let (valid, rejected) = parse_record(many, 10, &w, 0).expect("an array");
+        assert_eq!(valid.len(), 1);
+        assert_eq!((rejected[0].index, rejected[0].code), (1, "unknown_kind"));
+        let bad = |value: &[u8]| parse_record(value, 1, &w, 0).expect_err("refused").code();
+        assert_eq!(bad(b"{\"user_id\":"), "malformed_json");
+        assert_eq!(bad(b"not json"), "malformed_json");
+        assert_eq!(bad(b""), "malformed_json");
+        assert_eq!(bad(b"[]"), "empty_batch");
+        assert_eq!(bad(b"[{},{}]"), "batch_too_large");
+        let (_, rejected) = parse_record(b"{}", 1, &w, 0).expect("an object");
+        assert_eq!(rejected[0].code, "invalid_event");
     }
 
     #[test]

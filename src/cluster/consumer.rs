@@ -183,11 +183,13 @@ async fn ensure_topics(cluster: &Cluster) -> Result<(), Error> {
 }
 
 /// Starts the membership thread: creates the events topic if needed, joins the group and
-/// applies owned partitions to `engine` until `stop`.
+/// applies owned partitions to `engine` until `stop`. With `cluster.bridge_topic` set it also
+/// starts the bridge (once the events topic exists), which validates by `rules`.
 pub fn start(
     cluster: Arc<Cluster>,
     state: std::sync::Weak<crate::AppState>,
     engine: Arc<Engine>,
+    rules: super::bridge::Rules,
     stop: Stop,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     super::spawn_with_runtime("cluster-membership", move |runtime| {
@@ -200,6 +202,12 @@ pub fn start(
                 return;
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+        if !cluster.settings().bridge_topic.is_empty() {
+            if let Err(error) = super::bridge::start(cluster.clone(), rules, stop.clone()) {
+                tracing::error!(%error, "cannot start the cluster bridge thread");
+                return;
+            }
         }
         // Item knowledge first: a new owner waits for it before replaying.
         if let Err(error) =

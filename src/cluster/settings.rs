@@ -34,6 +34,11 @@ pub struct ClusterSettings {
     pub snapshot_url: String,
     /// PostgreSQL schema of the partition snapshot table; empty: `public`.
     pub snapshot_schema: String,
+    /// A topic of the operator's whose interaction events are re-partitioned into
+    /// `events_topic` ([`super::bridge`]); empty: no bridge.
+    pub bridge_topic: String,
+    /// The consumer group the nodes bridge `bridge_topic` in.
+    pub bridge_group: String,
     /// Seconds between two reads of the cluster's learned item model by every node.
     pub item_model_poll_secs: u64,
 }
@@ -63,6 +68,8 @@ impl std::fmt::Debug for ClusterSettings {
             .field("snapshot_interval_secs", &self.snapshot_interval_secs)
             .field("snapshot_url", &redacted)
             .field("snapshot_schema", &self.snapshot_schema)
+            .field("bridge_topic", &self.bridge_topic)
+            .field("bridge_group", &self.bridge_group)
             .field("item_model_poll_secs", &self.item_model_poll_secs)
             .finish()
     }
@@ -87,6 +94,8 @@ impl Default for ClusterSettings {
             snapshot_interval_secs: 60,
             snapshot_url: String::new(),
             snapshot_schema: String::new(),
+            bridge_topic: String::new(),
+            bridge_group: "momentum-bridge".into(),
             item_model_poll_secs: 5,
         }
     }
@@ -155,6 +164,30 @@ impl ClusterSettings {
                 .into());
         }
         kafka_name("group_id", &self.group_id, 249)?;
+        if !self.bridge_topic.is_empty() {
+            kafka_name("bridge_topic", &self.bridge_topic, 249)?;
+            if [
+                &self.events_topic,
+                &self.item_deltas_topic,
+                &self.owners_topic,
+            ]
+            .contains(&&self.bridge_topic)
+            {
+                return Err(format!(
+                    "cluster.bridge_topic {:?} must not be one of the cluster's own topics \
+                     (events_topic, item_deltas_topic, owners_topic)",
+                    self.bridge_topic
+                ));
+            }
+            kafka_name("bridge_group", &self.bridge_group, 249)?;
+            if self.bridge_group == self.group_id {
+                return Err(
+                    "cluster.bridge_group must differ from cluster.group_id (the bridge is a \
+                     consumer group of its own)"
+                        .into(),
+                );
+            }
+        }
         if self.node_id.is_empty() {
             return Err(
                 "cluster.node_id is required when cluster.enabled = true (a stable name per node)"
@@ -237,6 +270,17 @@ mod tests {
     #[test]
     fn a_complete_section_validates() {
         assert!(enabled().validate().is_ok());
+        let bridged = ClusterSettings {
+            bridge_topic: "app.interactions".into(),
+            ..enabled()
+        };
+        assert!(bridged.validate().is_ok());
+        // No bridge: the group name is not used, so it is not checked.
+        let unbridged = ClusterSettings {
+            bridge_group: String::new(),
+            ..enabled()
+        };
+        assert!(unbridged.validate().is_ok());
     }
 
     #[test]
@@ -275,6 +319,28 @@ mod tests {
             (
                 "cluster.produce_timeout_ms",
                 Box::new(|s| s.produce_timeout_ms = 0),
+            ),
+            (
+                "cluster.bridge_topic",
+                Box::new(|s| s.bridge_topic = "their events".into()),
+            ),
+            (
+                "cluster.bridge_topic",
+                Box::new(|s| s.bridge_topic = s.events_topic.clone()),
+            ),
+            (
+                "cluster.bridge_group",
+                Box::new(|s| {
+                    s.bridge_topic = "clicks".into();
+                    s.bridge_group = String::new();
+                }),
+            ),
+            (
+                "cluster.bridge_group",
+                Box::new(|s| {
+                    s.bridge_topic = "clicks".into();
+                    s.bridge_group = s.group_id.clone();
+                }),
             ),
             (
                 "cluster.item_model_poll_secs",

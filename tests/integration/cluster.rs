@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::common::{TestServer, ADMIN_KEY};
 
-const PARTITIONS: u32 = 12;
+pub(crate) const PARTITIONS: u32 = 12;
 
 /// The broker binary, or a failure naming how to install it.
 fn broker_bin() -> PathBuf {
@@ -93,17 +93,19 @@ struct Node {
 }
 
 /// Brokers, nodes and the database of one test; everything stops on drop.
-struct Cluster {
+pub(crate) struct Cluster {
     db: String,
     /// A URL of the PostgreSQL server holding `db`, to create and drop it.
     admin_url: String,
     /// The test's database (the brokers' storage and the partition snapshots).
     db_url: String,
     brokers: Vec<Child>,
-    broker_addrs: Vec<String>,
+    pub(crate) broker_addrs: Vec<String>,
     nodes: Vec<Node>,
     dir: PathBuf,
-    client: reqwest::blocking::Client,
+    pub(crate) client: reqwest::blocking::Client,
+    /// Further `MOMENTUM__…` variables of every node started from now on.
+    pub(crate) node_env: Vec<(String, String)>,
     /// The test's own PostgreSQL server, when it has one (it stops after the processes above).
     postgres: Option<PrivatePostgres>,
 }
@@ -137,7 +139,7 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// Two brokers over a fresh database of the machine's PostgreSQL.
-    fn start(test: &str) -> Cluster {
+    pub(crate) fn start(test: &str) -> Cluster {
         Cluster::start_on(test, database_url(), None)
     }
 
@@ -171,6 +173,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            node_env: Vec::new(),
         };
         // The first broker creates the schema; the second starts once it listens.
         for _ in 0..2 {
@@ -222,7 +225,7 @@ impl Cluster {
     }
 
     /// Starts node `name` (a new process; a name used before keeps its store directory).
-    fn start_node(&mut self, name: &str) -> usize {
+    pub(crate) fn start_node(&mut self, name: &str) -> usize {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let store = self.dir.join(format!("{name}-store"));
@@ -250,6 +253,7 @@ impl Cluster {
             .env("MOMENTUM__CLUSTER__SNAPSHOT_INTERVAL_SECS", "1")
             .env("MOMENTUM__CLUSTER__ITEM_MODEL_POLL_SECS", "1")
             .env("MOMENTUM__SECURITY__ADMIN_KEY", ADMIN_KEY)
+            .envs(self.node_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(file.try_clone().expect("log")))
             .stderr(Stdio::from(file))
             .spawn()
@@ -263,11 +267,11 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
-    fn url(&self, node: usize, path: &str) -> String {
+    pub(crate) fn url(&self, node: usize, path: &str) -> String {
         format!("http://{}{path}", self.nodes[node].addr)
     }
 
-    fn alive(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn alive(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes.len()).filter(|&n| self.nodes[n].child.is_some() && !self.nodes[n].paused)
     }
 
@@ -366,7 +370,7 @@ impl Cluster {
     /// batch that was not acknowledged may or may not be in the log): waits until at least
     /// `at_least` records (every acknowledged one) are applied and the log stops growing at
     /// or below `at_most` records.
-    fn assert_equal_to_any_records(
+    pub(crate) fn assert_equal_to_any_records(
         &self,
         reference: &TestServer,
         users: usize,
@@ -423,13 +427,13 @@ impl Cluster {
     }
 
     /// `kill -9` of node `n`.
-    fn kill(&mut self, n: usize) {
+    pub(crate) fn kill(&mut self, n: usize) {
         let mut child = self.nodes[n].child.take().expect("node is running");
         child.kill().expect("SIGKILL");
         let _ = child.wait();
     }
 
-    fn status(&self, node: usize) -> Option<Value> {
+    pub(crate) fn status(&self, node: usize) -> Option<Value> {
         let res = self.client.get(self.url(node, "/v1/cluster")).send().ok()?;
         res.json().ok()
     }
@@ -461,7 +465,11 @@ impl Cluster {
     /// Waits until every partition is served by exactly one live node with every live node
     /// owning at least one, and the owners applied `records` log records in all; returns the
     /// owner of every partition.
-    fn wait_converged(&self, records: i64, timeout: Duration) -> BTreeMap<u32, (usize, i64)> {
+    pub(crate) fn wait_converged(
+        &self,
+        records: i64,
+        timeout: Duration,
+    ) -> BTreeMap<u32, (usize, i64)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(owners) = self.owners() {
@@ -568,7 +576,7 @@ fn rebuild_item_model(client: &reqwest::blocking::Client, url: &str) -> (u16, Va
 }
 
 /// The value of an unlabelled metric on node `n`.
-fn metric(cluster: &Cluster, n: usize, name: &str) -> u64 {
+pub(crate) fn metric(cluster: &Cluster, n: usize, name: &str) -> u64 {
     let text = cluster
         .client
         .get(cluster.url(n, "/metrics"))
@@ -741,7 +749,7 @@ impl Drop for PrivatePostgres {
 
 /// A deterministic workload: `users` users, `items` goals with a skewed popularity, `n`
 /// events with ids, all timestamped at `ts` (so the features do not depend on the order).
-fn workload(seed: u64, users: usize, items: usize, n: usize, ts: i64) -> Vec<Value> {
+pub(crate) fn workload(seed: u64, users: usize, items: usize, n: usize, ts: i64) -> Vec<Value> {
     let mut state = seed;
     let mut next = || {
         // xorshift64*
@@ -815,7 +823,7 @@ fn reference_view(server: &TestServer, user: &str) -> Value {
     )
 }
 
-fn reference_post(server: &TestServer, batch: &Value) {
+pub(crate) fn reference_post(server: &TestServer, batch: &Value) {
     let res = reqwest::blocking::Client::new()
         .post(server.url("/v1/events"))
         .json(batch)

@@ -4,6 +4,7 @@
 mod admission;
 mod bad_input;
 mod cluster;
+mod cluster_bridge;
 mod common;
 mod console;
 mod contract;
