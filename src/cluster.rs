@@ -372,12 +372,16 @@ impl Cluster {
             )
             .await;
         let offset = match delivered {
-            Ok((_, offset)) => offset,
+            Ok(delivery) => delivery.offset,
             Err((error, _)) => return Err(self.unavailable(error)),
         };
         while self.items_applied.load(Ordering::Acquire) <= offset {
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(item_id, offset, "item metadata logged but not applied here in time");
+                tracing::warn!(
+                    item_id,
+                    offset,
+                    "item metadata logged but not applied here in time"
+                );
                 return Err(Error::Unavailable {
                     what: "the item metadata log (Kafka)",
                     retry_after: self.retry_after,

@@ -209,6 +209,9 @@ pub fn start(
                 return;
             }
         }
+        if let Err(error) = start_lag(cluster.clone(), stop.clone()) {
+            tracing::error!(%error, "cannot start the cluster lag thread");
+        }
         // Item knowledge first: a new owner waits for it before replaying.
         if let Err(error) =
             super::items::start(cluster.clone(), state, engine.clone(), stop.clone())
@@ -220,6 +223,53 @@ pub fn start(
             tracing::error!(%error, "cluster membership stopped");
         }
     })
+}
+
+/// The lag of the partitions served here (`GET /v1/cluster`, `momentum_cluster_consumer_lag_events`),
+/// refreshed about once a second on a thread and a client of its own: asking the broker for a
+/// partition's end is a round trip per partition, and on the applying thread a slow answer
+/// (Nisshi over a PostgreSQL holding 100k records took over 500 ms) stalled applying for
+/// seconds every second.
+fn start_lag(cluster: Arc<Cluster>, stop: Stop) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cluster-lag".into())
+        .spawn(move || {
+            let settings = cluster.settings();
+            let client: BaseConsumer = match ClientConfig::new()
+                .set("bootstrap.servers", &settings.brokers)
+                .set(
+                    "group.id",
+                    format!("{}-lag-{}", settings.group_id, settings.node_id),
+                )
+                .create()
+            {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::error!(%error, "cluster lag client");
+                    return;
+                }
+            };
+            let slots = cluster.partition_slots();
+            while !stop.stopped() {
+                let started = Instant::now();
+                let mut lag = 0;
+                for (p, slot) in slots.iter().enumerate() {
+                    if slot.state() == PartitionState::NotOwned {
+                        continue;
+                    }
+                    if let Ok((_, high)) = client.fetch_watermarks(
+                        &settings.events_topic,
+                        p as i32,
+                        Duration::from_secs(2),
+                    ) {
+                        slot.high_watermark.fetch_max(high, Ordering::AcqRel);
+                        lag += (high - slot.next_offset.load(Ordering::Acquire)).max(0);
+                    }
+                }
+                cluster.metrics().consumer_lag.set(lag);
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+            }
+        })
 }
 
 fn consumer(cluster: &Cluster) -> KafkaResult<BaseConsumer<Membership>> {
@@ -261,7 +311,6 @@ fn run(
     let metrics = cluster.metrics();
     // Partitions replaying, with when they were assigned and the end of the log to reach.
     let mut restoring: Vec<(u32, Instant, Option<i64>)> = Vec::new();
-    let mut last_watermarks = Instant::now();
     let mut batch: Vec<Polled> = Vec::with_capacity(settings.apply_batch);
     // Per partition: events at or below this offset are replayed without publishing their
     // item side (it was published by an earlier owner and applied everywhere).
@@ -385,27 +434,6 @@ fn run(
         if every > 0 && last_snapshots.elapsed() >= Duration::from_secs(every) {
             last_snapshots = Instant::now();
             write_snapshots(cluster, engine, runtime, &mut store, &mut snapshotted);
-        }
-        // Lag of the partitions served here, refreshed about once a second from the high
-        // watermarks the broker sends with every fetch answer (cached by the client). Asking
-        // the broker instead (`fetch_watermarks`) blocks this loop for a round trip per
-        // partition: with a slow `ListOffsets` (Nisshi over a PostgreSQL holding 100k records
-        // took over 500 ms) that stalled applying for seconds every second.
-        if last_watermarks.elapsed() >= Duration::from_secs(1) {
-            last_watermarks = Instant::now();
-            let mut lag = 0;
-            for (p, slot) in slots.iter().enumerate() {
-                if slot.state() == PartitionState::NotOwned {
-                    continue;
-                }
-                if let Ok((_, high)) =
-                    consumer.get_watermark_offsets(&settings.events_topic, p as i32)
-                {
-                    slot.high_watermark.store(high, Ordering::Release);
-                    lag += (high - slot.next_offset.load(Ordering::Acquire)).max(0);
-                }
-            }
-            metrics.consumer_lag.set(lag);
         }
         let owned = slots
             .iter()

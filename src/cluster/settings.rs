@@ -159,9 +159,11 @@ impl ClusterSettings {
             &self.items_topic,
         ];
         if (1..topics.len()).any(|i| topics[..i].contains(&topics[i])) {
-            return Err("cluster.events_topic, cluster.item_deltas_topic, cluster.owners_topic \
+            return Err(
+                "cluster.events_topic, cluster.item_deltas_topic, cluster.owners_topic \
                         and cluster.items_topic must differ"
-                .into());
+                    .into(),
+            );
         }
         kafka_name("group_id", &self.group_id, 249)?;
         if !self.bridge_topic.is_empty() {

@@ -854,8 +854,21 @@ fn events_through_three_nodes_equal_a_single_node() {
             .send()
             .expect("put item");
         assert_eq!(res.status().as_u16(), 201, "{path}");
-        let (status, view) = cluster.get((g + 1) % 3, &path);
+        // The node that took the write reads it at once; the others shortly after.
+        let (status, view) = cluster.get(g % 3, &path);
         assert_eq!((status, &view["tags"]), (200, &body["tags"]), "{path}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, view) = cluster.get((g + 1) % 3, &path);
+            if (status, &view["tags"]) == (200, &body["tags"]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} elsewhere: {status} {view}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         put_reference(&reference, &path, &body);
     }
     let events = workload(14, 150, 40, 3000, ts);
@@ -889,7 +902,10 @@ fn events_through_three_nodes_equal_a_single_node() {
         assert_eq!(res.status().as_u16(), 200, "{path}");
         put_reference(&reference, &path, &body);
     }
-    for (n, target) in [(1, cluster.url(1, "/v1/items/goal-39")), (3, reference.url("/v1/items/goal-39"))] {
+    for (n, target) in [
+        (1, cluster.url(1, "/v1/items/goal-39")),
+        (3, reference.url("/v1/items/goal-39")),
+    ] {
         let res = cluster
             .client
             .delete(target)
@@ -898,6 +914,16 @@ fn events_through_three_nodes_equal_a_single_node() {
             .expect("delete item");
         assert_eq!(res.status().as_u16(), 204, "delete through {n}");
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..3).any(|n| cluster.get(n, "/v1/items/goal-39").0 != 404) {
+        assert!(
+            Instant::now() < deadline,
+            "the deletion did not reach every node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Applied in the topic's order: once the last write (the deletion) is everywhere, so is
+    // every write before it.
     for n in 0..3 {
         for g in [0, 5, 20] {
             let path = format!("/v1/items/goal-{g}");
@@ -908,8 +934,6 @@ fn events_through_three_nodes_equal_a_single_node() {
                 assert_eq!(view[field], expected[field], "{path} {field} on node {n}");
             }
         }
-        let (status, _) = cluster.get(n, "/v1/items/goal-39");
-        assert_eq!(status, 404, "the deleted item on node {n}");
     }
     let owners = cluster.wait_converged(records, Duration::from_secs(120));
     let users: Vec<String> = (0..150).map(|u| format!("user-{u}")).collect();
@@ -978,7 +1002,9 @@ fn events_through_three_nodes_equal_a_single_node() {
 /// Metadata of goal `g`, version `v` (tags overlap between goals so content similarity has
 /// something to find; a rewrite changes them).
 fn item_metadata(g: usize, v: usize) -> Value {
-    let themes = ["fitness", "reading", "language", "mindful", "savings", "sleep"];
+    let themes = [
+        "fitness", "reading", "language", "mindful", "savings", "sleep",
+    ];
     json!({
         "title": format!("Goal {g} v{v}"),
         "tags": [themes[g % 6], themes[(g / 6 + v) % 6]],
