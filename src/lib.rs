@@ -212,7 +212,9 @@ async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
     )
     .map_err(internal)?;
     let cluster = if settings.cluster.enabled {
-        let metrics = metrics::ClusterMetrics::new(&registry).map_err(internal)?;
+        let metrics =
+            metrics::ClusterMetrics::new(&registry, http_metrics.events_duplicate.clone())
+                .map_err(internal)?;
         Some(Arc::new(cluster::Cluster::new(
             settings.cluster.clone(),
             metrics,

@@ -330,6 +330,9 @@ impl JobMetrics {
 /// Cluster mode: the write path to the event log, partition ownership and hand-overs.
 #[derive(Debug, Clone)]
 pub struct ClusterMetrics {
+    /// `momentum_events_duplicate_total` (registered with the HTTP metrics): the owner of a
+    /// partition counts the events it drops as duplicates of an applied `event_id`.
+    pub events_duplicate: IntCounter,
     /// Events the broker confirmed (`POST /v1/events` on this node, and the bridge's).
     pub events_produced: IntCounter,
     /// Batches refused because the broker did not confirm them.
@@ -374,8 +377,9 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry, events_duplicate: IntCounter) -> prometheus::Result<Self> {
         let m = ClusterMetrics {
+            events_duplicate,
             events_produced: IntCounter::new(
                 "momentum_cluster_events_produced_total",
                 "Events written to the events topic and confirmed by the broker",

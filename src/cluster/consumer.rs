@@ -291,6 +291,9 @@ fn consumer(cluster: &Cluster) -> KafkaResult<BaseConsumer<Membership>> {
             (s.session_timeout_ms / 3).max(100).to_string(),
         )
         .set("auto.offset.reset", "earliest")
+        // As for the item-deltas consumer (`items.rs`): new events are applied within 50 ms
+        // even from a broker that holds a fetch its whole wait.
+        .set("fetch.wait.max.ms", "50")
         // Committed offsets are for lag monitoring only (the replay position is ours).
         .set("enable.auto.commit", "true")
         .set("enable.partition.eof", "false")
@@ -538,8 +541,8 @@ fn apply(
     }
     let applied = silent.len() + published.len();
     // Silent events come first: within a partition they precede every published one.
-    let _ = record(engine, runtime, silent);
-    let deltas = record(engine, runtime, published);
+    let _ = record(cluster, engine, runtime, silent);
+    let deltas = record(cluster, engine, runtime, published);
     let mut encoded = super::items::encode(engine, partitions, &deltas);
     // Every partition with published events gets a record, rows or not: its tag is how every
     // node knows its item statistics caught up with the partition (`GET /v1/cluster`).
@@ -572,6 +575,7 @@ fn apply(
 
 /// Applies events to their users' rows; returns the item side.
 fn record(
+    cluster: &Cluster,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
     events: Vec<NewEvent>,
@@ -581,7 +585,13 @@ fn record(
     }
     loop {
         match runtime.block_on(engine.record_events_detached(events.clone())) {
-            Ok((_, deltas)) => return deltas,
+            Ok((report, deltas)) => {
+                cluster
+                    .metrics()
+                    .events_duplicate
+                    .inc_by(report.duplicates as u64);
+                return deltas;
+            }
             Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
             Err(error) => {
                 tracing::error!(%error, "applying owned events failed");

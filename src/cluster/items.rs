@@ -222,6 +222,10 @@ fn run(
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // A broker may hold a fetch for this long when nothing is new, and some (Nisshi) do
+        // not answer early when something arrives: the item side and item metadata would lag
+        // by up to librdkafka's default 500 ms.
+        .set("fetch.wait.max.ms", "50")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..settings.partitions {

@@ -988,6 +988,11 @@ fn events_through_three_nodes_equal_a_single_node() {
         text.contains("momentum_cluster_forwarded_requests_total{result=\"ok\"}"),
         "forwarded reads are counted"
     );
+    // The five retried batches were dropped by the owners as duplicates, and counted there.
+    let duplicates: u64 = (0..3)
+        .map(|n| metric(&cluster, n, "momentum_events_duplicate_total"))
+        .sum();
+    assert_eq!(duplicates, 500, "duplicates counted by the owners");
     // The item side reached every node: each applied item deltas it did not publish.
     for n in 0..3 {
         let published = metric(&cluster, n, "momentum_cluster_item_deltas_published_total");
