@@ -291,9 +291,8 @@ fn consumer(cluster: &Cluster) -> KafkaResult<BaseConsumer<Membership>> {
             (s.session_timeout_ms / 3).max(100).to_string(),
         )
         .set("auto.offset.reset", "earliest")
-        // As for the item-deltas consumer (`items.rs`): new events are applied within 50 ms
-        // even from a broker that holds a fetch its whole wait.
-        .set("fetch.wait.max.ms", "50")
+        // As for the item-deltas consumer (`items.rs`).
+        .set("fetch.wait.max.ms", s.fetch_wait_ms.to_string())
         // Committed offsets are for lag monitoring only (the replay position is ours).
         .set("enable.auto.commit", "true")
         .set("enable.partition.eof", "false")

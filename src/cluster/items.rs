@@ -222,10 +222,10 @@ fn run(
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        // A broker may hold a fetch for this long when nothing is new, and some (Nisshi) do
-        // not answer early when something arrives: the item side and item metadata would lag
-        // by up to librdkafka's default 500 ms.
-        .set("fetch.wait.max.ms", "50")
+        // How long the broker may hold a fetch when nothing is new: some (Nisshi) do not
+        // answer early when something arrives, so this bounds how late the item side and
+        // item metadata are seen (docs/operations.md, "Capacity planning").
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..settings.partitions {

@@ -24,6 +24,9 @@ pub struct ClusterSettings {
     /// `host:port` at which other nodes and clients reach this node's HTTP API.
     pub advertised_address: String,
     pub session_timeout_ms: u32,
+    /// Longest a fetch waits at the broker when nothing is new (librdkafka's
+    /// `fetch.wait.max.ms`): how late new records can be seen, against polling cost.
+    pub fetch_wait_ms: u32,
     /// Events applied per batch while consuming.
     pub apply_batch: usize,
     /// How long `POST /v1/events` waits for the broker's confirmation.
@@ -63,6 +66,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("node_id", &self.node_id)
             .field("advertised_address", &self.advertised_address)
             .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("fetch_wait_ms", &self.fetch_wait_ms)
             .field("apply_batch", &self.apply_batch)
             .field("produce_timeout_ms", &self.produce_timeout_ms)
             .field("snapshot_interval_secs", &self.snapshot_interval_secs)
@@ -89,6 +93,7 @@ impl Default for ClusterSettings {
             node_id: String::new(),
             advertised_address: String::new(),
             session_timeout_ms: 6000,
+            fetch_wait_ms: 500,
             apply_batch: 1000,
             produce_timeout_ms: 10_000,
             snapshot_interval_secs: 60,
@@ -172,12 +177,13 @@ impl ClusterSettings {
                 &self.events_topic,
                 &self.item_deltas_topic,
                 &self.owners_topic,
+                &self.items_topic,
             ]
             .contains(&&self.bridge_topic)
             {
                 return Err(format!(
                     "cluster.bridge_topic {:?} must not be one of the cluster's own topics \
-                     (events_topic, item_deltas_topic, owners_topic)",
+                     (events_topic, item_deltas_topic, owners_topic, items_topic)",
                     self.bridge_topic
                 ));
             }
@@ -207,6 +213,9 @@ impl ClusterSettings {
         host_port("advertised_address", &self.advertised_address)?;
         if !(1000..=300_000).contains(&self.session_timeout_ms) {
             return Err("cluster.session_timeout_ms must be in 1000..=300000".into());
+        }
+        if !(1..=10_000).contains(&self.fetch_wait_ms) {
+            return Err("cluster.fetch_wait_ms must be in 1..=10000".into());
         }
         if !(1..=100_000).contains(&self.apply_batch) {
             return Err("cluster.apply_batch must be in 1..=100000".into());
@@ -314,6 +323,11 @@ mod tests {
                 Box::new(|s| s.session_timeout_ms = 10),
             ),
             ("cluster.apply_batch", Box::new(|s| s.apply_batch = 0)),
+            ("cluster.fetch_wait_ms", Box::new(|s| s.fetch_wait_ms = 0)),
+            (
+                "cluster.items_topic",
+                Box::new(|s| s.items_topic = s.owners_topic.clone()),
+            ),
             (
                 "cluster.snapshot_schema",
                 Box::new(|s| s.snapshot_schema = "a;drop".into()),
