@@ -982,8 +982,13 @@ async fn read_log(pool: &Pool, after_seq: u64, page_size: usize, pages: &PageSen
         if page.len() == page_size {
             let full = std::mem::replace(&mut page, Vec::with_capacity(page_size));
             if pages.send(Ok(full)).await.is_err() {
-                // The reader was dropped: stop the server instead of draining the rest.
+                // The reader was dropped: stop the server instead of draining the rest, and
+                // close this connection instead of returning it to the pool. The cancel
+                // request reaches the backend on its own schedule: on a reused connection it
+                // cancelled whatever statement the next user ran (seen on CI as
+                // "canceling statement due to user request" in an append).
                 let _ = client.cancel_token().cancel_query(NoTls).await;
+                drop(deadpool_postgres::Object::take(client));
                 return Ok(());
             }
         }
