@@ -48,6 +48,10 @@ pub struct EaseModel {
     /// the sums are the bits `add` of the floats would give. A weight of magnitude 2²³ or
     /// more (never seen: λ bounds them far below 1) would saturate.
     fixed: Vec<i64>,
+    /// Whether any user's sums fit in `i64`: `items() × max |fixed|` does (a user has each
+    /// item at most once, so a target's sum has at most `items()` terms). Scorers then add
+    /// in `i64`, and in `i128` otherwise.
+    narrow: bool,
 }
 
 const NOT_MODELLED: u32 = u32::MAX;
@@ -82,6 +86,11 @@ impl EaseModel {
     /// Whether `item` is modelled.
     pub fn covers(&self, item: u32) -> bool {
         self.local(item).is_some()
+    }
+
+    /// Whether a target's sum over any user's rows fits in `i64`.
+    pub fn sums_fit_i64(&self) -> bool {
+        self.narrow
     }
 
     /// The row of a local index.
@@ -188,7 +197,9 @@ fn assemble(
             debug_assert!(i64::try_from(f).is_ok(), "EASE weight {w} out of range");
             i64::try_from(f).unwrap_or(if f < 0 { i64::MIN } else { i64::MAX })
         })
-        .collect();
+        .collect::<Vec<i64>>();
+    let largest = fixed.iter().map(|f| u128::from(f.unsigned_abs())).max();
+    let narrow = largest.unwrap_or(0) * items.len() as u128 <= i64::MAX as u128;
     EaseModel {
         version,
         built_ms,
@@ -199,7 +210,23 @@ fn assemble(
         targets,
         weights,
         fixed,
+        narrow,
     }
+}
+
+/// A model from explicit rows `(local target, weight)` over `items` (local index → dense id).
+#[cfg(test)]
+pub(crate) fn from_rows(items: Vec<u32>, rows: &[Vec<(u32, f32)>]) -> EaseModel {
+    let mut starts = vec![0];
+    let (mut targets, mut weights) = (Vec::new(), Vec::new());
+    for row in rows {
+        for &(t, w) in row {
+            targets.push(t);
+            weights.push(w);
+        }
+        starts.push(targets.len());
+    }
+    assemble(1, 0, 0.0, items, starts, targets, weights)
 }
 
 /// The version of the encoding below.

@@ -18,10 +18,12 @@ use momentum_models::content::text::display_term;
 use momentum_models::content::ScoringLimits;
 use momentum_models::experiment::VariantOverrides;
 use momentum_models::similarity::{
-    cosine, from_fixed, normalise_by_max, top_k_by, Neighbour, SparseAccumulator,
+    cosine, from_fixed, normalise_by_max, top_k_by, Neighbour, PositiveAccumulator,
+    SparseAccumulator,
 };
 
 use crate::config::{ItemModel, RecommendConfig};
+use crate::ease::EaseModel;
 use crate::index::{Index, ItemTable, UserVector};
 
 /// Why an item was recommended: the strongest contributor to its score.
@@ -145,9 +147,21 @@ pub fn confidence(support: usize) -> f64 {
 #[derive(Debug, Default)]
 pub struct Scratch {
     item_acc: SparseAccumulator,
-    /// Per modelled item (local index of the learned model): the learned-model pass.
-    ease: Vec<EaseSlot>,
-    user_acc: SparseAccumulator,
+    /// Per modelled item (local index of the learned model): the learned-model sums, in
+    /// `i64` when the model allows it ([`EaseModel::sums_fit_i64`]), else in `i128`.
+    ease_narrow: Vec<i64>,
+    ease_wide: Vec<i128>,
+    /// Per modelled item: position in the ranked list + 1 (0: not ranked).
+    ease_ranked: Vec<u32>,
+    /// Per dense item id: the mix of the two collaborative signals (0 between requests).
+    mix: Vec<f64>,
+    /// Per dense item id: the user-based sums (0 between requests).
+    user_sums: Vec<f64>,
+    /// The items the user-based pass touched.
+    user_touched: Vec<u32>,
+    /// Per dense user id: the dot products of the similar-users pass (the 128-bit `dots`
+    /// when a sum does not fit).
+    positive: PositiveAccumulator,
     dots: SparseAccumulator,
     /// item → position in the ranked list + 1 (0: not ranked).
     slots: Vec<u32>,
@@ -155,21 +169,47 @@ pub struct Scratch {
     support: Vec<u32>,
 }
 
-/// What the learned-model pass gathers on one target item: the fixed-point sum of the user's
-/// rows, how many of the user's items have a positive weight on it, and the strongest of them
-/// (local index, so the smaller index is the smaller external id).
+/// The learned-model sums of a user's rows: every modelled target with a positive sum, as
+/// (local index, fixed-point sum), in local (external-id) order. `sums` is left zeroed.
+fn ease_sums<T>(model: &EaseModel, vector: &UserVector, sums: &mut Vec<T>) -> Vec<(u32, i128)>
+where
+    T: Copy + Default + PartialOrd + std::ops::AddAssign + From<i64> + Into<i128>,
+{
+    sums.clear();
+    sums.resize(model.items(), T::default());
+    for &(item, w) in &vector.items {
+        let Some(from) = model.local(item).filter(|_| w > 0.0) else {
+            continue;
+        };
+        let row = model.local_row(from);
+        for (&to, &fixed) in row.targets.iter().zip(row.fixed) {
+            sums[to as usize] += T::from(fixed);
+        }
+    }
+    let zero = T::default();
+    let mut out = Vec::new();
+    for (l, slot) in sums.iter_mut().enumerate() {
+        if *slot > zero {
+            out.push((l as u32, (*slot).into()));
+        }
+        *slot = zero;
+    }
+    out
+}
+
+/// What the reasons pass gathers on one ranked target: how many of the user's items have a
+/// positive weight on it, and the strongest of them (local index, so the smaller index is the
+/// smaller external id).
 #[derive(Debug, Clone, Copy, Default)]
-struct EaseSlot {
-    sum: i128,
+struct EaseSupport {
     support: u32,
     best: u32,
     best_weight: f32,
 }
 
-impl EaseSlot {
+impl EaseSupport {
     #[inline]
-    fn add(&mut self, from: u32, weight: f32, fixed: i64) {
-        self.sum += i128::from(fixed);
+    fn add(&mut self, from: u32, weight: f32) {
         if weight > 0.0 {
             // Ties go to the item that comes first by external id, as everywhere else.
             if self.support == 0
@@ -185,6 +225,15 @@ impl EaseSlot {
 }
 
 /// `buffer[id]`, growing the buffer with zeros as needed.
+fn dense_f64(buffer: &mut Vec<f64>, id: u32) -> &mut f64 {
+    let idx = id as usize;
+    if idx >= buffer.len() {
+        buffer.resize(idx + 1, 0.0);
+    }
+    &mut buffer[idx]
+}
+
+/// `buffer[id]`, growing the buffer with zeros as needed.
 fn dense_slot(buffer: &mut Vec<u32>, id: u32) -> &mut u32 {
     let idx = id as usize;
     if idx >= buffer.len() {
@@ -193,24 +242,43 @@ fn dense_slot(buffer: &mut Vec<u32>, id: u32) -> &mut u32 {
     &mut buffer[idx]
 }
 
+/// Calls `f(v, w_ui · w_vi)` for every other user `v` and item `i` of the user's row.
+#[inline]
+fn for_each_product(
+    table: &ItemTable,
+    vector: &UserVector,
+    user: u32,
+    mut f: impl FnMut(u32, f64),
+) {
+    for &(item, w) in &vector.items {
+        for &(other, w_other) in table.get(item).column.entries() {
+            if other != user {
+                f(other, f64::from(w) * f64::from(w_other));
+            }
+        }
+    }
+}
+
 /// The `k` users most similar to `user` (cosine over weighted rows), best first.
 pub fn neighbours(index: &Index, user: u32, k: usize, scratch: &mut Scratch) -> Vec<Neighbour> {
     let Some(vector) = index.vectors.get(&user).map(|v| v.clone()) else {
         return Vec::new();
     };
-    {
+    let dots = {
         let table = index.item_table.read();
-        for &(item, w) in &vector.items {
-            for &(other, w_other) in table.get(item).column.entries() {
-                if other != user {
-                    scratch.dots.add(other, f64::from(w) * f64::from(w_other));
-                }
+        // Weights are positive, so every term is: 64-bit sums, unless one does not fit.
+        for_each_product(&table, &vector, user, |other, x| {
+            scratch.positive.add(other, x)
+        });
+        match scratch.positive.drain() {
+            Some(dots) => dots,
+            None => {
+                for_each_product(&table, &vector, user, |other, x| scratch.dots.add(other, x));
+                scratch.dots.drain()
             }
         }
-    }
-    let sims: Vec<Neighbour> = scratch
-        .dots
-        .drain()
+    };
+    let sims: Vec<Neighbour> = dots
         .into_iter()
         .map(|(other, dot)| {
             let n2 = index.vectors.get(&other).map(|v| v.norm2).unwrap_or(0.0);
@@ -267,25 +335,16 @@ pub fn collaborative(
             .iter()
             .any(|&(i, w)| w > 0.0 && model.covers(i));
     let mut item_scores: Vec<Neighbour> = if learned {
-        // EASE: Σ_i x_ui · B_ij over the user's items (binary x, as the model was fitted), in
-        // one pass that also notes each target's strongest contributor for the reasons.
-        let slots = &mut scratch.ease;
-        slots.clear();
-        slots.resize(model.items(), EaseSlot::default());
-        for &(item, w) in &vector.items {
-            let Some(from) = model.local(item).filter(|_| w > 0.0) else {
-                continue;
-            };
-            let row = model.local_row(from);
-            for ((&to, &b), &fixed) in row.targets.iter().zip(row.weights).zip(row.fixed) {
-                slots[to as usize].add(from, b, fixed);
-            }
-        }
-        slots
-            .iter()
-            .enumerate()
-            .filter(|(_, slot)| slot.sum > 0)
-            .map(|(l, slot)| (model.item(l as u32), from_fixed(slot.sum)))
+        // EASE: Σ_i x_ui · B_ij over the user's items (binary x, as the model was fitted): a
+        // plain scatter of fixed-point weights into one slot per modelled item. The reasons
+        // of the few ranked items are gathered by a second pass below.
+        let sums = if model.sums_fit_i64() {
+            ease_sums(&model, vector, &mut scratch.ease_narrow)
+        } else {
+            ease_sums(&model, vector, &mut scratch.ease_wide)
+        };
+        sums.into_iter()
+            .map(|(l, sum)| (model.item(l), from_fixed(sum)))
             .filter(|&(j, _)| eligible(table, vector, j))
             .collect()
     } else {
@@ -313,36 +372,66 @@ pub fn collaborative(
     };
     normalise_by_max(&mut item_scores);
 
-    // User-based: Σ_v sim(u, v) · w_vj.
-    // Neighbours with a positive weight on each item (rows hold positive weights only),
-    // counted in `scratch.support` and reset from the same rows below.
-    let mut rows = Vec::with_capacity(neighbours.len());
+    // User-based: Σ_v sim(u, v) · w_vj, summed in the neighbours' order (which ties break by
+    // external id, so it is the same on every server) into a dense array. `scratch.support`
+    // counts the neighbours with a positive weight on each item (rows hold positive weights
+    // only), so a count of 0 marks a slot not touched yet; both are reset below.
+    let Scratch {
+        user_sums,
+        support,
+        user_touched,
+        ..
+    } = scratch;
+    user_touched.clear();
     for &(other, sim) in neighbours {
-        if let Some(row) = index.vectors.get(&other).map(|r| r.clone()) {
-            for &(j, w) in &row.items {
-                scratch.user_acc.add(j, sim * f64::from(w));
-                *dense_slot(&mut scratch.support, j) += 1;
+        let Some(row) = index.vectors.get(&other).map(|r| r.clone()) else {
+            continue;
+        };
+        for &(j, w) in &row.items {
+            let count = dense_slot(support, j);
+            if *count == 0 {
+                user_touched.push(j);
             }
-            rows.push(row);
+            *count += 1;
+            *dense_f64(user_sums, j) += sim * f64::from(w);
         }
     }
-    let mut user_scores: Vec<Neighbour> = scratch
-        .user_acc
-        .drain()
-        .into_iter()
-        .filter(|&(j, _)| eligible(table, vector, j))
+    let user_max = user_touched
+        .iter()
+        .filter(|&&j| eligible(table, vector, j))
+        .map(|&j| user_sums[j as usize])
+        .fold(0.0_f64, f64::max);
+    let user_score = |j: u32| match user_sums.get(j as usize) {
+        Some(&sum) if user_max > 0.0 => sum / user_max,
+        _ => 0.0,
+    };
+    let user_scores: Vec<Neighbour> = user_touched
+        .iter()
+        .filter(|&&j| eligible(table, vector, j))
+        .map(|&j| (j, user_score(j)))
         .collect();
-    normalise_by_max(&mut user_scores);
 
+    // Each candidate's mix has at most two terms, so the float sum does not depend on their
+    // order. Taking a slot resets it, so a candidate of both lists is collected once (a zero
+    // mix would not be ranked anyway).
     let uw = config.user_weight;
+    let mix = &mut scratch.mix;
     for &(j, s) in &item_scores {
-        scratch.dots.add(j, (1.0 - uw) * s);
+        *dense_f64(mix, j) = (1.0 - uw) * s;
     }
     for &(j, s) in &user_scores {
-        scratch.dots.add(j, uw * s);
+        *dense_f64(mix, j) += uw * s;
     }
+    let candidates: Vec<Neighbour> = item_scores
+        .iter()
+        .chain(&user_scores)
+        .filter_map(|&(j, _)| {
+            let mixed = std::mem::take(&mut mix[j as usize]);
+            (mixed != 0.0).then_some((j, mixed))
+        })
+        .collect();
     let item_order = index.item_order();
-    let ranked = top_k_by(scratch.dots.drain(), n, &item_order);
+    let ranked = top_k_by(candidates, n, &item_order);
     // Per-source scores of the ranked items: the user-based list and the cosine list are in
     // dense-id order, the learned list in the model's local order.
     let score_of = |scores: &[Neighbour], j: u32| {
@@ -367,12 +456,32 @@ pub fn collaborative(
     let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
     let mut item_support = vec![0usize; ranked.len()];
     if learned {
+        // One more pass over the user's rows, looking only at the ranked targets.
+        let marks = &mut scratch.ease_ranked;
+        marks.clear();
+        marks.resize(model.items(), 0);
         for (k, &(j, _)) in ranked.iter().enumerate() {
-            if let Some(slot) = model.local(j).map(|l| scratch.ease[l as usize]) {
-                item_support[k] = slot.support as usize;
-                if slot.support > 0 {
-                    best[k] = Some((model.item(slot.best), f64::from(slot.best_weight)));
+            if let Some(l) = model.local(j) {
+                marks[l as usize] = k as u32 + 1;
+            }
+        }
+        let mut found = vec![EaseSupport::default(); ranked.len()];
+        for &(item, w) in &vector.items {
+            let Some(from) = model.local(item).filter(|_| w > 0.0) else {
+                continue;
+            };
+            let row = model.local_row(from);
+            for (&to, &b) in row.targets.iter().zip(row.weights) {
+                let mark = marks[to as usize];
+                if mark > 0 {
+                    found[mark as usize - 1].add(from, b);
                 }
+            }
+        }
+        for (k, slot) in found.iter().enumerate() {
+            item_support[k] = slot.support as usize;
+            if slot.support > 0 {
+                best[k] = Some((model.item(slot.best), f64::from(slot.best_weight)));
             }
         }
     } else {
@@ -415,10 +524,10 @@ pub fn collaborative(
         .iter()
         .map(|&(j, _)| scratch.support.get(j as usize).map_or(0, |&c| c as usize))
         .collect();
-    for row in &rows {
-        for &(j, _) in &row.items {
-            scratch.support[j as usize] = 0;
-        }
+    let user_parts: Vec<f64> = ranked.iter().map(|&(j, _)| user_score(j) * uw).collect();
+    for &j in &scratch.user_touched {
+        scratch.support[j as usize] = 0;
+        scratch.user_sums[j as usize] = 0.0;
     }
 
     ranked
@@ -430,7 +539,7 @@ pub fn collaborative(
             let neighbour_support = neighbour_support[k];
             let mut reasons = Vec::new();
             let item_part = item_score_of(j) * (1.0 - uw);
-            let user_part = score_of(&user_scores, j) * uw;
+            let user_part = user_parts[k];
             if let Some((i, _)) = best {
                 reasons.push(Reason::SimilarTo {
                     item: i,
@@ -618,6 +727,42 @@ pub fn intra_list_diversity(index: &Index, items: &[u32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user(items: &[u32]) -> UserVector {
+        UserVector {
+            items: items.iter().map(|&i| (i, 1.0)).collect(),
+            ..UserVector::default()
+        }
+    }
+
+    #[test]
+    fn learned_sums_are_the_same_in_64_and_128_bits() {
+        // Dense ids 10, 11, 12 are local 0, 1, 2.
+        let rows = vec![
+            vec![(1, 0.5), (2, -0.25)],
+            vec![(0, 0.125), (2, 0.75)],
+            vec![(0, -0.5), (1, 0.0625)],
+        ];
+        let model = crate::ease::from_rows(vec![10, 11, 12], &rows);
+        assert!(model.sums_fit_i64());
+        let u = user(&[10, 11, 12]);
+        let narrow = ease_sums(&model, &u, &mut Vec::<i64>::new());
+        let wide = ease_sums(&model, &u, &mut Vec::<i128>::new());
+        assert_eq!(narrow, wide);
+        // Target 1: 0.5 + 0.0625; target 2: -0.25 + 0.75; target 0 sums to below zero.
+        let got: Vec<(u32, f64)> = narrow.iter().map(|&(l, s)| (l, from_fixed(s))).collect();
+        assert_eq!(got, vec![(1, 0.5625), (2, 0.5)]);
+    }
+
+    #[test]
+    fn a_model_whose_sums_could_overflow_64_bits_is_summed_in_128() {
+        let rows = vec![vec![(1, 5.0e6)], vec![(0, 5.0e6)]];
+        let model = crate::ease::from_rows(vec![0, 1], &rows);
+        assert!(!model.sums_fit_i64());
+        let sums = ease_sums(&model, &user(&[0, 1]), &mut Vec::<i128>::new());
+        assert_eq!(sums.len(), 2);
+        assert_eq!(from_fixed(sums[0].1), 5.0e6);
+    }
 
     #[test]
     fn confidence_grows_with_support_and_stays_below_one() {

@@ -22,8 +22,22 @@ pub fn cosine(dot: f64, norm2_a: f64, norm2_b: f64) -> f64 {
 }
 
 /// Sort key that makes rankings stable against floating-point noise below 1e-9.
+#[inline]
 fn quantised(score: f64) -> i64 {
-    (score * 1e9).round() as i64
+    round_to_i64(score * 1e9)
+}
+
+/// `x.round() as i64` (half away from zero, NaN to 0, saturating), without the library call
+/// below 2⁵² in magnitude: one truncating conversion and an exact subtraction.
+#[inline]
+fn round_to_i64(x: f64) -> i64 {
+    if x.abs() < 4.0e15 {
+        let whole = x as i64;
+        let frac = x - whole as f64;
+        whole + i64::from(frac >= 0.5) - i64::from(frac <= -0.5)
+    } else {
+        x.round() as i64
+    }
 }
 
 /// Orders (id, score) pairs best first: by quantised score descending, then by id ascending.
@@ -54,17 +68,22 @@ pub fn top_k_by(
     k: usize,
     tie: TieBreak<'_>,
 ) -> Vec<Neighbour> {
-    let order = |a: &Neighbour, b: &Neighbour| rank_order_by(a, b, tie);
-    let mut all: Vec<Neighbour> = candidates
+    // The quantised score is computed once per candidate, not once per comparison: the same
+    // order as `rank_order_by`.
+    let order = |a: &(i64, Neighbour), b: &(i64, Neighbour)| {
+        b.0.cmp(&a.0).then_with(|| tie(&a.1 .0, &b.1 .0))
+    };
+    let mut all: Vec<(i64, Neighbour)> = candidates
         .into_iter()
-        .filter(|(_, s)| quantised(*s) > 0)
+        .map(|c| (quantised(c.1), c))
+        .filter(|(q, _)| *q > 0)
         .collect();
     if all.len() > k {
         all.select_nth_unstable_by(k, order);
         all.truncate(k);
     }
     all.sort_by(order);
-    all
+    all.into_iter().map(|(_, c)| c).collect()
 }
 
 /// Scale of the fixed-point sums: 2⁻⁴⁰ is their resolution.
@@ -74,13 +93,8 @@ const FIXED_SCALE: f64 = (1u64 << 40) as f64;
 #[inline]
 pub fn to_fixed(x: f64) -> i128 {
     let scaled = x * FIXED_SCALE;
-    // Below 2⁵² in magnitude, rounding (half away from zero, as `f64::round`) is done with
-    // one truncating conversion and an exact subtraction, instead of two library calls.
     if scaled.abs() < 4.0e15 {
-        let whole = scaled as i64;
-        let frac = scaled - whole as f64;
-        let rounded = whole + i64::from(frac >= 0.5) - i64::from(frac <= -0.5);
-        i128::from(rounded)
+        i128::from(round_to_i64(scaled))
     } else {
         scaled.round() as i128
     }
@@ -149,6 +163,61 @@ impl SparseAccumulator {
             self.marked[idx] = false;
         }
         out
+    }
+}
+
+/// A [`SparseAccumulator`] for sums of non-negative terms, in 64 bits: the same fixed-point
+/// terms and so the same sums, half the memory and no 128-bit arithmetic. A term that is
+/// negative, not finite or too large, or a sum that would overflow, marks the accumulator:
+/// [`PositiveAccumulator::drain`] then answers `None`, and the caller sums again with a
+/// [`SparseAccumulator`].
+#[derive(Debug, Default, Clone)]
+pub struct PositiveAccumulator {
+    values: Vec<u64>,
+    marked: Vec<bool>,
+    touched: Vec<u32>,
+    overflowed: bool,
+}
+
+impl PositiveAccumulator {
+    /// Adds `value` (≥ 0) to slot `id`.
+    #[inline]
+    pub fn add(&mut self, id: u32, value: f64) {
+        let scaled = value * FIXED_SCALE;
+        // The range where `to_fixed` rounds without the library call; NaN fails it too.
+        if !(0.0..4.0e15).contains(&scaled) {
+            self.overflowed = true;
+            return;
+        }
+        let term = round_to_i64(scaled) as u64;
+        let idx = id as usize;
+        if idx >= self.values.len() {
+            self.values.resize(idx + 1, 0);
+            self.marked.resize(idx + 1, false);
+        }
+        if !self.marked[idx] {
+            self.marked[idx] = true;
+            self.touched.push(id);
+        }
+        let (sum, overflow) = self.values[idx].overflowing_add(term);
+        self.values[idx] = sum;
+        self.overflowed |= overflow;
+    }
+
+    /// Every touched slot with its sum, in no particular order (`None` if a term did not
+    /// fit), and resets the accumulator.
+    pub fn drain(&mut self) -> Option<Vec<Neighbour>> {
+        let fits = !std::mem::take(&mut self.overflowed);
+        let mut out = Vec::with_capacity(if fits { self.touched.len() } else { 0 });
+        for id in self.touched.drain(..) {
+            let idx = id as usize;
+            if fits {
+                out.push((id, self.values[idx] as f64 / FIXED_SCALE));
+            }
+            self.values[idx] = 0;
+            self.marked[idx] = false;
+        }
+        fits.then_some(out)
     }
 }
 
@@ -325,6 +394,45 @@ mod tests {
         let (a, b) = ([0, 1, 2], [2, 1, 0]);
         assert_ne!(float_of(&a), float_of(&b), "plain float sums differ here");
         assert_eq!(sum_of(&a), sum_of(&b));
+    }
+
+    proptest::proptest! {
+        /// The 64-bit accumulator gives the 128-bit one's sums bit for bit, and refuses what
+        /// does not fit instead of wrapping.
+        #[test]
+        fn positive_sums_equal_the_wide_ones(
+            terms in proptest::collection::vec((0u32..50, 0.0f64..50.0), 0..400),
+            huge in proptest::bool::ANY,
+        ) {
+            let (mut narrow, mut wide) = (PositiveAccumulator::default(), SparseAccumulator::default());
+            for &(id, x) in &terms {
+                narrow.add(id, x);
+                wide.add(id, x);
+            }
+            if huge {
+                narrow.add(7, 1e6);
+                proptest::prop_assert_eq!(narrow.drain(), None);
+            } else {
+                let mut got = narrow.drain().unwrap();
+                got.sort_by_key(|e| e.0);
+                let want = wide.drain();
+                let bits = |v: &[Neighbour]| v.iter().map(|e| (e.0, e.1.to_bits())).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(bits(&got), bits(&want));
+            }
+            // Drained either way: reusable from zero.
+            narrow.add(3, 0.25);
+            proptest::prop_assert_eq!(narrow.drain(), Some(vec![(3, 0.25)]));
+        }
+    }
+
+    #[test]
+    fn positive_sums_refuse_negative_and_nan_terms() {
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let mut acc = PositiveAccumulator::default();
+            acc.add(1, 2.0);
+            acc.add(1, bad);
+            assert_eq!(acc.drain(), None, "{bad}");
+        }
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl TfIdfIndex {
     /// twice contributes twice), keeping the `max_terms` strongest terms.
     pub fn user_profile(&self, engaged: &[(u32, f32)], max_terms: usize) -> InterestProfile {
         // Fixed point, so the sum does not depend on the order of `engaged`.
-        let mut acc: HashMap<u32, i128> = HashMap::default();
+        let mut acc: HashMap<u32, i128> =
+            HashMap::with_capacity_and_hasher(engaged.len() * 4, Default::default());
         for &(item, weight) in engaged {
             let w = f64::from(weight);
             if !(w.is_finite() && w > 0.0) {
@@ -95,14 +96,25 @@ impl TfIdfIndex {
                 *acc.entry(id).or_insert(0) += to_fixed(w * x);
             }
         }
-        let mut terms: Vec<(Arc<str>, f64)> = acc
+        // Ranked by id and weight first; only the kept terms' names are cloned.
+        let mut ranked: Vec<(&Arc<str>, f64)> = acc
             .into_iter()
             .map(|(id, w)| (id, from_fixed(w)))
             .filter(|&(_, w)| w > 0.0 && w.is_finite())
-            .filter_map(|(id, w)| self.term_arc(id).map(|name| (Arc::clone(name), w)))
+            .filter_map(|(id, w)| self.term_arc(id).map(|name| (name, w)))
             .collect();
-        terms.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        terms.truncate(max_terms);
+        let order = |a: &(&Arc<str>, f64), b: &(&Arc<str>, f64)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0))
+        };
+        if ranked.len() > max_terms && max_terms > 0 {
+            ranked.select_nth_unstable_by(max_terms - 1, order);
+        }
+        ranked.truncate(max_terms);
+        ranked.sort_by(order);
+        let mut terms: Vec<(Arc<str>, f64)> = ranked
+            .into_iter()
+            .map(|(name, w)| (Arc::clone(name), w))
+            .collect();
         let norm = terms.iter().map(|(_, w)| w * w).sum::<f64>().sqrt();
         if norm > 0.0 && norm.is_finite() {
             for (_, w) in &mut terms {

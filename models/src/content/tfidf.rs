@@ -34,14 +34,17 @@ pub fn smoothed_idf(n: usize, df: usize) -> f64 {
     ((1.0 + n as f64) / (1.0 + df as f64)).ln() + 1.0
 }
 
-/// One interned term: its name and its posting list `(item, raw count)`, sorted by item.
+/// One interned term: its name, its posting list `(item, raw count)`, sorted by item, and its
+/// cached IDF.
 #[derive(Debug, Clone)]
 pub(super) struct TermEntry {
     pub(super) name: Arc<str>,
     pub(super) postings: Vec<(u32, u32)>,
+    idf: NormCache,
 }
 
-/// The cached L2 norm of an item's un-normalised TF-IDF vector, valid for one index version.
+/// A value computed from the counts (an item's norm, a term's IDF), cached for one index
+/// version.
 ///
 /// Atomics (not `Cell`) keep the index `Sync` so the owner can publish it behind an `Arc`.
 /// Soundness of the lazy fill: mutations need `&mut TfIdfIndex`, so all concurrent readers see
@@ -187,6 +190,7 @@ impl TfIdfIndex {
                 self.terms.push(TermEntry {
                     name: Arc::clone(&name),
                     postings: Vec::new(),
+                    idf: NormCache::default(),
                 });
                 id
             }
@@ -302,6 +306,19 @@ impl TfIdfIndex {
         if na == 0.0 || nb == 0.0 {
             return 0.0;
         }
+        // Both term lists are in name order, so the shared terms come in the same order
+        // whichever way they are found. Short lists are matched by id (no string
+        // comparison), longer ones merged by name: the same sum, term for term.
+        if da.terms.len() * db.terms.len() <= 256 {
+            let mut dot = 0.0;
+            for &(ta, ca) in &da.terms {
+                if let Some(&(_, cb)) = db.terms.iter().find(|&&(tb, _)| tb == ta) {
+                    let idf = self.idf_of(ta);
+                    dot += f64::from(ca) * f64::from(cb) * idf * idf;
+                }
+            }
+            return (dot / (na * nb)).clamp(0.0, 1.0);
+        }
         let (mut i, mut j, mut dot) = (0, 0, 0.0);
         while let (Some(&(ta, ca)), Some(&(tb, cb))) = (da.terms.get(i), db.terms.get(j)) {
             match self.term_name(ta).cmp(self.term_name(tb)) {
@@ -334,9 +351,20 @@ impl TfIdfIndex {
         self.terms.get(id as usize).map_or(0, |e| e.postings.len())
     }
 
-    /// Current IDF of a live term id.
+    /// Current IDF of a live term id, from the term's cache when it is current (a logarithm
+    /// per read was a visible share of a request).
     pub(super) fn idf_of(&self, id: u32) -> f64 {
-        smoothed_idf(self.items.len(), self.df_of(id))
+        let Some(entry) = self.terms.get(id as usize) else {
+            return smoothed_idf(self.items.len(), 0);
+        };
+        let cache = &entry.idf;
+        if cache.version.load(Ordering::Acquire) == self.version {
+            return f64::from_bits(cache.bits.load(Ordering::Relaxed));
+        }
+        let idf = smoothed_idf(self.items.len(), entry.postings.len());
+        cache.bits.store(idf.to_bits(), Ordering::Relaxed);
+        cache.version.store(self.version, Ordering::Release);
+        idf
     }
 
     /// Un-normalised weight `tf · idf`.
