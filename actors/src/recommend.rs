@@ -18,7 +18,7 @@ use momentum_models::content::text::display_term;
 use momentum_models::content::ScoringLimits;
 use momentum_models::experiment::VariantOverrides;
 use momentum_models::similarity::{
-    cosine, from_fixed, normalise_by_max, top_k_by, Neighbour, PositiveAccumulator,
+    cosine, from_fixed, from_fixed_i64, normalise_by_max, top_k_by, Neighbour, PositiveAccumulator,
     SparseAccumulator,
 };
 
@@ -153,6 +153,8 @@ pub struct Scratch {
     ease_wide: Vec<i128>,
     /// Per modelled item: position in the ranked list + 1 (0: not ranked).
     ease_ranked: Vec<u32>,
+    /// Per dense item id: excluded for the user being scored (`false` between requests).
+    blocked: Vec<bool>,
     /// Per dense item id: the mix of the two collaborative signals (0 between requests).
     mix: Vec<f64>,
     /// Per dense item id: the user-based sums (0 between requests).
@@ -169,12 +171,30 @@ pub struct Scratch {
     support: Vec<u32>,
 }
 
+/// A fixed-point sum of the learned-model pass: `i64` when the model allows it, else `i128`.
+trait FixedSum: Copy + Default + PartialOrd + std::ops::AddAssign + From<i64> {
+    fn value(self) -> f64;
+}
+
+impl FixedSum for i64 {
+    fn value(self) -> f64 {
+        from_fixed_i64(self)
+    }
+}
+
+impl FixedSum for i128 {
+    fn value(self) -> f64 {
+        from_fixed(self)
+    }
+}
+
 /// The learned-model sums of a user's rows: every modelled target with a positive sum, as
-/// (local index, fixed-point sum), in local (external-id) order. `sums` is left zeroed.
-fn ease_sums<T>(model: &EaseModel, vector: &UserVector, sums: &mut Vec<T>) -> Vec<(u32, i128)>
-where
-    T: Copy + Default + PartialOrd + std::ops::AddAssign + From<i64> + Into<i128>,
-{
+/// (local index, sum), in local (external-id) order. `sums` is left zeroed.
+fn ease_sums<T: FixedSum>(
+    model: &EaseModel,
+    vector: &UserVector,
+    sums: &mut Vec<T>,
+) -> Vec<(u32, f64)> {
     sums.clear();
     sums.resize(model.items(), T::default());
     for &(item, w) in &vector.items {
@@ -187,10 +207,10 @@ where
         }
     }
     let zero = T::default();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(sums.len());
     for (l, slot) in sums.iter_mut().enumerate() {
         if *slot > zero {
-            out.push((l as u32, (*slot).into()));
+            out.push((l as u32, slot.value()));
         }
         *slot = zero;
     }
@@ -222,6 +242,15 @@ impl EaseSupport {
             self.support += 1;
         }
     }
+}
+
+/// `buffer[id]`, growing the buffer with `false` as needed.
+fn dense_bool(buffer: &mut Vec<bool>, id: u32) -> &mut bool {
+    let idx = id as usize;
+    if idx >= buffer.len() {
+        buffer.resize(idx + 1, false);
+    }
+    &mut buffer[idx]
 }
 
 /// `buffer[id]`, growing the buffer with zeros as needed.
@@ -328,6 +357,30 @@ pub fn collaborative(
     n: usize,
     scratch: &mut Scratch,
 ) -> Vec<Scored> {
+    // The user's excluded items as a dense mask, so the eligibility test in the loops below
+    // is two array reads (reset before returning).
+    for &e in vector.excluded.iter() {
+        *dense_bool(&mut scratch.blocked, e) = true;
+    }
+    let ranked = collaborative_ranked(index, table, vector, neighbours, config, n, scratch);
+    for &e in vector.excluded.iter() {
+        scratch.blocked[e as usize] = false;
+    }
+    ranked
+}
+
+/// [`collaborative`] once `scratch.blocked` marks the user's excluded items.
+fn collaborative_ranked(
+    index: &Index,
+    table: &ItemTable,
+    vector: &UserVector,
+    neighbours: &[Neighbour],
+    config: &RecommendConfig,
+    n: usize,
+    scratch: &mut Scratch,
+) -> Vec<Scored> {
+    let blocked = std::mem::take(&mut scratch.blocked);
+    let eligible = |j: u32| !blocked.get(j as usize).copied().unwrap_or(false) && table.is_live(j);
     let model = index.ease.read().clone();
     let learned = config.item_model == ItemModel::Ease
         && vector
@@ -344,8 +397,8 @@ pub fn collaborative(
             ease_sums(&model, vector, &mut scratch.ease_wide)
         };
         sums.into_iter()
-            .map(|(l, sum)| (model.item(l), from_fixed(sum)))
-            .filter(|&(j, _)| eligible(table, vector, j))
+            .map(|(l, sum)| (model.item(l), sum))
+            .filter(|&(j, _)| eligible(j))
             .collect()
     } else {
         // Cosine: accumulate Σ_i w_ui · dot_ij / ‖i‖, divide by ‖j‖ once per candidate.
@@ -363,7 +416,7 @@ pub fn collaborative(
             .item_acc
             .drain()
             .into_iter()
-            .filter(|&(j, _)| eligible(table, vector, j))
+            .filter(|&(j, _)| eligible(j))
             .map(|(j, s)| {
                 let n2 = table.norm2(j);
                 (j, if n2 > 0.0 { s / n2.sqrt() } else { 0.0 })
@@ -398,18 +451,20 @@ pub fn collaborative(
     }
     let user_max = user_touched
         .iter()
-        .filter(|&&j| eligible(table, vector, j))
+        .filter(|&&j| eligible(j))
         .map(|&j| user_sums[j as usize])
         .fold(0.0_f64, f64::max);
     let user_score = |j: u32| match user_sums.get(j as usize) {
         Some(&sum) if user_max > 0.0 => sum / user_max,
         _ => 0.0,
     };
-    let user_scores: Vec<Neighbour> = user_touched
-        .iter()
-        .filter(|&&j| eligible(table, vector, j))
-        .map(|&j| (j, user_score(j)))
-        .collect();
+    let mut user_scores: Vec<Neighbour> = Vec::with_capacity(user_touched.len());
+    user_scores.extend(
+        user_touched
+            .iter()
+            .filter(|&&j| eligible(j))
+            .map(|&j| (j, user_score(j))),
+    );
 
     // Each candidate's mix has at most two terms, so the float sum does not depend on their
     // order. Taking a slot resets it, so a candidate of both lists is collected once (a zero
@@ -422,14 +477,16 @@ pub fn collaborative(
     for &(j, s) in &user_scores {
         *dense_f64(mix, j) += uw * s;
     }
-    let candidates: Vec<Neighbour> = item_scores
-        .iter()
-        .chain(&user_scores)
-        .filter_map(|&(j, _)| {
-            let mixed = std::mem::take(&mut mix[j as usize]);
-            (mixed != 0.0).then_some((j, mixed))
-        })
-        .collect();
+    let mut candidates: Vec<Neighbour> = Vec::with_capacity(item_scores.len() + user_scores.len());
+    candidates.extend(
+        item_scores
+            .iter()
+            .chain(&user_scores)
+            .filter_map(|&(j, _)| {
+                let mixed = std::mem::take(&mut mix[j as usize]);
+                (mixed != 0.0).then_some((j, mixed))
+            }),
+    );
     let item_order = index.item_order();
     let ranked = top_k_by(candidates, n, &item_order);
     // Per-source scores of the ranked items: the user-based list and the cosine list are in
@@ -530,7 +587,7 @@ pub fn collaborative(
         scratch.user_sums[j as usize] = 0.0;
     }
 
-    ranked
+    let scored = ranked
         .into_iter()
         .enumerate()
         .map(|(k, (j, score))| {
@@ -563,7 +620,9 @@ pub fn collaborative(
                 reasons,
             }
         })
-        .collect()
+        .collect();
+    scratch.blocked = blocked;
+    scored
 }
 
 /// A content score: item, cosine with the profile, strongest shared term.
@@ -750,8 +809,7 @@ mod tests {
         let wide = ease_sums(&model, &u, &mut Vec::<i128>::new());
         assert_eq!(narrow, wide);
         // Target 1: 0.5 + 0.0625; target 2: -0.25 + 0.75; target 0 sums to below zero.
-        let got: Vec<(u32, f64)> = narrow.iter().map(|&(l, s)| (l, from_fixed(s))).collect();
-        assert_eq!(got, vec![(1, 0.5625), (2, 0.5)]);
+        assert_eq!(narrow, vec![(1, 0.5625), (2, 0.5)]);
     }
 
     #[test]
@@ -761,7 +819,7 @@ mod tests {
         assert!(!model.sums_fit_i64());
         let sums = ease_sums(&model, &user(&[0, 1]), &mut Vec::<i128>::new());
         assert_eq!(sums.len(), 2);
-        assert_eq!(from_fixed(sums[0].1), 5.0e6);
+        assert_eq!(sums[0].1, 5.0e6);
     }
 
     #[test]

@@ -73,11 +73,13 @@ pub fn top_k_by(
     let order = |a: &(i64, Neighbour), b: &(i64, Neighbour)| {
         b.0.cmp(&a.0).then_with(|| tie(&a.1 .0, &b.1 .0))
     };
-    let mut all: Vec<(i64, Neighbour)> = candidates
-        .into_iter()
-        .map(|c| (quantised(c.1), c))
-        .filter(|(q, _)| *q > 0)
-        .collect();
+    let candidates = candidates.into_iter();
+    let mut all: Vec<(i64, Neighbour)> = Vec::with_capacity(candidates.size_hint().0);
+    all.extend(
+        candidates
+            .map(|c| (quantised(c.1), c))
+            .filter(|(q, _)| *q > 0),
+    );
     if all.len() > k {
         all.select_nth_unstable_by(k, order);
         all.truncate(k);
@@ -98,6 +100,12 @@ pub fn to_fixed(x: f64) -> i128 {
     } else {
         scaled.round() as i128
     }
+}
+
+/// A fixed-point sum that fits in `i64` back as a float: [`from_fixed`] of the same value.
+#[inline]
+pub fn from_fixed_i64(x: i64) -> f64 {
+    x as f64 / FIXED_SCALE
 }
 
 /// A fixed-point sum back as a float.
