@@ -48,6 +48,12 @@ pub struct EaseModel {
     /// the sums are the bits `add` of the floats would give. A weight of magnitude 2²³ or
     /// more (never seen: λ bounds them far below 1) would saturate.
     fixed: Vec<i64>,
+    /// The positive weights again, by target: local index `t`'s sources are
+    /// `in_starts[t]..in_starts[t + 1]` of `in_sources` and `in_weights`, by source. The reasons
+    /// of a ranked item read its sources instead of every row of the user.
+    in_starts: Vec<usize>,
+    in_sources: Vec<u32>,
+    in_weights: Vec<f32>,
     /// Whether any user's sums fit in `i64`: `items() × max |fixed|` does (a user has each
     /// item at most once, so a target's sum has at most `items()` terms). Scorers then add
     /// in `i64`, and in `i128` otherwise.
@@ -91,6 +97,16 @@ impl EaseModel {
     /// Whether a target's sum over any user's rows fits in `i64`.
     pub fn sums_fit_i64(&self) -> bool {
         self.narrow
+    }
+
+    /// The items with a positive weight on local index `target`, by local index, and the
+    /// weights.
+    pub fn positive_sources(&self, target: u32) -> (&[u32], &[f32]) {
+        let t = target as usize;
+        match (self.in_starts.get(t), self.in_starts.get(t + 1)) {
+            (Some(&a), Some(&b)) => (&self.in_sources[a..b], &self.in_weights[a..b]),
+            _ => (&[], &[]),
+        }
     }
 
     /// The row of a local index.
@@ -198,6 +214,29 @@ fn assemble(
             i64::try_from(f).unwrap_or(if f < 0 { i64::MIN } else { i64::MAX })
         })
         .collect::<Vec<i64>>();
+    // Counting sort by target; sources come out in increasing order.
+    let mut in_starts = vec![0usize; items.len() + 1];
+    for (&t, &w) in targets.iter().zip(&weights) {
+        if w > 0.0 {
+            in_starts[t as usize + 1] += 1;
+        }
+    }
+    for t in 0..items.len() {
+        in_starts[t + 1] += in_starts[t];
+    }
+    let mut next = in_starts.clone();
+    let mut in_sources = vec![0u32; in_starts[items.len()]];
+    let mut in_weights = vec![0f32; in_starts[items.len()]];
+    for (from, row) in starts.windows(2).enumerate() {
+        for k in row[0]..row[1] {
+            if weights[k] > 0.0 {
+                let slot = &mut next[targets[k] as usize];
+                in_sources[*slot] = from as u32;
+                in_weights[*slot] = weights[k];
+                *slot += 1;
+            }
+        }
+    }
     let largest = fixed.iter().map(|f| u128::from(f.unsigned_abs())).max();
     let narrow = largest.unwrap_or(0) * items.len() as u128 <= i64::MAX as u128;
     EaseModel {
@@ -210,6 +249,9 @@ fn assemble(
         targets,
         weights,
         fixed,
+        in_starts,
+        in_sources,
+        in_weights,
         narrow,
     }
 }

@@ -151,8 +151,8 @@ pub struct Scratch {
     /// `i64` when the model allows it ([`EaseModel::sums_fit_i64`]), else in `i128`.
     ease_narrow: Vec<i64>,
     ease_wide: Vec<i128>,
-    /// Per modelled item: position in the ranked list + 1 (0: not ranked).
-    ease_ranked: Vec<u32>,
+    /// Per modelled item: 1 if the user being scored has it.
+    ease_mine: Vec<u32>,
     /// Per dense item id: excluded for the user being scored (`false` between requests).
     blocked: Vec<bool>,
     /// Per dense item id: the mix of the two collaborative signals (0 between requests).
@@ -197,13 +197,15 @@ fn ease_sums<T: FixedSum>(
 ) -> Vec<(u32, f64)> {
     sums.clear();
     sums.resize(model.items(), T::default());
+    // A slice, so the loop keeps its pointer and length in registers.
+    let slots = &mut sums[..];
     for &(item, w) in &vector.items {
         let Some(from) = model.local(item).filter(|_| w > 0.0) else {
             continue;
         };
         let row = model.local_row(from);
         for (&to, &fixed) in row.targets.iter().zip(row.fixed) {
-            sums[to as usize] += T::from(fixed);
+            slots[to as usize] += T::from(fixed);
         }
     }
     let zero = T::default();
@@ -440,13 +442,21 @@ fn collaborative_ranked(
         let Some(row) = index.vectors.get(&other).map(|r| r.clone()) else {
             continue;
         };
+        // Rows are sorted by item: room for the last one is room for all, and the loop
+        // runs over slices.
+        let Some(&(last, _)) = row.items.last() else {
+            continue;
+        };
+        dense_slot(support, last);
+        dense_f64(user_sums, last);
+        let (counts, sums) = (&mut support[..], &mut user_sums[..]);
         for &(j, w) in &row.items {
-            let count = dense_slot(support, j);
+            let count = &mut counts[j as usize];
             if *count == 0 {
                 user_touched.push(j);
             }
             *count += 1;
-            *dense_f64(user_sums, j) += sim * f64::from(w);
+            sums[j as usize] += sim * f64::from(w);
         }
     }
     let user_max = user_touched
@@ -513,25 +523,24 @@ fn collaborative_ranked(
     let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
     let mut item_support = vec![0usize; ranked.len()];
     if learned {
-        // One more pass over the user's rows, looking only at the ranked targets.
-        let marks = &mut scratch.ease_ranked;
-        marks.clear();
-        marks.resize(model.items(), 0);
-        for (k, &(j, _)) in ranked.iter().enumerate() {
-            if let Some(l) = model.local(j) {
-                marks[l as usize] = k as u32 + 1;
+        // The ranked targets' positive sources that are among the user's items.
+        let mine = &mut scratch.ease_mine;
+        mine.clear();
+        mine.resize(model.items(), 0);
+        for &(item, w) in &vector.items {
+            if let Some(from) = model.local(item).filter(|_| w > 0.0) {
+                mine[from as usize] = 1;
             }
         }
         let mut found = vec![EaseSupport::default(); ranked.len()];
-        for &(item, w) in &vector.items {
-            let Some(from) = model.local(item).filter(|_| w > 0.0) else {
+        for (k, &(j, _)) in ranked.iter().enumerate() {
+            let Some(to) = model.local(j) else {
                 continue;
             };
-            let row = model.local_row(from);
-            for (&to, &b) in row.targets.iter().zip(row.weights) {
-                let mark = marks[to as usize];
-                if mark > 0 {
-                    found[mark as usize - 1].add(from, b);
+            let (sources, weights) = model.positive_sources(to);
+            for (&from, &b) in sources.iter().zip(weights) {
+                if mine[from as usize] != 0 {
+                    found[k].add(from, b);
                 }
             }
         }
@@ -810,6 +819,33 @@ mod tests {
         assert_eq!(narrow, wide);
         // Target 1: 0.5 + 0.0625; target 2: -0.25 + 0.75; target 0 sums to below zero.
         assert_eq!(narrow, vec![(1, 0.5625), (2, 0.5)]);
+    }
+
+    #[test]
+    fn positive_sources_are_the_rows_transposed() {
+        let rows = vec![
+            vec![(1, 0.5), (2, -0.25)],
+            vec![(0, 0.125), (2, 0.75)],
+            vec![(0, -0.5), (1, 0.0625)],
+        ];
+        let model = crate::ease::from_rows(vec![10, 11, 12], &rows);
+        for target in 0..3u32 {
+            let want: Vec<(u32, f32)> = rows
+                .iter()
+                .enumerate()
+                .flat_map(|(from, row)| row.iter().map(move |&(t, w)| (from as u32, t, w)))
+                .filter(|&(_, t, w)| t == target && w > 0.0)
+                .map(|(from, _, w)| (from, w))
+                .collect();
+            let (sources, weights) = model.positive_sources(target);
+            let got: Vec<(u32, f32)> = sources
+                .iter()
+                .copied()
+                .zip(weights.iter().copied())
+                .collect();
+            assert_eq!(got, want, "target {target}");
+        }
+        assert_eq!(model.positive_sources(7), (&[][..], &[][..]));
     }
 
     #[test]
