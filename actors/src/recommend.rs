@@ -151,8 +151,8 @@ pub struct Scratch {
     /// `i64` when the model allows it ([`EaseModel::sums_fit_i64`]), else in `i128`.
     ease_narrow: Vec<i64>,
     ease_wide: Vec<i128>,
-    /// Per modelled item: 1 if the user being scored has it.
-    ease_mine: Vec<u32>,
+    /// Per modelled item: whether the user being scored has it.
+    ease_mine: Vec<bool>,
     /// Per dense item id: excluded for the user being scored (`false` between requests).
     blocked: Vec<bool>,
     /// Per dense item id: the mix of the two collaborative signals (0 between requests).
@@ -189,7 +189,7 @@ impl FixedSum for i128 {
 }
 
 /// The learned-model sums of a user's rows: every modelled target with a positive sum, as
-/// (local index, sum), in local (external-id) order. `sums` is left zeroed.
+/// (local index, sum), in local (external-id) order.
 fn ease_sums<T: FixedSum>(
     model: &EaseModel,
     vector: &UserVector,
@@ -209,12 +209,11 @@ fn ease_sums<T: FixedSum>(
         }
     }
     let zero = T::default();
-    let mut out = Vec::with_capacity(sums.len());
-    for (l, slot) in sums.iter_mut().enumerate() {
-        if *slot > zero {
+    let mut out = Vec::with_capacity(slots.len());
+    for (l, &slot) in slots.iter().enumerate() {
+        if slot > zero {
             out.push((l as u32, slot.value()));
         }
-        *slot = zero;
     }
     out
 }
@@ -246,29 +245,11 @@ impl EaseSupport {
     }
 }
 
-/// `buffer[id]`, growing the buffer with `false` as needed.
-fn dense_bool(buffer: &mut Vec<bool>, id: u32) -> &mut bool {
+/// `buffer[id]`, growing the buffer with default values (zero, `false`) as needed.
+fn dense<T: Copy + Default>(buffer: &mut Vec<T>, id: u32) -> &mut T {
     let idx = id as usize;
     if idx >= buffer.len() {
-        buffer.resize(idx + 1, false);
-    }
-    &mut buffer[idx]
-}
-
-/// `buffer[id]`, growing the buffer with zeros as needed.
-fn dense_f64(buffer: &mut Vec<f64>, id: u32) -> &mut f64 {
-    let idx = id as usize;
-    if idx >= buffer.len() {
-        buffer.resize(idx + 1, 0.0);
-    }
-    &mut buffer[idx]
-}
-
-/// `buffer[id]`, growing the buffer with zeros as needed.
-fn dense_slot(buffer: &mut Vec<u32>, id: u32) -> &mut u32 {
-    let idx = id as usize;
-    if idx >= buffer.len() {
-        buffer.resize(idx + 1, 0);
+        buffer.resize(idx + 1, T::default());
     }
     &mut buffer[idx]
 }
@@ -360,28 +341,11 @@ pub fn collaborative(
     scratch: &mut Scratch,
 ) -> Vec<Scored> {
     // The user's excluded items as a dense mask, so the eligibility test in the loops below
-    // is two array reads (reset before returning).
+    // is two array reads; the mask is reset and put back before returning.
+    let mut blocked = std::mem::take(&mut scratch.blocked);
     for &e in vector.excluded.iter() {
-        *dense_bool(&mut scratch.blocked, e) = true;
+        *dense(&mut blocked, e) = true;
     }
-    let ranked = collaborative_ranked(index, table, vector, neighbours, config, n, scratch);
-    for &e in vector.excluded.iter() {
-        scratch.blocked[e as usize] = false;
-    }
-    ranked
-}
-
-/// [`collaborative`] once `scratch.blocked` marks the user's excluded items.
-fn collaborative_ranked(
-    index: &Index,
-    table: &ItemTable,
-    vector: &UserVector,
-    neighbours: &[Neighbour],
-    config: &RecommendConfig,
-    n: usize,
-    scratch: &mut Scratch,
-) -> Vec<Scored> {
-    let blocked = std::mem::take(&mut scratch.blocked);
     let eligible = |j: u32| !blocked.get(j as usize).copied().unwrap_or(false) && table.is_live(j);
     let model = index.ease.read().clone();
     let learned = config.item_model == ItemModel::Ease
@@ -447,8 +411,8 @@ fn collaborative_ranked(
         let Some(&(last, _)) = row.items.last() else {
             continue;
         };
-        dense_slot(support, last);
-        dense_f64(user_sums, last);
+        dense(support, last);
+        dense(user_sums, last);
         let (counts, sums) = (&mut support[..], &mut user_sums[..]);
         for &(j, w) in &row.items {
             let count = &mut counts[j as usize];
@@ -482,10 +446,10 @@ fn collaborative_ranked(
     let uw = config.user_weight;
     let mix = &mut scratch.mix;
     for &(j, s) in &item_scores {
-        *dense_f64(mix, j) = (1.0 - uw) * s;
+        *dense(mix, j) = (1.0 - uw) * s;
     }
     for &(j, s) in &user_scores {
-        *dense_f64(mix, j) += uw * s;
+        *dense(mix, j) += uw * s;
     }
     let mut candidates: Vec<Neighbour> = Vec::with_capacity(item_scores.len() + user_scores.len());
     candidates.extend(
@@ -526,10 +490,10 @@ fn collaborative_ranked(
         // The ranked targets' positive sources that are among the user's items.
         let mine = &mut scratch.ease_mine;
         mine.clear();
-        mine.resize(model.items(), 0);
+        mine.resize(model.items(), false);
         for &(item, w) in &vector.items {
             if let Some(from) = model.local(item).filter(|_| w > 0.0) {
-                mine[from as usize] = 1;
+                mine[from as usize] = true;
             }
         }
         let mut found = vec![EaseSupport::default(); ranked.len()];
@@ -539,7 +503,7 @@ fn collaborative_ranked(
             };
             let (sources, weights) = model.positive_sources(to);
             for (&from, &b) in sources.iter().zip(weights) {
-                if mine[from as usize] != 0 {
+                if mine[from as usize] {
                     found[k].add(from, b);
                 }
             }
@@ -552,7 +516,7 @@ fn collaborative_ranked(
         }
     } else {
         for (k, &(j, _)) in ranked.iter().enumerate() {
-            *dense_slot(&mut scratch.slots, j) = k as u32 + 1;
+            *dense(&mut scratch.slots, j) = k as u32 + 1;
         }
         let slots = &scratch.slots;
         let slot_of = |j: u32| match slots.get(j as usize) {
@@ -630,6 +594,9 @@ fn collaborative_ranked(
             }
         })
         .collect();
+    for &e in vector.excluded.iter() {
+        blocked[e as usize] = false;
+    }
     scratch.blocked = blocked;
     scored
 }
@@ -803,15 +770,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn learned_sums_are_the_same_in_64_and_128_bits() {
-        // Dense ids 10, 11, 12 are local 0, 1, 2.
-        let rows = vec![
+    /// Rows `(local target, weight)` of three items, with negative weights.
+    fn sample_rows() -> Vec<Vec<(u32, f32)>> {
+        vec![
             vec![(1, 0.5), (2, -0.25)],
             vec![(0, 0.125), (2, 0.75)],
             vec![(0, -0.5), (1, 0.0625)],
-        ];
-        let model = crate::ease::from_rows(vec![10, 11, 12], &rows);
+        ]
+    }
+
+    #[test]
+    fn learned_sums_are_the_same_in_64_and_128_bits() {
+        // Dense ids 10, 11, 12 are local 0, 1, 2.
+        let model = crate::ease::from_rows(vec![10, 11, 12], &sample_rows());
         assert!(model.sums_fit_i64());
         let u = user(&[10, 11, 12]);
         let narrow = ease_sums(&model, &u, &mut Vec::<i64>::new());
@@ -823,11 +794,7 @@ mod tests {
 
     #[test]
     fn positive_sources_are_the_rows_transposed() {
-        let rows = vec![
-            vec![(1, 0.5), (2, -0.25)],
-            vec![(0, 0.125), (2, 0.75)],
-            vec![(0, -0.5), (1, 0.0625)],
-        ];
+        let rows = sample_rows();
         let model = crate::ease::from_rows(vec![10, 11, 12], &rows);
         for target in 0..3u32 {
             let want: Vec<(u32, f32)> = rows

@@ -118,6 +118,27 @@ pub fn from_fixed(x: i128) -> f64 {
     }
 }
 
+/// Slot `id` of a sparse accumulator's dense arrays, growing them as needed and noting the
+/// slot as touched the first time.
+#[inline]
+fn touch<'a, T: Copy + Default>(
+    values: &'a mut Vec<T>,
+    marked: &mut Vec<bool>,
+    touched: &mut Vec<u32>,
+    id: u32,
+) -> &'a mut T {
+    let idx = id as usize;
+    if idx >= values.len() {
+        values.resize(idx + 1, T::default());
+        marked.resize(idx + 1, false);
+    }
+    if !marked[idx] {
+        marked[idx] = true;
+        touched.push(id);
+    }
+    &mut values[idx]
+}
+
 /// A sparse accumulator over dense ids: `O(touched)` to read back and reset, so a scorer can
 /// reuse one buffer across requests without clearing the whole catalogue.
 ///
@@ -143,16 +164,7 @@ impl SparseAccumulator {
     /// [`SparseAccumulator::add`] of the float, without converting in the loop.
     #[inline]
     pub fn add_fixed(&mut self, id: u32, value: i128) {
-        let idx = id as usize;
-        if idx >= self.values.len() {
-            self.values.resize(idx + 1, 0);
-            self.marked.resize(idx + 1, false);
-        }
-        if !self.marked[idx] {
-            self.marked[idx] = true;
-            self.touched.push(id);
-        }
-        self.values[idx] += value;
+        *touch(&mut self.values, &mut self.marked, &mut self.touched, id) += value;
     }
 
     /// Current value of slot `id`.
@@ -198,17 +210,9 @@ impl PositiveAccumulator {
             return;
         }
         let term = round_to_i64(scaled) as u64;
-        let idx = id as usize;
-        if idx >= self.values.len() {
-            self.values.resize(idx + 1, 0);
-            self.marked.resize(idx + 1, false);
-        }
-        if !self.marked[idx] {
-            self.marked[idx] = true;
-            self.touched.push(id);
-        }
-        let (sum, overflow) = self.values[idx].overflowing_add(term);
-        self.values[idx] = sum;
+        let slot = touch(&mut self.values, &mut self.marked, &mut self.touched, id);
+        let (sum, overflow) = slot.overflowing_add(term);
+        *slot = sum;
         self.overflowed |= overflow;
     }
 

@@ -56,6 +56,19 @@ struct NormCache {
     bits: AtomicU64,
 }
 
+impl NormCache {
+    /// The cached value if it was computed at `version`, else `compute()`, cached for it.
+    fn get_or(&self, version: u64, compute: impl FnOnce() -> f64) -> f64 {
+        if self.version.load(Ordering::Acquire) == version {
+            return f64::from_bits(self.bits.load(Ordering::Relaxed));
+        }
+        let value = compute();
+        self.bits.store(value.to_bits(), Ordering::Relaxed);
+        self.version.store(version, Ordering::Release);
+        value
+    }
+}
+
 impl Clone for NormCache {
     fn clone(&self) -> Self {
         Self {
@@ -357,14 +370,9 @@ impl TfIdfIndex {
         let Some(entry) = self.terms.get(id as usize) else {
             return smoothed_idf(self.items.len(), 0);
         };
-        let cache = &entry.idf;
-        if cache.version.load(Ordering::Acquire) == self.version {
-            return f64::from_bits(cache.bits.load(Ordering::Relaxed));
-        }
-        let idf = smoothed_idf(self.items.len(), entry.postings.len());
-        cache.bits.store(idf.to_bits(), Ordering::Relaxed);
-        cache.version.store(self.version, Ordering::Release);
-        idf
+        entry.idf.get_or(self.version, || {
+            smoothed_idf(self.items.len(), entry.postings.len())
+        })
     }
 
     /// Un-normalised weight `tf · idf`.
@@ -374,21 +382,16 @@ impl TfIdfIndex {
 
     /// The item's norm, from the cache when it is current.
     pub(super) fn doc_norm(&self, doc: &ItemDoc) -> f64 {
-        if doc.norm.version.load(Ordering::Acquire) == self.version {
-            return f64::from_bits(doc.norm.bits.load(Ordering::Relaxed));
-        }
-        let norm = doc
-            .terms
-            .iter()
-            .map(|&(id, count)| {
-                let w = self.weight(id, count);
-                w * w
-            })
-            .sum::<f64>()
-            .sqrt();
-        doc.norm.bits.store(norm.to_bits(), Ordering::Relaxed);
-        doc.norm.version.store(self.version, Ordering::Release);
-        norm
+        doc.norm.get_or(self.version, || {
+            doc.terms
+                .iter()
+                .map(|&(id, count)| {
+                    let w = self.weight(id, count);
+                    w * w
+                })
+                .sum::<f64>()
+                .sqrt()
+        })
     }
 
     /// The normalised weight of every term of `item`, by term id (for profile building).
