@@ -1,19 +1,22 @@
 //! The user rows a `UserShard` owns, packed: a shard holds every user it has ever seen, so
 //! the per-user cost decides how many users fit in memory.
 //!
-//! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 64-byte
+//! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 72-byte
 //! [`UserRow`] in one dense array), 24 bytes per item they touched (cells sorted by item) and
-//! 16 bytes per event of their activity log. The vectors of a row grow by half, not by
-//! doubling from four as `Vec` does, since most users touch a handful of items.
+//! 16 bytes per event of their activity log. A row's first cell and first logged event are
+//! kept in the row itself, so a user with one event allocates nothing more; past that, the
+//! vectors grow by half, not by doubling from four as `Vec` does, since most users touch a
+//! handful of items.
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::index::UserProfile;
 use momentum_models::events::{EventKind, Interaction, KindWeights};
 use momentum_models::features::Activity;
 
 /// Makes room for one more element, growing by half.
-fn reserve_one<T>(v: &mut Vec<T>) {
+fn reserve_one<T, const N: usize>(v: &mut SmallVec<[T; N]>) {
     if v.len() == v.capacity() {
         v.reserve_exact(v.len() / 2 + 1);
     }
@@ -83,10 +86,10 @@ impl Logged {
 #[derive(Debug)]
 pub struct UserRow {
     /// Sorted by item.
-    cells: Vec<Cell>,
+    cells: SmallVec<[Cell; 1]>,
     /// Time order: at most `actors.activity_max_events`, none older than
     /// `actors.activity_days` before the newest (the features of the predictive models).
-    activity: Vec<Logged>,
+    activity: SmallVec<[Logged; 1]>,
     profile: Option<Box<UserProfile>>,
     /// `i64::MIN`: no event yet.
     last_event_ms: i64,
@@ -95,8 +98,8 @@ pub struct UserRow {
 impl Default for UserRow {
     fn default() -> Self {
         UserRow {
-            cells: Vec::new(),
-            activity: Vec::new(),
+            cells: SmallVec::new(),
+            activity: SmallVec::new(),
             profile: None,
             last_event_ms: i64::MIN,
         }
@@ -298,6 +301,32 @@ mod tests {
             };
             assert_eq!(Logged::new(a).activity(), a);
         }
+    }
+
+    #[test]
+    fn a_user_with_one_event_allocates_nothing_beyond_the_row() {
+        assert_eq!(std::mem::size_of::<UserRow>(), 72);
+        let weights = KindWeights::default();
+        let view = |ts_ms| Activity {
+            ts_ms,
+            kind: EventKind::View,
+            goal: None,
+        };
+        let mut row = UserRow::default();
+        row.apply(5, EventKind::Like, None, 1, &weights);
+        row.push_activity(view(1), 100, 90);
+        assert!(!row.cells.spilled() && !row.activity.spilled());
+        row.apply(2, EventKind::Like, None, 2, &weights);
+        row.push_activity(view(2), 100, 90);
+        assert!(
+            row.cells.spilled() && row.activity.spilled(),
+            "the second ones move out"
+        );
+        assert_eq!(row.cells().map(|c| c.0).collect::<Vec<_>>(), vec![2, 5]);
+        assert_eq!(
+            row.activity().map(|a| a.ts_ms).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]
