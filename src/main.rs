@@ -18,8 +18,7 @@ type Failure = Box<dyn std::error::Error>;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    huge_pages_off();
-    return_freed_memory_at_once();
+    allocator_options();
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve),
@@ -51,36 +50,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Turns transparent huge pages off for this process unless `MIMALLOC_ALLOW_THP` is set.
-/// mimalloc asks for them on its arenas, and then every 2 MiB page it touches, or touches
-/// again after returning freed memory to the system, is zeroed whole: with them, ingesting
-/// ml-100k spent a fifth of its CPU zeroing pages and peaked 40 % higher in memory
-/// (docs/operations.md, "Memory").
-fn huge_pages_off() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // A failure (a kernel before 3.15) leaves huge pages on, which is only slower.
-        let _ = nix::sys::prctl::set_thp_disable(true);
-    }
-}
-
-/// Starts the binary again with `MIMALLOC_PURGE_DELAY=0` unless that variable is set: mimalloc
-/// reads its options before `main`, and by default keeps freed pages 10 ms before giving them
-/// back, which under a stream of batches left a third of the resident memory of a million
-/// one-event users in freed pages (341 MB against 467 MB) at no measured cost in throughput
-/// (docs/operations.md, "Memory"). If the start fails (the binary was replaced on disk),
-/// this process goes on with mimalloc's default.
-fn return_freed_memory_at_once() {
+/// The allocator's options, which mimalloc reads before `main`: unless they are set in the
+/// environment, the binary starts itself again (`exec`, the same process id) with
+/// - `MIMALLOC_ALLOW_THP=0`: no transparent huge pages for the process (mimalloc then calls
+///   `prctl(PR_SET_THP_DISABLE)`). With them, every 2 MiB page mimalloc touched, or touched
+///   again after returning it, was zeroed whole: ingesting ml-100k spent a fifth of its CPU
+///   zeroing pages and peaked 40 % higher in memory;
+/// - `MIMALLOC_PURGE_DELAY=0`: freed pages go back to the system at once instead of after
+///   10 ms, which under a stream of batches left a third of the resident memory of a million
+///   one-event users in freed pages (341 MB against 467 MB), at no measured cost in throughput.
+///
+/// docs/operations.md, "Memory". If the start fails (the binary was replaced on disk), this
+/// process goes on with mimalloc's defaults.
+fn allocator_options() {
     #[cfg(unix)]
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    {
         use std::os::unix::process::CommandExt;
+        let unset: Vec<&str> = ["MIMALLOC_ALLOW_THP", "MIMALLOC_PURGE_DELAY"]
+            .into_iter()
+            .filter(|name| std::env::var_os(name).is_none())
+            .collect();
         let mut args = std::env::args_os();
-        if let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) {
-            // `exec` only returns on failure; the same process id goes on either way.
+        if let (false, Ok(exe), Some(arg0)) =
+            (unset.is_empty(), std::env::current_exe(), args.next())
+        {
+            // `exec` only returns on failure.
             let _ = std::process::Command::new(exe)
                 .arg0(arg0)
                 .args(args)
-                .env("MIMALLOC_PURGE_DELAY", "0")
+                .envs(unset.into_iter().map(|name| (name, "0")))
                 .exec();
         }
     }
