@@ -14,14 +14,18 @@
 //! `neighbours` weights of largest magnitude of each row are kept.
 //!
 //! **Linear algebra.** `G + λI` is symmetric positive definite. It is factorised in place with
-//! faer's Cholesky (`LLᵀ`), `L⁻¹` is computed into a second matrix, and `P = L⁻ᵀL⁻¹` is written
-//! back over the first (only lower triangles are read or written): `n³` flops in all and two
-//! `n × n` matrices of `f64` at the peak, never three.
+//! faer's Cholesky (`LLᵀ`, lower triangle). `U = L⁻ᵀ` then goes into the same matrix's upper
+//! triangle, 128 columns of `L⁻¹` at a time (triangular solves against the part of `L` still
+//! needed), and `P = UUᵀ` is formed 128 rows at a time, each row turned into a row of `B` at
+//! once: from the diagonal on it is computed (a triangular product), before it read back from
+//! the lower triangle, where each block leaves its part of the later rows (`P` is symmetric).
+//! So one `n × n` matrix of `f64` and an `n × 128` panel are all the peak holds, for the `n³`
+//! flops of the factorisation, the inverse and the product.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::matmul::triangular::{matmul, BlockStructure};
-use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::{Accum, Mat, Par};
 
 /// Model parameters.
@@ -70,6 +74,19 @@ pub fn fit(
     pairs: impl IntoIterator<Item = (usize, usize, f64)>,
     params: &EaseParams,
 ) -> Result<EaseRows, EaseError> {
+    fit_in_blocks(diag, pairs, params, BLOCK)
+}
+
+/// Columns of `L⁻¹` and rows of `P` worked out at a time after the factorisation: the one
+/// scratch panel is `n × BLOCK`. The same on every server, so the sums are too.
+const BLOCK: usize = 128;
+
+fn fit_in_blocks(
+    diag: &[f64],
+    pairs: impl IntoIterator<Item = (usize, usize, f64)>,
+    params: &EaseParams,
+    block: usize,
+) -> Result<EaseRows, EaseError> {
     if !(params.lambda.is_finite() && params.lambda > 0.0) {
         return Err(EaseError::BadLambda(params.lambda));
     }
@@ -109,33 +126,82 @@ pub fn fit(
         }
     })?;
     drop(scratch);
-    let mut l_inv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(l_inv.as_mut(), a.as_ref(), par);
-    // P = L⁻ᵀ L⁻¹, lower triangle, over the factor (no longer needed).
-    matmul(
-        a.as_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Replace,
-        l_inv.adjoint(),
-        BlockStructure::TriangularUpper,
-        l_inv.as_ref(),
-        BlockStructure::TriangularLower,
-        1.0,
-        par,
-    );
-    drop(l_inv);
-    let p = |i: usize, j: usize| a[(i.max(j), i.min(j))];
-    let diag_p: Vec<f64> = (0..n).map(|j| p(j, j)).collect();
+    let block = block.clamp(1, n);
+    let mut panel = Mat::<f64>::zeros(n, block);
+    // U = L⁻ᵀ over the upper triangle, `block` columns of L⁻¹ at a time, left to right.
+    // Columns c0..c1 of L⁻¹ are zero above row c0, so they solve with L's trailing block;
+    // written as rows c0..c1 of U, they cover only the diagonal of L that later columns no
+    // longer read.
+    for c0 in (0..n).step_by(block) {
+        let k = block.min(n - c0);
+        let m = n - c0;
+        let mut y = panel.as_mut().submatrix_mut(0, 0, m, k);
+        y.fill(0.0);
+        for j in 0..k {
+            y[(j, j)] = 1.0;
+        }
+        solve_lower_triangular_in_place(a.as_ref().submatrix(c0, c0, m, m), y.as_mut(), par);
+        for i in 0..m {
+            for j in 0..k.min(i + 1) {
+                a[(c0 + j, c0 + i)] = y[(i, j)];
+            }
+        }
+    }
+    // L is spent: clear it, so that `a` is U, upper triangular.
+    for j in 0..n {
+        a.as_mut()
+            .col_mut(j)
+            .subrows_mut(j + 1, n - j - 1)
+            .fill(0.0);
+    }
+    // P = U Uᵀ. Its diagonal first: the squared norms of U's rows, summed column by column.
+    let mut diag_p = vec![0f64; n];
+    for c in 0..n {
+        for (r, d) in diag_p.iter_mut().enumerate().take(c + 1) {
+            *d += a[(r, c)] * a[(r, c)];
+        }
+    }
     let keep = params.neighbours.min(n.saturating_sub(1));
     let mut rows = Vec::with_capacity(n);
     let mut row: Vec<(u32, f32)> = Vec::with_capacity(n);
     for i in 0..n {
+        // Rows r0..r1 of P as columns of the panel. From column r0 on:
+        // P[r0.., r0 + t] = U[r0.., r0..] U[r0 + t, r0..]ᵀ, with U upper triangular. Before
+        // column r0: what earlier blocks stored in the lower triangle, free since L was
+        // spent (P is symmetric). This block then stores its part of the later rows there.
+        let r0 = i - i % block;
+        if i == r0 {
+            let k = block.min(n - r0);
+            let m = n - r0;
+            triangular::matmul(
+                panel.as_mut().submatrix_mut(r0, 0, m, k),
+                BlockStructure::Rectangular,
+                Accum::Replace,
+                a.as_ref().submatrix(r0, r0, m, m),
+                BlockStructure::TriangularUpper,
+                a.as_ref().submatrix(r0, r0, k, m).transpose(),
+                BlockStructure::Rectangular,
+                1.0,
+                par,
+            );
+            for j in 0..r0 {
+                for t in 0..k {
+                    panel[(j, t)] = a[(r0 + t, j)];
+                }
+            }
+            for t in 0..k {
+                for j in r0 + k..n {
+                    a[(j, r0 + t)] = panel[(j, t)];
+                }
+            }
+        }
+        let p_i = panel.as_ref().col(i - r0);
         row.clear();
         for (j, &pjj) in diag_p.iter().enumerate() {
             if j == i {
                 continue;
             }
-            let b = (-p(i, j) / pjj) as f32;
+            let b = (-p_i[j] / pjj) as f32;
             if b != 0.0 {
                 row.push((j as u32, b));
             }
@@ -217,14 +283,18 @@ mod tests {
     }
 
     fn fit_dense(g: &[Vec<f64>], params: &EaseParams) -> EaseRows {
+        fit_dense_in_blocks(g, params, BLOCK)
+    }
+
+    fn fit_dense_in_blocks(g: &[Vec<f64>], params: &EaseParams, block: usize) -> EaseRows {
         let n = g.len();
         let diag: Vec<f64> = (0..n).map(|i| g[i][i]).collect();
         let pairs = (0..n).flat_map(|i| (0..i).map(move |j| (i, j, g[i][j])));
-        fit(&diag, pairs, params).expect("fit")
+        fit_in_blocks(&diag, pairs, params, block).expect("fit")
     }
 
     #[test]
-    fn matches_a_plain_inverse() {
+    fn matches_a_plain_inverse_in_any_block_size() {
         let g = gram(60, 25, 7);
         let lambda = 3.0;
         let b = reference(&g, lambda);
@@ -233,7 +303,13 @@ mod tests {
             neighbours: 24,
             threads: 1,
         };
-        let rows = fit_dense(&g, &params);
+        // One column at a time, blocks that do and do not divide 25, one block, the default.
+        for block in [1, 4, 7, 25, 26, BLOCK] {
+            matches(&fit_dense_in_blocks(&g, &params, block), &b, block);
+        }
+    }
+
+    fn matches(rows: &EaseRows, b: &[Vec<f64>], block: usize) {
         let mut compared = 0;
         for (i, row) in rows.rows.iter().enumerate() {
             assert_eq!(
@@ -245,7 +321,7 @@ mod tests {
                 let want = b[i][j as usize];
                 assert!(
                     (f64::from(w) - want).abs() <= 1e-5 * want.abs().max(1e-3),
-                    "B[{i}][{j}] = {w}, want {want}"
+                    "blocks of {block}: B[{i}][{j}] = {w}, want {want}"
                 );
                 compared += 1;
             }
