@@ -67,13 +67,36 @@ pub struct CoocEntry {
 }
 
 /// An item's co-occurrence row: its entries in one contiguous array, which scorers read in
-/// array order (their sums are order-independent), and a hash table of positions in it (4
-/// bytes a slot) that only the catalogue's updates use.
+/// array order (their sums are order-independent), and the positions of the entries in it,
+/// which only the catalogue's updates use.
 #[derive(Debug, Clone, Default)]
 pub struct CoocRow {
     entries: Vec<CoocEntry>,
-    positions: HashTable<u32>,
+    positions: Positions,
 }
+
+/// Where each item's entry is in a row's array.
+#[derive(Debug, Clone)]
+enum Positions {
+    /// A hash table of positions (4 bytes a slot, about 6 to 11 bytes an entry).
+    Hashed(HashTable<u32>),
+    /// One slot per item id below the vector's length (`ABSENT` where the items do not
+    /// co-occur): 4 bytes an id, one memory access a lookup. A row switches to it once its
+    /// entries cover half the ids up to its largest.
+    Direct(Vec<u32>),
+}
+
+impl Default for Positions {
+    fn default() -> Self {
+        Positions::Hashed(HashTable::new())
+    }
+}
+
+/// A [`Positions::Direct`] slot with no entry.
+const ABSENT: u32 = u32::MAX;
+
+/// Rows shorter than this keep a hash table, whatever their density.
+const DIRECT_MIN_ENTRIES: usize = 64;
 
 fn item_hash(item: u32) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(item)
@@ -98,7 +121,10 @@ impl CoocRow {
     /// Bytes held on the heap (entries, and positions with their control bytes).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<CoocEntry>()
-            + self.positions.capacity() * (std::mem::size_of::<u32>() + 1)
+            + match &self.positions {
+                Positions::Hashed(table) => table.capacity() * (std::mem::size_of::<u32>() + 1),
+                Positions::Direct(slots) => slots.capacity() * std::mem::size_of::<u32>(),
+            }
     }
 
     /// The entry of `item`, if the items co-occur.
@@ -111,48 +137,132 @@ impl CoocRow {
 
     fn find(&self, item: u32) -> Option<usize> {
         let entries = &self.entries;
-        self.positions
-            .find(item_hash(item), |&k| entries[k as usize].item == item)
-            .map(|&k| k as usize)
+        match &self.positions {
+            Positions::Hashed(table) => table
+                .find(item_hash(item), |&k| entries[k as usize].item == item)
+                .map(|&k| k as usize),
+            Positions::Direct(slots) => match slots.get(item as usize) {
+                Some(&k) if k != ABSENT => Some(k as usize),
+                _ => None,
+            },
+        }
     }
 
     /// Adds `dot` and `users` to the entry of `item`, creating it, or removing it when no
     /// user links the items any more.
     pub fn add(&mut self, item: u32, dot: f64, users: i64) {
-        let CoocRow { entries, positions } = self;
-        let hash = item_hash(item);
-        match positions.find_entry(hash, |&k| entries[k as usize].item == item) {
-            Ok(found) => {
-                let k = *found.get() as usize;
-                let entry = &mut entries[k];
+        match self.find(item) {
+            Some(k) => {
+                let entry = &mut self.entries[k];
                 entry.dot += dot;
                 let users = i64::from(entry.users) + users;
                 debug_assert!(users >= 0, "co-occurrence count below zero");
                 if users > 0 {
                     entry.users = users as u32;
-                    return;
+                } else {
+                    self.remove_at(k);
                 }
-                found.remove();
-                entries.swap_remove(k);
+            }
+            // An absent pair only gains a user (a change without one moves no dot product).
+            None if users > 0 => self.push(CoocEntry {
+                item,
+                users: users as u32,
+                dot,
+            }),
+            None => {}
+        }
+    }
+
+    /// Removes entry `k`; the last entry moves into its place.
+    fn remove_at(&mut self, k: usize) {
+        let CoocRow { entries, positions } = self;
+        let item = entries[k].item;
+        let last = entries.len() as u32 - 1;
+        entries.swap_remove(k);
+        let moved = entries.get(k).map(|e| e.item);
+        match positions {
+            Positions::Hashed(table) => {
+                if let Ok(found) = table.find_entry(item_hash(item), |&p| p as usize == k) {
+                    found.remove();
+                }
                 // The last entry moved into the hole: point its position there.
-                if let Some(moved) = entries.get(k) {
-                    let last = entries.len() as u32;
-                    if let Some(p) = positions.find_mut(item_hash(moved.item), |&p| p == last) {
+                if let Some(moved) = moved {
+                    if let Some(p) = table.find_mut(item_hash(moved), |&p| p == last) {
                         *p = k as u32;
                     }
                 }
             }
-            // An absent pair only gains a user (a change without one moves no dot product).
-            Err(_) if users > 0 => {
-                let k = entries.len() as u32;
-                entries.push(CoocEntry {
-                    item,
-                    users: users as u32,
-                    dot,
-                });
-                positions.insert_unique(hash, k, |&p| item_hash(entries[p as usize].item));
+            Positions::Direct(slots) => {
+                slots[item as usize] = ABSENT;
+                if let Some(moved) = moved {
+                    slots[moved as usize] = k as u32;
+                }
             }
-            Err(_) => {}
+        }
+    }
+
+    /// Appends an entry for an item that has none.
+    fn push(&mut self, entry: CoocEntry) {
+        let k = self.entries.len() as u32;
+        let item = entry.item as usize;
+        self.entries.push(entry);
+        match &mut self.positions {
+            Positions::Hashed(table) => {
+                let entries = &self.entries;
+                table.insert_unique(item_hash(entry.item), k, |&p| {
+                    item_hash(entries[p as usize].item)
+                });
+                let n = entries.len();
+                if n >= DIRECT_MIN_ENTRIES && n.is_power_of_two() {
+                    self.reindex();
+                }
+            }
+            Positions::Direct(slots) => {
+                if item >= slots.len() {
+                    if item + 1 > 4 * self.entries.len() {
+                        // Far beyond the ids the row covers: back to a hash table.
+                        self.reindex();
+                        return;
+                    }
+                    slots.resize(item + 1, ABSENT);
+                }
+                slots[item] = k;
+            }
+        }
+    }
+
+    /// Rebuilds the positions as whichever kind suits the row now: direct slots when the
+    /// entries cover at least half the ids up to the largest, a hash table otherwise.
+    fn reindex(&mut self) {
+        let entries = &self.entries;
+        let span = entries
+            .iter()
+            .map(|e| e.item as usize + 1)
+            .max()
+            .unwrap_or(0);
+        self.positions = if entries.len() >= DIRECT_MIN_ENTRIES && 2 * entries.len() >= span {
+            let mut slots = vec![ABSENT; span];
+            for (k, e) in entries.iter().enumerate() {
+                slots[e.item as usize] = k as u32;
+            }
+            Positions::Direct(slots)
+        } else {
+            let mut table = HashTable::with_capacity(entries.len());
+            for (k, e) in entries.iter().enumerate() {
+                table.insert_unique(item_hash(e.item), k as u32, |&p| {
+                    item_hash(entries[p as usize].item)
+                });
+            }
+            Positions::Hashed(table)
+        };
+    }
+
+    /// How many entries the positions hold (tests).
+    #[cfg(test)]
+    fn positions_len(&self) -> usize {
+        match &self.positions {
+            Positions::Hashed(table) => table.len(),
+            Positions::Direct(slots) => slots.iter().filter(|&&k| k != ABSENT).count(),
         }
     }
 }
@@ -218,7 +328,7 @@ static NO_STATS: ItemStats = ItemStats {
     norm2: 0.0,
     cooc: CoocRow {
         entries: Vec::new(),
-        positions: HashTable::new(),
+        positions: Positions::Hashed(HashTable::new()),
     },
     deleted: false,
 };
@@ -395,8 +505,79 @@ mod tests {
             for (item, (dot, users)) in want {
                 prop_assert_eq!(row.get(item), Some(Cooccurrence { dot, users }));
             }
-            prop_assert_eq!(row.positions.len(), row.entries().len());
+            prop_assert_eq!(row.positions_len(), row.entries().len());
         }
+
+        /// The same through rows that turn dense (direct positions) and sparse again (an id
+        /// far past the others), with removals moving entries in both kinds.
+        #[test]
+        fn cooc_rows_match_a_map_through_both_kinds_of_positions(
+            updates in prop::collection::vec(
+                (prop_oneof![9 => 0u32..150, 1 => 150u32..5000], -2.0f64..2.0, prop::bool::weighted(0.7)),
+                1..3000,
+            ),
+        ) {
+            let mut row = CoocRow::default();
+            let mut want: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
+            let mut kinds = (false, false);
+            for (item, dot, add) in updates {
+                let present = want.contains_key(&item);
+                let users = if add { 1 } else if present { -1 } else { continue };
+                row.add(item, dot, users);
+                let e = want.entry(item).or_insert((0.0, 0));
+                e.0 += dot;
+                e.1 = (i64::from(e.1) + users) as u32;
+                if e.1 == 0 {
+                    want.remove(&item);
+                }
+                match row.positions {
+                    Positions::Hashed(_) => kinds.0 = true,
+                    Positions::Direct(_) => kinds.1 = true,
+                }
+                prop_assert_eq!(row.positions_len(), row.entries().len());
+            }
+            let mut got: Vec<(u32, (f64, u32))> =
+                row.entries().iter().map(|e| (e.item, (e.dot, e.users))).collect();
+            got.sort_by_key(|e| e.0);
+            let want_list: Vec<(u32, (f64, u32))> = want.iter().map(|(&k, &v)| (k, v)).collect();
+            prop_assert_eq!(&got, &want_list);
+            for item in 0..5000 {
+                prop_assert_eq!(row.get(item), want.get(&item).map(|&(dot, users)| Cooccurrence { dot, users }));
+            }
+            prop_assert!(kinds.0, "every row starts hashed");
+        }
+    }
+
+    #[test]
+    fn dense_rows_switch_to_direct_positions_and_back() {
+        let mut row = CoocRow::default();
+        for item in 0..200 {
+            row.add(item, 1.0, 1);
+        }
+        assert!(
+            matches!(row.positions, Positions::Direct(_)),
+            "200 of 200 ids"
+        );
+        let before = row.heap_bytes();
+        row.add(1_000_000, 1.0, 1);
+        assert!(
+            matches!(row.positions, Positions::Hashed(_)),
+            "an id far past the rest"
+        );
+        assert!(
+            row.heap_bytes() < before + 4 * 1_000_000,
+            "no slot per id up to a million"
+        );
+        assert_eq!(row.get(1_000_000).map(|c| c.users), Some(1));
+        assert_eq!(row.get(17).map(|c| c.users), Some(1));
+        let mut sparse = CoocRow::default();
+        for item in 0..200 {
+            sparse.add(item * 10, 1.0, 1);
+        }
+        assert!(
+            matches!(sparse.positions, Positions::Hashed(_)),
+            "200 of 2,000 ids"
+        );
     }
 
     #[test]
