@@ -15,6 +15,7 @@
 //! the compacted items topic: item metadata written through any node (`PUT`/`DELETE
 //! /v1/items/{id}`), which every node applies in the topic's order.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -243,7 +244,19 @@ fn run(
     let progress = cluster.item_progress();
     let slots = cluster.partition_slots();
     let mut side = ItemSide::default();
+    // Per partition: whether a vector of one of its users was left unpublished because this
+    // node owned the partition then (the owner's shards publish their own vectors).
+    let withheld: Vec<Cell<bool>> = (0..settings.partitions).map(|_| Cell::new(false)).collect();
     while !stop.stopped() {
+        // A partition this node no longer owns (revoked, possibly moments after it was
+        // assigned) gets the vectors its new owner published, which it withheld meanwhile.
+        for (p, flag) in withheld.iter().enumerate() {
+            if flag.get() && slots[p].state() == PartitionState::NotOwned {
+                flag.set(false);
+                let published = publish_withheld(engine, &side, settings.partitions, p as u32);
+                tracing::debug!(partition = p, published, "withheld vectors published");
+            }
+        }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -291,8 +304,12 @@ fn run(
                 let partitions = settings.partitions;
                 let publish = |user: u32| {
                     engine.user_name(user).is_some_and(|name| {
-                        slots[partition_of(&name, partitions) as usize].state()
-                            == PartitionState::NotOwned
+                        let p = partition_of(&name, partitions) as usize;
+                        let free = slots[p].state() == PartitionState::NotOwned;
+                        if !free {
+                            withheld[p].set(true);
+                        }
+                        free
                     })
                 };
                 loop {
@@ -330,6 +347,23 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// Publishes the vector this node's item side holds for every user of partition `p`: the
+/// latest its owners sent through the item-deltas topic. Returns how many were published.
+fn publish_withheld(engine: &Engine, side: &ItemSide, partitions: u32, p: u32) -> usize {
+    let vectors = &engine.index().vectors;
+    let mut published = 0;
+    for (&user, vector) in side {
+        if engine
+            .user_name(user)
+            .is_some_and(|name| partition_of(&name, partitions) == p)
+        {
+            vectors.insert(user, vector.clone());
+            published += 1;
+        }
+    }
+    published
 }
 
 /// Applies an item's metadata or deletion to this node's store and catalogue, as a local
@@ -388,6 +422,48 @@ mod tests {
             back, record,
             "floats survive the JSON round trip bit for bit"
         );
+    }
+
+    #[actix::test]
+    async fn withheld_vectors_are_published_for_their_partition_only() {
+        let mut config = momentum_actors::EngineConfig::default();
+        config.actors.shards = 1;
+        config.actors.threads = 1;
+        let engine = Engine::start(
+            config,
+            momentum_actors::metrics::ActorMetrics::unregistered(),
+        );
+        let partitions = 4;
+        let name = |u: usize| format!("user-{u}");
+        let rows = (0..24)
+            .map(|u| WireRow {
+                user_id: name(u),
+                after: vec![("read".into(), 1.0 + u as f32), ("run".into(), 2.0)],
+                norm2: 0.0,
+            })
+            .collect();
+        let mut side = ItemSide::default();
+        assert_eq!(decode(&engine, rows, &mut side).len(), 24);
+        assert!(
+            engine.index().vectors.is_empty(),
+            "decoding publishes nothing"
+        );
+
+        let p = partition_of(&name(0), partitions);
+        let mine: Vec<usize> = (0..24)
+            .filter(|&u| partition_of(&name(u), partitions) == p)
+            .collect();
+        assert!(mine.len() < 24, "the users span several partitions");
+        assert_eq!(publish_withheld(&engine, &side, partitions, p), mine.len());
+        for u in 0..24 {
+            let id = engine.index().users.get(&name(u)).expect("interned");
+            let published = engine.index().vectors.get(&id).map(|v| v.items.clone());
+            if mine.contains(&u) {
+                assert_eq!(published, Some(side[&id].items.clone()), "user {u}");
+            } else {
+                assert_eq!(published, None, "user {u} is in another partition");
+            }
+        }
     }
 
     #[test]
