@@ -4,7 +4,8 @@
 # items with a 1/rank^0.8 skew, rating 4, each user's events one after another), ingests it over
 # HTTP with `momentum-load ingest --batch 5000 --connections 4` into a server on a temporary
 # embedded store (default configuration, `sync`), and prints VmRSS right after the ingest, the
-# peak (VmHWM), the ingest rate and the co-occurrence footprint.
+# peak (VmHWM), the ingest rate and the co-occurrence footprint; then writes a snapshot
+# (`POST /v1/admin/snapshot`) and prints the peak while it was written.
 #
 #   load-tests/bench-memory.sh                         # 1M users × 1 event
 #   EVENTS=20 load-tests/bench-memory.sh               # 1M users × 20 events (about 6 minutes)
@@ -58,6 +59,7 @@ with open(path, "w") as f:
 PY
 
 MOMENTUM__STORE__PATH="$WORK/store" MOMENTUM__LOGGING__LEVEL=warn \
+  MOMENTUM__SECURITY__ADMIN_KEY=bench-memory \
   MOMENTUM__TRAINER__INTERVAL_SECS=0 MOMENTUM__CHURN__INTERVAL_SECS=0 \
   "$BIN/momentum" --bind "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
@@ -66,12 +68,21 @@ start=$(date +%s.%N)
   --target "http://127.0.0.1:$PORT" --report "$WORK/ingest.json" >/dev/null 2>"$WORK/load.log"
 end=$(date +%s.%N)
 status=$(grep -E '^(VmRSS|VmHWM)' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
+# Then a snapshot of that state (POST /v1/admin/snapshot, answered once it is written and
+# verified): the peak while it is written, VmHWM reset first (`5` to clear_refs).
+echo 5 >"/proc/$SERVER_PID/clear_refs"
+snap_start=$(date +%s.%N)
+snapshot=$(curl -sf -X POST -H 'x-admin-key: bench-memory' "http://127.0.0.1:$PORT/v1/admin/snapshot")
+snap_end=$(date +%s.%N)
+snap_status=$(grep -E '^(VmRSS|VmHWM)' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
 # The co-occurrence gauges are set with the popular list, at most once a second.
 sleep 2
 metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^momentum_(cooccurrence_(pairs|bytes)|users) ' || true)
-python3 - "$USERS" "$EVENTS" "$start" "$end" "$WORK/ingest.json" "$status" "$metrics" <<'PY'
+python3 - "$USERS" "$EVENTS" "$start" "$end" "$WORK/ingest.json" "$status" "$metrics" \
+  "$snap_start" "$snap_end" "$snapshot" "$snap_status" <<'PY'
 import json, sys
 users, events, start, end, report, status, metrics = sys.argv[1:8]
+snap_start, snap_end, snapshot, snap_status = sys.argv[8:12]
 ingest = json.load(open(report))["ingest"]
 kb = dict(line.split(":")[0:2] for line in status.splitlines())
 rss, hwm = (int(kb[k].split()[0]) for k in ("VmRSS", "VmHWM"))
@@ -81,6 +92,12 @@ print(f"memory: {int(users):,} users x {events} events: {ingest['accepted']:,} a
       f"({ingest['accepted'] / secs:,.0f} events/s)")
 print(f"memory: VmRSS {rss:,} kB ({rss / 1024:.1f} MiB, {rss * 1024 / int(users):,.0f} bytes per user), "
       f"peak VmHWM {hwm:,} kB ({hwm / 1024:.1f} MiB)")
+snap = json.loads(snapshot)
+skb = dict(line.split(":")[0:2] for line in snap_status.splitlines())
+shwm = int(skb["VmHWM"].split()[0])
+print(f"memory: snapshot of {snap['users']:,} users, {snap['bytes']:,} bytes, in "
+      f"{float(snap_end) - float(snap_start):.1f} s; peak VmHWM {shwm:,} kB ({shwm / 1024:.1f} MiB) "
+      f"({(shwm - rss) / 1024:+,.1f} MiB over the resident memory after the ingest)")
 pairs = int(float(m.get("momentum_cooccurrence_pairs", 0)))
 if pairs:
     cb = int(float(m["momentum_cooccurrence_bytes"]))

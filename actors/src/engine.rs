@@ -20,7 +20,7 @@ use crate::messages::{
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
 use crate::shard::{ShardState, UserShard};
-use crate::snapshot::{DedupeEntry, UserRecord};
+use crate::snapshot::{DedupeEntry, UserChunks, UserRecord};
 use momentum_models::events::EventKind;
 use momentum_models::hash::md5_bucket;
 use momentum_models::similarity::Neighbour;
@@ -62,6 +62,17 @@ pub struct EngineExport {
     pub items: Vec<Option<Arc<str>>>,
     /// Every user's row, in external ids.
     pub users: Vec<UserRecord>,
+    /// Recent event ids, one list per shard.
+    pub event_ids: Vec<Vec<DedupeEntry>>,
+}
+
+/// What a snapshot stores of the engine: [`EngineExport`] with the users already encoded.
+#[derive(Debug)]
+pub struct SnapshotExport {
+    /// The item id table in dense order (`None`: unused slot).
+    pub items: Vec<Option<Arc<str>>>,
+    /// Every user's row, encoded in their chunks, shard after shard.
+    pub users: UserChunks,
     /// Recent event ids, one list per shard.
     pub event_ids: Vec<Vec<DedupeEntry>>,
 }
@@ -605,7 +616,7 @@ impl Engine {
     /// call. The returned future collects the answers (user records, event ids per shard).
     pub fn request_export(
         &self,
-    ) -> Result<impl std::future::Future<Output = Result<EngineExport, ActorError>>, ActorError>
+    ) -> Result<impl std::future::Future<Output = Result<SnapshotExport, ActorError>>, ActorError>
     {
         let mut waiting = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
@@ -616,15 +627,16 @@ impl Engine {
         // Item ids only grow, so reading the table now covers every row exported later.
         let items = self.index.items.slots_snapshot();
         Ok(async move {
-            let mut export = EngineExport {
+            let mut export = SnapshotExport {
                 items,
-                ..EngineExport::default()
+                users: UserChunks::default(),
+                event_ids: Vec::with_capacity(waiting.len()),
             };
             for rx in waiting {
                 let (users, ids) = rx.await.map_err(|_| ActorError::Stopped {
                     actor: "user_shard",
                 })?;
-                export.users.extend(users);
+                export.users.append(users);
                 export.event_ids.push(ids);
             }
             Ok(export)

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::index::{ItemMeta, UserProfile, UserVector};
 use crate::recommend::{Blend, Recommendations};
-use crate::snapshot::{DedupeEntry, UserRecord};
+use crate::snapshot::{DedupeEntry, UserChunks, UserRecord};
 use momentum_models::events::EventKind;
 use momentum_models::similarity::Neighbour;
 
@@ -172,7 +172,7 @@ pub struct DeleteItem {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ExportShard {
-    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<DedupeEntry>)>,
+    pub reply: oneshot::Sender<(UserChunks, Vec<DedupeEntry>)>,
 }
 
 /// Load snapshot records into an empty shard; answered (by the catalogue) once the item side

@@ -6,7 +6,8 @@
 //! 16 bytes per event of their activity log. A row's first cell and first logged event are
 //! kept in the row itself, so a user with one event allocates nothing more; past that, the
 //! vectors grow by half, not by doubling from four as `Vec` does, since most users touch a
-//! handful of items.
+//! handful of items, and a user with several events in one batch (a bulk load) has them
+//! fitted to their length afterwards ([`UserRow::fit`]).
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -19,6 +20,15 @@ use momentum_models::features::Activity;
 fn reserve_one<T, const N: usize>(v: &mut SmallVec<[T; N]>) {
     if v.len() == v.capacity() {
         v.reserve_exact(v.len() / 2 + 1);
+    }
+}
+
+/// Moves `v` into an allocation of exactly its length if it has spare room. A new allocation
+/// and a copy, not `shrink_to_fit`: the allocator keeps a block that shrinks by less than
+/// half where it is, room and all.
+fn fit<T: Copy, const N: usize>(v: &mut SmallVec<[T; N]>) {
+    if v.spilled() && v.capacity() > v.len() {
+        *v = SmallVec::from_slice(v);
     }
 }
 
@@ -159,6 +169,14 @@ impl UserRow {
         }
     }
 
+    /// Gives back the room grown ahead of need. The shard calls it for a user who had several
+    /// events in one batch (a bulk load, mostly), whose row may not grow again for a while;
+    /// a row that grows one event at a time keeps its room, so growth stays amortised.
+    pub fn fit(&mut self) {
+        fit(&mut self.cells);
+        fit(&mut self.activity);
+    }
+
     /// The profile (`PUT /v1/users/{id}`), if one was set.
     pub fn profile(&self) -> Option<&UserProfile> {
         self.profile.as_deref()
@@ -227,6 +245,10 @@ impl Rows {
             self.rows.push(UserRow::default());
         }
         &mut self.rows[slot as usize]
+    }
+
+    pub fn get_mut(&mut self, user: u32) -> Option<&mut UserRow> {
+        self.slots.get(&user).map(|&s| &mut self.rows[s as usize])
     }
 
     pub fn remove(&mut self, user: u32) -> Option<UserRow> {
@@ -327,6 +349,34 @@ mod tests {
             row.activity().map(|a| a.ts_ms).collect::<Vec<_>>(),
             vec![1, 2]
         );
+    }
+
+    #[test]
+    fn a_fitted_row_has_no_room_to_spare_and_the_same_contents() {
+        let weights = KindWeights::default();
+        let mut row = UserRow::default();
+        for item in 0..20u32 {
+            row.apply(item * 3, EventKind::Like, None, i64::from(item), &weights);
+            row.push_activity(
+                Activity {
+                    ts_ms: i64::from(item),
+                    kind: EventKind::View,
+                    goal: Some(item),
+                },
+                100,
+                90,
+            );
+        }
+        assert!(row.cells.capacity() > 20, "grown by half, ahead of need");
+        let (cells, activity): (Vec<_>, Vec<_>) = (row.cells().collect(), row.activity().collect());
+        row.fit();
+        assert_eq!((row.cells.capacity(), row.activity.capacity()), (20, 20));
+        assert_eq!(row.cells().collect::<Vec<_>>(), cells);
+        assert_eq!(row.activity().collect::<Vec<_>>(), activity);
+        let mut one = UserRow::default();
+        one.apply(1, EventKind::Like, None, 1, &weights);
+        one.fit();
+        assert!(!one.cells.spilled(), "an inline row stays inline");
     }
 
     #[test]

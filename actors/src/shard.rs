@@ -27,7 +27,7 @@ use crate::messages::{
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
 use crate::rows::{Rows, UserRow};
-use crate::snapshot::{event_id_hash, DedupeEntry, UserRecord};
+use crate::snapshot::{event_id_hash, DedupeEntry, UserChunks, UserRecord};
 use crate::tracked_handler;
 use momentum_models::events::{kind_mask, Interaction};
 use momentum_models::features::Activity;
@@ -150,6 +150,10 @@ impl RecCache {
     }
 }
 
+/// What a batch did to one user: their events in it, and item → (weight before the batch,
+/// weight now).
+type Touched = (u32, FxHashMap<u32, (f32, f32)>);
+
 /// The state of one shard, separate from the actor so tests can drive it directly.
 pub struct ShardState {
     index: Arc<Index>,
@@ -189,8 +193,7 @@ impl ShardState {
     /// Applies a batch: updates rows, publishes vectors, returns the item-side deltas.
     pub fn record(&mut self, events: Vec<InternedEvent>) -> (ShardOutcome, Vec<RowDelta>) {
         let mut outcome = ShardOutcome::default();
-        // user → item → (weight before the batch, weight now)
-        let mut touched: FxHashMap<u32, FxHashMap<u32, (f32, f32)>> = FxHashMap::default();
+        let mut touched: FxHashMap<u32, Touched> = FxHashMap::default();
         let weights = &self.config.weights;
         for event in events {
             if let Some(id) = &event.event_id {
@@ -212,14 +215,20 @@ impl ShardState {
                 self.config.actors.activity_max_events,
                 self.config.actors.activity_days,
             );
-            let changes = touched.entry(event.user).or_default();
+            let (events, changes) = touched.entry(event.user).or_default();
+            *events += 1;
             let Some(item) = event.item else { continue };
             let (before, after) = row.apply(item, event.kind, event.value, event.ts_ms, weights);
             changes.entry(item).or_insert((before, before)).1 = after;
         }
         let mut deltas = Vec::with_capacity(touched.len());
         let mut interactions_delta = 0i64;
-        for (user, changes) in touched {
+        for (user, (events, changes)) in touched {
+            if events > 1 {
+                if let Some(row) = self.rows.get_mut(user) {
+                    row.fit();
+                }
+            }
             self.rec_cache.invalidate(user);
             let vector = self.published_vector_of(user);
             // The vector is republished even when no weight moved: exclusions may have.
@@ -414,6 +423,28 @@ impl ShardState {
             .collect();
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         (users, self.dedupe.entries())
+    }
+
+    /// [`ShardState::export`] encoded as it goes, record by record ([`UserChunks`]): the same
+    /// records in the same order, never all held at once.
+    pub fn export_chunks(&self) -> (UserChunks, Vec<DedupeEntry>) {
+        let mut users: Vec<(Arc<str>, u32)> = self
+            .rows
+            .iter()
+            .filter_map(|(user, _)| Some((self.index.users.name(user)?, user)))
+            .collect();
+        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut chunks = UserChunks::default();
+        for (_, user) in users {
+            if let Some(record) = self
+                .rows
+                .get(user)
+                .and_then(|row| self.record_of(user, row))
+            {
+                chunks.push(&record);
+            }
+        }
+        (chunks, self.dedupe.entries())
     }
 
     /// Loads snapshot records into this (empty) shard: rows (users at their recorded dense
@@ -740,7 +771,7 @@ impl Handler<ExportShard> for UserShard {
     type Result = ();
 
     fn handle(&mut self, msg: ExportShard, _: &mut Self::Context) {
-        let _ = msg.reply.send(self.state.export());
+        let _ = msg.reply.send(self.state.export_chunks());
     }
 }
 

@@ -94,6 +94,12 @@ impl<'a> Reader<'a> {
 /// Encodes a user record.
 pub fn encode_user(record: &UserRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + record.user_id.len() + record.cells.len() * 24);
+    encode_user_into(record, &mut out);
+    out
+}
+
+/// [`encode_user`], appended to `out`.
+fn encode_user_into(record: &UserRecord, out: &mut Vec<u8>) {
     out.push(VERSION);
     let id = record.user_id.as_bytes();
     out.extend_from_slice(&(id.len() as u16).to_le_bytes());
@@ -116,7 +122,6 @@ pub fn encode_user(record: &UserRecord) -> Vec<u8> {
         out.push(a.kind as u8);
         out.extend_from_slice(&a.goal.unwrap_or(u32::MAX).to_le_bytes());
     }
-    out
 }
 
 /// Decodes a user record.
@@ -209,13 +214,94 @@ pub fn encode_user_chunk<'a>(records: impl IntoIterator<Item = &'a UserRecord>) 
     let mut out = vec![CHUNK_VERSION, 0, 0, 0, 0];
     let mut n = 0u32;
     for record in records {
-        let bytes = encode_user(record);
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&bytes);
+        push_record(&mut out, record);
         n += 1;
     }
     out[1..5].copy_from_slice(&n.to_le_bytes());
     out
+}
+
+/// Appends `u32 len + record` to a chunk's body.
+fn push_record(body: &mut Vec<u8>, record: &UserRecord) {
+    let at = body.len();
+    body.extend_from_slice(&[0; 4]);
+    encode_user_into(record, body);
+    let len = (body.len() - at - 4) as u32;
+    body[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// User records encoded as they are exported, straight into the bodies of their chunks, so
+/// a snapshot never holds its users as [`UserRecord`]s all at once (they take about twice
+/// the encoded bytes). Records pushed here, then chunk sets merged in order with
+/// [`UserChunks::append`], give the bytes [`encode_user_chunk`] gives for the same records
+/// grouped by [`user_chunk`] in the same order.
+#[derive(Debug)]
+pub struct UserChunks {
+    /// Per chunk: records, and the encoded chunk with its header left blank (empty while the
+    /// chunk has no record), so that finishing a chunk copies nothing.
+    chunks: Vec<(u32, Vec<u8>)>,
+    users: usize,
+}
+
+/// The bytes of a chunk's header: version and record count.
+const CHUNK_HEADER: usize = 5;
+
+impl Default for UserChunks {
+    fn default() -> Self {
+        UserChunks {
+            chunks: vec![(0, Vec::new()); USER_CHUNKS],
+            users: 0,
+        }
+    }
+}
+
+impl UserChunks {
+    /// Encodes `record` at the end of its chunk.
+    pub fn push(&mut self, record: &UserRecord) {
+        let (n, body) = &mut self.chunks[user_chunk(&record.user_id)];
+        if body.is_empty() {
+            body.extend_from_slice(&[0; CHUNK_HEADER]);
+        }
+        push_record(body, record);
+        *n += 1;
+        self.users += 1;
+    }
+
+    /// Moves `other`'s records after this set's, chunk by chunk.
+    pub fn append(&mut self, other: UserChunks) {
+        for ((n, body), (m, more)) in self.chunks.iter_mut().zip(other.chunks) {
+            if body.is_empty() {
+                *body = more;
+            } else if !more.is_empty() {
+                body.extend_from_slice(&more[CHUNK_HEADER..]);
+            }
+            *n += m;
+        }
+        self.users += other.users;
+    }
+
+    /// Records pushed.
+    pub fn users(&self) -> usize {
+        self.users
+    }
+
+    /// Bytes the chunks will take.
+    pub fn bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.1.len()).sum()
+    }
+
+    /// The chunks holding records, as `(chunk, encoded chunk)`.
+    pub fn into_chunks(self) -> impl Iterator<Item = (usize, Vec<u8>)> {
+        self.chunks
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(chunk, (n, mut bytes))| {
+                bytes[0] = CHUNK_VERSION;
+                bytes[1..CHUNK_HEADER].copy_from_slice(&n.to_le_bytes());
+                (chunk, bytes)
+            })
+    }
 }
 
 /// Decodes a chunk of user records.
@@ -418,6 +504,47 @@ mod tests {
         }
         assert_eq!(decode_user_chunk(&encode_user_chunk(&[])), Ok(Vec::new()));
         assert!(user_chunk("alice") < USER_CHUNKS);
+    }
+
+    #[test]
+    fn chunk_sets_merged_in_order_encode_like_whole_chunks() {
+        let record = |i: usize| UserRecord {
+            user_id: Arc::from(format!("user-{i}").as_str()),
+            dense_id: i as u32,
+            last_event_ms: Some(i as i64),
+            cells: (0..i % 4)
+                .map(|k| (Arc::from(format!("g{k}").as_str()), Interaction::default()))
+                .collect(),
+            activity: Vec::new(),
+        };
+        let records: Vec<UserRecord> = (0..600).map(record).collect();
+        // Three "shards" in order, as a snapshot merges them.
+        let mut merged = UserChunks::default();
+        for part in records.chunks(250) {
+            let mut shard = UserChunks::default();
+            for r in part {
+                shard.push(r);
+            }
+            merged.append(shard);
+        }
+        assert_eq!(merged.users(), 600);
+        let mut grouped: Vec<Vec<&UserRecord>> = vec![Vec::new(); USER_CHUNKS];
+        for r in &records {
+            grouped[user_chunk(&r.user_id)].push(r);
+        }
+        let want: Vec<(usize, Vec<u8>)> = grouped
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rs)| !rs.is_empty())
+            .map(|(chunk, rs)| (chunk, encode_user_chunk(rs)))
+            .collect();
+        assert_eq!(
+            merged.bytes(),
+            want.iter().map(|(_, b)| b.len()).sum::<usize>()
+        );
+        let got: Vec<(usize, Vec<u8>)> = merged.into_chunks().collect();
+        assert!(got.len() > 200, "records spread over most chunks");
+        assert_eq!(got, want);
     }
 
     #[test]

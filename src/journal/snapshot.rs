@@ -5,10 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use momentum_actors::engine::EngineExport;
+use momentum_actors::engine::{EngineExport, SnapshotExport};
 use momentum_actors::snapshot::{
     decode_dedupe, decode_item_slots, decode_user, decode_user_chunk, encode_dedupe,
-    encode_item_slots, encode_user_chunk, user_chunk, UserRecord, USER_CHUNKS,
+    encode_item_slots, USER_CHUNKS,
 };
 use momentum_actors::Engine;
 use momentum_models::clock::now_ms;
@@ -31,8 +31,9 @@ pub(super) fn users_chunk_key(chunk: usize) -> String {
     format!("{USERS_PREFIX}{chunk}.")
 }
 
-/// The parts of a snapshot of `export`.
-fn encode_parts(export: &EngineExport) -> Vec<SnapshotPart> {
+/// The parts of a snapshot of `export`, which they take over (each chunk of users is freed
+/// as its part is made).
+fn encode_parts(export: SnapshotExport) -> Vec<SnapshotPart> {
     let mut parts = Vec::with_capacity(export.event_ids.len() + USER_CHUNKS + 1);
     parts.push(SnapshotPart {
         key: ITEMS_KEY.into(),
@@ -48,18 +49,12 @@ fn encode_parts(export: &EngineExport) -> Vec<SnapshotPart> {
     }
     // Users in a fixed number of chunks (by a hash of the id), not one part each: a million
     // parts cost the store seconds of index updates per snapshot.
-    let mut chunks: Vec<Vec<&UserRecord>> = vec![Vec::new(); USER_CHUNKS];
-    for record in &export.users {
-        chunks[user_chunk(&record.user_id)].push(record);
-    }
-    for (chunk, records) in chunks.into_iter().enumerate() {
-        if !records.is_empty() {
-            parts.push(SnapshotPart {
-                key: users_chunk_key(chunk),
-                user_id: None,
-                bytes: encode_user_chunk(records),
-            });
-        }
+    for (chunk, bytes) in export.users.into_chunks() {
+        parts.push(SnapshotPart {
+            key: users_chunk_key(chunk),
+            user_id: None,
+            bytes,
+        });
     }
     parts
 }
@@ -129,8 +124,8 @@ impl Journal {
             .await
             .map_err(|e| Error::from_actor(e, self.retry_after))?;
         let exported = started.elapsed().as_secs_f64();
-        let users = export.users.len();
-        let parts = encode_parts(&export);
+        let users = export.users.users();
+        let parts = encode_parts(export);
         let bytes = parts.iter().map(|p| p.bytes.len()).sum();
         let encoded = started.elapsed().as_secs_f64();
         let created_ms = now_ms();
@@ -140,7 +135,7 @@ impl Journal {
             covers_seq,
             created_ms,
         };
-        self.store.put_snapshot(&meta, &parts).await?;
+        self.store.put_snapshot(&meta, parts).await?;
         self.last_snapshot_id.store(id, Ordering::Release);
         // Read back what was written: a snapshot that does not verify must not be the one the
         // next start restores (it fails loudly there instead of restoring less).

@@ -54,9 +54,10 @@ use redb::{
 use super::codec::{decode_event, decode_ts_and_user, encode_event};
 use super::group::GroupCommit;
 use super::{
-    check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash, snapshot_digest,
-    ErasureReport, EventRecord, PageSender, PartScrub, SeqRange, SnapshotMeta, SnapshotPart,
-    StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser, UserFootprint,
+    check_digest, check_snapshot_digest, digest_replacing, digest_without, now_ms, part_hash,
+    snapshot_digest, ErasureReport, EventRecord, PageSender, PartScrub, SeqRange, SnapshotDigest,
+    SnapshotMeta, SnapshotPart, StoreConfig, StoreError, StoredEvent, StoredItem, StoredUser,
+    UserFootprint,
 };
 
 /// The database file inside `store.path`.
@@ -232,10 +233,9 @@ impl EmbeddedStore {
     pub(crate) async fn put_snapshot(
         &self,
         meta: &SnapshotMeta,
-        parts: &[SnapshotPart],
+        parts: Vec<SnapshotPart>,
     ) -> Result<()> {
         let meta = *meta;
-        let parts = parts.to_vec();
         let digest = snapshot_digest(&parts);
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
@@ -288,10 +288,13 @@ impl EmbeddedStore {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let name = file.display().to_string();
-            match read_snapshot(&txn, Some(id))? {
-                Some((meta, parts, Some(digest))) => {
-                    check_snapshot_digest(meta.id, &parts, Some(&digest), &name)
-                }
+            // Hashed as read: a snapshot can be most of the server's memory.
+            let mut read = SnapshotDigest::default();
+            let found = visit_snapshot(&txn, Some(id), |key, user_id, bytes| {
+                read.add(key, user_id.as_deref(), bytes)
+            })?;
+            match found {
+                Some((meta, Some(digest))) => check_digest(meta.id, &read, Some(&digest), &name),
                 Some(_) => Err(StoreError::Damaged {
                     message: format!("snapshot {id} in {name} was written without its checksum"),
                 }),
@@ -925,6 +928,24 @@ pub(super) fn read_snapshot(
     txn: &redb::ReadTransaction,
     id: Option<u64>,
 ) -> Result<Option<(SnapshotMeta, Vec<SnapshotPart>, Option<Vec<u8>>)>> {
+    let mut parts = Vec::new();
+    let found = visit_snapshot(txn, id, |key, user_id, bytes| {
+        parts.push(SnapshotPart {
+            key: key.to_owned(),
+            user_id,
+            bytes: bytes.to_vec(),
+        })
+    })?;
+    Ok(found.map(|(meta, digest)| (meta, parts, digest)))
+}
+
+/// Calls `visit(key, user, bytes)` on each part of snapshot `id` (or the newest), in key
+/// order, as it is read; returns the snapshot and its stored digest.
+fn visit_snapshot(
+    txn: &redb::ReadTransaction,
+    id: Option<u64>,
+    mut visit: impl FnMut(&str, Option<String>, &[u8]),
+) -> Result<Option<(SnapshotMeta, Option<Vec<u8>>)>> {
     let snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
     let found = match id {
         Some(id) => snapshots.get(id).map_err(db_err)?.map(|v| (id, v.value())),
@@ -938,7 +959,6 @@ pub(super) fn read_snapshot(
     };
     let stored = txn.open_table(SNAPSHOT_PARTS).map_err(db_err)?;
     let owners = txn.open_table(SNAPSHOT_PART_USERS).map_err(db_err)?;
-    let mut parts = Vec::new();
     for entry in stored.range((id, "")..).map_err(db_err)? {
         let (key, bytes) = entry.map_err(db_err)?;
         let (snapshot_id, key) = key.value();
@@ -949,11 +969,7 @@ pub(super) fn read_snapshot(
             .get((id, key))
             .map_err(db_err)?
             .map(|u| u.value().to_owned());
-        parts.push(SnapshotPart {
-            key: key.to_owned(),
-            user_id,
-            bytes: bytes.value().to_vec(),
-        });
+        visit(key, user_id, bytes.value());
     }
     let digest = match txn.open_table(SNAPSHOT_DIGESTS) {
         Ok(digests) => digests.get(id).map_err(db_err)?.map(|d| d.value().to_vec()),
@@ -966,7 +982,6 @@ pub(super) fn read_snapshot(
             covers_seq,
             created_ms,
         },
-        parts,
         digest,
     )))
 }

@@ -449,11 +449,12 @@ impl Store {
     }
 
     /// Writes a snapshot and all its parts, atomically. An existing id is a
-    /// [`StoreError::Conflict`]; part keys must be unique within the snapshot.
+    /// [`StoreError::Conflict`]; part keys must be unique within the snapshot. The parts are
+    /// taken, not copied: a snapshot's parts can be most of the process's memory.
     pub async fn put_snapshot(
         &self,
         meta: &SnapshotMeta,
-        parts: &[SnapshotPart],
+        parts: Vec<SnapshotPart>,
     ) -> Result<(), StoreError> {
         dispatch!(self.put_snapshot(meta, parts))
     }
@@ -574,15 +575,36 @@ pub(crate) fn part_hash(key: &str, user_id: Option<&str>, bytes: &[u8]) -> [u8; 
 /// and [`Store::verify_snapshot`]; a part that is missing, extra or altered changes it.
 /// Erasure takes a user's parts out of it ([`digest_without`]) without reading the others.
 pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; DIGEST_LEN] {
-    let mut out = [0; DIGEST_LEN];
-    out[..8].copy_from_slice(&(parts.len() as u64).to_le_bytes());
+    let mut digest = SnapshotDigest::default();
     for part in parts {
-        let h = part_hash(&part.key, part.user_id.as_deref(), &part.bytes);
-        for (o, b) in out[8..].iter_mut().zip(h) {
+        digest.add(&part.key, part.user_id.as_deref(), &part.bytes);
+    }
+    digest.finish()
+}
+
+/// [`snapshot_digest`] part by part, so a snapshot can be checked as it is read instead of
+/// being held whole.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotDigest {
+    parts: u64,
+    hashes: [u8; 32],
+}
+
+impl SnapshotDigest {
+    pub(crate) fn add(&mut self, key: &str, user_id: Option<&str>, bytes: &[u8]) {
+        let h = part_hash(key, user_id, bytes);
+        for (o, b) in self.hashes.iter_mut().zip(h) {
             *o ^= b;
         }
+        self.parts += 1;
     }
-    out
+
+    pub(crate) fn finish(&self) -> [u8; DIGEST_LEN] {
+        let mut out = [0; DIGEST_LEN];
+        out[..8].copy_from_slice(&self.parts.to_le_bytes());
+        out[8..].copy_from_slice(&self.hashes);
+        out
+    }
 }
 
 /// `digest` with one part (given by its [`part_hash`]) taken out; `None` for a malformed
@@ -623,15 +645,29 @@ pub(crate) fn check_snapshot_digest(
     stored: Option<&[u8]>,
     store: &str,
 ) -> Result<(), StoreError> {
+    let mut digest = SnapshotDigest::default();
+    for part in parts {
+        digest.add(&part.key, part.user_id.as_deref(), &part.bytes);
+    }
+    check_digest(id, &digest, stored, store)
+}
+
+/// [`check_snapshot_digest`] for parts hashed as they were read.
+pub(crate) fn check_digest(
+    id: u64,
+    read: &SnapshotDigest,
+    stored: Option<&[u8]>,
+    store: &str,
+) -> Result<(), StoreError> {
     match stored {
         None => Ok(()),
-        Some(d) if d == snapshot_digest(parts).as_slice() => Ok(()),
+        Some(d) if d == read.finish().as_slice() => Ok(()),
         Some(_) => Err(StoreError::Damaged {
             message: format!(
                 "snapshot {id} in {store} does not match its checksum ({} parts read): the \
                  store is damaged; run `momentum store check`, then `momentum store recover` \
                  (see docs/operations.md, \"Store damage\")",
-                parts.len()
+                read.parts
             ),
         }),
     }

@@ -389,11 +389,11 @@ impl PostgresStore {
     pub(crate) async fn put_snapshot(
         &self,
         meta: &SnapshotMeta,
-        parts: &[SnapshotPart],
+        parts: Vec<SnapshotPart>,
     ) -> Result<()> {
         let id = to_i64(meta.id, "snapshot id")?;
         let covers = to_i64(meta.covers_seq, "covers_seq")?;
-        let digest = snapshot_digest(parts).to_vec();
+        let digest = snapshot_digest(&parts).to_vec();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         tx.execute(

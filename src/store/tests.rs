@@ -319,7 +319,7 @@ async fn snapshots_put_latest_prune(cfg: StoreConfig) {
         part("shard-0", None, b"zero"),
         part("user:u1", Some("u1"), b""),
     ];
-    store.put_snapshot(&meta1, &parts1).await.unwrap();
+    store.put_snapshot(&meta1, parts1).await.unwrap();
     let meta2 = SnapshotMeta {
         id: 2,
         covers_seq: 20,
@@ -332,7 +332,7 @@ async fn snapshots_put_latest_prune(cfg: StoreConfig) {
         part("catalogue", None, &big),
         part("user:u1", Some("u1"), b"one"),
     ];
-    store.put_snapshot(&meta2, &parts2).await.unwrap();
+    store.put_snapshot(&meta2, parts2.clone()).await.unwrap();
 
     let (meta, parts) = store.latest_snapshot().await.unwrap().unwrap();
     assert_eq!(meta, meta2);
@@ -344,7 +344,7 @@ async fn snapshots_put_latest_prune(cfg: StoreConfig) {
     assert_eq!(store.count_user_rows("u1").await.unwrap().snapshot_parts, 2);
 
     // An existing id is refused and changes nothing.
-    let err = store.put_snapshot(&meta1, &[]).await.unwrap_err();
+    let err = store.put_snapshot(&meta1, vec![]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     // All or nothing: a duplicate part key aborts the whole snapshot.
     let meta3 = SnapshotMeta {
@@ -353,7 +353,7 @@ async fn snapshots_put_latest_prune(cfg: StoreConfig) {
         created_ms: 3000,
     };
     let dup = vec![part("a", Some("u3"), b"1"), part("a", Some("u3"), b"2")];
-    let err = store.put_snapshot(&meta3, &dup).await.unwrap_err();
+    let err = store.put_snapshot(&meta3, dup).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert_eq!(store.latest_snapshot().await.unwrap().unwrap().0, meta2);
     assert_eq!(store.count_user_rows("u3").await.unwrap().total(), 0);
@@ -364,7 +364,7 @@ async fn snapshots_put_latest_prune(cfg: StoreConfig) {
         covers_seq: 40,
         created_ms: 4000,
     };
-    store.put_snapshot(&meta4, &[]).await.unwrap();
+    store.put_snapshot(&meta4, vec![]).await.unwrap();
     assert_eq!(
         store.latest_snapshot().await.unwrap().unwrap(),
         (meta4, vec![])
@@ -452,7 +452,7 @@ async fn erase_user_removes_every_trace(cfg: StoreConfig) {
                     covers_seq: 4,
                     created_ms: 10,
                 },
-                &[
+                vec![
                     part("shared", None, b"catalogue"),
                     part("user:alice", Some("alice"), b"a"),
                     part("user:bob", Some("bob"), b"b"),
@@ -588,7 +588,10 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(cfg: StoreConfig) {
     {
         let store = Store::open(&cfg).await.unwrap();
         store.append_events(&batch).await.unwrap();
-        store.put_snapshot(&snapshot.0, &snapshot.1).await.unwrap();
+        store
+            .put_snapshot(&snapshot.0, snapshot.1.clone())
+            .await
+            .unwrap();
         store.put_user("user-1", &json!({"a": 1})).await.unwrap();
         store.put_item("item-1", &json!({"b": 2})).await.unwrap();
     }
@@ -627,14 +630,17 @@ async fn altered_snapshots_fail_their_checksum(cfg: StoreConfig) {
         created_ms: 1,
     };
     let parts = vec![part("a", None, b"state-a"), part("u:1", Some("1"), b"row")];
-    store.put_snapshot(&meta, &parts).await.unwrap();
+    store.put_snapshot(&meta, parts.clone()).await.unwrap();
     store.verify_snapshot(3).await.unwrap();
     assert_eq!(store.latest_snapshot().await.unwrap(), Some((meta, parts)));
     for change in ["bytes", "missing"] {
         let id = if change == "bytes" { 4 } else { 5 };
         let meta = SnapshotMeta { id, ..meta };
         store
-            .put_snapshot(&meta, &[part("a", None, b"state-a"), part("b", None, b"b")])
+            .put_snapshot(
+                &meta,
+                vec![part("a", None, b"state-a"), part("b", None, b"b")],
+            )
             .await
             .unwrap();
         store

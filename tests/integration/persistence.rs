@@ -337,7 +337,7 @@ async fn erasure_scrubs_event_ids(settings: Settings) {
         bytes: old,
     };
     store
-        .put_snapshot(&meta, &[part])
+        .put_snapshot(&meta, vec![part])
         .await
         .expect("old snapshot");
     assert!(
