@@ -153,7 +153,7 @@ pub struct PartitionSlot {
     next_offset: AtomicI64,
     /// The end of the log when the partition was last seen (for lag).
     high_watermark: AtomicI64,
-    /// How many times this node was assigned the partition.
+    /// Moved by every assignment and every revocation of the partition on this node.
     generation: AtomicU64,
 }
 

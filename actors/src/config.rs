@@ -141,7 +141,7 @@ pub struct EaseConfig {
     /// Weights kept per item (the strongest).
     pub neighbours: usize,
     /// Most items modelled (the most popular); a dense `n × n` factorisation needs
-    /// `8 n²` bytes at its peak (800 MB for 10,000 items).
+    /// `8 n²` bytes and an `n × 128` panel at its peak (810 MB for 10,000 items).
     pub max_items: usize,
     /// Rebuild after this many applied events…
     pub rebuild_events: u64,

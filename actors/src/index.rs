@@ -205,6 +205,10 @@ impl CoocRow {
     fn push(&mut self, entry: CoocEntry) {
         let k = self.entries.len() as u32;
         let item = entry.item as usize;
+        // Whether the entries move to a larger allocation: the moment to reconsider the kind
+        // of positions, a number of times logarithmic in the row's largest size (a row going
+        // back and forth across one length does not rebuild its positions each time).
+        let grows = self.entries.len() == self.entries.capacity();
         self.entries.push(entry);
         match &mut self.positions {
             Positions::Hashed(table) => {
@@ -212,8 +216,7 @@ impl CoocRow {
                 table.insert_unique(item_hash(entry.item), k, |&p| {
                     item_hash(entries[p as usize].item)
                 });
-                let n = entries.len();
-                if n >= DIRECT_MIN_ENTRIES && n.is_power_of_two() {
+                if grows && entries.len() >= DIRECT_MIN_ENTRIES {
                     self.reindex();
                 }
             }

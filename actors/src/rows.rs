@@ -7,7 +7,7 @@
 //! kept in the row itself, so a user with one event allocates nothing more; past that, the
 //! vectors grow by half, not by doubling from four as `Vec` does, since most users touch a
 //! handful of items, and a user with several events in one batch (a bulk load) has them
-//! fitted to their length afterwards ([`UserRow::fit`]).
+//! fitted to their length afterwards if they are short ([`UserRow::fit`]).
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -23,11 +23,15 @@ fn reserve_one<T, const N: usize>(v: &mut SmallVec<[T; N]>) {
     }
 }
 
-/// Moves `v` into an allocation of exactly its length if it has spare room. A new allocation
-/// and a copy, not `shrink_to_fit`: the allocator keeps a block that shrinks by less than
-/// half where it is, room and all.
+/// Longest cells or log [`UserRow::fit`] fits: longer ones belong to the few heavy users, whose
+/// spare room costs little in all and whose growth must stay amortised.
+const FIT_MAX: usize = 64;
+
+/// Moves `v` into an allocation of exactly its length if it has spare room and is at most
+/// [`FIT_MAX`] long. A new allocation and a copy, not `shrink_to_fit`: the allocator keeps a
+/// block that shrinks by less than half where it is, room and all.
 fn fit<T: Copy, const N: usize>(v: &mut SmallVec<[T; N]>) {
-    if v.spilled() && v.capacity() > v.len() {
+    if v.spilled() && v.capacity() > v.len() && v.len() <= FIT_MAX {
         *v = SmallVec::from_slice(v);
     }
 }
@@ -169,9 +173,10 @@ impl UserRow {
         }
     }
 
-    /// Gives back the room grown ahead of need. The shard calls it for a user who had several
-    /// events in one batch (a bulk load, mostly), whose row may not grow again for a while;
-    /// a row that grows one event at a time keeps its room, so growth stays amortised.
+    /// Gives back the room grown ahead of need in cells and log of up to 64 entries. The shard
+    /// calls it for a user with several events in one batch (a bulk load, mostly), whose row
+    /// may not grow again for a while; a row that grows one event per batch keeps its room,
+    /// and so do long rows, so growth stays amortised where it happens often.
     pub fn fit(&mut self) {
         fit(&mut self.cells);
         fit(&mut self.activity);
@@ -373,6 +378,13 @@ mod tests {
         assert_eq!((row.cells.capacity(), row.activity.capacity()), (20, 20));
         assert_eq!(row.cells().collect::<Vec<_>>(), cells);
         assert_eq!(row.activity().collect::<Vec<_>>(), activity);
+        for item in 20..100u32 {
+            row.apply(item * 3, EventKind::Like, None, i64::from(item), &weights);
+        }
+        let room = row.cells.capacity();
+        assert!(room > 80);
+        row.fit();
+        assert_eq!(row.cells.capacity(), room, "long rows keep their room");
         let mut one = UserRow::default();
         one.apply(1, EventKind::Like, None, 1, &weights);
         one.fit();

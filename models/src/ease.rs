@@ -78,7 +78,8 @@ pub fn fit(
 }
 
 /// Columns of `L⁻¹` and rows of `P` worked out at a time after the factorisation: the one
-/// scratch panel is `n × BLOCK`. The same on every server, so the sums are too.
+/// scratch panel is `n × BLOCK`. Fixed, so the blocking (and so the order of the sums it
+/// decides) does not depend on the machine; faer's kernels may still differ by CPU.
 const BLOCK: usize = 128;
 
 fn fit_in_blocks(

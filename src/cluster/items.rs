@@ -31,7 +31,7 @@ use momentum_actors::messages::RowDelta;
 use momentum_actors::{ActorError, Engine};
 
 use super::consumer::Stop;
-use super::{partition_of, Cluster, PartitionState};
+use super::{partition_of, Cluster, PartitionSlot, PartitionState};
 use crate::error::Error;
 use crate::AppState;
 
@@ -244,18 +244,37 @@ fn run(
     let progress = cluster.item_progress();
     let slots = cluster.partition_slots();
     let mut side = ItemSide::default();
-    // Per partition: whether a vector of one of its users was left unpublished because this
-    // node owned the partition then (the owner's shards publish their own vectors).
+    // Per partition: whether this node may have published vectors of its users that the item
+    // side has since moved past, and so owes them the item side's. That is so from the moment
+    // the node is assigned the partition (its restore and replay publish what they rebuild,
+    // and records for the partition are then applied without publishing, the owner's shards
+    // publishing their own) until, the partition no longer being its, it has published them.
+    // Ownership changes are seen through the slot's generation, which every assignment and
+    // revocation moves, so a flap between two looks here is not missed.
     let withheld: Vec<Cell<bool>> = (0..settings.partitions).map(|_| Cell::new(false)).collect();
+    let mut seen: Vec<u64> = slots
+        .iter()
+        .map(|s| s.generation.load(Ordering::Acquire))
+        .collect();
     while !stop.stopped() {
-        // A partition this node no longer owns (revoked, possibly moments after it was
-        // assigned) gets the vectors its new owner published, which it withheld meanwhile.
+        let mut due = Vec::new();
         for (p, flag) in withheld.iter().enumerate() {
-            if flag.get() && slots[p].state() == PartitionState::NotOwned {
-                flag.set(false);
-                let published = publish_withheld(engine, &side, settings.partitions, p as u32);
-                tracing::debug!(partition = p, published, "withheld vectors published");
+            let generation = slots[p].generation.load(Ordering::Acquire);
+            if generation != seen[p] {
+                seen[p] = generation;
+                flag.set(true);
             }
+            if flag.get() && slots[p].state() == PartitionState::NotOwned {
+                due.push((p as u32, generation));
+            }
+        }
+        if !due.is_empty() {
+            let (published, interrupted) =
+                publish_withheld(engine, &side, settings.partitions, &due, slots);
+            for (p, _) in &due {
+                withheld[*p as usize].set(interrupted.contains(p));
+            }
+            tracing::debug!(?due, published, "withheld vectors published");
         }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
             continue;
@@ -304,12 +323,8 @@ fn run(
                 let partitions = settings.partitions;
                 let publish = |user: u32| {
                     engine.user_name(user).is_some_and(|name| {
-                        let p = partition_of(&name, partitions) as usize;
-                        let free = slots[p].state() == PartitionState::NotOwned;
-                        if !free {
-                            withheld[p].set(true);
-                        }
-                        free
+                        slots[partition_of(&name, partitions) as usize].state()
+                            == PartitionState::NotOwned
                     })
                 };
                 loop {
@@ -349,21 +364,40 @@ fn run(
     Ok(())
 }
 
-/// Publishes the vector this node's item side holds for every user of partition `p`: the
-/// latest its owners sent through the item-deltas topic. Returns how many were published.
-fn publish_withheld(engine: &Engine, side: &ItemSide, partitions: u32, p: u32) -> usize {
+/// Publishes the vector this node's item side holds for every user of the partitions `due`
+/// (each with the generation it had when it was found not owned): the latest its owners sent
+/// through the item-deltas topic. A partition assigned again meanwhile (its generation moved)
+/// is left alone from then on, its new restore publishing what it rebuilds. Returns how many
+/// vectors were published and the partitions interrupted so.
+fn publish_withheld(
+    engine: &Engine,
+    side: &ItemSide,
+    partitions: u32,
+    due: &[(u32, u64)],
+    slots: &[PartitionSlot],
+) -> (usize, Vec<u32>) {
     let vectors = &engine.index().vectors;
+    let mut interrupted = Vec::new();
     let mut published = 0;
     for (&user, vector) in side {
-        if engine
-            .user_name(user)
-            .is_some_and(|name| partition_of(&name, partitions) == p)
-        {
-            vectors.insert(user, vector.clone());
-            published += 1;
+        let Some(name) = engine.user_name(user) else {
+            continue;
+        };
+        let p = partition_of(&name, partitions);
+        let Some(&(_, generation)) = due.iter().find(|d| d.0 == p) else {
+            continue;
+        };
+        if interrupted.contains(&p) {
+            continue;
         }
+        if slots[p as usize].generation.load(Ordering::Acquire) != generation {
+            interrupted.push(p);
+            continue;
+        }
+        vectors.insert(user, vector.clone());
+        published += 1;
     }
-    published
+    (published, interrupted)
 }
 
 /// Applies an item's metadata or deletion to this node's store and catalogue, as a local
@@ -454,7 +488,18 @@ mod tests {
             .filter(|&u| partition_of(&name(u), partitions) == p)
             .collect();
         assert!(mine.len() < 24, "the users span several partitions");
-        assert_eq!(publish_withheld(&engine, &side, partitions, p), mine.len());
+        let slots: Vec<PartitionSlot> = (0..partitions).map(|_| PartitionSlot::default()).collect();
+        // Assigned again since it was found not owned: nothing is published for it.
+        slots[p as usize].generation.store(1, Ordering::Release);
+        assert_eq!(
+            publish_withheld(&engine, &side, partitions, &[(p, 0)], &slots),
+            (0, vec![p])
+        );
+        assert!(engine.index().vectors.is_empty());
+        assert_eq!(
+            publish_withheld(&engine, &side, partitions, &[(p, 1)], &slots),
+            (mine.len(), vec![])
+        );
         for u in 0..24 {
             let id = engine.index().users.get(&name(u)).expect("interned");
             let published = engine.index().vectors.get(&id).map(|v| v.items.clone());

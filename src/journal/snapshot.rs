@@ -31,8 +31,8 @@ pub(super) fn users_chunk_key(chunk: usize) -> String {
     format!("{USERS_PREFIX}{chunk}.")
 }
 
-/// The parts of a snapshot of `export`, which they take over (each chunk of users is freed
-/// as its part is made).
+/// The parts of a snapshot of `export`, which they take over: the chunks of users become
+/// parts as they are, without a copy.
 fn encode_parts(export: SnapshotExport) -> Vec<SnapshotPart> {
     let mut parts = Vec::with_capacity(export.event_ids.len() + USER_CHUNKS + 1);
     parts.push(SnapshotPart {
@@ -123,6 +123,7 @@ impl Journal {
         let export = export
             .await
             .map_err(|e| Error::from_actor(e, self.retry_after))?;
+        // The shards encode their users as they export them: `export_s` covers both.
         let exported = started.elapsed().as_secs_f64();
         let users = export.users.users();
         let parts = encode_parts(export);
@@ -161,7 +162,7 @@ impl Journal {
             bytes,
             seconds,
             export_s = exported,
-            encode_s = encoded - exported,
+            parts_s = encoded - exported,
             write_s = written - encoded,
             clean_up_s = seconds - written,
             "snapshot written"
