@@ -8,7 +8,7 @@
 # (`POST /v1/admin/snapshot`) and prints the peak while it was written.
 #
 #   load-tests/bench-memory.sh                         # 1M users × 1 event
-#   EVENTS=20 load-tests/bench-memory.sh               # 1M users × 20 events (about 6 minutes)
+#   EVENTS=20 load-tests/bench-memory.sh               # 1M users × 20 events (about 8 minutes)
 #   USERS=20000 EVENTS=5 SKIP_BUILD=1 load-tests/bench-memory.sh
 #
 # Environment: USERS [1000000], EVENTS per user [1], ITEMS [2000], SEED [7], PORT [18481],
