@@ -480,35 +480,54 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
+    /// Applies `updates` (item, dot, add or remove) to a row and to a plain map, as the
+    /// catalogue sends them (a removal only for an existing pair), and checks after each one
+    /// that the positions cover the entries, then that the row holds what the map holds.
+    fn row_matches_a_map(updates: Vec<(u32, f64, bool)>, probe: u32) -> Result<(), TestCaseError> {
+        let mut row = CoocRow::default();
+        let mut want: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
+        for (item, dot, add) in updates {
+            let present = want.contains_key(&item);
+            let users = if add {
+                1
+            } else if present {
+                -1
+            } else {
+                continue;
+            };
+            row.add(item, dot, users);
+            let e = want.entry(item).or_insert((0.0, 0));
+            e.0 += dot;
+            e.1 = (i64::from(e.1) + users) as u32;
+            if e.1 == 0 {
+                want.remove(&item);
+            }
+            prop_assert_eq!(row.positions_len(), row.entries().len());
+        }
+        let mut got: Vec<(u32, (f64, u32))> = row
+            .entries()
+            .iter()
+            .map(|e| (e.item, (e.dot, e.users)))
+            .collect();
+        got.sort_by_key(|e| e.0);
+        let want_list: Vec<(u32, (f64, u32))> = want.iter().map(|(&k, &v)| (k, v)).collect();
+        prop_assert_eq!(&got, &want_list);
+        for item in 0..probe {
+            let expected = want
+                .get(&item)
+                .map(|&(dot, users)| Cooccurrence { dot, users });
+            prop_assert_eq!(row.get(item), expected);
+        }
+        Ok(())
+    }
+
     proptest! {
         /// Through growth and removals, a row holds what a plain map would.
         #[test]
         fn cooc_rows_match_a_map(
             updates in prop::collection::vec((0u32..300, -2.0f64..2.0, prop::bool::ANY), 1..2000),
         ) {
-            let mut row = CoocRow::default();
-            let mut want: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
-            for (item, dot, add) in updates {
-                let present = want.contains_key(&item);
-                // A removal only for an existing pair, as the catalogue sends.
-                let users = if add { 1 } else if present { -1 } else { continue };
-                row.add(item, dot, users);
-                let e = want.entry(item).or_insert((0.0, 0));
-                e.0 += dot;
-                e.1 = (i64::from(e.1) + users) as u32;
-                if e.1 == 0 {
-                    want.remove(&item);
-                }
-            }
-            let mut got: Vec<(u32, (f64, u32))> =
-                row.entries().iter().map(|e| (e.item, (e.dot, e.users))).collect();
-            got.sort_by_key(|e| e.0);
-            let want_list: Vec<(u32, (f64, u32))> = want.iter().map(|(&k, &v)| (k, v)).collect();
-            prop_assert_eq!(&got, &want_list);
-            for (item, (dot, users)) in want {
-                prop_assert_eq!(row.get(item), Some(Cooccurrence { dot, users }));
-            }
-            prop_assert_eq!(row.positions_len(), row.entries().len());
+            row_matches_a_map(updates, 300)?;
         }
 
         /// The same through rows that turn dense (direct positions) and sparse again (an id
@@ -520,34 +539,7 @@ mod tests {
                 1..3000,
             ),
         ) {
-            let mut row = CoocRow::default();
-            let mut want: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
-            let mut kinds = (false, false);
-            for (item, dot, add) in updates {
-                let present = want.contains_key(&item);
-                let users = if add { 1 } else if present { -1 } else { continue };
-                row.add(item, dot, users);
-                let e = want.entry(item).or_insert((0.0, 0));
-                e.0 += dot;
-                e.1 = (i64::from(e.1) + users) as u32;
-                if e.1 == 0 {
-                    want.remove(&item);
-                }
-                match row.positions {
-                    Positions::Hashed(_) => kinds.0 = true,
-                    Positions::Direct(_) => kinds.1 = true,
-                }
-                prop_assert_eq!(row.positions_len(), row.entries().len());
-            }
-            let mut got: Vec<(u32, (f64, u32))> =
-                row.entries().iter().map(|e| (e.item, (e.dot, e.users))).collect();
-            got.sort_by_key(|e| e.0);
-            let want_list: Vec<(u32, (f64, u32))> = want.iter().map(|(&k, &v)| (k, v)).collect();
-            prop_assert_eq!(&got, &want_list);
-            for item in 0..5000 {
-                prop_assert_eq!(row.get(item), want.get(&item).map(|&(dot, users)| Cooccurrence { dot, users }));
-            }
-            prop_assert!(kinds.0, "every row starts hashed");
+            row_matches_a_map(updates, 5000)?;
         }
     }
 

@@ -416,35 +416,32 @@ impl ShardState {
     /// This shard's rows as snapshot records (sorted by user id, cells by item id, so equal
     /// states give equal bytes) and its recent event id entries.
     pub fn export(&self) -> (Vec<UserRecord>, Vec<DedupeEntry>) {
-        let mut users: Vec<UserRecord> = self
-            .rows
-            .iter()
-            .filter_map(|(user, row)| self.record_of(user, row))
-            .collect();
-        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        (users, self.dedupe.entries())
+        (self.sorted_records().collect(), self.dedupe.entries())
     }
 
     /// [`ShardState::export`] encoded as it goes, record by record ([`UserChunks`]): the same
     /// records in the same order, never all held at once.
     pub fn export_chunks(&self) -> (UserChunks, Vec<DedupeEntry>) {
+        let mut chunks = UserChunks::default();
+        for record in self.sorted_records() {
+            chunks.push(&record);
+        }
+        (chunks, self.dedupe.entries())
+    }
+
+    /// The rows as snapshot records by user id, each made when it is reached.
+    fn sorted_records(&self) -> impl Iterator<Item = UserRecord> + '_ {
         let mut users: Vec<(Arc<str>, u32)> = self
             .rows
             .iter()
             .filter_map(|(user, _)| Some((self.index.users.name(user)?, user)))
             .collect();
         users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut chunks = UserChunks::default();
-        for (_, user) in users {
-            if let Some(record) = self
-                .rows
+        users.into_iter().filter_map(|(_, user)| {
+            self.rows
                 .get(user)
                 .and_then(|row| self.record_of(user, row))
-            {
-                chunks.push(&record);
-            }
-        }
-        (chunks, self.dedupe.entries())
+        })
     }
 
     /// Loads snapshot records into this (empty) shard: rows (users at their recorded dense

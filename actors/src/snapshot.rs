@@ -285,11 +285,6 @@ impl UserChunks {
         self.users
     }
 
-    /// Bytes the chunks will take.
-    pub fn bytes(&self) -> usize {
-        self.chunks.iter().map(|c| c.1.len()).sum()
-    }
-
     /// The chunks holding records, as `(chunk, encoded chunk)`.
     pub fn into_chunks(self) -> impl Iterator<Item = (usize, Vec<u8>)> {
         self.chunks
@@ -538,10 +533,6 @@ mod tests {
             .filter(|(_, rs)| !rs.is_empty())
             .map(|(chunk, rs)| (chunk, encode_user_chunk(rs)))
             .collect();
-        assert_eq!(
-            merged.bytes(),
-            want.iter().map(|(_, b)| b.len()).sum::<usize>()
-        );
         let got: Vec<(usize, Vec<u8>)> = merged.into_chunks().collect();
         assert!(got.len() > 200, "records spread over most chunks");
         assert_eq!(got, want);

@@ -575,11 +575,7 @@ pub(crate) fn part_hash(key: &str, user_id: Option<&str>, bytes: &[u8]) -> [u8; 
 /// and [`Store::verify_snapshot`]; a part that is missing, extra or altered changes it.
 /// Erasure takes a user's parts out of it ([`digest_without`]) without reading the others.
 pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; DIGEST_LEN] {
-    let mut digest = SnapshotDigest::default();
-    for part in parts {
-        digest.add(&part.key, part.user_id.as_deref(), &part.bytes);
-    }
-    digest.finish()
+    SnapshotDigest::of(parts).finish()
 }
 
 /// [`snapshot_digest`] part by part, so a snapshot can be checked as it is read instead of
@@ -591,6 +587,14 @@ pub(crate) struct SnapshotDigest {
 }
 
 impl SnapshotDigest {
+    pub(crate) fn of(parts: &[SnapshotPart]) -> SnapshotDigest {
+        let mut digest = SnapshotDigest::default();
+        for part in parts {
+            digest.add(&part.key, part.user_id.as_deref(), &part.bytes);
+        }
+        digest
+    }
+
     pub(crate) fn add(&mut self, key: &str, user_id: Option<&str>, bytes: &[u8]) {
         let h = part_hash(key, user_id, bytes);
         for (o, b) in self.hashes.iter_mut().zip(h) {
@@ -645,11 +649,7 @@ pub(crate) fn check_snapshot_digest(
     stored: Option<&[u8]>,
     store: &str,
 ) -> Result<(), StoreError> {
-    let mut digest = SnapshotDigest::default();
-    for part in parts {
-        digest.add(&part.key, part.user_id.as_deref(), &part.bytes);
-    }
-    check_digest(id, &digest, stored, store)
+    check_digest(id, &SnapshotDigest::of(parts), stored, store)
 }
 
 /// [`check_snapshot_digest`] for parts hashed as they were read.
