@@ -62,6 +62,10 @@ pub struct RecommendConfig {
     pub cache_ttl_secs: u64,
     /// Cached lists per shard (oldest evicted first).
     pub cache_capacity: usize,
+    /// Seconds over which lists cached under the previous item model are recomputed after a
+    /// new one is published, each user at a fixed point of the window, instead of all at
+    /// once; 0: at once.
+    pub model_refresh_secs: u64,
     /// Length of the popular-items list used for cold users and to fill short lists.
     pub popular_size: usize,
     /// The popular list is recomputed at most this often.
@@ -103,6 +107,7 @@ impl Default for RecommendConfig {
             max_n: 100,
             cache_ttl_secs: 3600,
             cache_capacity: 100_000,
+            model_refresh_secs: 5,
             popular_size: 200,
             popular_refresh_ms: 1000,
             candidate_pool: 30,
@@ -147,6 +152,9 @@ pub struct EaseConfig {
     pub rebuild_events: u64,
     /// …or this many seconds after the last build, if anything changed.
     pub rebuild_secs: u64,
+    /// Threads of the factorisation; 0 = one per CPU. One leaves the other cores to requests,
+    /// which a build on every core stalls for its whole length.
+    pub build_threads: usize,
 }
 
 impl Default for EaseConfig {
@@ -157,6 +165,7 @@ impl Default for EaseConfig {
             max_items: 5_000,
             rebuild_events: 50_000,
             rebuild_secs: 600,
+            build_threads: 1,
         }
     }
 }

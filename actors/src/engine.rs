@@ -718,10 +718,12 @@ impl Engine {
 
     /// Builds the learned item model from the current counts and publishes it (the next
     /// version). Blocks for as long as the factorisation takes: call it off the async
-    /// threads. On failure the previous model stays.
+    /// threads. `copied` runs between the copy of the counts and the factorisation
+    /// ([`crate::ease::build`]). On failure the previous model stays.
     pub fn build_item_model(
         &self,
         now_ms: i64,
+        copied: impl FnOnce(),
     ) -> Result<Arc<crate::ease::EaseModel>, momentum_models::ease::EaseError> {
         let version = self.index.ease.read().version + 1;
         let model = Arc::new(crate::ease::build(
@@ -729,6 +731,7 @@ impl Engine {
             &self.config.ease,
             version,
             now_ms,
+            copied,
         )?);
         self.install_item_model(model.clone());
         Ok(model)
@@ -740,8 +743,9 @@ impl Engine {
     pub fn fit_item_model(
         &self,
         now_ms: i64,
+        copied: impl FnOnce(),
     ) -> Result<crate::ease::EaseModel, momentum_models::ease::EaseError> {
-        crate::ease::build(&self.index, &self.config.ease, 0, now_ms)
+        crate::ease::build(&self.index, &self.config.ease, 0, now_ms, copied)
     }
 
     /// Publishes `model` whole, unless the published one has this version or a later one;
@@ -953,7 +957,7 @@ mod tests {
             }
         }
         a.record_events(events).await.expect("recorded");
-        let built = a.build_item_model(1_700_000_000_000).expect("built");
+        let built = a.build_item_model(1_700_000_000_000, || ()).expect("built");
         assert!(built.items() >= 5, "{} items modelled", built.items());
         let bytes = a.encode_item_model(&built);
         let moved = b.decode_item_model(&bytes, 7).expect("decodes");

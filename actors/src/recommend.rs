@@ -681,7 +681,9 @@ pub fn hybrid(
         &index.item_order(),
     );
 
-    // Diversity: MMR with caps over the head of the list; the tail keeps its order.
+    // Diversity: MMR with caps over the head of the list; the tail keeps its order. The
+    // re-rank is greedy, so its first `n` picks are the same whether it goes on or stops
+    // there: it makes only those of the list it returns.
     let depth = config.diversity_depth.min(mixed.len());
     let metas: Vec<Option<Arc<crate::index::ItemMeta>>> = mixed[..depth]
         .iter()
@@ -701,7 +703,7 @@ pub fn hybrid(
         .collect();
     let order = rerank_by(
         &candidates,
-        depth,
+        depth.min(n),
         &blend.diversity,
         |a, b| content_index.cosine(a, b),
         &index.item_order(),

@@ -2,7 +2,7 @@
 //! the per-user cost decides how many users fit in memory.
 //!
 //! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 72-byte
-//! [`UserRow`] in one dense array), 24 bytes per item they touched (cells sorted by item) and
+//! [`UserRow`] in one dense array), 16 bytes per item they touched (cells sorted by item) and
 //! 16 bytes per event of their activity log. A row's first cell and first logged event are
 //! kept in the row itself, so a user with one event allocates nothing more; past that, the
 //! vectors grow by half, not by doubling from four as `Vec` does, since most users touch a
@@ -36,34 +36,80 @@ fn fit<T: Copy, const N: usize>(v: &mut SmallVec<[T; N]>) {
     }
 }
 
-/// What a user did with one item: an [`Interaction`] and its item in 24 bytes.
+/// Bits 20–31 of [`Cell::packed`] when the cell's interaction is kept whole in the row's
+/// [`UserRow::wide`] list.
+const WIDE: u32 = 0xfff;
+
+/// What a user did with one item: an [`Interaction`] and its item in 16 bytes. The latest
+/// event's time is split into whole seconds and the milliseconds past them, and the rating is
+/// kept in hundredths; an interaction that does not survive that packing bit for bit (a time
+/// before 1970 or after 2106, a rating of finer grain or above 40.93, an unknown kind bit) is
+/// kept whole in the row's `wide` list, and its cell only marks the place.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Cell {
-    last_ts: i64,
     item: u32,
     implicit: f32,
-    /// NaN: no rating (ratings are validated finite).
-    rating: f32,
-    kinds: u16,
+    /// `last_ts` in whole seconds (rounded down).
+    secs: u32,
+    /// Bits 0–9: the milliseconds past `secs`; 10–19: the kinds seen; 20–31: the rating in
+    /// hundredths plus one (0: no rating), or [`WIDE`].
+    packed: u32,
 }
 
 impl Cell {
-    fn new(item: u32, c: &Interaction) -> Cell {
-        Cell {
-            last_ts: c.last_ts,
+    /// The packed form of `c`, if it unpacks to `c` exactly.
+    fn pack(item: u32, c: &Interaction) -> Option<Cell> {
+        let secs = u32::try_from(c.last_ts.div_euclid(1000)).ok()?;
+        let ms = c.last_ts.rem_euclid(1000) as u32;
+        let kinds = u32::from(c.kinds);
+        if kinds >= 1 << 10 {
+            return None;
+        }
+        let rating = match c.rating {
+            None => 0,
+            Some(r) => {
+                let hundredths = (r * 100.0).round();
+                if !(0.0..(WIDE - 1) as f32).contains(&hundredths) {
+                    return None;
+                }
+                // Compared as bits, so -0.0 (which would come back as 0.0) stays wide.
+                let code = hundredths as u32;
+                if (code as f32 / 100.0).to_bits() != r.to_bits() {
+                    return None;
+                }
+                code + 1
+            }
+        };
+        Some(Cell {
             item,
             implicit: c.implicit,
-            rating: c.rating.unwrap_or(f32::NAN),
-            kinds: c.kinds,
+            secs,
+            packed: ms | kinds << 10 | rating << 20,
+        })
+    }
+
+    /// A cell whose interaction is in the row's `wide` list.
+    fn wide(item: u32) -> Cell {
+        Cell {
+            item,
+            implicit: 0.0,
+            secs: 0,
+            packed: WIDE << 20,
         }
     }
 
-    fn interaction(&self) -> Interaction {
+    fn is_wide(&self) -> bool {
+        self.packed >> 20 == WIDE
+    }
+
+    /// The interaction of a cell that is not wide.
+    fn unpack(&self) -> Interaction {
+        let rating = self.packed >> 20;
         Interaction {
             implicit: self.implicit,
-            rating: (!self.rating.is_nan()).then_some(self.rating),
-            kinds: self.kinds,
-            last_ts: self.last_ts,
+            rating: (rating > 0).then(|| (rating - 1) as f32 / 100.0),
+            kinds: ((self.packed >> 10) & 0x3ff) as u16,
+            last_ts: i64::from(self.secs) * 1000 + i64::from(self.packed & 0x3ff),
         }
     }
 }
@@ -105,6 +151,9 @@ pub struct UserRow {
     /// `actors.activity_days` before the newest (the features of the predictive models).
     activity: SmallVec<[Logged; 1]>,
     profile: Option<Box<UserProfile>>,
+    /// The interactions of the cells that do not pack ([`Cell::pack`]), by item: none at all
+    /// for events the API accepts, whose times fall between 1970 and a day ahead.
+    wide: Option<Box<Vec<(u32, Interaction)>>>,
     /// `i64::MIN`: no event yet.
     last_event_ms: i64,
 }
@@ -115,6 +164,7 @@ impl Default for UserRow {
             cells: SmallVec::new(),
             activity: SmallVec::new(),
             profile: None,
+            wide: None,
             last_event_ms: i64::MIN,
         }
     }
@@ -126,12 +176,61 @@ impl UserRow {
         self.cells
             .binary_search_by_key(&item, |c| c.item)
             .ok()
-            .map(|k| self.cells[k].interaction())
+            .map(|k| self.interaction(&self.cells[k]))
     }
 
     /// Every (item, interaction), by item.
     pub fn cells(&self) -> impl Iterator<Item = (u32, Interaction)> + '_ {
-        self.cells.iter().map(|c| (c.item, c.interaction()))
+        self.cells.iter().map(|c| (c.item, self.interaction(c)))
+    }
+
+    fn interaction(&self, cell: &Cell) -> Interaction {
+        if !cell.is_wide() {
+            return cell.unpack();
+        }
+        let wide = self.wide.as_deref().map_or(&[][..], Vec::as_slice);
+        wide.binary_search_by_key(&cell.item, |w| w.0)
+            .map(|k| wide[k].1.clone())
+            .expect("a wide cell has its interaction in the wide list")
+    }
+
+    /// The position of `item`'s cell, inserted empty if there was none.
+    fn position(&mut self, item: u32) -> usize {
+        match self.cells.binary_search_by_key(&item, |c| c.item) {
+            Ok(k) => k,
+            Err(k) => {
+                reserve_one(&mut self.cells);
+                let empty = Cell::pack(item, &Interaction::default()).expect("packs");
+                self.cells.insert(k, empty);
+                k
+            }
+        }
+    }
+
+    /// Stores `c` in the cell at `k`, packed or in the wide list.
+    fn store(&mut self, k: usize, c: &Interaction) {
+        let item = self.cells[k].item;
+        let was_wide = self.cells[k].is_wide();
+        match Cell::pack(item, c) {
+            Some(cell) => {
+                self.cells[k] = cell;
+                if was_wide {
+                    let wide = self.wide.as_mut().expect("a wide cell has a wide list");
+                    wide.retain(|w| w.0 != item);
+                    if wide.is_empty() {
+                        self.wide = None;
+                    }
+                }
+            }
+            None => {
+                self.cells[k] = Cell::wide(item);
+                let wide = self.wide.get_or_insert_with(Box::default);
+                match wide.binary_search_by_key(&item, |w| w.0) {
+                    Ok(at) => wide[at].1 = c.clone(),
+                    Err(at) => wide.insert(at, (item, c.clone())),
+                }
+            }
+        }
     }
 
     /// Applies one event to the cell of `item`; returns its weight before and after.
@@ -143,34 +242,21 @@ impl UserRow {
         ts_ms: i64,
         weights: &KindWeights,
     ) -> (f32, f32) {
-        let k = match self.cells.binary_search_by_key(&item, |c| c.item) {
-            Ok(k) => k,
-            Err(k) => {
-                reserve_one(&mut self.cells);
-                self.cells
-                    .insert(k, Cell::new(item, &Interaction::default()));
-                k
-            }
-        };
-        let mut cell = self.cells[k].interaction();
+        let k = self.position(item);
+        let mut cell = self.interaction(&self.cells[k]);
         let before = cell.weight(weights);
         cell.apply(kind, value, ts_ms, weights);
-        self.cells[k] = Cell::new(item, &cell);
+        self.store(k, &cell);
         (before, cell.weight(weights))
     }
 
     /// Replaces the cell of `item` (restoring a snapshot); returns the previous one.
     pub fn set_cell(&mut self, item: u32, cell: &Interaction) -> Option<Interaction> {
-        match self.cells.binary_search_by_key(&item, |c| c.item) {
-            Ok(k) => {
-                Some(std::mem::replace(&mut self.cells[k], Cell::new(item, cell)).interaction())
-            }
-            Err(k) => {
-                reserve_one(&mut self.cells);
-                self.cells.insert(k, Cell::new(item, cell));
-                None
-            }
-        }
+        let existed = self.cells.binary_search_by_key(&item, |c| c.item).is_ok();
+        let k = self.position(item);
+        let previous = existed.then(|| self.interaction(&self.cells[k]));
+        self.store(k, cell);
+        previous
     }
 
     /// Gives back the room grown ahead of need in cells and log of up to 64 entries. The shard
@@ -328,6 +414,66 @@ mod tests {
             };
             assert_eq!(Logged::new(a).activity(), a);
         }
+    }
+
+    #[test]
+    fn cells_pack_exactly_or_are_kept_whole() {
+        let at = |last_ts, rating, kinds| Interaction {
+            implicit: 1.25,
+            rating,
+            kinds,
+            last_ts,
+        };
+        let packed = [
+            at(0, None, 0),
+            at(1_764_000_000_123, Some(4.0), 0x3ff),
+            at(999, Some(3.7), 1),
+            at(i64::from(u32::MAX) * 1000 + 999, Some(40.93), 2),
+            at(5, Some(0.0), 4),
+        ];
+        let wide = [
+            at(-5, None, 0),
+            at(i64::from(u32::MAX) * 1000 + 1000, None, 0),
+            at(5, Some(-0.0), 0),
+            at(5, Some(1.2345), 0),
+            at(5, Some(40.94), 0),
+            at(5, None, 0x400),
+        ];
+        for c in &packed {
+            let cell = Cell::pack(9, c).expect("packs");
+            assert!(!cell.is_wide());
+            assert_eq!(cell.unpack(), *c);
+            assert_eq!(
+                cell.unpack().rating.map(f32::to_bits),
+                c.rating.map(f32::to_bits)
+            );
+        }
+        for c in &wide {
+            assert_eq!(Cell::pack(9, c), None, "{c:?}");
+        }
+        // Through a row: wide cells read back whole, and leave the list when they pack again.
+        let mut row = UserRow::default();
+        for (k, c) in packed.iter().chain(&wide).enumerate() {
+            assert_eq!(row.set_cell(k as u32 * 2, c), None);
+        }
+        for (k, c) in packed.iter().chain(&wide).enumerate() {
+            let got = row.cell(k as u32 * 2).expect("stored");
+            assert_eq!(got.rating.map(f32::to_bits), c.rating.map(f32::to_bits));
+            assert_eq!(got, *c);
+        }
+        assert_eq!(row.wide.as_ref().map(|w| w.len()), Some(wide.len()));
+        for k in packed.len()..packed.len() + wide.len() {
+            let previous = row.set_cell(k as u32 * 2, &packed[0]);
+            assert_eq!(previous, Some(wide[k - packed.len()].clone()));
+        }
+        assert!(row.wide.is_none(), "every cell packs again");
+        assert!(row
+            .cells()
+            .all(|(_, c)| c == packed[0] || packed.contains(&c)));
+        let weights = KindWeights::default();
+        row.apply(1, EventKind::Rate, Some(1.2345), 7, &weights);
+        assert_eq!(row.cell(1).and_then(|c| c.rating), Some(1.2345));
+        assert_eq!(row.wide.as_ref().map(|w| w.len()), Some(1));
     }
 
     #[test]

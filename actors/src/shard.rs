@@ -163,8 +163,43 @@ pub struct ShardState {
     dedupe: Dedupe,
     neighbour_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
     rec_cache: RecCache,
+    models: ModelVersions,
     exclude_mask: u16,
     scratch: Scratch,
+}
+
+/// The item model versions a shard has seen: the live one, since when, and the one before it.
+#[derive(Debug, Default)]
+struct ModelVersions {
+    live: u64,
+    since: Option<Instant>,
+    previous: u64,
+}
+
+impl ModelVersions {
+    /// Notes the live version; returns it.
+    fn observe(&mut self, live: u64) -> u64 {
+        if live != self.live {
+            self.previous = self.live;
+            self.live = live;
+            self.since = Some(Instant::now());
+        }
+        live
+    }
+
+    /// Whether a list of `user` computed under `version` may still be served: under the live
+    /// model, or under the one before until the user's point of the `spread` after the swap.
+    fn serves(&self, version: u64, user: u32, spread: Duration) -> bool {
+        if version == self.live {
+            return true;
+        }
+        let Some(since) = self.since.filter(|_| version == self.previous) else {
+            return false;
+        };
+        // A fixed fraction of the window per user (Fibonacci hashing of the id).
+        let point = f64::from(user.wrapping_mul(0x9e37_79b9)) / f64::from(u32::MAX);
+        since.elapsed() < spread.mul_f64(point)
+    }
 }
 
 impl ShardState {
@@ -180,6 +215,7 @@ impl ShardState {
                 ttl: Duration::from_secs(config.recommend.cache_ttl_secs),
                 ..RecCache::default()
             },
+            models: ModelVersions::default(),
             exclude_mask: kind_mask(&config.recommend.exclude_kinds),
             index,
             config,
@@ -333,9 +369,13 @@ impl ShardState {
         let want = n
             .max(self.config.recommend.default_n)
             .min(self.config.recommend.max_n);
-        let item_model = self.index.ease.read().version;
+        let item_model = self.models.observe(self.index.ease.read().version);
+        let spread = Duration::from_secs(self.config.recommend.model_refresh_secs);
+        let models = &self.models;
         let hit = self.rec_cache.get(user).filter(|r| {
-            r.blend == blend && r.item_model == item_model && (r.items.len() >= n || r.complete)
+            r.blend == blend
+                && models.serves(r.item_model, user, spread)
+                && (r.items.len() >= n || r.complete)
         });
         if let Some(mut hit) = hit {
             self.metrics.rec_cache.with_label_values(&["hit"]).inc();
@@ -834,6 +874,39 @@ tracked_handler!(UserShard, GetUser);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_of_the_previous_model_are_served_until_the_users_point_of_the_window() {
+        let window = Duration::from_secs(3600);
+        let mut m = ModelVersions::default();
+        assert_eq!(m.observe(0), 0);
+        assert!(m.serves(0, 1, window) && !m.serves(1, 1, window));
+        assert_eq!(m.observe(1), 1);
+        // User 1 sits at 0.618 of the window, user 0 at its start.
+        assert!(m.serves(1, 1, window));
+        assert!(
+            m.serves(0, 1, window),
+            "the previous model, early in the window"
+        );
+        assert!(!m.serves(0, 0, window), "a user at the start of the window");
+        assert!(!m.serves(0, 1, Duration::ZERO), "no window: at once");
+        m.observe(1);
+        assert!(
+            m.serves(0, 1, window),
+            "seeing the same version again moves nothing"
+        );
+        m.observe(2);
+        assert!(
+            m.serves(1, 1, window) && !m.serves(0, 1, window),
+            "two models back"
+        );
+        m.since = Some(Instant::now() - Duration::from_secs(2300));
+        assert!(
+            !m.serves(1, 1, window),
+            "past the user's point (0.618 · 3600 s)"
+        );
+        assert!(m.serves(1, 3, window), "user 3 sits at 0.854");
+    }
 
     #[test]
     fn dedupe_forgets_oldest_past_capacity() {

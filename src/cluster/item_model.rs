@@ -266,7 +266,8 @@ pub enum Published {
     Fenced,
 }
 
-/// The leader's build: fits the model from the catalogue on the blocking pool, stores it
+/// The leader's build: fits the model from the catalogue on a thread of its own at the
+/// lowest priority ([`crate::jobs::item_model::in_background`]), stores it
 /// under the fence and, once stored, installs it with the version the store gave it.
 pub async fn build_and_publish(
     cluster: &Cluster,
@@ -276,13 +277,13 @@ pub async fn build_and_publish(
     // Read before the counts are copied: the copy holds at least this much.
     let progress = catalogue_progress(cluster);
     let builder = engine.clone();
-    let (mut model, body) = tokio::task::spawn_blocking(move || {
-        let model = builder.fit_item_model(now_ms)?;
+    let (mut model, body) = crate::jobs::item_model::in_background(move |lower| {
+        let model = builder.fit_item_model(now_ms, lower)?;
         let body = builder.encode_item_model(&model);
         Ok::<_, momentum_models::ease::EaseError>((model, body))
     })
     .await
-    .map_err(|e| Error::failed("item model build panicked", e))?
+    .map_err(|e| Error::failed("item model build did not finish", e))?
     .map_err(|e| Error::failed("item model build failed", e))?;
     let shared = cluster.item_model();
     let store = shared.store(cluster).await?;

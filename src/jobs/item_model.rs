@@ -3,9 +3,11 @@
 //! It builds the model once the state is restored — from the restored counts, which takes
 //! well under a second for a few thousand items, so the model is not stored with snapshots —
 //! then checks every second and rebuilds after `ease.rebuild_events` applied events, or
-//! `ease.rebuild_secs` after the last build when anything changed. The factorisation runs on
-//! the blocking pool; the engine publishes each model whole, with the next version, and a
-//! failed build keeps the previous one. Nothing is built on its own when
+//! `ease.rebuild_secs` after the last build when anything changed. Each build runs on a thread
+//! of its own ([`in_background`]): the counts are copied at normal priority, then the thread
+//! drops to the lowest CPU priority for the factorisation, so requests keep their cores while
+//! it runs. The engine publishes each model whole, with the next version, and a failed build
+//! keeps the previous one. Nothing is built on its own when
 //! `recommend.item_model = "cosine"`; `POST /v1/admin/item-model` builds in either case.
 //!
 //! In a cluster the model is built once per cluster ([`crate::cluster::item_model`]): only
@@ -189,8 +191,7 @@ async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, Job
         return build_in_cluster(state, cluster, now_ms).await;
     }
     let builder = state.clone();
-    let built =
-        actix_web::rt::task::spawn_blocking(move || builder.engine.build_item_model(now_ms)).await;
+    let built = in_background(move |lower| builder.engine.build_item_model(now_ms, lower)).await;
     let error = match built {
         Ok(Ok(model)) => {
             metrics.builds.with_label_values(&["ok"]).inc();
@@ -204,11 +205,38 @@ async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, Job
             return Ok(model);
         }
         Ok(Err(error)) => JobError::failed("item model build failed", error),
-        Err(error) => JobError::failed("item model build panicked", error),
+        Err(error) => JobError::failed("item model build did not finish", error),
     };
     metrics.builds.with_label_values(&["error"]).inc();
     tracing::warn!(error = %error.chain(), "item model build failed; the previous model stays");
     Err(error)
+}
+
+/// Runs `build` on a thread of its own and waits for it without blocking the caller's thread.
+/// `build` gets [`lower_priority`] to call once it holds no lock: a build runs for a tenth of
+/// a second to several seconds, and at the normal priority it would take a core from the
+/// requests for that long. A thread of its own, not the blocking pool's, since Linux lets a
+/// thread lower its priority but not raise it back.
+pub(crate) async fn in_background<T: Send + 'static>(
+    build: impl FnOnce(fn()) -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("item-model".into())
+        .spawn(move || {
+            let _ = tx.send(build(lower_priority));
+        })
+        .map_err(|e| format!("cannot start the build thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the build thread panicked".to_string())
+}
+
+/// Drops the calling thread to the lowest CPU priority (nice 19; Linux keeps it per thread).
+/// Failing leaves it as it was, which only makes the build compete with requests.
+pub(crate) fn lower_priority() {
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(%error, "the item-model build thread keeps its priority");
+    }
 }
 
 /// The leader's build ([`build_and_publish`]): `ok` once stored and live, `fenced` when the

@@ -240,6 +240,9 @@ impl Cluster {
             .env("MOMENTUM__ACTORS__SHARDS", "2")
             .env("MOMENTUM__ACTORS__THREADS", "1")
             .env("MOMENTUM__RECOMMEND__POPULAR_REFRESH_MS", "0")
+            // Lists are compared with a reference's under the same item model: none cached
+            // under the model before may be served.
+            .env("MOMENTUM__RECOMMEND__MODEL_REFRESH_SECS", "0")
             .env("MOMENTUM__STORE__PATH", &store)
             .env("MOMENTUM__SNAPSHOT__INTERVAL_SECS", "0")
             .env("MOMENTUM__LOGGING__LEVEL", "info")

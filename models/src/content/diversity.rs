@@ -160,7 +160,8 @@ pub fn rerank_by(
             *per_tag.entry(t).or_insert(0) += 1;
         }
         picked.push(chosen);
-        if lambda < 1.0 {
+        // The last pick's similarities would steer no further pick.
+        if lambda < 1.0 && picked.len() < n {
             for &i in &remaining {
                 let s = clamp_sim(sim(candidates[i].item, c.item));
                 if s > max_sim[i] {
