@@ -114,6 +114,11 @@ impl Cell {
     }
 }
 
+/// The interactions of a row's cells that do not pack, by item. Boxed in the row, so the
+/// row pays one pointer for it, and a row without such cells (nearly all) nothing more.
+#[derive(Debug, Default)]
+struct Wide(Vec<(u32, Interaction)>);
+
 /// One event of an activity log: an [`Activity`] in 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Logged {
@@ -153,7 +158,7 @@ pub struct UserRow {
     profile: Option<Box<UserProfile>>,
     /// The interactions of the cells that do not pack ([`Cell::pack`]), by item: none at all
     /// for events the API accepts, whose times fall between 1970 and a day ahead.
-    wide: Option<Box<Vec<(u32, Interaction)>>>,
+    wide: Option<Box<Wide>>,
     /// `i64::MIN`: no event yet.
     last_event_ms: i64,
 }
@@ -188,7 +193,7 @@ impl UserRow {
         if !cell.is_wide() {
             return cell.unpack();
         }
-        let wide = self.wide.as_deref().map_or(&[][..], Vec::as_slice);
+        let wide = self.wide.as_deref().map_or(&[][..], |w| w.0.as_slice());
         wide.binary_search_by_key(&cell.item, |w| w.0)
             .map(|k| wide[k].1.clone())
             .expect("a wide cell has its interaction in the wide list")
@@ -215,7 +220,7 @@ impl UserRow {
             Some(cell) => {
                 self.cells[k] = cell;
                 if was_wide {
-                    let wide = self.wide.as_mut().expect("a wide cell has a wide list");
+                    let wide = &mut self.wide.as_mut().expect("a wide cell has a wide list").0;
                     wide.retain(|w| w.0 != item);
                     if wide.is_empty() {
                         self.wide = None;
@@ -224,7 +229,7 @@ impl UserRow {
             }
             None => {
                 self.cells[k] = Cell::wide(item);
-                let wide = self.wide.get_or_insert_with(Box::default);
+                let wide = &mut self.wide.get_or_insert_with(Box::default).0;
                 match wide.binary_search_by_key(&item, |w| w.0) {
                     Ok(at) => wide[at].1 = c.clone(),
                     Err(at) => wide.insert(at, (item, c.clone())),
@@ -461,7 +466,7 @@ mod tests {
             assert_eq!(got.rating.map(f32::to_bits), c.rating.map(f32::to_bits));
             assert_eq!(got, *c);
         }
-        assert_eq!(row.wide.as_ref().map(|w| w.len()), Some(wide.len()));
+        assert_eq!(row.wide.as_ref().map(|w| w.0.len()), Some(wide.len()));
         for k in packed.len()..packed.len() + wide.len() {
             let previous = row.set_cell(k as u32 * 2, &packed[0]);
             assert_eq!(previous, Some(wide[k - packed.len()].clone()));
@@ -473,7 +478,7 @@ mod tests {
         let weights = KindWeights::default();
         row.apply(1, EventKind::Rate, Some(1.2345), 7, &weights);
         assert_eq!(row.cell(1).and_then(|c| c.rating), Some(1.2345));
-        assert_eq!(row.wide.as_ref().map(|w| w.len()), Some(1));
+        assert_eq!(row.wide.as_ref().map(|w| w.0.len()), Some(1));
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub enum Durability {
 /// | `schema` | unset | PostgreSQL schema to use (created if missing); default `public` |
 /// | `pool_size` | `8` | PostgreSQL connections in the pool |
 /// | `connect_timeout_secs` | `5` | PostgreSQL connect timeout, and how long a caller waits for a pooled connection (×6) |
-/// | `cache_mb` | `256` | embedded database page cache |
+/// | `cache_mb` | `64` | embedded database page cache |
 /// | `durability` | `"sync"` | `"sync"` or `"async"`, see [`Durability`] |
 /// | `flush_max_events` | `10000` | async mode: events that may wait unwritten before ingest waits for the log |
 /// | `flush_interval_ms` | `100` | async mode: longest time an accepted event waits to be written |
@@ -150,7 +150,7 @@ impl Default for StoreConfig {
             schema: None,
             pool_size: 8,
             connect_timeout_secs: 5,
-            cache_mb: 256,
+            cache_mb: 64,
             durability: Durability::Sync,
             flush_max_events: 10_000,
             flush_interval_ms: 100,

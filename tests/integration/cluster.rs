@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{TestServer, ADMIN_KEY};
+use crate::common::{settings, TestServer, ADMIN_KEY};
 
 pub(crate) const PARTITIONS: u32 = 12;
 
@@ -567,6 +567,14 @@ fn metric_or_zero(cluster: &Cluster, n: usize, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The single-node server the cluster is compared with. Its lists are compared again after
+/// each rebuild of its item model: none cached under the model before may be served.
+fn reference_server() -> TestServer {
+    let mut s = settings();
+    s.recommend.model_refresh_secs = 0;
+    TestServer::start_with(s)
+}
+
 /// `POST /v1/admin/item-model` on `url` (a node's or the reference's); status and body.
 fn rebuild_item_model(client: &reqwest::blocking::Client, url: &str) -> (u16, Value) {
     let res = client
@@ -843,7 +851,7 @@ pub(crate) fn reference_post(server: &TestServer, batch: &Value) {
 #[test]
 fn events_through_three_nodes_equal_a_single_node() {
     let cluster = Cluster::three_nodes("equality", "n");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let ts = 1_700_000_000_000i64;
     // Item metadata through every node in turn (the content side of the lists): each node
     // applies every write from the items topic, and answers only once it applied its own.
@@ -1036,7 +1044,7 @@ fn put_reference(reference: &TestServer, path: &str, body: &Value) {
 #[test]
 fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
     let mut cluster = Cluster::three_nodes("death", "d");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let ts = 1_700_000_000_000i64;
     let events = workload(15, 120, 30, 4000, ts);
     let mut records = 0i64;
@@ -1137,7 +1145,7 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
 #[test]
 fn a_joining_node_moves_only_the_partitions_it_takes() {
     let mut cluster = Cluster::three_nodes("join", "j");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let events = workload(16, 100, 30, 1500, 1_700_000_000_000);
     let records = cluster.post_all(&events, &reference);
     let before = cluster.wait_converged(records, Duration::from_secs(90));
@@ -1170,7 +1178,7 @@ fn a_joining_node_moves_only_the_partitions_it_takes() {
 #[test]
 fn a_stalled_node_applies_nothing_twice_and_overwrites_no_newer_snapshot() {
     let mut cluster = Cluster::three_nodes("stall", "s");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let events = workload(17, 100, 30, 2000, 1_700_000_000_000);
     let mut records = cluster.post_all(&events[..1000], &reference);
     cluster.wait_converged(records, Duration::from_secs(90));
@@ -1202,7 +1210,7 @@ fn a_stalled_node_applies_nothing_twice_and_overwrites_no_newer_snapshot() {
 #[test]
 fn a_full_restart_keeps_the_state() {
     let mut cluster = Cluster::three_nodes("restart", "r");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let events = workload(18, 100, 30, 1500, 1_700_000_000_000);
     let records = cluster.post_all(&events, &reference);
     cluster.assert_equal_to(&reference, 100, records);
@@ -1226,7 +1234,7 @@ fn a_full_restart_keeps_the_state() {
 #[test]
 fn a_broker_death_under_load_loses_nothing_acknowledged() {
     let mut cluster = Cluster::three_nodes("brokerdeath", "b");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let events = workload(19, 100, 30, 3000, 1_700_000_000_000);
     let mut records = 0i64;
     let mut acknowledged = 0i64;
@@ -1279,7 +1287,7 @@ fn postgresql_down_acknowledges_nothing_and_the_cluster_recovers() {
     let admin_url = postgres.url();
     let mut cluster =
         Cluster::with_three_nodes(Cluster::start_on("pgdown", admin_url, Some(postgres)), "p");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let events = workload(23, 100, 30, 2400, 1_700_000_000_000);
     let (before, after) = events.split_at(1000);
     let mut records = cluster.post_all(before, &reference);
@@ -1354,7 +1362,7 @@ fn postgresql_down_acknowledges_nothing_and_the_cluster_recovers() {
 #[test]
 fn the_item_model_is_built_once_and_installed_everywhere() {
     let mut cluster = Cluster::three_nodes("itemmodel", "m");
-    let reference = TestServer::start();
+    let reference = reference_server();
     let events = workload(20, 100, 30, 1500, 1_700_000_000_000);
     let records = cluster.post_all(&events, &reference);
     let owners = cluster.wait_converged(records, Duration::from_secs(90));
