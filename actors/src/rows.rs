@@ -3,7 +3,7 @@
 //!
 //! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 72-byte
 //! [`UserRow`] in one dense array), 16 bytes per item they touched (cells sorted by item) and
-//! 16 bytes per event of their activity log. A row's first cell and first logged event are
+//! 12 bytes per event of their activity log. A row's first cell and first logged event are
 //! kept in the row itself, so a user with one event allocates nothing more; past that, the
 //! vectors grow by half, not by doubling from four as `Vec` does, since most users touch a
 //! handful of items, and a user with several events in one batch (a bulk load) has them
@@ -114,37 +114,79 @@ impl Cell {
     }
 }
 
-/// The interactions of a row's cells that do not pack, by item. Boxed in the row, so the
-/// row pays one pointer for it, and a row without such cells (nearly all) nothing more.
+/// What of a row does not pack: the interactions of such cells, by item, and the whole
+/// activity log once it holds an event whose time does not. Boxed in the row, so the row pays
+/// one pointer for it, and a row without such data (nearly all) nothing more.
 #[derive(Debug, Default)]
-struct Wide(Vec<(u32, Interaction)>);
+struct Wide {
+    cells: Vec<(u32, Interaction)>,
+    log: Option<SmallVec<[Activity; 0]>>,
+}
 
-/// One event of an activity log: an [`Activity`] in 16 bytes.
+/// One event of an activity log: an [`Activity`] in 12 bytes, its time split like a cell's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Logged {
-    ts_ms: i64,
+    /// `ts_ms` in whole seconds (rounded down).
+    secs: u32,
     /// `u32::MAX`: none.
     goal: u32,
-    /// Index in `EventKind::ALL`.
-    kind: u8,
+    /// Bits 0–9: the milliseconds past `secs`; 10–13: the index in `EventKind::ALL`.
+    packed: u32,
 }
 
 impl Logged {
-    fn new(a: Activity) -> Logged {
-        Logged {
-            ts_ms: a.ts_ms,
+    /// The packed form of `a`, if its time is between 1970 and 2106.
+    fn pack(a: Activity) -> Option<Logged> {
+        Some(Logged {
+            secs: u32::try_from(a.ts_ms.div_euclid(1000)).ok()?,
             goal: a.goal.unwrap_or(u32::MAX),
-            kind: a.kind as u8,
-        }
+            packed: a.ts_ms.rem_euclid(1000) as u32 | (a.kind as u32) << 10,
+        })
     }
 
     fn activity(&self) -> Activity {
         Activity {
-            ts_ms: self.ts_ms,
-            kind: EventKind::ALL[usize::from(self.kind)],
+            ts_ms: i64::from(self.secs) * 1000 + i64::from(self.packed & 0x3ff),
+            kind: EventKind::ALL[(self.packed >> 10) as usize],
             goal: (self.goal != u32::MAX).then_some(self.goal),
         }
     }
+}
+
+/// An entry of an activity log, packed or whole.
+trait Timed: Copy {
+    fn ts_ms(&self) -> i64;
+}
+
+impl Timed for Logged {
+    fn ts_ms(&self) -> i64 {
+        i64::from(self.secs) * 1000 + i64::from(self.packed & 0x3ff)
+    }
+}
+
+impl Timed for Activity {
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+}
+
+/// Inserts `entry` in time order (events mostly arrive in order: a push at the back), then
+/// trims the log to `max` entries and to `days` before the newest.
+fn push_in_order<T: Timed, const N: usize>(
+    log: &mut SmallVec<[T; N]>,
+    entry: T,
+    max: usize,
+    days: u32,
+) {
+    let at = log.partition_point(|a| a.ts_ms() <= entry.ts_ms());
+    reserve_one(log);
+    log.insert(at, entry);
+    let mut drop = log.len().saturating_sub(max);
+    if let Some(newest) = log.last().map(Timed::ts_ms) {
+        let horizon = newest.saturating_sub(momentum_models::clock::days_ms(days));
+        drop = drop.max(log.partition_point(|a| a.ts_ms() < horizon));
+    }
+    log.drain(..drop);
 }
 
 /// One user's row: what they did with each item, their profile and their recent events.
@@ -156,8 +198,9 @@ pub struct UserRow {
     /// `actors.activity_days` before the newest (the features of the predictive models).
     activity: SmallVec<[Logged; 1]>,
     profile: Option<Box<UserProfile>>,
-    /// The interactions of the cells that do not pack ([`Cell::pack`]), by item: none at all
-    /// for events the API accepts, whose times fall between 1970 and a day ahead.
+    /// What does not pack ([`Cell::pack`], [`Logged::pack`]): nothing at all for events the
+    /// API accepts, whose times fall between 1970 and a day ahead. While it holds the log,
+    /// `activity` is empty.
     wide: Option<Box<Wide>>,
     /// `i64::MIN`: no event yet.
     last_event_ms: i64,
@@ -193,7 +236,7 @@ impl UserRow {
         if !cell.is_wide() {
             return cell.unpack();
         }
-        let wide = self.wide.as_deref().map_or(&[][..], |w| w.0.as_slice());
+        let wide = self.wide.as_deref().map_or(&[][..], |w| w.cells.as_slice());
         wide.binary_search_by_key(&cell.item, |w| w.0)
             .map(|k| wide[k].1.clone())
             .expect("a wide cell has its interaction in the wide list")
@@ -220,16 +263,14 @@ impl UserRow {
             Some(cell) => {
                 self.cells[k] = cell;
                 if was_wide {
-                    let wide = &mut self.wide.as_mut().expect("a wide cell has a wide list").0;
-                    wide.retain(|w| w.0 != item);
-                    if wide.is_empty() {
-                        self.wide = None;
-                    }
+                    let wide = &mut self.wide.as_mut().expect("a wide cell has a wide list");
+                    wide.cells.retain(|w| w.0 != item);
+                    self.tidy();
                 }
             }
             None => {
                 self.cells[k] = Cell::wide(item);
-                let wide = &mut self.wide.get_or_insert_with(Box::default).0;
+                let wide = &mut self.wide.get_or_insert_with(Box::default).cells;
                 match wide.binary_search_by_key(&item, |w| w.0) {
                     Ok(at) => wide[at].1 = c.clone(),
                     Err(at) => wide.insert(at, (item, c.clone())),
@@ -291,14 +332,51 @@ impl UserRow {
         self.last_event_ms = ms.unwrap_or(i64::MIN);
     }
 
+    /// Drops the wide part once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .wide
+            .as_ref()
+            .is_some_and(|w| w.cells.is_empty() && w.log.is_none())
+        {
+            self.wide = None;
+        }
+    }
+
+    /// The log kept whole, if it is.
+    fn wide_log(&self) -> Option<&[Activity]> {
+        self.wide.as_deref().and_then(|w| w.log.as_deref())
+    }
+
     /// The activity log, in time order.
     pub fn activity(&self) -> impl Iterator<Item = Activity> + '_ {
-        self.activity.iter().map(Logged::activity)
+        let wide = self.wide_log();
+        let packed = if wide.is_some() {
+            &[][..]
+        } else {
+            &self.activity[..]
+        };
+        let wide = wide.unwrap_or(&[]);
+        wide.iter()
+            .copied()
+            .chain(packed.iter().map(Logged::activity))
     }
 
     /// Replaces the activity log (restoring a snapshot; already in time order).
     pub fn set_activity(&mut self, log: Vec<Activity>) {
-        self.activity = log.into_iter().map(Logged::new).collect();
+        match log.iter().map(|&a| Logged::pack(a)).collect() {
+            Some(packed) => {
+                self.activity = packed;
+                if let Some(wide) = self.wide.as_mut() {
+                    wide.log = None;
+                }
+                self.tidy();
+            }
+            None => {
+                self.activity = SmallVec::new();
+                self.wide.get_or_insert_with(Box::default).log = Some(log.into_iter().collect());
+            }
+        }
     }
 
     /// Records an event: its time as the latest, and in the activity log in time order
@@ -306,16 +384,18 @@ impl UserRow {
     /// `days` before the newest.
     pub fn push_activity(&mut self, event: Activity, max: usize, days: u32) {
         self.last_event_ms = self.last_event_ms.max(event.ts_ms);
-        let log = &mut self.activity;
-        let at = log.partition_point(|a| a.ts_ms <= event.ts_ms);
-        reserve_one(log);
-        log.insert(at, Logged::new(event));
-        let mut drop = log.len().saturating_sub(max);
-        if let Some(newest) = log.last().map(|a| a.ts_ms) {
-            let horizon = newest.saturating_sub(momentum_models::clock::days_ms(days));
-            drop = drop.max(log.partition_point(|a| a.ts_ms < horizon));
+        if self.wide_log().is_none() {
+            if let Some(packed) = Logged::pack(event) {
+                push_in_order(&mut self.activity, packed, max, days);
+                return;
+            }
+            // An event that does not pack: the log is kept whole from now on.
+            let whole = self.activity.iter().map(Logged::activity).collect();
+            self.activity = SmallVec::new();
+            self.wide.get_or_insert_with(Box::default).log = Some(whole);
         }
-        log.drain(..drop);
+        let log = self.wide.as_mut().and_then(|w| w.log.as_mut());
+        push_in_order(log.expect("the log is kept whole"), event, max, days);
     }
 }
 
@@ -412,12 +492,21 @@ mod tests {
         assert_eq!(row.cells().map(|c| c.0).collect::<Vec<_>>(), vec![3, 7]);
         assert_eq!(row.set_cell(7, &Interaction::default()), Some(want));
         for kind in EventKind::ALL {
-            let a = Activity {
-                ts_ms: -5,
-                kind,
-                goal: Some(9),
-            };
-            assert_eq!(Logged::new(a).activity(), a);
+            for ts_ms in [0, 999, 1_764_000_000_123, i64::from(u32::MAX) * 1000 + 999] {
+                for goal in [Some(9), None] {
+                    let a = Activity { ts_ms, kind, goal };
+                    let packed = Logged::pack(a).expect("packs");
+                    assert_eq!((packed.activity(), packed.ts_ms()), (a, ts_ms));
+                }
+            }
+            for ts_ms in [-5, i64::from(u32::MAX) * 1000 + 1000] {
+                let a = Activity {
+                    ts_ms,
+                    kind,
+                    goal: None,
+                };
+                assert_eq!(Logged::pack(a), None);
+            }
         }
     }
 
@@ -466,7 +555,7 @@ mod tests {
             assert_eq!(got.rating.map(f32::to_bits), c.rating.map(f32::to_bits));
             assert_eq!(got, *c);
         }
-        assert_eq!(row.wide.as_ref().map(|w| w.0.len()), Some(wide.len()));
+        assert_eq!(row.wide.as_ref().map(|w| w.cells.len()), Some(wide.len()));
         for k in packed.len()..packed.len() + wide.len() {
             let previous = row.set_cell(k as u32 * 2, &packed[0]);
             assert_eq!(previous, Some(wide[k - packed.len()].clone()));
@@ -478,7 +567,39 @@ mod tests {
         let weights = KindWeights::default();
         row.apply(1, EventKind::Rate, Some(1.2345), 7, &weights);
         assert_eq!(row.cell(1).and_then(|c| c.rating), Some(1.2345));
-        assert_eq!(row.wide.as_ref().map(|w| w.0.len()), Some(1));
+        assert_eq!(row.wide.as_ref().map(|w| w.cells.len()), Some(1));
+    }
+
+    #[test]
+    fn a_log_with_an_event_that_does_not_pack_is_kept_whole() {
+        let view = |ts_ms| Activity {
+            ts_ms,
+            kind: EventKind::View,
+            goal: None,
+        };
+        let mut row = UserRow::default();
+        for ts in [10, 20] {
+            row.push_activity(view(ts), 3, 90);
+        }
+        assert!(row.wide.is_none());
+        row.push_activity(view(-5), 3, 90);
+        row.push_activity(view(30), 3, 90);
+        assert!(row.activity.is_empty() && row.wide_log().is_some());
+        let ts: Vec<i64> = row.activity().map(|a| a.ts_ms).collect();
+        assert_eq!(
+            ts,
+            vec![10, 20, 30],
+            "ordered and trimmed to 3 like a packed log"
+        );
+        let log: Vec<Activity> = row.activity().collect();
+        row.set_activity(log.clone());
+        assert!(row.wide.is_none(), "a log that packs again is packed");
+        assert_eq!(row.activity().collect::<Vec<_>>(), log);
+        row.set_activity(vec![view(-7), view(4)]);
+        assert_eq!(
+            row.activity().map(|a| a.ts_ms).collect::<Vec<_>>(),
+            vec![-7, 4]
+        );
     }
 
     #[test]

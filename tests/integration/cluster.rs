@@ -1061,6 +1061,13 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
         .expect("the victim owns a user");
     for (i, chunk) in events.chunks(100).enumerate() {
         if i == 10 {
+            // The victim's partitions have a snapshot to restore from (one a second): the
+            // first 10 batches can take less than that.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while metric(&cluster, victim, "momentum_cluster_snapshots_written_total") == 0 {
+                assert!(Instant::now() < deadline, "the victim wrote no snapshot");
+                std::thread::sleep(Duration::from_millis(100));
+            }
             cluster.kill(victim);
             killed_at = Some(Instant::now());
         }
