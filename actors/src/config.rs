@@ -215,6 +215,11 @@ impl EngineConfig {
                 "recommend.diversity_lambda must be in [0, 1]",
             ));
         }
+        if r.model_refresh_secs > 3600 {
+            return Err(out_of_bounds(
+                "recommend.model_refresh_secs must be in 0..=3600",
+            ));
+        }
         if r.profile_terms == 0 {
             return Err(out_of_bounds("recommend.profile_terms must be positive"));
         }

@@ -135,13 +135,28 @@ pub fn build(
     now_ms: i64,
     copied: impl FnOnce(),
 ) -> Result<EaseModel, EaseError> {
+    build_in_chunks(index, config, version, now_ms, copied, COPY_CHUNK)
+}
+
+/// [`build`], copying the counts of `chunk` items per hold of the lock.
+pub(crate) fn build_in_chunks(
+    index: &Index,
+    config: &EaseConfig,
+    version: u64,
+    now_ms: i64,
+    copied: impl FnOnce(),
+    chunk: usize,
+) -> Result<EaseModel, EaseError> {
     let started = std::time::Instant::now();
     // Counts are copied under the table's read lock, a few items at a time: the catalogue's
     // writes, and the readers queued behind a waiting writer, wait for a few rows at most
     // instead of the whole copy (tens of milliseconds at 1,682 items). Each item's count and
-    // pairs come from one moment; rows of different items may differ by the events applied
-    // in between, as if the copy had begun a little later for the later rows. The
-    // factorisation runs without the lock.
+    // its pairs with the items before it come from one moment, but an item's count may be
+    // older than its pairs with later items by the events applied in between, so under
+    // concurrent ingest the matrix matches no single moment. Against the ridge (`lambda`,
+    // 300) such differences are far too small to matter; with a very small `lambda` under
+    // heavy ingest the factorisation can fail, and then the previous model stays and the
+    // next trigger builds again. The factorisation runs without the lock.
     let (candidates, local) = {
         let table = index.item_table.read();
         // The most popular live items, ties by external id.
@@ -163,10 +178,10 @@ pub fn build(
     };
     let mut diag = Vec::with_capacity(candidates.len());
     let mut pairs = Vec::new();
-    for (chunk, rows) in candidates.chunks(COPY_CHUNK).enumerate() {
+    for (n, rows) in candidates.chunks(chunk.max(1)).enumerate() {
         let table = index.item_table.read();
         for (k, c) in rows.iter().enumerate() {
-            let li = chunk * COPY_CHUNK + k;
+            let li = n * chunk.max(1) + k;
             let stats = table.get(c.0);
             diag.push(stats.column.len() as f64);
             for e in stats.cooc.entries() {

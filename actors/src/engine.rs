@@ -959,6 +959,28 @@ mod tests {
         a.record_events(events).await.expect("recorded");
         let built = a.build_item_model(1_700_000_000_000, || ()).expect("built");
         assert!(built.items() >= 5, "{} items modelled", built.items());
+        // Copied in chunks of any size, the same counts give the same model.
+        for chunk in [1, 2, 3, usize::MAX] {
+            let again = crate::ease::build_in_chunks(
+                &a.index,
+                &a.config.ease,
+                built.version,
+                built.built_ms,
+                || (),
+                chunk,
+            )
+            .expect("built");
+            assert_eq!(again.items(), built.items(), "chunks of {chunk}");
+            for l in 0..built.items() as u32 {
+                let (x, y) = (again.local_row(l), built.local_row(l));
+                assert_eq!(again.item(l), built.item(l));
+                assert_eq!(
+                    (x.targets, x.fixed),
+                    (y.targets, y.fixed),
+                    "chunks of {chunk}"
+                );
+            }
+        }
         let bytes = a.encode_item_model(&built);
         let moved = b.decode_item_model(&bytes, 7).expect("decodes");
         assert_eq!(moved.version, 7);

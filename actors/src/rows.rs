@@ -198,9 +198,9 @@ pub struct UserRow {
     /// `actors.activity_days` before the newest (the features of the predictive models).
     activity: SmallVec<[Logged; 1]>,
     profile: Option<Box<UserProfile>>,
-    /// What does not pack ([`Cell::pack`], [`Logged::pack`]): nothing at all for events the
-    /// API accepts, whose times fall between 1970 and a day ahead. While it holds the log,
-    /// `activity` is empty.
+    /// What does not pack ([`Cell::pack`], [`Logged::pack`]): for events the API accepts,
+    /// whose times fall between 1970 and a day ahead, only ratings finer than hundredths.
+    /// While it holds the log, `activity` is empty.
     wide: Option<Box<Wide>>,
     /// `i64::MIN`: no event yet.
     last_event_ms: i64,
@@ -395,7 +395,13 @@ impl UserRow {
             self.wide.get_or_insert_with(Box::default).log = Some(whole);
         }
         let log = self.wide.as_mut().and_then(|w| w.log.as_mut());
-        push_in_order(log.expect("the log is kept whole"), event, max, days);
+        let log = log.expect("the log is kept whole");
+        push_in_order(log, event, max, days);
+        // Packed again once trimming has dropped every event that does not pack.
+        if log.iter().all(|&a| Logged::pack(a).is_some()) {
+            let whole = std::mem::take(log).into_vec();
+            self.set_activity(whole);
+        }
     }
 }
 
@@ -582,24 +588,27 @@ mod tests {
             row.push_activity(view(ts), 3, 90);
         }
         assert!(row.wide.is_none());
-        row.push_activity(view(-5), 3, 90);
-        row.push_activity(view(30), 3, 90);
+        row.push_activity(view(-5), 4, 90);
         assert!(row.activity.is_empty() && row.wide_log().is_some());
         let ts: Vec<i64> = row.activity().map(|a| a.ts_ms).collect();
-        assert_eq!(
-            ts,
-            vec![10, 20, 30],
-            "ordered and trimmed to 3 like a packed log"
+        assert_eq!(ts, vec![-5, 10, 20], "ordered like a packed log");
+        row.push_activity(view(30), 3, 90);
+        let ts: Vec<i64> = row.activity().map(|a| a.ts_ms).collect();
+        assert_eq!(ts, vec![10, 20, 30], "trimmed to 3 like a packed log");
+        assert!(
+            row.wide.is_none(),
+            "packed again once the event that did not pack is gone"
         );
-        let log: Vec<Activity> = row.activity().collect();
-        row.set_activity(log.clone());
-        assert!(row.wide.is_none(), "a log that packs again is packed");
-        assert_eq!(row.activity().collect::<Vec<_>>(), log);
         row.set_activity(vec![view(-7), view(4)]);
+        assert!(row.activity.is_empty() && row.wide_log().is_some());
         assert_eq!(
             row.activity().map(|a| a.ts_ms).collect::<Vec<_>>(),
             vec![-7, 4]
         );
+        let log: Vec<Activity> = vec![view(4), view(5)];
+        row.set_activity(log.clone());
+        assert!(row.wide.is_none(), "a log that packs is packed");
+        assert_eq!(row.activity().collect::<Vec<_>>(), log);
     }
 
     #[test]

@@ -361,8 +361,8 @@ impl ShardState {
     }
 
     /// Ranked recommendations, at least `n` when the catalogue allows, from the cache when a
-    /// fresh list of at least that length, computed with the same blend and the same version
-    /// of the item model, is there. Lists are
+    /// fresh list of at least that length, computed with the same blend under the live item
+    /// model (or the one before, within [`ModelVersions::serves`]'s window), is there. Lists are
     /// computed for `max(n, default_n)` items, so the common request sizes share one list.
     pub fn recommend(&mut self, user: u32, n: usize, blend: Option<Blend>) -> Recommendations {
         let blend = blend.unwrap_or_else(|| Blend::from_config(&self.config.recommend));

@@ -277,14 +277,19 @@ pub async fn build_and_publish(
     // Read before the counts are copied: the copy holds at least this much.
     let progress = catalogue_progress(cluster);
     let builder = engine.clone();
-    let (mut model, body) = crate::jobs::item_model::in_background(move |lower| {
-        let model = builder.fit_item_model(now_ms, lower)?;
-        let body = builder.encode_item_model(&model);
-        Ok::<_, momentum_models::ease::EaseError>((model, body))
+    let model =
+        crate::jobs::item_model::in_background(move |lower| builder.fit_item_model(now_ms, lower))
+            .await
+            .map_err(|e| Error::failed("item model build did not finish", e))?
+            .map_err(|e| Error::failed("item model build failed", e))?;
+    // Encoded at the normal priority: it reads the item names under the interner's lock.
+    let encoder = engine.clone();
+    let (mut model, body) = tokio::task::spawn_blocking(move || {
+        let body = encoder.encode_item_model(&model);
+        (model, body)
     })
     .await
-    .map_err(|e| Error::failed("item model build did not finish", e))?
-    .map_err(|e| Error::failed("item model build failed", e))?;
+    .map_err(|e| Error::failed("encoding the item model panicked", e))?;
     let shared = cluster.item_model();
     let store = shared.store(cluster).await?;
     let node_id = &cluster.settings().node_id;

@@ -6,7 +6,7 @@
 //! `ease.rebuild_secs` after the last build when anything changed. Each build runs on a thread
 //! of its own ([`in_background`]): the counts are copied at normal priority, then the thread
 //! drops to the lowest CPU priority for the factorisation, so requests keep their cores while
-//! it runs. The engine publishes each model whole, with the next version, and a failed build
+//! it runs; the model is published from the job's task. The engine publishes each model whole, with the next version, and a failed build
 //! keeps the previous one. Nothing is built on its own when
 //! `recommend.item_model = "cosine"`; `POST /v1/admin/item-model` builds in either case.
 //!
@@ -183,7 +183,7 @@ impl Job for ItemModelJob {
     }
 }
 
-/// Builds the model now on the blocking pool, publishes it and records the metrics. The
+/// Builds the model now ([`in_background`]), publishes it and records the metrics. The
 /// previous model stays when the build fails.
 async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, JobError> {
     let metrics = &state.jobs.item_model_metrics;
@@ -191,9 +191,14 @@ async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, Job
         return build_in_cluster(state, cluster, now_ms).await;
     }
     let builder = state.clone();
-    let built = in_background(move |lower| builder.engine.build_item_model(now_ms, lower)).await;
+    // Fitted on the lowered thread, published here: the publish takes the model's write lock,
+    // which every request reads, and must not wait on a thread at the lowest priority.
+    let built = in_background(move |lower| builder.engine.fit_item_model(now_ms, lower)).await;
     let error = match built {
-        Ok(Ok(model)) => {
+        Ok(Ok(mut model)) => {
+            model.version = state.engine.item_model().version + 1;
+            let model = Arc::new(model);
+            state.engine.install_item_model(model.clone());
             metrics.builds.with_label_values(&["ok"]).inc();
             metrics.show(&model);
             tracing::info!(
@@ -213,10 +218,12 @@ async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, Job
 }
 
 /// Runs `build` on a thread of its own and waits for it without blocking the caller's thread.
-/// `build` gets [`lower_priority`] to call once it holds no lock: a build runs for a tenth of
-/// a second to several seconds, and at the normal priority it would take a core from the
-/// requests for that long. A thread of its own, not the blocking pool's, since Linux lets a
-/// thread lower its priority but not raise it back.
+/// `build` gets [`lower_priority`] to call once it holds no lock, and must take none after: a
+/// build runs for a tenth of a second to several seconds, and at the normal priority it would
+/// take a core from the requests for that long, while a lock held at the lowest priority would
+/// stall them. A thread of its own, not the blocking pool's, since Linux lets a thread lower
+/// its priority but not raise it back. Only this thread is lowered: with `ease.build_threads`
+/// other than 1, the factorisation's worker threads keep the normal priority.
 pub(crate) async fn in_background<T: Send + 'static>(
     build: impl FnOnce(fn()) -> T + Send + 'static,
 ) -> Result<T, String> {
@@ -235,7 +242,7 @@ pub(crate) async fn in_background<T: Send + 'static>(
 /// Failing leaves it as it was, which only makes the build compete with requests.
 pub(crate) fn lower_priority() {
     if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
-        tracing::debug!(%error, "the item-model build thread keeps its priority");
+        tracing::warn!(%error, "the item-model build thread keeps its normal priority");
     }
 }
 
@@ -315,4 +322,24 @@ pub fn start(state: &Arc<AppState>) -> JobHandle<ItemModelJob> {
         Some(state.jobs.metrics.clone()),
     )
     .spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_background_build_runs_at_the_lowest_priority_and_leaves_the_caller_as_it_was() {
+        let here = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let before = here().expect("own priority");
+        let (at_start, lowered) = in_background(move |lower| {
+            let at_start = here().expect("priority");
+            lower();
+            (at_start, here().expect("priority"))
+        })
+        .await
+        .expect("ran");
+        assert_eq!((at_start, lowered), (before, 19));
+        assert_eq!(here().expect("own priority"), before);
+    }
 }
