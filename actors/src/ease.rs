@@ -157,7 +157,7 @@ pub(crate) fn build_in_chunks(
     // 300) such differences are far too small to matter; with a very small `lambda` under
     // heavy ingest the factorisation can fail, and then the previous model stays and the
     // next trigger builds again. The factorisation runs without the lock.
-    let (candidates, local) = {
+    let (candidates, local, entries) = {
         let table = index.item_table.read();
         // The most popular live items, ties by external id.
         let mut candidates: Vec<(u32, usize, Arc<str>)> = table
@@ -174,10 +174,13 @@ pub(crate) fn build_in_chunks(
         for (l, c) in candidates.iter().enumerate() {
             local[c.0 as usize] = l;
         }
-        (candidates, local)
+        let entries: usize = candidates.iter().map(|c| table.get(c.0).cooc.len()).sum();
+        (candidates, local, entries)
     };
     let mut diag = Vec::with_capacity(candidates.len());
-    let mut pairs = Vec::new();
+    // Each pair once, as (row, column, users) in 12 bytes: the list is the build's largest
+    // allocation after the dense matrix, and is reserved at once (each pair is in two rows).
+    let mut pairs: Vec<(u32, u32, u32)> = Vec::with_capacity(entries / 2 + entries / 32);
     for (n, rows) in candidates.chunks(chunk.max(1)).enumerate() {
         let table = index.item_table.read();
         for (k, c) in rows.iter().enumerate() {
@@ -187,7 +190,7 @@ pub(crate) fn build_in_chunks(
             for e in stats.cooc.entries() {
                 let lj = local.get(e.item as usize).copied().unwrap_or(usize::MAX);
                 if lj < li && e.users > 0 {
-                    pairs.push((li, lj, f64::from(e.users)));
+                    pairs.push((li as u32, lj as u32, e.users));
                 }
             }
         }
@@ -198,6 +201,9 @@ pub(crate) fn build_in_chunks(
         neighbours: config.neighbours,
         threads: config.build_threads,
     };
+    let pairs = pairs
+        .into_iter()
+        .map(|(i, j, users)| (i as usize, j as usize, f64::from(users)));
     let fitted = fit(&diag, pairs, &params)?;
     let items: Vec<u32> = candidates.iter().map(|c| c.0).collect();
     let total: usize = fitted.rows.iter().map(Vec::len).sum();

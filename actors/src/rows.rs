@@ -1,7 +1,7 @@
 //! The user rows a `UserShard` owns, packed: a shard holds every user it has ever seen, so
 //! the per-user cost decides how many users fit in memory.
 //!
-//! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 72-byte
+//! A user costs a slot in [`Rows`] (an id → slot map entry of 8 bytes and a 64-byte
 //! [`UserRow`] in one dense array), 16 bytes per item they touched (cells sorted by item) and
 //! 12 bytes per event of their activity log. A row's first cell and first logged event are
 //! kept in the row itself, so a user with one event allocates nothing more; past that, the
@@ -37,14 +37,14 @@ fn fit<T: Copy, const N: usize>(v: &mut SmallVec<[T; N]>) {
 }
 
 /// Bits 20–31 of [`Cell::packed`] when the cell's interaction is kept whole in the row's
-/// [`UserRow::wide`] list.
+/// [`UserRow::rare`] list.
 const WIDE: u32 = 0xfff;
 
 /// What a user did with one item: an [`Interaction`] and its item in 16 bytes. The latest
 /// event's time is split into whole seconds and the milliseconds past them, and the rating is
 /// kept in hundredths; an interaction that does not survive that packing bit for bit (a time
 /// before 1970 or after 2106, a rating of finer grain or above 40.93, an unknown kind bit) is
-/// kept whole in the row's `wide` list, and its cell only marks the place.
+/// kept whole in the row's `rare` part, and its cell only marks the place.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Cell {
     item: u32,
@@ -88,7 +88,7 @@ impl Cell {
         })
     }
 
-    /// A cell whose interaction is in the row's `wide` list.
+    /// A cell whose interaction is in the row's `rare` part.
     fn wide(item: u32) -> Cell {
         Cell {
             item,
@@ -114,13 +114,14 @@ impl Cell {
     }
 }
 
-/// What of a row does not pack: the interactions of such cells, by item, and the whole
-/// activity log once it holds an event whose time does not. Boxed in the row, so the row pays
-/// one pointer for it, and a row without such data (nearly all) nothing more.
+/// What few rows have: the interactions of cells that do not pack, by item, the whole
+/// activity log once it holds an event whose time does not, and the profile. Boxed in the
+/// row, so the row pays one pointer for it, and a row with none of them nothing more.
 #[derive(Debug, Default)]
-struct Wide {
+struct Rare {
     cells: Vec<(u32, Interaction)>,
     log: Option<SmallVec<[Activity; 0]>>,
+    profile: Option<UserProfile>,
 }
 
 /// One event of an activity log: an [`Activity`] in 12 bytes, its time split like a cell's.
@@ -197,11 +198,10 @@ pub struct UserRow {
     /// Time order: at most `actors.activity_max_events`, none older than
     /// `actors.activity_days` before the newest (the features of the predictive models).
     activity: SmallVec<[Logged; 1]>,
-    profile: Option<Box<UserProfile>>,
-    /// What does not pack ([`Cell::pack`], [`Logged::pack`]): for events the API accepts,
-    /// whose times fall between 1970 and a day ahead, only ratings finer than hundredths.
-    /// While it holds the log, `activity` is empty.
-    wide: Option<Box<Wide>>,
+    /// The profile, and what does not pack ([`Cell::pack`], [`Logged::pack`]): for events
+    /// the API accepts, whose times fall between 1970 and a day ahead, only ratings finer
+    /// than hundredths. While it holds the log, `activity` is empty.
+    rare: Option<Box<Rare>>,
     /// `i64::MIN`: no event yet.
     last_event_ms: i64,
 }
@@ -211,8 +211,7 @@ impl Default for UserRow {
         UserRow {
             cells: SmallVec::new(),
             activity: SmallVec::new(),
-            profile: None,
-            wide: None,
+            rare: None,
             last_event_ms: i64::MIN,
         }
     }
@@ -236,10 +235,10 @@ impl UserRow {
         if !cell.is_wide() {
             return cell.unpack();
         }
-        let wide = self.wide.as_deref().map_or(&[][..], |w| w.cells.as_slice());
+        let wide = self.rare.as_deref().map_or(&[][..], |w| w.cells.as_slice());
         wide.binary_search_by_key(&cell.item, |w| w.0)
             .map(|k| wide[k].1.clone())
-            .expect("a wide cell has its interaction in the wide list")
+            .expect("a wide cell has its interaction in the rare part")
     }
 
     /// The position of `item`'s cell, inserted empty if there was none.
@@ -255,7 +254,7 @@ impl UserRow {
         }
     }
 
-    /// Stores `c` in the cell at `k`, packed or in the wide list.
+    /// Stores `c` in the cell at `k`, packed or in the rare part.
     fn store(&mut self, k: usize, c: &Interaction) {
         let item = self.cells[k].item;
         let was_wide = self.cells[k].is_wide();
@@ -263,14 +262,14 @@ impl UserRow {
             Some(cell) => {
                 self.cells[k] = cell;
                 if was_wide {
-                    let wide = &mut self.wide.as_mut().expect("a wide cell has a wide list");
+                    let wide = &mut self.rare.as_mut().expect("a wide cell has a rare part");
                     wide.cells.retain(|w| w.0 != item);
                     self.tidy();
                 }
             }
             None => {
                 self.cells[k] = Cell::wide(item);
-                let wide = &mut self.wide.get_or_insert_with(Box::default).cells;
+                let wide = &mut self.rare.get_or_insert_with(Box::default).cells;
                 match wide.binary_search_by_key(&item, |w| w.0) {
                     Ok(at) => wide[at].1 = c.clone(),
                     Err(at) => wide.insert(at, (item, c.clone())),
@@ -316,11 +315,11 @@ impl UserRow {
 
     /// The profile (`PUT /v1/users/{id}`), if one was set.
     pub fn profile(&self) -> Option<&UserProfile> {
-        self.profile.as_deref()
+        self.rare.as_deref().and_then(|r| r.profile.as_ref())
     }
 
     pub fn set_profile(&mut self, profile: UserProfile) {
-        self.profile = Some(Box::new(profile));
+        self.rare.get_or_insert_with(Box::default).profile = Some(profile);
     }
 
     /// Unix milliseconds of the latest event.
@@ -332,20 +331,20 @@ impl UserRow {
         self.last_event_ms = ms.unwrap_or(i64::MIN);
     }
 
-    /// Drops the wide part once it holds nothing.
+    /// Drops the rare part once it holds nothing.
     fn tidy(&mut self) {
         if self
-            .wide
+            .rare
             .as_ref()
-            .is_some_and(|w| w.cells.is_empty() && w.log.is_none())
+            .is_some_and(|w| w.cells.is_empty() && w.log.is_none() && w.profile.is_none())
         {
-            self.wide = None;
+            self.rare = None;
         }
     }
 
     /// The log kept whole, if it is.
     fn wide_log(&self) -> Option<&[Activity]> {
-        self.wide.as_deref().and_then(|w| w.log.as_deref())
+        self.rare.as_deref().and_then(|w| w.log.as_deref())
     }
 
     /// The activity log, in time order.
@@ -367,14 +366,14 @@ impl UserRow {
         match log.iter().map(|&a| Logged::pack(a)).collect() {
             Some(packed) => {
                 self.activity = packed;
-                if let Some(wide) = self.wide.as_mut() {
+                if let Some(wide) = self.rare.as_mut() {
                     wide.log = None;
                 }
                 self.tidy();
             }
             None => {
                 self.activity = SmallVec::new();
-                self.wide.get_or_insert_with(Box::default).log = Some(log.into_iter().collect());
+                self.rare.get_or_insert_with(Box::default).log = Some(log.into_iter().collect());
             }
         }
     }
@@ -392,9 +391,9 @@ impl UserRow {
             // An event that does not pack: the log is kept whole from now on.
             let whole = self.activity.iter().map(Logged::activity).collect();
             self.activity = SmallVec::new();
-            self.wide.get_or_insert_with(Box::default).log = Some(whole);
+            self.rare.get_or_insert_with(Box::default).log = Some(whole);
         }
-        let log = self.wide.as_mut().and_then(|w| w.log.as_mut());
+        let log = self.rare.as_mut().and_then(|w| w.log.as_mut());
         let log = log.expect("the log is kept whole");
         push_in_order(log, event, max, days);
         // Packed again once trimming has dropped every event that does not pack.
@@ -561,19 +560,19 @@ mod tests {
             assert_eq!(got.rating.map(f32::to_bits), c.rating.map(f32::to_bits));
             assert_eq!(got, *c);
         }
-        assert_eq!(row.wide.as_ref().map(|w| w.cells.len()), Some(wide.len()));
+        assert_eq!(row.rare.as_ref().map(|w| w.cells.len()), Some(wide.len()));
         for k in packed.len()..packed.len() + wide.len() {
             let previous = row.set_cell(k as u32 * 2, &packed[0]);
             assert_eq!(previous, Some(wide[k - packed.len()].clone()));
         }
-        assert!(row.wide.is_none(), "every cell packs again");
+        assert!(row.rare.is_none(), "every cell packs again");
         assert!(row
             .cells()
             .all(|(_, c)| c == packed[0] || packed.contains(&c)));
         let weights = KindWeights::default();
         row.apply(1, EventKind::Rate, Some(1.2345), 7, &weights);
         assert_eq!(row.cell(1).and_then(|c| c.rating), Some(1.2345));
-        assert_eq!(row.wide.as_ref().map(|w| w.cells.len()), Some(1));
+        assert_eq!(row.rare.as_ref().map(|w| w.cells.len()), Some(1));
     }
 
     #[test]
@@ -587,7 +586,7 @@ mod tests {
         for ts in [10, 20] {
             row.push_activity(view(ts), 3, 90);
         }
-        assert!(row.wide.is_none());
+        assert!(row.rare.is_none());
         row.push_activity(view(-5), 4, 90);
         assert!(row.activity.is_empty() && row.wide_log().is_some());
         let ts: Vec<i64> = row.activity().map(|a| a.ts_ms).collect();
@@ -596,7 +595,7 @@ mod tests {
         let ts: Vec<i64> = row.activity().map(|a| a.ts_ms).collect();
         assert_eq!(ts, vec![10, 20, 30], "trimmed to 3 like a packed log");
         assert!(
-            row.wide.is_none(),
+            row.rare.is_none(),
             "packed again once the event that did not pack is gone"
         );
         row.set_activity(vec![view(-7), view(4)]);
@@ -607,13 +606,13 @@ mod tests {
         );
         let log: Vec<Activity> = vec![view(4), view(5)];
         row.set_activity(log.clone());
-        assert!(row.wide.is_none(), "a log that packs is packed");
+        assert!(row.rare.is_none(), "a log that packs is packed");
         assert_eq!(row.activity().collect::<Vec<_>>(), log);
     }
 
     #[test]
     fn a_user_with_one_event_allocates_nothing_beyond_the_row() {
-        assert_eq!(std::mem::size_of::<UserRow>(), 72);
+        assert_eq!(std::mem::size_of::<UserRow>(), 64);
         let weights = KindWeights::default();
         let view = |ts_ms| Activity {
             ts_ms,
