@@ -46,6 +46,9 @@ fn qualified(schema: &str, table: &str) -> String {
 /// Connects to the cluster's PostgreSQL (the connection runs on the current runtime) and
 /// runs `ddl` (given the qualified table name) after creating `schema` if it is named;
 /// returns the client and the qualified name.
+/// The advisory lock the cluster's table set-up holds ("momentum" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6d6f_6d65_6e74_756d;
+
 pub(super) async fn connect(
     url: &str,
     schema: &str,
@@ -59,11 +62,15 @@ pub(super) async fn connect(
         }
     });
     let table = qualified(schema, table);
-    let mut sql = String::new();
+    // Nodes start together: two concurrent `CREATE … IF NOT EXISTS` of one name can both find
+    // it missing, and the second fails on PostgreSQL's catalogue (`pg_type_typname_nsp_index`).
+    // The set-up runs in one transaction under an advisory lock, one node at a time.
+    let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK});");
     if !schema.is_empty() {
         sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";"));
     }
     sql.push_str(&ddl(&table));
+    sql.push_str(";COMMIT;");
     client.batch_execute(&sql).await?;
     Ok((client, table))
 }
@@ -202,5 +209,26 @@ mod tests {
         assert_eq!(decode(&bytes).expect("decodes"), export);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode(&[]).is_err());
+    }
+
+    /// Nodes that start together set the tables up one at a time: every connect succeeds.
+    #[tokio::test]
+    async fn concurrent_connects_to_a_new_schema_all_succeed() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("momentum_test_{:016x}", rand::random::<u64>());
+        let connects = (0..8).map(|_| SnapshotStore::connect(&url, &schema));
+        let results = futures_util::future::join_all(connects).await;
+        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL at DATABASE_URL is required");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await
+            .expect("drop the test schema");
+        for result in results {
+            result.expect("connects");
+        }
     }
 }
