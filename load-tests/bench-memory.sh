@@ -3,8 +3,10 @@
 # Generates a synthetic ratings CSV (user `u{n}`, EVENTS distinct items each, drawn from ITEMS
 # items with a 1/rank^0.8 skew, rating 4, each user's events one after another), ingests it over
 # HTTP with `momentum-load ingest --batch 5000 --connections 4` into a server on a temporary
-# embedded store (default configuration, `sync`), and prints VmRSS right after the ingest, the
-# peak (VmHWM), the ingest rate and the co-occurrence footprint; then writes a snapshot
+# embedded store (default configuration, `sync`), and prints VmRSS right after the ingest and
+# SETTLE seconds later (by then a rebuild of the item model the last events triggered, whose
+# matrix and pair list are freed after it, has finished), the peak (VmHWM), the ingest rate
+# and the co-occurrence footprint; then writes a snapshot
 # (`POST /v1/admin/snapshot`) and prints the peak while it was written.
 #
 #   load-tests/bench-memory.sh                         # 1M users × 1 event
@@ -12,7 +14,7 @@
 #   USERS=20000 EVENTS=5 SKIP_BUILD=1 load-tests/bench-memory.sh
 #
 # Environment: USERS [1000000], EVENTS per user [1], ITEMS [2000], SEED [7], PORT [18481],
-# SKIP_BUILD [0], and any MOMENTUM__* setting for the server (for example
+# SETTLE [5], SKIP_BUILD [0], and any MOMENTUM__* setting for the server (for example
 # MOMENTUM__SNAPSHOT__INTERVAL_SECS=0 to keep a scheduled snapshot out of a long run).
 # Needs bash, curl and python3.
 set -euo pipefail
@@ -68,6 +70,8 @@ start=$(date +%s.%N)
   --target "http://127.0.0.1:$PORT" --report "$WORK/ingest.json" >/dev/null 2>"$WORK/load.log"
 end=$(date +%s.%N)
 status=$(grep -E '^(VmRSS|VmHWM)' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
+sleep "${SETTLE:-5}"
+settled=$(grep -E '^VmRSS' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
 # Then a snapshot of that state (POST /v1/admin/snapshot, answered once it is written and
 # verified): the peak while it is written, VmHWM reset first (`5` to clear_refs).
 echo 5 >"/proc/$SERVER_PID/clear_refs"
@@ -79,10 +83,10 @@ snap_status=$(grep -E '^(VmRSS|VmHWM)' "/proc/$SERVER_PID/status" | tr -s ' \t' 
 sleep 2
 metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E '^momentum_(cooccurrence_(pairs|bytes)|users) ' || true)
 python3 - "$USERS" "$EVENTS" "$start" "$end" "$WORK/ingest.json" "$status" "$metrics" \
-  "$snap_start" "$snap_end" "$snapshot" "$snap_status" <<'PY'
+  "$snap_start" "$snap_end" "$snapshot" "$snap_status" "$settled" "${SETTLE:-5}" <<'PY'
 import json, sys
 users, events, start, end, report, status, metrics = sys.argv[1:8]
-snap_start, snap_end, snapshot, snap_status = sys.argv[8:12]
+snap_start, snap_end, snapshot, snap_status, settled, settle = sys.argv[8:14]
 ingest = json.load(open(report))["ingest"]
 kb = dict(line.split(":")[0:2] for line in status.splitlines())
 rss, hwm = (int(kb[k].split()[0]) for k in ("VmRSS", "VmHWM"))
@@ -92,6 +96,9 @@ print(f"memory: {int(users):,} users x {events} events: {ingest['accepted']:,} a
       f"({ingest['accepted'] / secs:,.0f} events/s)")
 print(f"memory: VmRSS {rss:,} kB ({rss / 1024:.1f} MiB, {rss * 1024 / int(users):,.0f} bytes per user), "
       f"peak VmHWM {hwm:,} kB ({hwm / 1024:.1f} MiB)")
+later = int(settled.split(":")[1].split()[0])
+print(f"memory: VmRSS {settle} s after the ingest {later:,} kB ({later / 1024:.1f} MiB, "
+      f"{later * 1024 / int(users):,.0f} bytes per user)")
 snap = json.loads(snapshot)
 skb = dict(line.split(":")[0:2] for line in snap_status.splitlines())
 shwm = int(skb["VmHWM"].split()[0])
