@@ -71,7 +71,7 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 status=$(grep -E '^(VmRSS|VmHWM)' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
 sleep "${SETTLE:-5}"
-settled=$(grep -E '^VmRSS' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
+settled=$(grep -E '^(VmRSS|VmHWM)' "/proc/$SERVER_PID/status" | tr -s ' \t' ' ')
 # Then a snapshot of that state (POST /v1/admin/snapshot, answered once it is written and
 # verified): the peak while it is written, VmHWM reset first (`5` to clear_refs).
 echo 5 >"/proc/$SERVER_PID/clear_refs"
@@ -96,15 +96,17 @@ print(f"memory: {int(users):,} users x {events} events: {ingest['accepted']:,} a
       f"({ingest['accepted'] / secs:,.0f} events/s)")
 print(f"memory: VmRSS {rss:,} kB ({rss / 1024:.1f} MiB, {rss * 1024 / int(users):,.0f} bytes per user), "
       f"peak VmHWM {hwm:,} kB ({hwm / 1024:.1f} MiB)")
-later = int(settled.split(":")[1].split()[0])
+lkb = dict(line.split(":")[0:2] for line in settled.splitlines())
+later, lhwm = (int(lkb[k].split()[0]) for k in ("VmRSS", "VmHWM"))
 print(f"memory: VmRSS {settle} s after the ingest {later:,} kB ({later / 1024:.1f} MiB, "
-      f"{later * 1024 / int(users):,.0f} bytes per user)")
+      f"{later * 1024 / int(users):,.0f} bytes per user), peak VmHWM by then {lhwm:,} kB "
+      f"({lhwm / 1024:.1f} MiB)")
 snap = json.loads(snapshot)
 skb = dict(line.split(":")[0:2] for line in snap_status.splitlines())
 shwm = int(skb["VmHWM"].split()[0])
 print(f"memory: snapshot of {snap['users']:,} users, {snap['bytes']:,} bytes, in "
       f"{float(snap_end) - float(snap_start):.1f} s; peak VmHWM {shwm:,} kB ({shwm / 1024:.1f} MiB) "
-      f"({(shwm - rss) / 1024:+,.1f} MiB over the resident memory after the ingest)")
+      f"({(shwm - later) / 1024:+,.1f} MiB over the resident memory before it)")
 pairs = int(float(m.get("momentum_cooccurrence_pairs", 0)))
 if pairs:
     cb = int(float(m["momentum_cooccurrence_bytes"]))

@@ -179,8 +179,12 @@ pub(crate) fn build_in_chunks(
     };
     let mut diag = Vec::with_capacity(candidates.len());
     // Each pair once, as (row, column, users) in 12 bytes: the list is the build's largest
-    // allocation after the dense matrix, and is reserved at once (each pair is in two rows).
-    let mut pairs: Vec<(u32, u32, u32)> = Vec::with_capacity(entries / 2 + entries / 32);
+    // allocation after the dense matrix, and is reserved at once (each pair is in two rows;
+    // rows also hold items not modelled, so never beyond the pairs there can be).
+    let n = candidates.len();
+    let most = n * n.saturating_sub(1) / 2;
+    let mut pairs: Vec<(u32, u32, u32)> =
+        Vec::with_capacity((entries / 2 + entries / 32).min(most));
     for (n, rows) in candidates.chunks(chunk.max(1)).enumerate() {
         let table = index.item_table.read();
         for (k, c) in rows.iter().enumerate() {

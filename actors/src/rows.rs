@@ -114,14 +114,21 @@ impl Cell {
     }
 }
 
-/// What few rows have: the interactions of cells that do not pack, by item, the whole
-/// activity log once it holds an event whose time does not, and the profile. Boxed in the
-/// row, so the row pays one pointer for it, and a row with none of them nothing more.
+/// What few rows have: the profile, and what does not pack. Boxed in the row, so the row
+/// pays one pointer for it, and a row with none of them nothing more; a profiled user pays
+/// 8 bytes more than the profile.
 #[derive(Debug, Default)]
 struct Rare {
+    profile: Option<UserProfile>,
+    wide: Option<Box<Wide>>,
+}
+
+/// What of a row does not pack: the interactions of such cells, by item, and the whole
+/// activity log once it holds an event whose time does not.
+#[derive(Debug, Default)]
+struct Wide {
     cells: Vec<(u32, Interaction)>,
     log: Option<SmallVec<[Activity; 0]>>,
-    profile: Option<UserProfile>,
 }
 
 /// One event of an activity log: an [`Activity`] in 12 bytes, its time split like a cell's.
@@ -235,7 +242,7 @@ impl UserRow {
         if !cell.is_wide() {
             return cell.unpack();
         }
-        let wide = self.rare.as_deref().map_or(&[][..], |w| w.cells.as_slice());
+        let wide = self.wide().map_or(&[][..], |w| w.cells.as_slice());
         wide.binary_search_by_key(&cell.item, |w| w.0)
             .map(|k| wide[k].1.clone())
             .expect("a wide cell has its interaction in the rare part")
@@ -262,14 +269,15 @@ impl UserRow {
             Some(cell) => {
                 self.cells[k] = cell;
                 if was_wide {
-                    let wide = &mut self.rare.as_mut().expect("a wide cell has a rare part");
+                    let wide = self.rare.as_mut().and_then(|r| r.wide.as_mut());
+                    let wide = wide.expect("a wide cell has its interaction in the rare part");
                     wide.cells.retain(|w| w.0 != item);
                     self.tidy();
                 }
             }
             None => {
                 self.cells[k] = Cell::wide(item);
-                let wide = &mut self.rare.get_or_insert_with(Box::default).cells;
+                let wide = &mut self.wide_mut().cells;
                 match wide.binary_search_by_key(&item, |w| w.0) {
                     Ok(at) => wide[at].1 = c.clone(),
                     Err(at) => wide.insert(at, (item, c.clone())),
@@ -331,20 +339,37 @@ impl UserRow {
         self.last_event_ms = ms.unwrap_or(i64::MIN);
     }
 
-    /// Drops the rare part once it holds nothing.
+    /// What does not pack, if anything.
+    fn wide(&self) -> Option<&Wide> {
+        self.rare.as_deref().and_then(|r| r.wide.as_deref())
+    }
+
+    /// What does not pack, created empty if needed.
+    fn wide_mut(&mut self) -> &mut Wide {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        rare.wide.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the parts of the rare part that hold nothing, and the rare part once it is empty.
     fn tidy(&mut self) {
-        if self
-            .rare
+        let Some(rare) = self.rare.as_mut() else {
+            return;
+        };
+        if rare
+            .wide
             .as_ref()
-            .is_some_and(|w| w.cells.is_empty() && w.log.is_none() && w.profile.is_none())
+            .is_some_and(|w| w.cells.is_empty() && w.log.is_none())
         {
+            rare.wide = None;
+        }
+        if rare.wide.is_none() && rare.profile.is_none() {
             self.rare = None;
         }
     }
 
     /// The log kept whole, if it is.
     fn wide_log(&self) -> Option<&[Activity]> {
-        self.rare.as_deref().and_then(|w| w.log.as_deref())
+        self.wide().and_then(|w| w.log.as_deref())
     }
 
     /// The activity log, in time order.
@@ -366,14 +391,14 @@ impl UserRow {
         match log.iter().map(|&a| Logged::pack(a)).collect() {
             Some(packed) => {
                 self.activity = packed;
-                if let Some(wide) = self.rare.as_mut() {
+                if let Some(wide) = self.rare.as_mut().and_then(|r| r.wide.as_mut()) {
                     wide.log = None;
                 }
                 self.tidy();
             }
             None => {
                 self.activity = SmallVec::new();
-                self.rare.get_or_insert_with(Box::default).log = Some(log.into_iter().collect());
+                self.wide_mut().log = Some(log.into_iter().collect());
             }
         }
     }
@@ -391,9 +416,10 @@ impl UserRow {
             // An event that does not pack: the log is kept whole from now on.
             let whole = self.activity.iter().map(Logged::activity).collect();
             self.activity = SmallVec::new();
-            self.rare.get_or_insert_with(Box::default).log = Some(whole);
+            self.wide_mut().log = Some(whole);
         }
-        let log = self.rare.as_mut().and_then(|w| w.log.as_mut());
+        let wide = self.rare.as_mut().and_then(|r| r.wide.as_mut());
+        let log = wide.and_then(|w| w.log.as_mut());
         let log = log.expect("the log is kept whole");
         push_in_order(log, event, max, days);
         // Packed again once trimming has dropped every event that does not pack.
@@ -560,19 +586,25 @@ mod tests {
             assert_eq!(got.rating.map(f32::to_bits), c.rating.map(f32::to_bits));
             assert_eq!(got, *c);
         }
-        assert_eq!(row.rare.as_ref().map(|w| w.cells.len()), Some(wide.len()));
+        assert_eq!(row.wide().map(|w| w.cells.len()), Some(wide.len()));
         for k in packed.len()..packed.len() + wide.len() {
             let previous = row.set_cell(k as u32 * 2, &packed[0]);
             assert_eq!(previous, Some(wide[k - packed.len()].clone()));
         }
         assert!(row.rare.is_none(), "every cell packs again");
+        // A profile stays when what did not pack is gone.
+        row.set_profile(UserProfile::default());
+        row.set_cell(99, &wide[0]);
+        assert!(row.wide().is_some());
+        row.set_cell(99, &packed[0]);
+        assert!(row.wide().is_none() && row.profile().is_some());
         assert!(row
             .cells()
             .all(|(_, c)| c == packed[0] || packed.contains(&c)));
         let weights = KindWeights::default();
         row.apply(1, EventKind::Rate, Some(1.2345), 7, &weights);
         assert_eq!(row.cell(1).and_then(|c| c.rating), Some(1.2345));
-        assert_eq!(row.rare.as_ref().map(|w| w.cells.len()), Some(1));
+        assert_eq!(row.wide().map(|w| w.cells.len()), Some(1));
     }
 
     #[test]

@@ -46,9 +46,6 @@ fn qualified(schema: &str, table: &str) -> String {
 /// Connects to the cluster's PostgreSQL (the connection runs on the current runtime) and
 /// runs `ddl` (given the qualified table name) after creating `schema` if it is named;
 /// returns the client and the qualified name.
-/// The advisory lock the cluster's table set-up holds ("momentum" in ASCII).
-const SCHEMA_LOCK: i64 = 0x6d6f_6d65_6e74_756d;
-
 pub(super) async fn connect(
     url: &str,
     schema: &str,
@@ -64,8 +61,13 @@ pub(super) async fn connect(
     let table = qualified(schema, table);
     // Nodes start together: two concurrent `CREATE … IF NOT EXISTS` of one name can both find
     // it missing, and the second fails on PostgreSQL's catalogue (`pg_type_typname_nsp_index`).
-    // The set-up runs in one transaction under an advisory lock, one node at a time.
-    let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK});");
+    // The set-up runs in one transaction under the advisory lock of the store's migrations
+    // for the same schema (`store::postgres`), one process at a time. The schema is checked
+    // to be `[A-Za-z0-9_]` by the settings, so it can stand in the SQL text.
+    let mut sql = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('momentum.migrations:' || \
+         coalesce(nullif('{schema}', ''), current_schema())));"
+    );
     if !schema.is_empty() {
         sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";"));
     }
