@@ -322,16 +322,10 @@ pub async fn build_and_publish(
 mod tests {
     use super::*;
 
-    fn database_url() -> String {
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-    }
-
     /// Only a build from more data replaces the stored model; each write bumps the version.
     #[tokio::test]
     async fn the_fence_keeps_the_model_built_from_more_data() {
-        let url = database_url();
-        let schema = format!("momentum_test_{:016x}", rand::random::<u64>());
+        let (url, schema) = crate::cluster::snapshots::tests::test_schema();
         let store = ModelStore::connect(&url, &schema)
             .await
             .expect("PostgreSQL at DATABASE_URL is required");
@@ -379,14 +373,7 @@ mod tests {
         };
         let outcome =
             futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
-        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await
-            .expect("drop the test schema");
+        crate::cluster::snapshots::tests::drop_test_schema(&url, &schema).await;
         if let Err(panic) = outcome {
             std::panic::resume_unwind(panic);
         }

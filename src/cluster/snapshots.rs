@@ -190,7 +190,7 @@ pub fn decode(bytes: &[u8]) -> Result<EngineExport, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::Arc;
 
@@ -213,15 +213,16 @@ mod tests {
         assert!(decode(&[]).is_err());
     }
 
-    /// Nodes that start together set the tables up one at a time: every connect succeeds.
-    #[tokio::test]
-    async fn concurrent_connects_to_a_new_schema_all_succeed() {
+    /// The test database, and a fresh schema name in it.
+    pub(in crate::cluster) fn test_schema() -> (String, String) {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("momentum_test_{:016x}", rand::random::<u64>());
-        let connects = (0..8).map(|_| SnapshotStore::connect(&url, &schema));
-        let results = futures_util::future::join_all(connects).await;
-        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        (url, format!("momentum_test_{:016x}", rand::random::<u64>()))
+    }
+
+    /// Drops a schema [`test_schema`] named.
+    pub(in crate::cluster) async fn drop_test_schema(url: &str, schema: &str) {
+        let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .expect("PostgreSQL at DATABASE_URL is required");
         tokio::spawn(connection);
@@ -229,6 +230,15 @@ mod tests {
             .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
             .await
             .expect("drop the test schema");
+    }
+
+    /// Nodes that start together set the tables up one at a time: every connect succeeds.
+    #[tokio::test]
+    async fn concurrent_connects_to_a_new_schema_all_succeed() {
+        let (url, schema) = test_schema();
+        let connects = (0..8).map(|_| SnapshotStore::connect(&url, &schema));
+        let results = futures_util::future::join_all(connects).await;
+        drop_test_schema(&url, &schema).await;
         for result in results {
             result.expect("connects");
         }
