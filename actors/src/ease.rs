@@ -185,10 +185,11 @@ pub(crate) fn build_in_chunks(
     let most = n * n.saturating_sub(1) / 2;
     let mut pairs: Vec<(u32, u32, u32)> =
         Vec::with_capacity((entries / 2 + entries / 32).min(most));
-    for (n, rows) in candidates.chunks(chunk.max(1)).enumerate() {
+    let chunk = chunk.max(1);
+    for (number, rows) in candidates.chunks(chunk).enumerate() {
         let table = index.item_table.read();
         for (k, c) in rows.iter().enumerate() {
-            let li = n * chunk.max(1) + k;
+            let li = number * chunk + k;
             let stats = table.get(c.0);
             diag.push(stats.column.len() as f64);
             for e in stats.cooc.entries() {

@@ -718,28 +718,31 @@ impl Engine {
 
     /// Builds the learned item model from the current counts and publishes it (the next
     /// version). Blocks for as long as the factorisation takes: call it off the async
-    /// threads. `copied` runs between the copy of the counts and the factorisation
-    /// ([`crate::ease::build`]). On failure the previous model stays.
+    /// threads. On failure the previous model stays.
     pub fn build_item_model(
         &self,
         now_ms: i64,
-        copied: impl FnOnce(),
     ) -> Result<Arc<crate::ease::EaseModel>, momentum_models::ease::EaseError> {
-        let version = self.index.ease.read().version + 1;
-        let model = Arc::new(crate::ease::build(
-            &self.index,
-            &self.config.ease,
-            version,
-            now_ms,
-            copied,
-        )?);
-        self.install_item_model(model.clone());
-        Ok(model)
+        Ok(self.publish_item_model(self.fit_item_model(now_ms, || ())?))
+    }
+
+    /// Publishes a model [`Engine::fit_item_model`] fitted here, as the next version.
+    pub fn publish_item_model(
+        &self,
+        mut model: crate::ease::EaseModel,
+    ) -> Arc<crate::ease::EaseModel> {
+        let mut live = self.index.ease.write();
+        model.version = live.version + 1;
+        let model = Arc::new(model);
+        *live = model.clone();
+        model
     }
 
     /// Fits the learned item model from the current counts without publishing it (version
-    /// 0: the caller gives it one and publishes it with [`Engine::install_item_model`]).
-    /// Blocks like [`Engine::build_item_model`].
+    /// 0: the caller publishes it with [`Engine::publish_item_model`], or gives it one and
+    /// publishes it with [`Engine::install_item_model`]). Blocks like
+    /// [`Engine::build_item_model`]; `copied` runs between the copy of the counts and the
+    /// factorisation ([`crate::ease::build`]).
     pub fn fit_item_model(
         &self,
         now_ms: i64,
@@ -749,7 +752,8 @@ impl Engine {
     }
 
     /// Publishes `model` whole, unless the published one has this version or a later one;
-    /// true if published. Every model a scorer sees arrives through here.
+    /// true if published. Models from elsewhere (the cluster's store) arrive through here,
+    /// models fitted here through [`Engine::publish_item_model`].
     pub fn install_item_model(&self, model: Arc<crate::ease::EaseModel>) -> bool {
         let mut live = self.index.ease.write();
         if live.version >= model.version {
@@ -957,7 +961,7 @@ mod tests {
             }
         }
         a.record_events(events).await.expect("recorded");
-        let built = a.build_item_model(1_700_000_000_000, || ()).expect("built");
+        let built = a.build_item_model(1_700_000_000_000).expect("built");
         assert!(built.items() >= 5, "{} items modelled", built.items());
         // Copied in chunks of any size, the same counts give the same model.
         for chunk in [1, 2, 3, usize::MAX] {

@@ -36,6 +36,18 @@ fn fit<T: Copy, const N: usize>(v: &mut SmallVec<[T; N]>) {
     }
 }
 
+/// `ts_ms` as whole seconds and the milliseconds past them, if it falls between 1970 and
+/// 2106 (the seconds fit 32 bits).
+fn split_ms(ts_ms: i64) -> Option<(u32, u32)> {
+    let secs = u32::try_from(ts_ms.div_euclid(1000)).ok()?;
+    Some((secs, ts_ms.rem_euclid(1000) as u32))
+}
+
+/// The inverse of [`split_ms`]; `packed` holds the milliseconds in its low 10 bits.
+fn join_ms(secs: u32, packed: u32) -> i64 {
+    i64::from(secs) * 1000 + i64::from(packed & 0x3ff)
+}
+
 /// Bits 20–31 of [`Cell::packed`] when the cell's interaction is kept whole in the row's
 /// [`UserRow::rare`] list.
 const WIDE: u32 = 0xfff;
@@ -59,8 +71,7 @@ struct Cell {
 impl Cell {
     /// The packed form of `c`, if it unpacks to `c` exactly.
     fn pack(item: u32, c: &Interaction) -> Option<Cell> {
-        let secs = u32::try_from(c.last_ts.div_euclid(1000)).ok()?;
-        let ms = c.last_ts.rem_euclid(1000) as u32;
+        let (secs, ms) = split_ms(c.last_ts)?;
         let kinds = u32::from(c.kinds);
         if kinds >= 1 << 10 {
             return None;
@@ -109,7 +120,7 @@ impl Cell {
             implicit: self.implicit,
             rating: (rating > 0).then(|| (rating - 1) as f32 / 100.0),
             kinds: ((self.packed >> 10) & 0x3ff) as u16,
-            last_ts: i64::from(self.secs) * 1000 + i64::from(self.packed & 0x3ff),
+            last_ts: join_ms(self.secs, self.packed),
         }
     }
 }
@@ -145,16 +156,17 @@ struct Logged {
 impl Logged {
     /// The packed form of `a`, if its time is between 1970 and 2106.
     fn pack(a: Activity) -> Option<Logged> {
+        let (secs, ms) = split_ms(a.ts_ms)?;
         Some(Logged {
-            secs: u32::try_from(a.ts_ms.div_euclid(1000)).ok()?,
+            secs,
             goal: a.goal.unwrap_or(u32::MAX),
-            packed: a.ts_ms.rem_euclid(1000) as u32 | (a.kind as u32) << 10,
+            packed: ms | (a.kind as u32) << 10,
         })
     }
 
     fn activity(&self) -> Activity {
         Activity {
-            ts_ms: i64::from(self.secs) * 1000 + i64::from(self.packed & 0x3ff),
+            ts_ms: self.ts_ms(),
             kind: EventKind::ALL[(self.packed >> 10) as usize],
             goal: (self.goal != u32::MAX).then_some(self.goal),
         }
@@ -168,7 +180,7 @@ trait Timed: Copy {
 
 impl Timed for Logged {
     fn ts_ms(&self) -> i64 {
-        i64::from(self.secs) * 1000 + i64::from(self.packed & 0x3ff)
+        join_ms(self.secs, self.packed)
     }
 }
 
@@ -248,15 +260,16 @@ impl UserRow {
             .expect("a wide cell has its interaction in the rare part")
     }
 
-    /// The position of `item`'s cell, inserted empty if there was none.
-    fn position(&mut self, item: u32) -> usize {
+    /// The position of `item`'s cell, inserted empty if there was none, and whether it was
+    /// there.
+    fn position(&mut self, item: u32) -> (usize, bool) {
         match self.cells.binary_search_by_key(&item, |c| c.item) {
-            Ok(k) => k,
+            Ok(k) => (k, true),
             Err(k) => {
                 reserve_one(&mut self.cells);
                 let empty = Cell::pack(item, &Interaction::default()).expect("packs");
                 self.cells.insert(k, empty);
-                k
+                (k, false)
             }
         }
     }
@@ -295,7 +308,7 @@ impl UserRow {
         ts_ms: i64,
         weights: &KindWeights,
     ) -> (f32, f32) {
-        let k = self.position(item);
+        let (k, _) = self.position(item);
         let mut cell = self.interaction(&self.cells[k]);
         let before = cell.weight(weights);
         cell.apply(kind, value, ts_ms, weights);
@@ -305,8 +318,7 @@ impl UserRow {
 
     /// Replaces the cell of `item` (restoring a snapshot); returns the previous one.
     pub fn set_cell(&mut self, item: u32, cell: &Interaction) -> Option<Interaction> {
-        let existed = self.cells.binary_search_by_key(&item, |c| c.item).is_ok();
-        let k = self.position(item);
+        let (k, existed) = self.position(item);
         let previous = existed.then(|| self.interaction(&self.cells[k]));
         self.store(k, cell);
         previous

@@ -225,7 +225,7 @@ pub fn run(args: &RecommendArgs, config: Option<&Path>) -> Result<String> {
         }
         if item_model == ItemModel::Ease {
             let model = engine
-                .build_item_model(0, || ())
+                .build_item_model(0)
                 .map_err(|source| RecommendEvalError::ItemModel { source })?;
             tracing::info!(
                 items = model.items(),

@@ -6,8 +6,8 @@
 //! `ease.rebuild_secs` after the last build when anything changed. Each build runs on a thread
 //! of its own ([`in_background`]): the counts are copied at normal priority, then the thread
 //! drops to the lowest CPU priority for the factorisation, so requests keep their cores while
-//! it runs; the model is published from the job's task. The engine publishes each model whole, with the next version, and a failed build
-//! keeps the previous one. Nothing is built on its own when
+//! it runs. The model is published from the job's task, whole and with the next version; a
+//! failed build keeps the previous one. Nothing is built on its own when
 //! `recommend.item_model = "cosine"`; `POST /v1/admin/item-model` builds in either case.
 //!
 //! In a cluster the model is built once per cluster ([`crate::cluster::item_model`]): only
@@ -195,10 +195,8 @@ async fn build(state: &Arc<AppState>, now_ms: i64) -> Result<Arc<EaseModel>, Job
     // which every request reads, and must not wait on a thread at the lowest priority.
     let built = in_background(move |lower| builder.engine.fit_item_model(now_ms, lower)).await;
     let error = match built {
-        Ok(Ok(mut model)) => {
-            model.version = state.engine.item_model().version + 1;
-            let model = Arc::new(model);
-            state.engine.install_item_model(model.clone());
+        Ok(Ok(model)) => {
+            let model = state.engine.publish_item_model(model);
             metrics.builds.with_label_values(&["ok"]).inc();
             metrics.show(&model);
             tracing::info!(
