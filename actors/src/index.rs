@@ -243,7 +243,12 @@ impl CoocRow {
             .map(|e| e.item as usize + 1)
             .max()
             .unwrap_or(0);
-        self.positions = if entries.len() >= DIRECT_MIN_ENTRIES && 2 * entries.len() >= span {
+        let direct = entries.len() >= DIRECT_MIN_ENTRIES && 2 * entries.len() >= span;
+        if !direct && matches!(self.positions, Positions::Hashed(_)) {
+            // Hashed it stays: the table is already up to date.
+            return;
+        }
+        self.positions = if direct {
             let mut slots = vec![ABSENT; span];
             for (k, e) in entries.iter().enumerate() {
                 slots[e.item as usize] = k as u32;

@@ -454,13 +454,16 @@ impl ShardState {
     }
 
     /// This shard's rows as snapshot records (sorted by user id, cells by item id, so equal
-    /// states give equal bytes) and its recent event id entries.
+    /// states give equal bytes) and its recent event id entries (tests; snapshots take
+    /// [`ShardState::export_chunks`]).
+    #[cfg(test)]
     pub fn export(&self) -> (Vec<UserRecord>, Vec<DedupeEntry>) {
         (self.sorted_records().collect(), self.dedupe.entries())
     }
 
-    /// [`ShardState::export`] encoded as it goes, record by record ([`UserChunks`]): the same
-    /// records in the same order, never all held at once.
+    /// The rows as snapshot records (sorted by user id, cells by item id, so equal states give
+    /// equal bytes) encoded as it goes, record by record ([`UserChunks`]), never all held at
+    /// once, and the recent event id entries.
     pub fn export_chunks(&self) -> (UserChunks, Vec<DedupeEntry>) {
         let mut chunks = UserChunks::default();
         for record in self.sorted_records() {

@@ -240,7 +240,6 @@ pub struct UserChunks {
     /// Per chunk: records, and the encoded chunk with its header left blank (empty while the
     /// chunk has no record), so that finishing a chunk copies nothing.
     chunks: Vec<(u32, Vec<u8>)>,
-    users: usize,
 }
 
 /// The bytes of a chunk's header: version and record count.
@@ -250,7 +249,6 @@ impl Default for UserChunks {
     fn default() -> Self {
         UserChunks {
             chunks: vec![(0, Vec::new()); USER_CHUNKS],
-            users: 0,
         }
     }
 }
@@ -264,7 +262,6 @@ impl UserChunks {
         }
         push_record(body, record);
         *n += 1;
-        self.users += 1;
     }
 
     /// Moves `other`'s records after this set's, chunk by chunk.
@@ -277,12 +274,11 @@ impl UserChunks {
             }
             *n += m;
         }
-        self.users += other.users;
     }
 
     /// Records pushed.
     pub fn users(&self) -> usize {
-        self.users
+        self.chunks.iter().map(|(n, _)| *n as usize).sum()
     }
 
     /// The chunks holding records, as `(chunk, encoded chunk)`.

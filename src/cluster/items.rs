@@ -15,7 +15,6 @@
 //! the compacted items topic: item metadata written through any node (`PUT`/`DELETE
 //! /v1/items/{id}`), which every node applies in the topic's order.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -251,20 +250,20 @@ fn run(
     // publishing their own) until, the partition no longer being its, it has published them.
     // Ownership changes are seen through the slot's generation, which every assignment and
     // revocation moves, so a flap between two looks here is not missed.
-    let withheld: Vec<Cell<bool>> = (0..settings.partitions).map(|_| Cell::new(false)).collect();
+    let mut withheld = vec![false; settings.partitions as usize];
     let mut seen: Vec<u64> = slots
         .iter()
         .map(|s| s.generation.load(Ordering::Acquire))
         .collect();
     while !stop.stopped() {
         let mut due = Vec::new();
-        for (p, flag) in withheld.iter().enumerate() {
+        for (p, flag) in withheld.iter_mut().enumerate() {
             let generation = slots[p].generation.load(Ordering::Acquire);
             if generation != seen[p] {
                 seen[p] = generation;
-                flag.set(true);
+                *flag = true;
             }
-            if flag.get() && slots[p].state() == PartitionState::NotOwned {
+            if *flag && slots[p].state() == PartitionState::NotOwned {
                 due.push((p as u32, generation));
             }
         }
@@ -272,7 +271,7 @@ fn run(
             let (published, interrupted) =
                 publish_withheld(engine, &side, settings.partitions, &due, slots);
             for (p, _) in &due {
-                withheld[*p as usize].set(interrupted.contains(p));
+                withheld[*p as usize] = interrupted.contains(p);
             }
             tracing::debug!(?due, published, "withheld vectors published");
         }
@@ -322,10 +321,8 @@ fn run(
                 let deltas = decode(engine, record.rows, &mut side);
                 let partitions = settings.partitions;
                 let publish = |user: u32| {
-                    engine.user_name(user).is_some_and(|name| {
-                        slots[partition_of(&name, partitions) as usize].state()
-                            == PartitionState::NotOwned
-                    })
+                    partition_of_user(engine, user, partitions)
+                        .is_some_and(|p| slots[p as usize].state() == PartitionState::NotOwned)
                 };
                 loop {
                     match runtime.block_on(engine.apply_item_deltas(deltas.clone(), publish)) {
@@ -364,6 +361,13 @@ fn run(
     Ok(())
 }
 
+/// The partition of a user known by dense id.
+fn partition_of_user(engine: &Engine, user: u32, partitions: u32) -> Option<u32> {
+    engine
+        .user_name(user)
+        .map(|name| partition_of(&name, partitions))
+}
+
 /// Publishes the vector this node's item side holds for every user of the partitions `due`
 /// (each with the generation it had when it was found not owned): the latest its owners sent
 /// through the item-deltas topic. A partition assigned again meanwhile (its generation moved)
@@ -380,10 +384,9 @@ fn publish_withheld(
     let mut interrupted = Vec::new();
     let mut published = 0;
     for (&user, vector) in side {
-        let Some(name) = engine.user_name(user) else {
+        let Some(p) = partition_of_user(engine, user, partitions) else {
             continue;
         };
-        let p = partition_of(&name, partitions);
         let Some(&(_, generation)) = due.iter().find(|d| d.0 == p) else {
             continue;
         };

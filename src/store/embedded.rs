@@ -291,7 +291,7 @@ impl EmbeddedStore {
             // Hashed as read: a snapshot can be most of the server's memory.
             let mut read = SnapshotDigest::default();
             let found = visit_snapshot(&txn, Some(id), |key, user_id, bytes| {
-                read.add(key, user_id.as_deref(), bytes)
+                read.add(key, user_id, bytes)
             })?;
             match found {
                 Some((meta, Some(digest))) => check_digest(meta.id, &read, Some(&digest), &name),
@@ -932,7 +932,7 @@ pub(super) fn read_snapshot(
     let found = visit_snapshot(txn, id, |key, user_id, bytes| {
         parts.push(SnapshotPart {
             key: key.to_owned(),
-            user_id,
+            user_id: user_id.map(str::to_owned),
             bytes: bytes.to_vec(),
         })
     })?;
@@ -944,7 +944,7 @@ pub(super) fn read_snapshot(
 fn visit_snapshot(
     txn: &redb::ReadTransaction,
     id: Option<u64>,
-    mut visit: impl FnMut(&str, Option<String>, &[u8]),
+    mut visit: impl FnMut(&str, Option<&str>, &[u8]),
 ) -> Result<Option<(SnapshotMeta, Option<Vec<u8>>)>> {
     let snapshots = txn.open_table(SNAPSHOTS).map_err(db_err)?;
     let found = match id {
@@ -965,11 +965,8 @@ fn visit_snapshot(
         if snapshot_id != id {
             break;
         }
-        let user_id = owners
-            .get((id, key))
-            .map_err(db_err)?
-            .map(|u| u.value().to_owned());
-        visit(key, user_id, bytes.value());
+        let owner = owners.get((id, key)).map_err(db_err)?;
+        visit(key, owner.as_ref().map(|u| u.value()), bytes.value());
     }
     let digest = match txn.open_table(SNAPSHOT_DIGESTS) {
         Ok(digests) => digests.get(id).map_err(db_err)?.map(|d| d.value().to_vec()),

@@ -583,7 +583,7 @@ pub(crate) fn snapshot_digest(parts: &[SnapshotPart]) -> [u8; DIGEST_LEN] {
 #[derive(Debug, Default)]
 pub(crate) struct SnapshotDigest {
     parts: u64,
-    hashes: [u8; 32],
+    hashes: [u8; DIGEST_LEN - 8],
 }
 
 impl SnapshotDigest {
