@@ -35,6 +35,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
 use momentum_actors::engine::NewEvent;
+use momentum_actors::index::UserProfile;
 use momentum_models::events::EventKind;
 use momentum_models::hash::md5_bucket;
 
@@ -117,9 +118,50 @@ pub struct LoggedEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f32>,
     pub ts_ms: i64,
+    /// A [`PROFILE_KIND`] record: the user's new profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<UserProfile>,
+}
+
+/// The `kind` of an events-topic record that replaces a user's profile (`PUT /v1/users/{id}`).
+pub const PROFILE_KIND: &str = "profile";
+
+/// What a record of the events topic asks of its user's owner, in the partition's order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Logged {
+    Event(NewEvent),
+    Profile {
+        user_id: String,
+        profile: UserProfile,
+    },
 }
 
 impl LoggedEvent {
+    /// A user's new profile, as its record in the events topic.
+    pub fn profile(user_id: &str, profile: UserProfile, ts_ms: i64) -> LoggedEvent {
+        LoggedEvent {
+            event_id: None,
+            user_id: user_id.to_owned(),
+            item_id: None,
+            kind: PROFILE_KIND.to_owned(),
+            value: None,
+            ts_ms,
+            profile: Some(profile),
+        }
+    }
+
+    /// What the record asks (`None`: a kind this version does not know, or a profile record
+    /// without its profile); events get `index` in their batch.
+    pub fn into_logged(self, index: usize) -> Option<Logged> {
+        match self.kind.as_str() {
+            PROFILE_KIND => Some(Logged::Profile {
+                user_id: self.user_id,
+                profile: self.profile?,
+            }),
+            _ => self.into_event(index).map(Logged::Event),
+        }
+    }
+
     pub fn from_event(e: &NewEvent) -> LoggedEvent {
         LoggedEvent {
             event_id: e.event_id.clone(),
@@ -128,6 +170,7 @@ impl LoggedEvent {
             kind: e.kind.as_str().to_owned(),
             value: e.value,
             ts_ms: e.ts_ms,
+            profile: None,
         }
     }
 
@@ -186,6 +229,55 @@ pub const LEADER_PARTITION: u32 = 0;
 /// The header a forwarded read carries: its receiver answers it itself or refuses it
 /// (`421`), never forwards it again.
 pub const FORWARDED_HEADER: &str = "x-momentum-forwarded";
+
+/// How often [`Cluster::route_after_move`] looks at the owners again.
+const MOVED_POLL: Duration = Duration::from_millis(25);
+
+/// Where a read goes once the owner it was forwarded to answered that it no longer owns the
+/// partition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// The partition is ready here: answer it.
+    Local,
+    /// A later owner, ready: forward it there (once more, and no further).
+    Remote(OwnerRecord),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum AfterMove {
+    Route(Route),
+    /// A later owner is named but still replaying: `503 not_ready`.
+    NotReady,
+    /// Nothing later is known yet.
+    Wait,
+}
+
+/// The decision of [`Cluster::route_after_move`] from what this node knows now: its own state
+/// of the partition and the owners topic's record, against the owner that answered `421`.
+fn route_after_move(
+    here: PartitionState,
+    known: Option<OwnerRecord>,
+    moved: &OwnerRecord,
+    node_id: &str,
+) -> AfterMove {
+    match here {
+        PartitionState::Ready => return AfterMove::Route(Route::Local),
+        PartitionState::Restoring => return AfterMove::NotReady,
+        PartitionState::NotOwned => {}
+    }
+    // A record of the owner that refused, or of an assignment before its, is stale; so is a
+    // claim of this node's own, which its partition state above contradicts.
+    let later = known.filter(|k| {
+        k.node_id != node_id
+            && (k.generation > moved.generation
+                || (k.generation == moved.generation && k.node_id != moved.node_id))
+    });
+    match later {
+        Some(owner) if owner.ready => AfterMove::Route(Route::Remote(owner)),
+        Some(_) => AfterMove::NotReady,
+        None => AfterMove::Wait,
+    }
+}
 
 /// The cluster side of a node: settings, producer and partition states.
 pub struct Cluster {
@@ -430,20 +522,30 @@ impl Cluster {
     /// is acknowledged to the client; a retry with the same event ids is deduplicated by the
     /// owner.
     pub async fn produce(&self, events: &[NewEvent]) -> Result<(), Error> {
+        let records: Vec<LoggedEvent> = events.iter().map(LoggedEvent::from_event).collect();
+        self.log(&records).await?;
+        self.metrics.events_produced.inc_by(events.len() as u64);
+        Ok(())
+    }
+
+    /// Logs one record about a user (a [`LoggedEvent::profile`]) to the user's partition, as [`Cluster::produce`] logs events: it returns once the
+    /// broker confirmed it, and the owner applies it in the partition's order.
+    pub async fn log_user_record(&self, record: LoggedEvent) -> Result<(), Error> {
+        self.log(std::slice::from_ref(&record)).await
+    }
+
+    async fn log(&self, records: &[LoggedEvent]) -> Result<(), Error> {
         let topic = self.settings.events_topic.as_str();
-        let mut deliveries = Vec::with_capacity(events.len());
-        for event in events {
-            let payload =
-                serde_json::to_vec(&LoggedEvent::from_event(event)).map_err(|source| {
-                    Error::Json {
-                        what: "logged event".into(),
-                        source,
-                    }
-                })?;
-            let partition = self.partition_of(&event.user_id);
+        let mut deliveries = Vec::with_capacity(records.len());
+        for logged in records {
+            let payload = serde_json::to_vec(logged).map_err(|source| Error::Json {
+                what: "logged event".into(),
+                source,
+            })?;
+            let partition = self.partition_of(&logged.user_id);
             let record = FutureRecord::to(topic)
                 .partition(partition as i32)
-                .key(event.user_id.as_bytes())
+                .key(logged.user_id.as_bytes())
                 .payload(&payload);
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
@@ -473,7 +575,6 @@ impl Cluster {
                 }
             }
         }
-        self.metrics.events_produced.inc_by(events.len() as u64);
         Ok(())
     }
 
@@ -506,6 +607,37 @@ impl Cluster {
             .get(partition as usize)?
             .clone()
             .filter(|o| o.ready && o.node_id != self.settings.node_id)
+    }
+
+    /// Where a read of `partition` goes after `moved`, the owner it was forwarded to, answered
+    /// `421`: waits up to `wait` for the owners topic to name a later owner, or for the
+    /// partition to be ready here. `None`: no later owner is known, or it is still replaying.
+    pub async fn route_after_move(
+        &self,
+        partition: u32,
+        moved: &OwnerRecord,
+        wait: Duration,
+    ) -> Option<Route> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let known = self
+                .owners
+                .read()
+                .get(partition as usize)
+                .cloned()
+                .flatten();
+            match route_after_move(
+                self.partition_state(partition),
+                known,
+                moved,
+                &self.settings.node_id,
+            ) {
+                AfterMove::Route(route) => return Some(route),
+                AfterMove::NotReady => return None,
+                AfterMove::Wait if tokio::time::Instant::now() >= deadline => return None,
+                AfterMove::Wait => tokio::time::sleep(MOVED_POLL).await,
+            }
+        }
     }
 
     /// Publishes this node's claim on `partition` to the owners topic (compacted, keyed by
@@ -615,6 +747,54 @@ impl Cluster {
 mod tests {
     use super::*;
 
+    fn owner(node_id: &str, generation: i64, ready: bool) -> OwnerRecord {
+        OwnerRecord {
+            partition: 3,
+            node_id: node_id.into(),
+            address: format!("{node_id}:8080"),
+            generation,
+            ready,
+        }
+    }
+
+    #[test]
+    fn a_read_refused_by_a_former_owner_goes_to_the_later_one_or_waits() {
+        use PartitionState::*;
+        let moved = owner("a", 10, true);
+        let route = |here, known: Option<OwnerRecord>| route_after_move(here, known, &moved, "me");
+        // Served here now, or about to be.
+        assert_eq!(route(Ready, None), AfterMove::Route(Route::Local));
+        assert_eq!(
+            route(Restoring, Some(owner("b", 11, true))),
+            AfterMove::NotReady
+        );
+        // A later owner elsewhere: forwarded there once it is ready.
+        let b = owner("b", 11, true);
+        assert_eq!(
+            route(NotOwned, Some(b.clone())),
+            AfterMove::Route(Route::Remote(b))
+        );
+        assert_eq!(
+            route(NotOwned, Some(owner("b", 11, false))),
+            AfterMove::NotReady
+        );
+        // The refusing owner assigned the partition again later.
+        let again = owner("a", 12, true);
+        assert_eq!(
+            route(NotOwned, Some(again.clone())),
+            AfterMove::Route(Route::Remote(again))
+        );
+        // Nothing later: the record that sent the read there, an older one, this node's own
+        // stale claim, or none.
+        assert_eq!(route(NotOwned, Some(moved.clone())), AfterMove::Wait);
+        assert_eq!(route(NotOwned, Some(owner("b", 9, true))), AfterMove::Wait);
+        assert_eq!(
+            route(NotOwned, Some(owner("me", 11, true))),
+            AfterMove::Wait
+        );
+        assert_eq!(route(NotOwned, None), AfterMove::Wait);
+    }
+
     #[test]
     fn partitions_follow_md5_and_stay_in_range() {
         // md5("alice") = 6384e2b2184bcbf58eccf10ca7a6563c
@@ -654,5 +834,38 @@ mod tests {
             })
         };
         assert_eq!(unknown.into_event(0), None);
+    }
+
+    #[test]
+    fn profile_records_round_trip_and_stay_apart_from_events() {
+        let decode = |record: &LoggedEvent| {
+            let bytes = serde_json::to_vec(record).expect("encodes");
+            serde_json::from_slice::<LoggedEvent>(&bytes)
+                .expect("decodes")
+                .into_logged(0)
+        };
+        let mut preferences = serde_json::Map::new();
+        preferences.insert("goal".into(), "run".into());
+        let profile = UserProfile {
+            preferences,
+            signup_date: Some("2026-01-02".into()),
+            locale: Some("en-GB".into()),
+        };
+        let record = LoggedEvent::profile("alice", profile.clone(), 5);
+        assert_eq!(
+            decode(&record),
+            Some(Logged::Profile {
+                user_id: "alice".into(),
+                profile
+            })
+        );
+        // Not an event kind: an older node skips the record rather than misapply it.
+        assert_eq!(record.clone().into_event(0), None);
+        // A profile record must carry its profile.
+        let empty = LoggedEvent {
+            profile: None,
+            ..record
+        };
+        assert_eq!(decode(&empty), None);
     }
 }

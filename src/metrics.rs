@@ -360,8 +360,9 @@ pub struct ClusterMetrics {
     pub snapshots_written: IntCounter,
     pub snapshots_fenced: IntCounter,
     pub snapshots_restored: IntCounter,
-    /// Reads forwarded to the owner of the user's partition, by result (`ok`, `moved`,
-    /// `error`).
+    /// Reads forwarded to the owner of the user's partition, by result (`ok`, `error`,
+    /// `moved`: the owner answered `421`; `retried`: then sent to the next owner or answered
+    /// here).
     pub forwarded: IntCounterVec,
     /// The bridge (`cluster.bridge_topic`): events it re-partitioned into the events topic
     /// (confirmed by the broker), events and records it refused by reason (the validation

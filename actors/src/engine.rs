@@ -64,6 +64,8 @@ pub struct EngineExport {
     pub users: Vec<UserRecord>,
     /// Recent event ids, one list per shard.
     pub event_ids: Vec<Vec<DedupeEntry>>,
+    /// The profiles of those of `users` who have one, by user id.
+    pub profiles: Vec<(Arc<str>, UserProfile)>,
 }
 
 /// What a snapshot stores of the engine: [`EngineExport`] with the users already encoded.
@@ -281,13 +283,15 @@ impl Engine {
             if users.is_empty() {
                 continue;
             }
-            let (records, ids) = self.shards[shard]
+            let (records, ids, profiles) = self.shards[shard]
                 .ask(|reply| ExportRows { users, reply })
                 .await?;
             export.users.extend(records);
             export.event_ids.push(ids);
+            export.profiles.extend(profiles);
         }
         export.users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        export.profiles.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(export)
     }
 
@@ -322,8 +326,15 @@ impl Engine {
                 }
             }
         }
+        let mut profiles: Vec<Vec<(u32, UserProfile)>> = vec![Vec::new(); n];
+        for (user_id, profile) in &export.profiles {
+            if let Some(local) = self.index.users.get(user_id) {
+                profiles[shard_for(user_id, n)].push((local, profile.clone()));
+            }
+        }
         let mut taken = 0;
-        for ((shard, users), event_ids) in self.shards.iter().zip(users).zip(ids) {
+        let per_shard = users.into_iter().zip(ids).zip(profiles);
+        for (shard, ((users, event_ids), profiles)) in self.shards.iter().zip(per_shard) {
             if users.is_empty() {
                 continue;
             }
@@ -331,6 +342,7 @@ impl Engine {
                 .ask(|reply| AdoptRows {
                     users,
                     event_ids,
+                    profiles,
                     reply,
                 })
                 .await?

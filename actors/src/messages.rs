@@ -71,12 +71,20 @@ pub struct DropRows {
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 
+/// What [`ExportRows`] answers: the rows, their recent event ids, and the profiles of those
+/// who have one (by user id).
+pub type ExportedRows = (
+    Vec<UserRecord>,
+    Vec<DedupeEntry>,
+    Vec<(Arc<str>, UserProfile)>,
+);
+
 /// The rows and recent event ids of some users (a partition snapshot in cluster mode).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ExportRows {
     pub users: Vec<u32>,
-    pub reply: oneshot::Sender<(Vec<UserRecord>, Vec<DedupeEntry>)>,
+    pub reply: oneshot::Sender<ExportedRows>,
 }
 
 /// Take over rows written by another node (cluster mode: a partition snapshot). The records
@@ -87,6 +95,8 @@ pub struct ExportRows {
 pub struct AdoptRows {
     pub users: Vec<UserRecord>,
     pub event_ids: Vec<DedupeEntry>,
+    /// Profiles of some of `users` (in this node's dense ids).
+    pub profiles: Vec<(u32, UserProfile)>,
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 

@@ -22,7 +22,8 @@ pub struct ActorMetrics {
     pub cooc_pairs: IntGauge,
     /// Heap bytes of the co-occurrence rows.
     pub cooc_bytes: IntGauge,
-    /// Intra-list diversity (mean pairwise 1 − TF-IDF cosine) of computed lists.
+    /// Intra-list diversity (mean pairwise 1 − TF-IDF cosine) of computed lists: one in eight
+    /// of each shard's, the first included.
     pub diversity: Histogram,
     /// Restarts of supervised actors, per actor kind.
     pub restarts: IntCounterVec,
@@ -77,7 +78,7 @@ impl ActorMetrics {
             diversity: Histogram::with_opts(
                 HistogramOpts::new(
                     "momentum_recommendation_diversity",
-                    "Intra-list diversity of computed recommendation lists (0 = all alike)",
+                    "Intra-list diversity of computed recommendation lists, one in eight sampled (0 = all alike)",
                 )
                 .buckets(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
             )?,

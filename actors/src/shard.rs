@@ -20,8 +20,8 @@ use crate::config::EngineConfig;
 use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    AdoptRows, ApplyItemDeltas, DropRows, EraseUser, ExportRows, ExportShard, GetActivity,
-    GetRecommendations, GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutUser,
+    AdoptRows, ApplyItemDeltas, DropRows, EraseUser, ExportRows, ExportShard, ExportedRows,
+    GetActivity, GetRecommendations, GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutUser,
     RecordEvents, RecordEventsDetached, Restart, RowDelta, ShardOutcome, UserSummary,
 };
 use crate::metrics::ActorMetrics;
@@ -166,7 +166,13 @@ pub struct ShardState {
     models: ModelVersions,
     exclude_mask: u16,
     scratch: Scratch,
+    /// Lists computed here (for sampling the diversity metric).
+    computed: u32,
 }
+
+/// One list in this many computed lists (the first of each shard included) has its
+/// intra-list diversity measured: the metric's distribution, at an eighth of the cost.
+const DIVERSITY_SAMPLE: u32 = 8;
 
 /// The item model versions a shard has seen: the live one, since when, and the one before it.
 #[derive(Debug, Default)]
@@ -217,6 +223,7 @@ impl ShardState {
             },
             models: ModelVersions::default(),
             exclude_mask: kind_mask(&config.recommend.exclude_kinds),
+            computed: 0,
             index,
             config,
             metrics,
@@ -406,10 +413,13 @@ impl ShardState {
                         }
                     }
                 }
-                let head: Vec<u32> = items.iter().take(n).map(|s| s.item).collect();
-                self.metrics
-                    .diversity
-                    .observe(recommend::intra_list_diversity(&self.index, &head));
+                if self.computed % DIVERSITY_SAMPLE == 0 {
+                    let head: Vec<u32> = items.iter().take(n).map(|s| s.item).collect();
+                    self.metrics
+                        .diversity
+                        .observe(recommend::intra_list_diversity(&self.index, &head));
+                }
+                self.computed = self.computed.wrapping_add(1);
                 (strategy, items)
             }
             v => (
@@ -561,11 +571,19 @@ impl ShardState {
     }
 
     /// The rows and recent event ids of `users` (those with a row), in external item ids.
-    pub fn export_rows(&self, users: &[u32]) -> (Vec<UserRecord>, Vec<DedupeEntry>) {
+    pub fn export_rows(&self, users: &[u32]) -> ExportedRows {
         let wanted: rustc_hash::FxHashSet<u32> = users.iter().copied().collect();
+        let mut profiles = Vec::new();
         let records = users
             .iter()
-            .filter_map(|&user| self.record_of(user, self.rows.get(user)?))
+            .filter_map(|&user| {
+                let row = self.rows.get(user)?;
+                let record = self.record_of(user, row)?;
+                if let Some(profile) = row.profile() {
+                    profiles.push((record.user_id.clone(), profile.clone()));
+                }
+                Some(record)
+            })
             .collect();
         let ids = self
             .dedupe
@@ -573,12 +591,17 @@ impl ShardState {
             .into_iter()
             .filter(|e| wanted.contains(&e.0))
             .collect();
-        (records, ids)
+        (records, ids, profiles)
     }
 
-    /// Takes over rows written elsewhere, already in this process's dense ids: rows, vectors
-    /// and recent event ids; the catalogue is left as it is. Returns the rows taken.
-    pub fn adopt(&mut self, users: Vec<UserRecord>, event_ids: Vec<DedupeEntry>) -> usize {
+    /// Takes over rows written elsewhere, already in this process's dense ids: rows, vectors,
+    /// profiles and recent event ids; the catalogue is left as it is. Returns the rows taken.
+    pub fn adopt(
+        &mut self,
+        users: Vec<UserRecord>,
+        event_ids: Vec<DedupeEntry>,
+        profiles: Vec<(u32, UserProfile)>,
+    ) -> usize {
         let weights = &self.config.weights;
         let mut interactions = 0i64;
         let mut taken = 0;
@@ -603,6 +626,9 @@ impl ShardState {
         }
         for entry in event_ids {
             self.dedupe.insert(entry);
+        }
+        for (user, profile) in profiles {
+            self.rows.get_or_insert(user).set_profile(profile);
         }
         self.metrics.interactions.add(interactions);
         taken
@@ -746,7 +772,7 @@ impl Handler<AdoptRows> for UserShard {
     type Result = ();
 
     fn handle(&mut self, msg: AdoptRows, _: &mut Self::Context) {
-        let accepted = self.state.adopt(msg.users, msg.event_ids);
+        let accepted = self.state.adopt(msg.users, msg.event_ids, msg.profiles);
         let _ = msg.reply.send(ShardOutcome {
             accepted,
             duplicates: Vec::new(),

@@ -4,7 +4,9 @@
 //! who built it and who leads the cluster. On a single node it says cluster mode is off.
 //!
 //! [`forward_reads`]: in cluster mode a read of a user whose partition another node serves is
-//! forwarded one hop to that node (as the owners topic names it) and its answer returned.
+//! forwarded one hop to that node (as the owners topic names it) and its answer returned. If
+//! that node answers `421` (the partition moved on), the read waits briefly for the owners
+//! topic to name the next owner and is tried once more, there or here.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -13,7 +15,11 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::cluster::{PartitionState, FORWARDED_HEADER};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderMap;
+
+use crate::cluster::{Cluster, OwnerRecord, PartitionState, Route, FORWARDED_HEADER};
 use crate::error::Error;
 use crate::AppState;
 
@@ -56,7 +62,10 @@ fn user_of_path(path: &str) -> Option<&str> {
 /// Middleware (inside the HTTP contract, so `HEAD` arrives as `GET`): forwards a per-user
 /// `GET` whose partition this node does not own to the owner the owners topic names, once
 /// (a forwarded request is never forwarded again: its receiver answers it or refuses it with
-/// `421`). With no owner known, the request goes on to the route, which answers `421`.
+/// `421`). If the owner refuses it, the read goes to the next owner the owners topic names
+/// within [`MOVED_WAIT`], or is answered here if the partition became ready here, or gets
+/// `503 not_ready`. With no owner known, the request goes on to the route, which answers
+/// `421`.
 pub async fn forward_reads(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -83,43 +92,85 @@ pub async fn forward_reads(
         .uri()
         .path_and_query()
         .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned());
-    let forwarded = cluster
-        .forward(&owner, reqwest::Method::GET, &path, req.headers())
-        .await;
     let metrics = cluster.metrics();
-    let response = match forwarded {
-        // Ownership moved since the owners topic said so: the client retries shortly.
-        Ok(res) if res.status().as_u16() == 421 => {
+    let response = match forward_once(&cluster, &owner, &path, req.headers()).await {
+        Forwarded::Answer(response) => response,
+        // Ownership moved since the owners topic said so: look again, and try once more.
+        Forwarded::Moved => {
             metrics.forwarded.with_label_values(&["moved"]).inc();
-            Error::NotReady.error_response()
-        }
-        Ok(res) => {
-            let status =
-                StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut out = HttpResponse::build(status);
-            for name in ["content-type", "retry-after", "allow"] {
-                if let Some(value) = res.headers().get(name).and_then(|v| v.to_str().ok()) {
-                    out.insert_header((name, value.to_owned()));
+            let partition = owner.partition;
+            match cluster
+                .route_after_move(partition, &owner, MOVED_WAIT)
+                .await
+            {
+                Some(Route::Local) => {
+                    metrics.forwarded.with_label_values(&["retried"]).inc();
+                    return Ok(next.call(req).await?.map_into_left_body());
                 }
+                Some(Route::Remote(later)) => {
+                    metrics.forwarded.with_label_values(&["retried"]).inc();
+                    match forward_once(&cluster, &later, &path, req.headers()).await {
+                        Forwarded::Answer(response) => response,
+                        Forwarded::Moved => {
+                            metrics.forwarded.with_label_values(&["moved"]).inc();
+                            Error::NotReady.error_response()
+                        }
+                    }
+                }
+                None => Error::NotReady.error_response(),
             }
-            match res.bytes().await {
-                Ok(body) => {
-                    metrics.forwarded.with_label_values(&["ok"]).inc();
-                    out.body(body)
-                }
-                Err(error) => {
-                    tracing::warn!(%error, owner = %owner.node_id, "reading a forwarded answer");
-                    metrics.forwarded.with_label_values(&["error"]).inc();
-                    Error::NotReady.error_response()
-                }
-            }
-        }
-        Err(error) => {
-            metrics.forwarded.with_label_values(&["error"]).inc();
-            error.error_response()
         }
     };
     Ok(req.into_response(response).map_into_right_body())
+}
+
+/// How long a read whose owner answered `421` waits for the owners topic to name the next one.
+const MOVED_WAIT: Duration = Duration::from_millis(500);
+
+enum Forwarded {
+    /// The owner's answer, or the error to answer for it.
+    Answer(HttpResponse),
+    /// The owner answered `421`: it does not own the partition (any longer).
+    Moved,
+}
+
+/// Forwards the read one hop to `owner`; counts it under `ok` or `error`.
+async fn forward_once(
+    cluster: &Cluster,
+    owner: &OwnerRecord,
+    path: &str,
+    headers: &HeaderMap,
+) -> Forwarded {
+    let metrics = cluster.metrics();
+    let res = match cluster
+        .forward(owner, reqwest::Method::GET, path, headers)
+        .await
+    {
+        Ok(res) if res.status().as_u16() == 421 => return Forwarded::Moved,
+        Ok(res) => res,
+        Err(error) => {
+            metrics.forwarded.with_label_values(&["error"]).inc();
+            return Forwarded::Answer(error.error_response());
+        }
+    };
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = HttpResponse::build(status);
+    for name in ["content-type", "retry-after", "allow"] {
+        if let Some(value) = res.headers().get(name).and_then(|v| v.to_str().ok()) {
+            out.insert_header((name, value.to_owned()));
+        }
+    }
+    Forwarded::Answer(match res.bytes().await {
+        Ok(body) => {
+            metrics.forwarded.with_label_values(&["ok"]).inc();
+            out.body(body)
+        }
+        Err(error) => {
+            tracing::warn!(%error, owner = %owner.node_id, "reading a forwarded answer");
+            metrics.forwarded.with_label_values(&["error"]).inc();
+            Error::NotReady.error_response()
+        }
+    })
 }
 
 #[cfg(test)]

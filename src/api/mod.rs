@@ -36,7 +36,6 @@ pub enum InvalidId {
     Characters { what: String },
 }
 
-/// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (README, "REST API").
 /// Cluster mode: a user's reads are answered by the node that owns the user's partition
 /// ([`crate::cluster::Cluster::check_user`]); on a single node every user is here.
 pub fn owned_here(state: &crate::AppState, user_id: &str) -> Result<(), Error> {
@@ -46,6 +45,7 @@ pub fn owned_here(state: &crate::AppState, user_id: &str) -> Result<(), Error> {
     }
 }
 
+/// Ids are 1–128 characters of `[A-Za-z0-9_.:@-]` (README, "REST API").
 pub fn validate_id(what: &str, id: &str) -> Result<(), InvalidId> {
     let what = || what.to_owned();
     if id.is_empty() {

@@ -9,6 +9,7 @@ use momentum_actors::index::UserProfile;
 use momentum_actors::recommend::{Blend, Reason};
 
 use crate::api::path_id;
+use crate::cluster::LoggedEvent;
 use crate::error::Error;
 use crate::AppState;
 
@@ -87,7 +88,18 @@ async fn put_user(
 ) -> Result<HttpResponse, Error> {
     path_id("user id", &id)?;
     let profile = body.into_inner().validate()?;
-    let created = state.journal.put_user(&id, profile.clone()).await?;
+    let created = match &state.cluster {
+        // Logged to the user's partition, applied by its owner in the partition's order and
+        // kept in its snapshots: acknowledged once the broker confirmed it. "Created" is this
+        // node's view: whether it has heard of the user.
+        Some(cluster) => {
+            let known = state.engine.index().users.get(&id).is_some();
+            let record = LoggedEvent::profile(&id, profile.clone(), state.clock.now_ms());
+            cluster.log_user_record(record).await?;
+            !known
+        }
+        None => state.journal.put_user(&id, profile.clone()).await?,
+    };
     let body = json!({"user_id": id.as_str(), "preferences": profile.preferences,
         "signup_date": profile.signup_date, "locale": profile.locale});
     Ok(if created {
@@ -127,6 +139,16 @@ async fn erase_user(
 ) -> Result<HttpResponse, Error> {
     crate::api::require_admin(&req, &state)?;
     path_id("user id", &id)?;
+    if state.cluster.is_some() {
+        // The user's events stay in the events topic, and every node holds their item side:
+        // erasing them on one node would answer success and erase nothing durably.
+        return Err(Error::Conflict {
+            message: "erasing a user is not available in cluster mode: their events stay in \
+                      the events topic until its retention removes them (docs/operations.md, \
+                      \"Cluster mode\")"
+                .into(),
+        });
+    }
     if state.journal.erase_user(&id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {

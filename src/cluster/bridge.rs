@@ -144,11 +144,81 @@ pub fn start(
     rules: Rules,
     stop: Stop,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let positions = Arc::new(Positions::default());
+    start_status(cluster.clone(), positions.clone(), stop.clone())?;
     super::spawn_with_runtime("cluster-bridge", move |runtime| {
-        if let Err(error) = run(&cluster, &rules, &stop, runtime) {
+        if let Err(error) = run(&cluster, &rules, &stop, runtime, &positions) {
             tracing::error!(%error, "cluster bridge stopped");
         }
     })
+}
+
+/// What the bridge loop tells its status thread: the source partitions assigned to it and its
+/// position in each (`None`: nothing read from it yet). `None` until the loop first looked.
+#[derive(Debug, Default)]
+struct Positions(parking_lot::Mutex<Option<Vec<Position>>>);
+
+/// A source partition and the bridge's position in it.
+type Position = (i32, Option<i64>);
+
+impl Positions {
+    /// Notes the consumer's positions (local: no round trip to the broker).
+    fn note(&self, consumer: &BaseConsumer, topic: &str) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        let mut noted: Vec<Position> = positions
+            .elements_for_topic(topic)
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(next) => (e.partition(), Some(next)),
+                _ => (e.partition(), None),
+            })
+            .collect();
+        noted.sort_unstable();
+        *self.0.lock() = Some(noted);
+    }
+
+    fn get(&self) -> Option<Vec<Position>> {
+        self.0.lock().clone()
+    }
+}
+
+/// The bridge's status (its partitions and lag in `GET /v1/cluster` and
+/// `momentum_cluster_bridge_lag_records`), refreshed every second on a thread of its own: the
+/// end of each partition and the group's committed offsets are round trips to the broker,
+/// which must not hold up bridging.
+fn start_status(
+    cluster: Arc<Cluster>,
+    positions: Arc<Positions>,
+    stop: Stop,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cluster-bridge-status".into())
+        .spawn(move || {
+            let s = cluster.settings();
+            // In the bridge group (its committed offsets are read), but never subscribed: it
+            // is no member and is assigned nothing.
+            let client: BaseConsumer = match ClientConfig::new()
+                .set("bootstrap.servers", &s.brokers)
+                .set("group.id", &s.bridge_group)
+                .set("client.id", format!("{}-bridge-status", s.node_id))
+                .create()
+            {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::error!(%error, "cluster bridge status client");
+                    return;
+                }
+            };
+            while !stop.stopped() {
+                let started = Instant::now();
+                if let Some(noted) = positions.get() {
+                    refresh_status(&cluster, &client, &s.bridge_topic, &noted);
+                }
+                std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+            }
+        })
 }
 
 fn consumer(cluster: &Cluster) -> KafkaResult<BaseConsumer> {
@@ -183,6 +253,7 @@ fn run(
     rules: &Rules,
     stop: &Stop,
     runtime: &tokio::runtime::Runtime,
+    positions: &Positions,
 ) -> KafkaResult<()> {
     let consumer = consumer(cluster)?;
     let topic = cluster.settings().bridge_topic.as_str();
@@ -249,7 +320,7 @@ fn run(
         commit(&consumer, topic, &mut done);
         if last_status.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             last_status = Some(Instant::now());
-            refresh_status(cluster, &consumer, topic);
+            positions.note(&consumer, topic);
         }
     }
     // Leaving the group hands this node's partitions to the others at once; they start from
@@ -334,27 +405,20 @@ fn commit(consumer: &BaseConsumer, topic: &str, done: &mut BTreeMap<i32, i64>) {
 }
 
 /// The partitions bridged here and the records not bridged yet: per partition, its end minus
-/// this node's position in it (before the first record arrives: minus the committed offset,
+/// the bridge's position in it (before the first record arrives: minus the committed offset,
 /// else its start).
-fn refresh_status(cluster: &Cluster, consumer: &BaseConsumer, topic: &str) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    let mut partitions = Vec::new();
+fn refresh_status(cluster: &Cluster, client: &BaseConsumer, topic: &str, positions: &[Position]) {
     let mut lag = 0;
     // Partitions not read yet, with their (start, end).
     let mut unread: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for element in positions.elements_for_topic(topic) {
-        let partition = element.partition();
-        partitions.extend(u32::try_from(partition).ok());
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(topic, partition, Duration::from_millis(500))
+    for &(partition, position) in positions {
+        let Ok((low, high)) = client.fetch_watermarks(topic, partition, Duration::from_millis(500))
         else {
             continue;
         };
-        match element.offset() {
-            Offset::Offset(next) => lag += (high - next).max(0),
-            _ => {
+        match position {
+            Some(next) => lag += (high - next).max(0),
+            None => {
                 unread.insert(partition, (low, high));
             }
         }
@@ -364,7 +428,7 @@ fn refresh_status(cluster: &Cluster, consumer: &BaseConsumer, topic: &str) {
         for &partition in unread.keys() {
             wanted.add_partition(topic, partition);
         }
-        let committed = consumer
+        let committed = client
             .committed_offsets(wanted, Duration::from_millis(500))
             .ok();
         for (partition, (low, high)) in unread {
@@ -379,7 +443,10 @@ fn refresh_status(cluster: &Cluster, consumer: &BaseConsumer, topic: &str) {
             lag += (high - from).max(0);
         }
     }
-    partitions.sort_unstable();
+    let partitions = positions
+        .iter()
+        .filter_map(|&(p, _)| u32::try_from(p).ok())
+        .collect();
     cluster.bridge_status().set_partitions(partitions);
     cluster.metrics().bridge_lag.set(lag);
 }

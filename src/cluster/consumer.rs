@@ -34,7 +34,7 @@ use momentum_actors::engine::NewEvent;
 use momentum_actors::{ActorError, Engine};
 
 use super::snapshots::SnapshotStore;
-use super::{partition_of, unix_ms, Cluster, LoggedEvent, PartitionSlot, PartitionState};
+use super::{partition_of, unix_ms, Cluster, Logged, LoggedEvent, PartitionSlot, PartitionState};
 use crate::error::Error;
 
 /// A change of assignment, recorded by the callback and carried out by the loop.
@@ -118,7 +118,7 @@ struct Polled {
     generation: u64,
     /// When the broker took the record (its timestamp, ms since the epoch; 0 if it has none).
     logged_ms: i64,
-    event: Option<NewEvent>,
+    record: Option<Logged>,
 }
 
 /// Stops the membership thread (and with it this node's share of the group).
@@ -342,16 +342,16 @@ fn run(
                     let Some(slot) = slots.get(partition as usize) else {
                         continue;
                     };
-                    let event = message
+                    let record = message
                         .payload()
                         .and_then(|bytes| serde_json::from_slice::<LoggedEvent>(bytes).ok())
-                        .and_then(|e| e.into_event(batch.len()));
+                        .and_then(|e| e.into_logged(batch.len()));
                     batch.push(Polled {
                         partition,
                         offset: message.offset(),
                         generation: slot.generation.load(Ordering::Acquire),
                         logged_ms: message.timestamp().to_millis().unwrap_or(0),
-                        event,
+                        record,
                     });
                 }
             }
@@ -496,6 +496,86 @@ fn apply(
     silent_until: &[i64],
     stop: &Stop,
 ) {
+    // A profile applies between the events around it, as the partition orders them: the
+    // events before it are applied first.
+    let mut run = Vec::with_capacity(batch.len());
+    for polled in batch.drain(..) {
+        if matches!(polled.record, Some(Logged::Profile { .. })) {
+            apply_events(
+                cluster,
+                engine,
+                runtime,
+                std::mem::take(&mut run),
+                silent_until,
+                stop,
+            );
+            apply_profile(cluster, engine, runtime, polled);
+        } else {
+            run.push(polled);
+        }
+    }
+    apply_events(cluster, engine, runtime, run, silent_until, stop);
+}
+
+/// Whether a polled record is to be applied: its partition is still in the assignment it was
+/// polled in, and the record is not below the partition's position (a seek's leftovers).
+fn current(slots: &[PartitionSlot], polled: &Polled) -> bool {
+    let slot = &slots[polled.partition as usize];
+    slot.state() != PartitionState::NotOwned
+        && slot.generation.load(Ordering::Acquire) == polled.generation
+        && polled.offset >= slot.next_offset.load(Ordering::Acquire)
+}
+
+/// Sets a user's profile as its record says. A profile has no item side: nothing is published.
+fn apply_profile(
+    cluster: &Cluster,
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    polled: Polled,
+) {
+    let slots = cluster.partition_slots();
+    if !current(slots, &polled) {
+        return;
+    }
+    let (p, offset) = (polled.partition, polled.offset);
+    match polled.record {
+        Some(Logged::Profile { user_id, profile })
+            if partition_of(&user_id, cluster.settings().partitions) == p =>
+        {
+            loop {
+                match runtime.block_on(engine.put_user(&user_id, profile.clone())) {
+                    Ok(_) => break,
+                    Err(ActorError::Overloaded { .. }) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, partition = p, offset, "applying a profile failed");
+                        break;
+                    }
+                }
+            }
+            cluster.metrics().events_applied.inc();
+        }
+        _ => tracing::warn!(
+            partition = p,
+            offset,
+            "skipping a profile record of a user of another partition"
+        ),
+    }
+    slots[p as usize]
+        .next_offset
+        .fetch_max(offset + 1, Ordering::AcqRel);
+}
+
+/// Applies a run of events (no profile among them) and publishes their item side.
+fn apply_events(
+    cluster: &Cluster,
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    batch: Vec<Polled>,
+    silent_until: &[i64],
+    stop: &Stop,
+) {
     let slots = cluster.partition_slots();
     let partitions = cluster.settings().partitions;
     let mut silent = Vec::new();
@@ -504,18 +584,14 @@ fn apply(
     // oldest published event was logged (for the staleness every node measures).
     let mut tags: Vec<(u32, i64, i64)> = Vec::new();
     let mut positions: Vec<(u32, i64)> = Vec::new();
-    for polled in batch.drain(..) {
+    for polled in batch {
         let p = polled.partition;
-        let slot = &slots[p as usize];
-        if slot.state() == PartitionState::NotOwned
-            || slot.generation.load(Ordering::Acquire) != polled.generation
-            || polled.offset < slot.next_offset.load(Ordering::Acquire)
-        {
+        if !current(slots, &polled) {
             continue;
         }
         positions.push((p, polled.offset));
-        match polled.event {
-            Some(event) if partition_of(&event.user_id, partitions) == p => {
+        match polled.record {
+            Some(Logged::Event(event)) if partition_of(&event.user_id, partitions) == p => {
                 if polled.offset <= silent_until[p as usize] {
                     silent.push(event);
                 } else {

@@ -5,7 +5,10 @@
 //! the same log prefix, whoever computed it). A new owner loads the snapshot and replays from
 //! its offset + 1.
 
+use std::sync::Arc;
+
 use momentum_actors::engine::EngineExport;
+use momentum_actors::index::UserProfile;
 use momentum_actors::snapshot::{
     decode_dedupe, decode_item_slots, decode_user_chunk, encode_dedupe, encode_item_slots,
     encode_user_chunk, DecodeError,
@@ -146,14 +149,19 @@ impl SnapshotStore {
     }
 }
 
-/// A partition's rows as bytes: three length-prefixed parts (item id table, user records,
-/// recent event ids), in the snapshot record formats of `actors/src/snapshot.rs`.
+/// A partition's rows as bytes: four length-prefixed parts (item id table, user records,
+/// recent event ids in the snapshot record formats of `actors/src/snapshot.rs`, then the
+/// profiles as JSON `[[user_id, profile], …]`). Snapshots of older versions end after the
+/// third part: they hold no profile.
 pub fn encode(export: &EngineExport) -> Vec<u8> {
     let ids: Vec<_> = export.event_ids.iter().flatten().copied().collect();
+    let profiles: Vec<(&str, _)> = export.profiles.iter().map(|(u, p)| (&**u, p)).collect();
+    let profiles = serde_json::to_vec(&profiles).expect("profiles are JSON values");
     let parts = [
         encode_item_slots(&export.items),
         encode_user_chunk(&export.users),
         encode_dedupe(&ids),
+        profiles,
     ];
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
     for part in parts {
@@ -166,27 +174,42 @@ pub fn encode(export: &EngineExport) -> Vec<u8> {
 /// The inverse of [`encode`].
 pub fn decode(bytes: &[u8]) -> Result<EngineExport, DecodeError> {
     let mut rest = bytes;
-    let mut part = || -> Result<&[u8], DecodeError> {
-        let corrupt = DecodeError {
-            reason: "partition snapshot framing",
-        };
-        let (len, tail) = rest.split_first_chunk::<8>().ok_or(corrupt.clone())?;
-        let len = usize::try_from(u64::from_be_bytes(*len)).map_err(|_| corrupt.clone())?;
-        if tail.len() < len {
-            return Err(corrupt);
-        }
-        let (part, tail) = tail.split_at(len);
-        rest = tail;
-        Ok(part)
+    let items = decode_item_slots(take_part(&mut rest)?)?;
+    let users = decode_user_chunk(take_part(&mut rest)?)?;
+    let ids = decode_dedupe(take_part(&mut rest)?)?;
+    let profiles = if rest.is_empty() {
+        Vec::new()
+    } else {
+        let profiles: Vec<(String, UserProfile)> = serde_json::from_slice(take_part(&mut rest)?)
+            .map_err(|_| DecodeError {
+                reason: "partition snapshot profiles",
+            })?;
+        profiles
+            .into_iter()
+            .map(|(user_id, profile)| (Arc::from(user_id), profile))
+            .collect()
     };
-    let items = decode_item_slots(part()?)?;
-    let users = decode_user_chunk(part()?)?;
-    let ids = decode_dedupe(part()?)?;
     Ok(EngineExport {
         items,
         users,
         event_ids: vec![ids],
+        profiles,
     })
+}
+
+/// The next length-prefixed part of `rest`.
+fn take_part<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let corrupt = DecodeError {
+        reason: "partition snapshot framing",
+    };
+    let (len, tail) = rest.split_first_chunk::<8>().ok_or(corrupt.clone())?;
+    let len = usize::try_from(u64::from_be_bytes(*len)).map_err(|_| corrupt.clone())?;
+    if tail.len() < len {
+        return Err(corrupt);
+    }
+    let (part, tail) = tail.split_at(len);
+    *rest = tail;
+    Ok(part)
 }
 
 #[cfg(test)]
@@ -206,11 +229,24 @@ pub(super) mod tests {
                 activity: Vec::new(),
             }],
             event_ids: vec![vec![(7, 42), (7, 43)]],
+            profiles: vec![(
+                Arc::from("alice"),
+                momentum_actors::index::UserProfile {
+                    locale: Some("en-GB".into()),
+                    ..Default::default()
+                },
+            )],
         };
         let bytes = encode(&export);
         assert_eq!(decode(&bytes).expect("decodes"), export);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode(&[]).is_err());
+        // A snapshot of an older version (three parts) decodes, with no profile.
+        let profiles_len =
+            br#"[["alice",{"preferences":{},"signup_date":null,"locale":"en-GB"}]]"#.len();
+        let older = decode(&bytes[..bytes.len() - 8 - profiles_len]).expect("decodes");
+        assert_eq!(older.users, export.users);
+        assert!(older.profiles.is_empty());
     }
 
     /// The test database, and a fresh schema name in it.

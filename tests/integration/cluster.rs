@@ -363,6 +363,37 @@ impl Cluster {
         records
     }
 
+    /// PUTs a profile for `user` through node `n` (a `503` is retried) and the same to the
+    /// reference; the profile is one record more in the events topic.
+    fn put_profile(&self, n: usize, user: &str, reference: &TestServer) {
+        let profile = json!({"preferences": {"goal": format!("goal-of-{user}"), "node": n},
+                             "locale": "en-GB", "signup_date": "2026-01-02"});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let res = self
+                .client
+                .put(self.url(n, &format!("/v1/users/{user}")))
+                .json(&profile)
+                .send()
+                .expect("PUT a profile");
+            let status = res.status().as_u16();
+            if status == 200 || status == 201 {
+                break;
+            }
+            assert!(
+                status == 503 && Instant::now() < deadline,
+                "PUT /v1/users/{user} on node {n}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let res = reqwest::blocking::Client::new()
+            .put(reference.url(&format!("/v1/users/{user}")))
+            .json(&profile)
+            .send()
+            .expect("reference PUT");
+        assert!(res.status().is_success());
+    }
+
     /// Every user's state and lists on the owner equal the reference's.
     fn assert_equal_to(&self, reference: &TestServer, users: usize, records: i64) {
         let owners = self.wait_converged(records, Duration::from_secs(90));
@@ -793,6 +824,7 @@ fn user_view(get: impl Fn(&str) -> (u16, Value), user: &str) -> Value {
         "interactions": summary["interactions"],
         "last_event_ms": summary["last_event_ms"],
         "engagement_score": features["features"]["engagement_score"],
+        "profile": [summary["preferences"], summary["locale"], summary["signup_date"]],
     })
 }
 
@@ -989,6 +1021,21 @@ fn events_through_three_nodes_equal_a_single_node() {
     }
     // The comparison compared something: most users have lists and neighbours.
     assert!(with_lists > 100, "{with_lists} of 150 users have lists");
+    // Erasure is refused in cluster mode rather than done on one node only; nothing changes.
+    let res = cluster
+        .client
+        .delete(cluster.url(1, "/v1/users/user-3"))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .expect("DELETE");
+    assert_eq!(res.status().as_u16(), 409);
+    let body: Value = res.json().expect("json");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    let owner = owners[&momentum::cluster::partition_of("user-3", PARTITIONS)].0;
+    assert_eq!(
+        user_view(|path| cluster.read(owner, path), "user-3"),
+        reference_view(&reference, "user-3")
+    );
     let text = cluster
         .client
         .get(cluster.url(0, "/metrics"))
@@ -1039,8 +1086,9 @@ fn put_reference(reference: &TestServer, path: &str, body: &Value) {
 }
 
 /// `kill -9` of a node while events stream through the others: its partitions are served
-/// again by the survivors within 30 s, and every acknowledged event is applied exactly once
-/// (each user's state equals a single node's given exactly the acknowledged events).
+/// again by the survivors within 30 s, and every acknowledged event and profile is applied
+/// exactly once (each user's state equals a single node's given exactly the acknowledged
+/// events and profiles).
 #[test]
 fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
     let mut cluster = Cluster::three_nodes("death", "d");
@@ -1060,6 +1108,17 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
         })
         .expect("the victim owns a user");
     for (i, chunk) in events.chunks(100).enumerate() {
+        // A profile of the victim's user before the kill, and one of another user after it:
+        // the survivors restore and replay them with the events.
+        if i == 3 || i == 20 {
+            let user = if i == 3 {
+                victim_user.clone()
+            } else {
+                "user-7".into()
+            };
+            cluster.put_profile(i % 2, &user, &reference);
+            records += 1;
+        }
         if i == 10 {
             // The victim's partitions have a snapshot to restore from (one a second): the
             // first 10 batches can take less than that.
@@ -1213,13 +1272,22 @@ fn a_stalled_node_applies_nothing_twice_and_overwrites_no_newer_snapshot() {
 }
 
 /// Every node is stopped (SIGTERM) and started again under the same names: the state
-/// afterwards equals the state before (snapshots, the rest of the log, the item deltas).
+/// afterwards, profiles included, equals the state before (snapshots, the rest of the log,
+/// the item deltas).
 #[test]
 fn a_full_restart_keeps_the_state() {
     let mut cluster = Cluster::three_nodes("restart", "r");
     let reference = reference_server();
     let events = workload(18, 100, 30, 1500, 1_700_000_000_000);
-    let records = cluster.post_all(&events, &reference);
+    let (first, rest) = events.split_at(700);
+    let mut records = cluster.post_all(first, &reference);
+    // Profiles written through every node, between events: each owner applies its users'
+    // in the partition's order, and keeps them in its snapshots.
+    for u in (0..100).step_by(7) {
+        cluster.put_profile(u % 3, &format!("user-{u}"), &reference);
+        records += 1;
+    }
+    records += cluster.post_all(rest, &reference);
     cluster.assert_equal_to(&reference, 100, records);
     for n in 0..3 {
         cluster.terminate(n);

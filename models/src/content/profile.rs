@@ -77,32 +77,61 @@ pub struct ContentMatch {
     pub top_term: Arc<str>,
 }
 
+/// The per-term sums of [`TfIdfIndex::user_profile`] (all zero between calls) and the terms
+/// they touched.
+#[derive(Debug, Default)]
+struct ProfileSums {
+    sums: Vec<i128>,
+    touched: Vec<u32>,
+}
+
+thread_local! {
+    static PROFILE_SUMS: std::cell::RefCell<ProfileSums> = Default::default();
+}
+
+/// `sums[id]`, growing the array with zeros as needed.
+fn dense_slot(sums: &mut Vec<i128>, id: u32) -> &mut i128 {
+    let idx = id as usize;
+    if idx >= sums.len() {
+        sums.resize(idx + 1, 0);
+    }
+    &mut sums[idx]
+}
+
 impl TfIdfIndex {
     /// Builds the profile of a user from `(item, interaction weight)` pairs (an item listed
     /// twice contributes twice), keeping the `max_terms` strongest terms.
     pub fn user_profile(&self, engaged: &[(u32, f32)], max_terms: usize) -> InterestProfile {
-        // Fixed point, so the sum does not depend on the order of `engaged`.
-        let mut acc: HashMap<u32, i128> =
-            HashMap::with_capacity_and_hasher(engaged.len() * 4, Default::default());
-        for &(item, weight) in engaged {
-            let w = f64::from(weight);
-            if !(w.is_finite() && w > 0.0) {
-                continue;
+        // Fixed point, so the sum does not depend on the order of `engaged`; summed per term
+        // id in a dense array of this thread's, reset as it is read.
+        let mut ranked: Vec<(&Arc<str>, f64)> = PROFILE_SUMS.with_borrow_mut(|scratch| {
+            let ProfileSums { sums, touched } = scratch;
+            touched.clear();
+            for &(item, weight) in engaged {
+                let w = f64::from(weight);
+                if !(w.is_finite() && w > 0.0) {
+                    continue;
+                }
+                let Some(terms) = self.normalised_terms(item) else {
+                    continue;
+                };
+                for (id, x) in terms {
+                    let slot = dense_slot(sums, id);
+                    if *slot == 0 {
+                        touched.push(id);
+                    }
+                    *slot += to_fixed(w * x);
+                }
             }
-            let Some(terms) = self.normalised_terms(item) else {
-                continue;
-            };
-            for (id, x) in terms {
-                *acc.entry(id).or_insert(0) += to_fixed(w * x);
-            }
-        }
-        // Ranked by id and weight first; only the kept terms' names are cloned.
-        let mut ranked: Vec<(&Arc<str>, f64)> = acc
-            .into_iter()
-            .map(|(id, w)| (id, from_fixed(w)))
-            .filter(|&(_, w)| w > 0.0 && w.is_finite())
-            .filter_map(|(id, w)| self.term_arc(id).map(|name| (name, w)))
-            .collect();
+            // Ranked by id and weight first; only the kept terms' names are cloned. A term
+            // listed twice (its sum was still 0 when seen again) is taken once.
+            touched
+                .iter()
+                .map(|&id| (id, from_fixed(std::mem::take(&mut sums[id as usize]))))
+                .filter(|&(_, w)| w > 0.0 && w.is_finite())
+                .filter_map(|(id, w)| self.term_arc(id).map(|name| (name, w)))
+                .collect()
+        });
         let order = |a: &(&Arc<str>, f64), b: &(&Arc<str>, f64)| {
             b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0))
         };
