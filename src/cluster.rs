@@ -125,6 +125,8 @@ pub struct LoggedEvent {
 
 /// The `kind` of an events-topic record that replaces a user's profile (`PUT /v1/users/{id}`).
 pub const PROFILE_KIND: &str = "profile";
+/// The `kind` of an events-topic record that erases a user (`DELETE /v1/users/{id}`).
+pub const ERASE_KIND: &str = "erase";
 
 /// What a record of the events topic asks of its user's owner, in the partition's order.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +135,9 @@ pub enum Logged {
     Profile {
         user_id: String,
         profile: UserProfile,
+    },
+    Erase {
+        user_id: String,
     },
 }
 
@@ -150,6 +155,19 @@ impl LoggedEvent {
         }
     }
 
+    /// A user's erasure, as its record in the events topic.
+    pub fn erasure(user_id: &str, ts_ms: i64) -> LoggedEvent {
+        LoggedEvent {
+            event_id: None,
+            user_id: user_id.to_owned(),
+            item_id: None,
+            kind: ERASE_KIND.to_owned(),
+            value: None,
+            ts_ms,
+            profile: None,
+        }
+    }
+
     /// What the record asks (`None`: a kind this version does not know, or a profile record
     /// without its profile); events get `index` in their batch.
     pub fn into_logged(self, index: usize) -> Option<Logged> {
@@ -157,6 +175,9 @@ impl LoggedEvent {
             PROFILE_KIND => Some(Logged::Profile {
                 user_id: self.user_id,
                 profile: self.profile?,
+            }),
+            ERASE_KIND => Some(Logged::Erase {
+                user_id: self.user_id,
             }),
             _ => self.into_event(index).map(Logged::Event),
         }
@@ -289,6 +310,9 @@ pub struct Cluster {
     /// Client for forwarding reads to owners (bounded by a timeout).
     http: reqwest::Client,
     item_progress: items::ItemProgress,
+    /// Users this node erased as their owner, with the dense id they had here, until the item
+    /// side of the erasure reached this node's catalogue (which finds their weights by it).
+    erased_here: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
     bridge: bridge::BridgeStatus,
     /// Where this node's learned item model came from ([`item_model`]).
     item_model: item_model::ModelSync,
@@ -343,6 +367,7 @@ impl Cluster {
             owners: parking_lot::RwLock::new(vec![None; settings.partitions as usize]),
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
+            erased_here: Default::default(),
             bridge: bridge::BridgeStatus::default(),
             item_model: item_model::ModelSync::default(),
             items_applied: AtomicI64::new(0),
@@ -496,6 +521,16 @@ impl Cluster {
             .map_or(PartitionState::NotOwned, PartitionSlot::state)
     }
 
+    /// Notes that this node, as the owner, erased `user_id`, whose dense id here was `user`.
+    pub fn note_erased(&self, user_id: &str, user: u32) {
+        self.erased_here.lock().insert(user_id.to_owned(), user);
+    }
+
+    /// The dense id an erased user had here, if this node erased them as the owner (once).
+    pub fn take_erased(&self, user_id: &str) -> Option<u32> {
+        self.erased_here.lock().remove(user_id)
+    }
+
     /// The partition of `user_id` in this cluster.
     pub fn partition_of(&self, user_id: &str) -> u32 {
         partition_of(user_id, self.settings.partitions)
@@ -528,7 +563,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Logs one record about a user (a [`LoggedEvent::profile`]) to the user's partition, as [`Cluster::produce`] logs events: it returns once the
+    /// Logs one record about a user (a [`LoggedEvent::profile`] or [`LoggedEvent::erasure`])
+    /// to the user's partition, as [`Cluster::produce`] logs events: it returns once the
     /// broker confirmed it, and the owner applies it in the partition's order.
     pub async fn log_user_record(&self, record: LoggedEvent) -> Result<(), Error> {
         self.log(std::slice::from_ref(&record)).await
@@ -837,7 +873,7 @@ mod tests {
     }
 
     #[test]
-    fn profile_records_round_trip_and_stay_apart_from_events() {
+    fn profile_and_erasure_records_round_trip_and_stay_apart_from_events() {
         let decode = |record: &LoggedEvent| {
             let bytes = serde_json::to_vec(record).expect("encodes");
             serde_json::from_slice::<LoggedEvent>(&bytes)
@@ -859,8 +895,15 @@ mod tests {
                 profile
             })
         );
-        // Not an event kind: an older node skips the record rather than misapply it.
+        // Neither is an event kind: an older node skips them rather than misapply them.
         assert_eq!(record.clone().into_event(0), None);
+        assert_eq!(
+            decode(&LoggedEvent::erasure("bob", 6)),
+            Some(Logged::Erase {
+                user_id: "bob".into()
+            })
+        );
+        assert_eq!(LoggedEvent::erasure("bob", 6).into_event(0), None);
         // A profile record must carry its profile.
         let empty = LoggedEvent {
             profile: None,

@@ -12,7 +12,7 @@ use crate::error::ActorError;
 use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    AdoptRows, ApplyItemDeltas, DeleteItem, DropRows, EraseUser, ExportRows, ExportShard,
+    AdoptRows, ApplyItemDeltas, DeleteItem, DropRows, EraseRow, EraseUser, ExportRows, ExportShard,
     GetActivity, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, ImportShard,
     InternedEvent, PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta,
     UserSummary,
@@ -718,6 +718,32 @@ impl Engine {
         self.index.users.erase(user_id);
         self.metrics.users.set(self.index.users.len() as i64);
         Ok(true)
+    }
+
+    /// Cluster mode, on the owner: erases the user's row, recent event ids and caches, and
+    /// forgets their id here, leaving the catalogue to the item-deltas topic. Returns the dense
+    /// id the user had, `None` if this node did not know them. Call it from the thread that
+    /// applies the user's events, so none of theirs is applied in between.
+    pub async fn erase_row(&self, user_id: &str) -> Result<Option<u32>, ActorError> {
+        let Some(user) = self.index.users.get(user_id) else {
+            return Ok(None);
+        };
+        self.shard_of(user_id)
+            .ask(|reply| EraseRow { user, reply })
+            .await?;
+        self.index.users.erase(user_id);
+        self.metrics.users.set(self.index.users.len() as i64);
+        Ok(Some(user))
+    }
+
+    /// Cluster mode, on every node: forgets a user erased elsewhere — their published vector
+    /// and their id — once the catalogue dropped their weights.
+    pub fn forget_user(&self, user_id: &str, user: u32) {
+        self.index.vectors.remove(&user);
+        if self.index.users.get(user_id) == Some(user) {
+            self.index.users.erase(user_id);
+        }
+        self.metrics.users.set(self.index.users.len() as i64);
     }
 
     /// Stops shard `shard` so its supervisor restarts it (tests of supervision).

@@ -204,6 +204,15 @@ pub struct EraseUser {
     pub reply: oneshot::Sender<ShardOutcome>,
 }
 
+/// Forget a user's row, recent event ids and caches, leaving the catalogue as it is (cluster
+/// mode: the item side goes through the item-deltas topic); answers whether there was a row.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct EraseRow {
+    pub user: u32,
+    pub reply: oneshot::Sender<bool>,
+}
+
 /// A user's recent activity log (time order), for the features; `None` for unknown users.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -20,9 +20,10 @@ use crate::config::EngineConfig;
 use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
-    AdoptRows, ApplyItemDeltas, DropRows, EraseUser, ExportRows, ExportShard, ExportedRows,
-    GetActivity, GetRecommendations, GetSimilarUsers, GetUser, ImportShard, InternedEvent, PutUser,
-    RecordEvents, RecordEventsDetached, Restart, RowDelta, ShardOutcome, UserSummary,
+    AdoptRows, ApplyItemDeltas, DropRows, EraseRow, EraseUser, ExportRows, ExportShard,
+    ExportedRows, GetActivity, GetRecommendations, GetSimilarUsers, GetUser, ImportShard,
+    InternedEvent, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta, ShardOutcome,
+    UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{self, Blend, Reason, Recommendations, Scratch, Strategy};
@@ -878,6 +879,14 @@ impl Handler<EraseUser> for UserShard {
     }
 }
 
+impl Handler<EraseRow> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: EraseRow, _: &mut Self::Context) {
+        let _ = msg.reply.send(self.state.erase(msg.user).is_some());
+    }
+}
+
 impl Handler<GetActivity> for UserShard {
     type Result = ();
 
@@ -890,6 +899,7 @@ tracked_handler!(UserShard, GetActivity);
 tracked_handler!(UserShard, ExportShard);
 tracked_handler!(UserShard, ImportShard);
 tracked_handler!(UserShard, EraseUser);
+tracked_handler!(UserShard, EraseRow);
 tracked_handler!(UserShard, RecordEvents);
 tracked_handler!(UserShard, RecordEventsDetached);
 tracked_handler!(UserShard, DropRows);

@@ -139,15 +139,13 @@ async fn erase_user(
 ) -> Result<HttpResponse, Error> {
     crate::api::require_admin(&req, &state)?;
     path_id("user id", &id)?;
-    if state.cluster.is_some() {
-        // The user's events stay in the events topic, and every node holds their item side:
-        // erasing them on one node would answer success and erase nothing durably.
-        return Err(Error::Conflict {
-            message: "erasing a user is not available in cluster mode: their events stay in \
-                      the events topic until its retention removes them (docs/operations.md, \
-                      \"Cluster mode\")"
-                .into(),
-        });
+    if let Some(cluster) = &state.cluster {
+        // Logged to the user's partition: the owner erases them in the log's order, and every
+        // node drops what it holds of them once the erasure's item side reaches it. Whether
+        // the user was known is the owner's to say, so the answer is `204` either way.
+        let record = LoggedEvent::erasure(&id, state.clock.now_ms());
+        cluster.log_user_record(record).await?;
+        return Ok(HttpResponse::NoContent().finish());
     }
     if state.journal.erase_user(&id).await? {
         Ok(HttpResponse::NoContent().finish())

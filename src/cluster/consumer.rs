@@ -496,22 +496,23 @@ fn apply(
     silent_until: &[i64],
     stop: &Stop,
 ) {
-    // A profile applies between the events around it, as the partition orders them: the
-    // events before it are applied first.
+    // A profile or an erasure applies between the events around it, as the partition orders
+    // them: the events before it are applied first.
     let mut run = Vec::with_capacity(batch.len());
     for polled in batch.drain(..) {
-        if matches!(polled.record, Some(Logged::Profile { .. })) {
-            apply_events(
-                cluster,
-                engine,
-                runtime,
-                std::mem::take(&mut run),
-                silent_until,
-                stop,
-            );
-            apply_profile(cluster, engine, runtime, polled);
+        let user_record = match polled.record {
+            Some(Logged::Profile { .. } | Logged::Erase { .. }) => polled,
+            _ => {
+                run.push(polled);
+                continue;
+            }
+        };
+        let events = std::mem::take(&mut run);
+        apply_events(cluster, engine, runtime, events, silent_until, stop);
+        if matches!(user_record.record, Some(Logged::Erase { .. })) {
+            apply_erasure(cluster, engine, runtime, user_record, silent_until, stop);
         } else {
-            run.push(polled);
+            apply_profile(cluster, engine, runtime, user_record);
         }
     }
     apply_events(cluster, engine, runtime, run, silent_until, stop);
@@ -567,7 +568,71 @@ fn apply_profile(
         .fetch_max(offset + 1, Ordering::AcqRel);
 }
 
-/// Applies a run of events (no profile among them) and publishes their item side.
+/// Erases a user as their record says: their row, recent event ids and id here, then the
+/// erasure's item side goes to the item-deltas topic (unless that of this offset is applied
+/// everywhere already), so that every node drops their weights, vector and id, and the traces
+/// in its own store.
+fn apply_erasure(
+    cluster: &Cluster,
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    polled: Polled,
+    silent_until: &[i64],
+    stop: &Stop,
+) {
+    let slots = cluster.partition_slots();
+    if !current(slots, &polled) {
+        return;
+    }
+    let (p, offset) = (polled.partition, polled.offset);
+    match polled.record {
+        Some(Logged::Erase { user_id })
+            if partition_of(&user_id, cluster.settings().partitions) == p =>
+        {
+            let erased = loop {
+                match runtime.block_on(engine.erase_row(&user_id)) {
+                    Ok(erased) => break erased,
+                    Err(ActorError::Overloaded { .. }) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, partition = p, offset, "applying an erasure failed");
+                        break None;
+                    }
+                }
+            };
+            if offset > silent_until[p as usize] {
+                if let Some(user) = erased {
+                    cluster.note_erased(&user_id, user);
+                }
+                let rows = vec![super::items::WireRow::erased(user_id)];
+                while let Err(error) = runtime.block_on(cluster.publish_item_deltas(
+                    p,
+                    offset,
+                    polled.logged_ms,
+                    rows.clone(),
+                )) {
+                    tracing::warn!(error = %crate::error::Report(&error), partition = p, "publishing an erasure");
+                    if stop.stopped() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            cluster.metrics().events_applied.inc();
+        }
+        _ => tracing::warn!(
+            partition = p,
+            offset,
+            "skipping an erasure record of a user of another partition"
+        ),
+    }
+    slots[p as usize]
+        .next_offset
+        .fetch_max(offset + 1, Ordering::AcqRel);
+}
+
+/// Applies a run of events (no profile or erasure among them) and publishes their item side.
 fn apply_events(
     cluster: &Cluster,
     engine: &Engine,

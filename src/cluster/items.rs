@@ -42,6 +42,21 @@ pub struct WireRow {
     /// the vector they applied last (see [`ItemSide`]).
     pub after: Vec<(String, f32)>,
     pub norm2: f64,
+    /// The user was erased (`after` is empty): receivers drop their weights, vector and id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
+}
+
+impl WireRow {
+    /// The item side of a user's erasure.
+    pub fn erased(user_id: String) -> WireRow {
+        WireRow {
+            user_id,
+            after: Vec::new(),
+            norm2: 0.0,
+            erased: true,
+        }
+    }
 }
 
 /// A record of the item-deltas topic.
@@ -113,6 +128,7 @@ pub fn encode(engine: &Engine, partitions: u32, deltas: &[RowDelta]) -> Vec<(u32
                 .collect(),
             norm2: d.after.norm2,
             user_id: user_id.to_string(),
+            erased: false,
         };
         by_partition
             .entry(partition_of(&row.user_id, partitions))
@@ -163,11 +179,31 @@ fn diff(before: &[(u32, f32)], after: &[(u32, f32)]) -> Vec<(u32, f32, f32)> {
 
 /// A record's rows in this node's dense ids (interning users and items it has not seen),
 /// each as the change from the user's vector in `side` to the record's; `side` moves to the
-/// record's vectors. Rows naming ids beyond the tables' bounds are left out.
-fn decode(engine: &Engine, rows: Vec<WireRow>, side: &mut ItemSide) -> Vec<RowDelta> {
+/// record's vectors. Rows naming ids beyond the tables' bounds are left out. An erased user's
+/// row takes away everything `side` held of them; it names them by the dense id this node
+/// had for them (`erased_here`'s, noted when this node erased them as the owner, else its
+/// interner's), and they are added to `erased`.
+fn decode(
+    engine: &Engine,
+    rows: Vec<WireRow>,
+    side: &mut ItemSide,
+    mut erased_here: impl FnMut(&str) -> Option<u32>,
+    erased: &mut Vec<(String, u32)>,
+) -> Vec<RowDelta> {
     let index = engine.index();
     rows.into_iter()
         .filter_map(|row| {
+            if row.erased {
+                let user = erased_here(&row.user_id).or_else(|| index.users.get(&row.user_id))?;
+                let before = side.remove(&user);
+                let changes = diff(before.as_ref().map_or(&[][..], |v| &v.items), &[]);
+                erased.push((row.user_id, user));
+                return Some(RowDelta {
+                    user,
+                    changes,
+                    after: Arc::new(UserVector::default()),
+                });
+            }
             let user = index.users.intern(&row.user_id)?;
             let mut items = row
                 .after
@@ -318,7 +354,9 @@ fn run(
         if let Some(record) = record.filter(|r| r.partition < settings.partitions) {
             let p = record.partition;
             if record.offset > progress.applied(p) {
-                let deltas = decode(engine, record.rows, &mut side);
+                let mut erased = Vec::new();
+                let erased_here = |user_id: &str| cluster.take_erased(user_id);
+                let deltas = decode(engine, record.rows, &mut side, erased_here, &mut erased);
                 let partitions = settings.partitions;
                 let publish = |user: u32| {
                     partition_of_user(engine, user, partitions)
@@ -335,6 +373,9 @@ fn run(
                             break;
                         }
                     }
+                }
+                if !erased.is_empty() {
+                    forget_erased(cluster, state, engine, runtime, erased);
                 }
                 progress.applied[p as usize].fetch_max(record.offset, Ordering::AcqRel);
                 cluster.metrics().item_deltas_applied.inc();
@@ -359,6 +400,31 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// After the item side of erasures is applied: forgets the users' vectors and ids here unless
+/// this node serves their partition (its consumer erases them there, in the log's order), and
+/// their rows in this node's own store (churn scores, interventions).
+fn forget_erased(
+    cluster: &Cluster,
+    state: &Weak<AppState>,
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    erased: Vec<(String, u32)>,
+) {
+    let slots = cluster.partition_slots();
+    let state = state.upgrade();
+    for (user_id, user) in erased {
+        let p = cluster.partition_of(&user_id);
+        if slots[p as usize].state() == PartitionState::NotOwned {
+            engine.forget_user(&user_id, user);
+        }
+        if let Some(state) = &state {
+            if let Err(error) = runtime.block_on(state.journal.store().erase_user(&user_id)) {
+                tracing::error!(%error, "erasing a user from this node's store");
+            }
+        }
+    }
 }
 
 /// The partition of a user known by dense id.
@@ -451,6 +517,7 @@ mod tests {
                 user_id: "alice".into(),
                 after: vec![("read".into(), 0.1), ("run".into(), 5.0)],
                 norm2: 25.0 + 0.1f64 * 0.1,
+                erased: false,
             }],
         };
         let bytes = serde_json::to_vec(&record).expect("encodes");
@@ -459,6 +526,66 @@ mod tests {
             back, record,
             "floats survive the JSON round trip bit for bit"
         );
+    }
+
+    #[actix::test]
+    async fn an_erased_row_takes_away_what_the_node_held_of_the_user() {
+        let engine = Engine::start(
+            momentum_actors::EngineConfig::default(),
+            momentum_actors::metrics::ActorMetrics::unregistered(),
+        );
+        let row = |user: &str, after: Vec<(String, f32)>| WireRow {
+            user_id: user.into(),
+            after,
+            norm2: 0.0,
+            erased: false,
+        };
+        let mut side = ItemSide::default();
+        let mut erased = Vec::new();
+        let rows = vec![
+            row("alice", vec![("read".into(), 1.0), ("run".into(), 2.0)]),
+            row("bob", vec![("run".into(), 3.0)]),
+        ];
+        decode(&engine, rows, &mut side, |_| None, &mut erased);
+        let alice = engine.index().users.get("alice").expect("interned");
+        let (read, run) = (
+            engine.index().items.get("read").expect("read"),
+            engine.index().items.get("run").expect("run"),
+        );
+        // Alice's erasure, named by the interner: her every weight goes, Bob's stay.
+        let deltas = decode(
+            &engine,
+            vec![WireRow::erased("alice".into())],
+            &mut side,
+            |_| None,
+            &mut erased,
+        );
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].user, alice);
+        assert_eq!(deltas[0].changes, vec![(read, 1.0, 0.0), (run, 2.0, 0.0)]);
+        assert!(deltas[0].after.items.is_empty());
+        assert!(!side.contains_key(&alice) && side.len() == 1);
+        assert_eq!(erased, vec![("alice".to_owned(), alice)]);
+        // An id noted by this node's own erasure comes first (its interner may name a new
+        // user by then); a user this node never knew changes nothing.
+        let bob = engine.index().users.get("bob").expect("interned");
+        erased.clear();
+        let deltas = decode(
+            &engine,
+            vec![
+                WireRow::erased("bob-renamed".into()),
+                WireRow::erased("carol".into()),
+            ],
+            &mut side,
+            |name| (name == "bob-renamed").then_some(bob),
+            &mut erased,
+        );
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].changes, vec![(run, 3.0, 0.0)]);
+        assert!(side.is_empty());
+        // The flag is left out of the records of rows that are not erasures.
+        let json = serde_json::to_string(&row("dan", vec![])).expect("encodes");
+        assert!(!json.contains("erased"), "{json}");
     }
 
     #[actix::test]
@@ -477,10 +604,16 @@ mod tests {
                 user_id: name(u),
                 after: vec![("read".into(), 1.0 + u as f32), ("run".into(), 2.0)],
                 norm2: 0.0,
+                erased: false,
             })
             .collect();
         let mut side = ItemSide::default();
-        assert_eq!(decode(&engine, rows, &mut side).len(), 24);
+        let mut erased = Vec::new();
+        assert_eq!(
+            decode(&engine, rows, &mut side, |_| None, &mut erased).len(),
+            24
+        );
+        assert!(erased.is_empty());
         assert!(
             engine.index().vectors.is_empty(),
             "decoding publishes nothing"

@@ -1021,21 +1021,6 @@ fn events_through_three_nodes_equal_a_single_node() {
     }
     // The comparison compared something: most users have lists and neighbours.
     assert!(with_lists > 100, "{with_lists} of 150 users have lists");
-    // Erasure is refused in cluster mode rather than done on one node only; nothing changes.
-    let res = cluster
-        .client
-        .delete(cluster.url(1, "/v1/users/user-3"))
-        .header("x-admin-key", ADMIN_KEY)
-        .send()
-        .expect("DELETE");
-    assert_eq!(res.status().as_u16(), 409);
-    let body: Value = res.json().expect("json");
-    assert_eq!(body["error"]["code"], "conflict", "{body}");
-    let owner = owners[&momentum::cluster::partition_of("user-3", PARTITIONS)].0;
-    assert_eq!(
-        user_view(|path| cluster.read(owner, path), "user-3"),
-        reference_view(&reference, "user-3")
-    );
     let text = cluster
         .client
         .get(cluster.url(0, "/metrics"))
@@ -1059,6 +1044,68 @@ fn events_through_three_nodes_equal_a_single_node() {
             applied > published,
             "node {n}: {applied} applied, {published} published"
         );
+    }
+    // Erasures through a node that does not own the user and through one that does: every
+    // user's state and lists then equal a single node's after the same erasures (nobody
+    // counts the erased users' weights, or names them among similar users), and the erased
+    // users are unknown wherever they are read.
+    let erased = ["user-3", "user-4"];
+    for (k, user) in erased.iter().enumerate() {
+        let owner = owners[&momentum::cluster::partition_of(user, PARTITIONS)].0;
+        let through = if k == 0 { (owner + 1) % 3 } else { owner };
+        for url in [
+            cluster.url(through, &format!("/v1/users/{user}")),
+            reference.url(&format!("/v1/users/{user}")),
+        ] {
+            let res = cluster
+                .client
+                .delete(url)
+                .header("x-admin-key", ADMIN_KEY)
+                .send()
+                .expect("DELETE");
+            assert_eq!(res.status().as_u16(), 204, "erasing {user}");
+        }
+        records += 1;
+    }
+    let owners = cluster.wait_converged(records, Duration::from_secs(60));
+    for user in &users {
+        let owner = owners[&momentum::cluster::partition_of(user, PARTITIONS)].0;
+        if erased.contains(&user.as_str()) {
+            for n in 0..3 {
+                let (status, body) = cluster.read(n, &format!("/v1/users/{user}"));
+                assert_eq!(status, 404, "{user} on node {n} after the erasure: {body}");
+            }
+            continue;
+        }
+        let get = |path: &str| cluster.read(owner, path);
+        assert_eq!(
+            user_view(get, user),
+            reference_view(&reference, user),
+            "{user} after the erasures"
+        );
+        assert_eq!(
+            lists_view(get, user),
+            lists_view(reference_get(&reference), user),
+            "{user} after the erasures"
+        );
+    }
+    // Item statistics are sums over users: on every node they no longer count the erased.
+    for g in 0..39 {
+        for path in [
+            format!("/v1/items/goal-{g}"),
+            format!("/v1/items/goal-{g}/similar-items"),
+        ] {
+            let (status, expected) = reference_get(&reference)(&path);
+            assert_eq!(status, 200, "{path}: {expected}");
+            for n in 0..3 {
+                let (status, view) = cluster.get(n, &path);
+                assert_eq!(
+                    (status, &view),
+                    (200, &expected),
+                    "{path} on node {n} after the erasures"
+                );
+            }
+        }
     }
 }
 
