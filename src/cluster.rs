@@ -25,6 +25,7 @@ pub mod items;
 pub mod settings;
 pub mod snapshots;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -300,6 +301,73 @@ fn route_after_move(
     }
 }
 
+/// Users this node erased as their owner whose erasure's item side has not reached its own
+/// catalogue yet. Their id is forgotten at the erasure, but item-deltas records published
+/// before it still name them, and the catalogue finds their weights by the dense id they had:
+/// per user id, oldest first, that id and the (partition, offset) of the erasure record. The
+/// catalogue's thread names such a user's rows by the oldest pending id, takes it at the
+/// erasure's record, and drops what lies at or below what it applied of the partition (an
+/// erasure whose record it skipped, a former owner's copy having come first).
+#[derive(Debug, Default)]
+pub struct ErasedHere(parking_lot::Mutex<HashMap<String, PendingErasures>>);
+
+/// One user's pending erasures: (partition, offset of the record, dense id), oldest first.
+type PendingErasures = VecDeque<(u32, i64, u32)>;
+
+impl ErasedHere {
+    /// This node erased `user_id`, whose dense id here was `user`, at `offset` of `partition`.
+    pub fn note(&self, user_id: &str, partition: u32, offset: i64, user: u32) {
+        self.0
+            .lock()
+            .entry(user_id.to_owned())
+            .or_default()
+            .push_back((partition, offset, user));
+    }
+
+    /// The dense id item deltas of `user_id` name here while an erasure of theirs is pending.
+    pub fn pending(&self, user_id: &str) -> Option<u32> {
+        self.0.lock().get(user_id)?.front().map(|e| e.2)
+    }
+
+    /// The dense id of the user the erasure record at `offset` is about, if this node erased
+    /// them; the entry goes.
+    pub fn take(&self, user_id: &str, offset: i64) -> Option<u32> {
+        let mut map = self.0.lock();
+        let queue = map.get_mut(user_id)?;
+        let found = match queue.front() {
+            Some(&(_, at, user)) if at == offset => {
+                queue.pop_front();
+                Some(user)
+            }
+            _ => None,
+        };
+        if queue.is_empty() {
+            map.remove(user_id);
+        }
+        found
+    }
+
+    /// Drops the entries of `partition` at or below `applied`: their records are behind.
+    pub fn prune(&self, partition: u32, applied: i64) {
+        let mut map = self.0.lock();
+        if map.is_empty() {
+            return;
+        }
+        map.retain(|_, queue| {
+            queue.retain(|&(p, at, _)| p != partition || at > applied);
+            !queue.is_empty()
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().values().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+}
+
 /// The cluster side of a node: settings, producer and partition states.
 pub struct Cluster {
     settings: ClusterSettings,
@@ -310,9 +378,10 @@ pub struct Cluster {
     /// Client for forwarding reads to owners (bounded by a timeout).
     http: reqwest::Client,
     item_progress: items::ItemProgress,
-    /// Users this node erased as their owner, with the dense id they had here, until the item
-    /// side of the erasure reached this node's catalogue (which finds their weights by it).
-    erased_here: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
+    erased_here: ErasedHere,
+    /// Erasures whose item side reached this node while it owned the user's partition:
+    /// (partition, user id, the dense id they had), for the partition's next readiness.
+    erased_while_owned: parking_lot::Mutex<Vec<(u32, String, u32)>>,
     bridge: bridge::BridgeStatus,
     /// Where this node's learned item model came from ([`item_model`]).
     item_model: item_model::ModelSync,
@@ -368,6 +437,7 @@ impl Cluster {
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
             erased_here: Default::default(),
+            erased_while_owned: Default::default(),
             bridge: bridge::BridgeStatus::default(),
             item_model: item_model::ModelSync::default(),
             items_applied: AtomicI64::new(0),
@@ -521,14 +591,30 @@ impl Cluster {
             .map_or(PartitionState::NotOwned, PartitionSlot::state)
     }
 
-    /// Notes that this node, as the owner, erased `user_id`, whose dense id here was `user`.
-    pub fn note_erased(&self, user_id: &str, user: u32) {
-        self.erased_here.lock().insert(user_id.to_owned(), user);
+    /// Users this node erased as the owner whose erasure's item side it has not applied yet.
+    pub fn erased_here(&self) -> &ErasedHere {
+        &self.erased_here
     }
 
-    /// The dense id an erased user had here, if this node erased them as the owner (once).
-    pub fn take_erased(&self, user_id: &str) -> Option<u32> {
-        self.erased_here.lock().remove(user_id)
+    /// Notes an erasure whose item side reached this node while it owned (or was restoring)
+    /// the user's partition: its consumer erases the user if its replay reaches the erasure,
+    /// and [`Cluster::take_erased_while_owned`] hands it the rest once the partition is ready.
+    pub fn note_erased_while_owned(&self, partition: u32, user_id: String, user: u32) {
+        self.erased_while_owned
+            .lock()
+            .push((partition, user_id, user));
+    }
+
+    /// The erasures noted for `partition` (they go).
+    pub fn take_erased_while_owned(&self, partition: u32) -> Vec<(String, u32)> {
+        let mut noted = self.erased_while_owned.lock();
+        let (mine, rest) = std::mem::take(&mut *noted)
+            .into_iter()
+            .partition(|e| e.0 == partition);
+        *noted = rest;
+        mine.into_iter()
+            .map(|(_, user_id, user)| (user_id, user))
+            .collect()
     }
 
     /// The partition of `user_id` in this cluster.
@@ -829,6 +915,26 @@ mod tests {
             AfterMove::Wait
         );
         assert_eq!(route(NotOwned, None), AfterMove::Wait);
+    }
+
+    #[test]
+    fn erased_users_are_named_by_their_pending_id_until_their_erasure_record() {
+        let erased = ErasedHere::default();
+        // Erased, back with new events, erased again before the item side caught up.
+        erased.note("alice", 2, 10, 7);
+        erased.note("alice", 2, 15, 9);
+        erased.note("bob", 3, 11, 8);
+        assert_eq!(erased.pending("alice"), Some(7));
+        assert_eq!(erased.take("alice", 15), None, "not the oldest erasure");
+        assert_eq!(erased.take("alice", 10), Some(7));
+        assert_eq!(erased.pending("alice"), Some(9));
+        // A record skipped as a former owner's duplicate leaves its entry to the pruning.
+        erased.prune(2, 15);
+        assert_eq!(erased.pending("alice"), None);
+        assert_eq!(erased.len(), 1, "only the other partition's entry is left");
+        erased.prune(3, 10);
+        assert_eq!(erased.take("bob", 11), Some(8));
+        assert!(erased.is_empty());
     }
 
     #[test]

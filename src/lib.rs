@@ -313,7 +313,7 @@ fn http_server(
 fn restore_then_serve(state: &Arc<AppState>, handle: ServerHandle) {
     let state = state.clone();
     actix::spawn(async move {
-        match state.journal.restore().await {
+        match state.journal.restore(state.cluster.is_some()).await {
             Ok(stats) => {
                 jobs::start(&state);
                 start_log_writers(&state);

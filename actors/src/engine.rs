@@ -13,9 +13,9 @@ use crate::index::{Index, ItemMeta, UserProfile};
 use crate::mailbox::Mailbox;
 use crate::messages::{
     AdoptRows, ApplyItemDeltas, DeleteItem, DropRows, EraseRow, EraseUser, ExportRows, ExportShard,
-    GetActivity, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, ImportShard,
-    InternedEvent, PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta,
-    UserSummary,
+    GetActivity, GetRecommendations, GetSimilarItems, GetSimilarUsers, GetUser, HasRows,
+    ImportShard, InternedEvent, PutItem, PutUser, RecordEvents, RecordEventsDetached, Restart,
+    RowDelta, UserSummary,
 };
 use crate::metrics::ActorMetrics;
 use crate::recommend::{Blend, Recommendations};
@@ -734,6 +734,35 @@ impl Engine {
         self.index.users.erase(user_id);
         self.metrics.users.set(self.index.users.len() as i64);
         Ok(Some(user))
+    }
+
+    /// Cluster mode, on the owner of a partition once it is ready: forgets the vector and id
+    /// of those of `users` (user id, the dense id they had) who have no row here — users
+    /// erased while the partition was restoring, whose erasure lies before the snapshot it
+    /// was restored from. Returns how many were forgotten.
+    pub async fn forget_rowless(&self, users: &[(String, u32)]) -> Result<usize, ActorError> {
+        let n = self.shards.len();
+        let mut per_shard: Vec<Vec<(u32, &str)>> = vec![Vec::new(); n];
+        for (user_id, user) in users {
+            per_shard[shard_for(user_id, n)].push((*user, user_id));
+        }
+        let mut forgotten = 0;
+        for (shard, users) in per_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let ids = users.iter().map(|u| u.0).collect();
+            let has = self.shards[shard]
+                .ask(|reply| HasRows { users: ids, reply })
+                .await?;
+            for (&(user, user_id), has) in users.iter().zip(has) {
+                if !has {
+                    self.forget_user(user_id, user);
+                    forgotten += 1;
+                }
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Cluster mode, on every node: forgets a user erased elsewhere — their published vector

@@ -205,12 +205,20 @@ pub struct EraseUser {
 }
 
 /// Forget a user's row, recent event ids and caches, leaving the catalogue as it is (cluster
-/// mode: the item side goes through the item-deltas topic); answers whether there was a row.
+/// mode: the item side goes through the item-deltas topic).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct EraseRow {
     pub user: u32,
-    pub reply: oneshot::Sender<bool>,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// Which of `users` have a row in the shard (answered in the same order).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HasRows {
+    pub users: Vec<u32>,
+    pub reply: oneshot::Sender<Vec<bool>>,
 }
 
 /// A user's recent activity log (time order), for the features; `None` for unknown users.

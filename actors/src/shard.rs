@@ -21,7 +21,7 @@ use crate::index::{Index, UserProfile, UserVector};
 use crate::mailbox::Mailbox;
 use crate::messages::{
     AdoptRows, ApplyItemDeltas, DropRows, EraseRow, EraseUser, ExportRows, ExportShard,
-    ExportedRows, GetActivity, GetRecommendations, GetSimilarUsers, GetUser, ImportShard,
+    ExportedRows, GetActivity, GetRecommendations, GetSimilarUsers, GetUser, HasRows, ImportShard,
     InternedEvent, PutUser, RecordEvents, RecordEventsDetached, Restart, RowDelta, ShardOutcome,
     UserSummary,
 };
@@ -883,7 +883,19 @@ impl Handler<EraseRow> for UserShard {
     type Result = ();
 
     fn handle(&mut self, msg: EraseRow, _: &mut Self::Context) {
-        let _ = msg.reply.send(self.state.erase(msg.user).is_some());
+        self.state.erase(msg.user);
+        let _ = msg.reply.send(());
+    }
+}
+
+impl Handler<HasRows> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: HasRows, _: &mut Self::Context) {
+        let rows = &self.state.rows;
+        let _ = msg
+            .reply
+            .send(msg.users.iter().map(|&u| rows.get(u).is_some()).collect());
     }
 }
 
@@ -900,6 +912,7 @@ tracked_handler!(UserShard, ExportShard);
 tracked_handler!(UserShard, ImportShard);
 tracked_handler!(UserShard, EraseUser);
 tracked_handler!(UserShard, EraseRow);
+tracked_handler!(UserShard, HasRows);
 tracked_handler!(UserShard, RecordEvents);
 tracked_handler!(UserShard, RecordEventsDetached);
 tracked_handler!(UserShard, DropRows);

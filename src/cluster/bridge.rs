@@ -150,13 +150,22 @@ pub fn start(
         if let Err(error) = run(&cluster, &rules, &stop, runtime, &positions) {
             tracing::error!(%error, "cluster bridge stopped");
         }
+        // Bridging nothing from now on: the status says so, and its thread ends.
+        positions
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        cluster.bridge_status().set_partitions(Vec::new());
     })
 }
 
 /// What the bridge loop tells its status thread: the source partitions assigned to it and its
 /// position in each (`None`: nothing read from it yet). `None` until the loop first looked.
 #[derive(Debug, Default)]
-struct Positions(parking_lot::Mutex<Option<Vec<Position>>>);
+struct Positions {
+    noted: parking_lot::Mutex<Option<Vec<Position>>>,
+    /// The bridge loop ended.
+    stopped: std::sync::atomic::AtomicBool,
+}
 
 /// A source partition and the bridge's position in it.
 type Position = (i32, Option<i64>);
@@ -176,11 +185,11 @@ impl Positions {
             })
             .collect();
         noted.sort_unstable();
-        *self.0.lock() = Some(noted);
+        *self.noted.lock() = Some(noted);
     }
 
     fn get(&self) -> Option<Vec<Position>> {
-        self.0.lock().clone()
+        self.noted.lock().clone()
     }
 }
 
@@ -211,12 +220,16 @@ fn start_status(
                     return;
                 }
             };
-            while !stop.stopped() {
+            while !stop.stopped() && !positions.stopped.load(std::sync::atomic::Ordering::Acquire) {
                 let started = Instant::now();
                 if let Some(noted) = positions.get() {
                     refresh_status(&cluster, &client, &s.bridge_topic, &noted);
                 }
                 std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+            }
+            if positions.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                // A refresh under way when the bridge stopped may have listed its partitions.
+                cluster.bridge_status().set_partitions(Vec::new());
             }
         })
 }

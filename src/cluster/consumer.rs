@@ -418,6 +418,14 @@ fn run(
             }
             let next = slot.next_offset.load(Ordering::Acquire);
             if target.is_some_and(|t| next >= t) {
+                // Users erased while the partition was restoring whose erasure the replay did
+                // not reach (it lies before the snapshot): what the item side left of them.
+                let erased = cluster.take_erased_while_owned(*p);
+                if !erased.is_empty() {
+                    if let Err(error) = runtime.block_on(engine.forget_rowless(&erased)) {
+                        tracing::warn!(%error, partition = *p, "forgetting erased users");
+                    }
+                }
                 slot.set_state(PartitionState::Ready);
                 runtime.block_on(cluster.claim(*p, generations[*p as usize], true));
                 let seconds = since.elapsed().as_secs_f64();
@@ -603,7 +611,7 @@ fn apply_erasure(
             };
             if offset > silent_until[p as usize] {
                 if let Some(user) = erased {
-                    cluster.note_erased(&user_id, user);
+                    cluster.erased_here().note(&user_id, p, offset, user);
                 }
                 let rows = vec![super::items::WireRow::erased(user_id)];
                 while let Err(error) = runtime.block_on(cluster.publish_item_deltas(

@@ -179,32 +179,38 @@ fn diff(before: &[(u32, f32)], after: &[(u32, f32)]) -> Vec<(u32, f32, f32)> {
 
 /// A record's rows in this node's dense ids (interning users and items it has not seen),
 /// each as the change from the user's vector in `side` to the record's; `side` moves to the
-/// record's vectors. Rows naming ids beyond the tables' bounds are left out. An erased user's
-/// row takes away everything `side` held of them; it names them by the dense id this node
-/// had for them (`erased_here`'s, noted when this node erased them as the owner, else its
-/// interner's), and they are added to `erased`.
+/// record's vectors. Rows naming ids beyond the tables' bounds are left out.
+///
+/// A user this node erased as the owner, whose erasure record is still ahead, is named by
+/// the dense id they had (`erased_here`, [`super::ErasedHere`]). An erased user's row takes
+/// away everything `side` held of them, and they are added to `erased` with that id (`None`:
+/// this node never knew them).
 fn decode(
     engine: &Engine,
     rows: Vec<WireRow>,
     side: &mut ItemSide,
-    mut erased_here: impl FnMut(&str) -> Option<u32>,
-    erased: &mut Vec<(String, u32)>,
+    erased_here: Option<(&super::ErasedHere, i64)>,
+    erased: &mut Vec<(String, Option<u32>)>,
 ) -> Vec<RowDelta> {
     let index = engine.index();
     rows.into_iter()
         .filter_map(|row| {
             if row.erased {
-                let user = erased_here(&row.user_id).or_else(|| index.users.get(&row.user_id))?;
+                let user = erased_here
+                    .and_then(|(here, offset)| here.take(&row.user_id, offset))
+                    .or_else(|| index.users.get(&row.user_id));
+                erased.push((row.user_id, user));
+                let user = user?;
                 let before = side.remove(&user);
                 let changes = diff(before.as_ref().map_or(&[][..], |v| &v.items), &[]);
-                erased.push((row.user_id, user));
                 return Some(RowDelta {
                     user,
                     changes,
                     after: Arc::new(UserVector::default()),
                 });
             }
-            let user = index.users.intern(&row.user_id)?;
+            let pending = erased_here.and_then(|(here, _)| here.pending(&row.user_id));
+            let user = pending.or_else(|| index.users.intern(&row.user_id))?;
             let mut items = row
                 .after
                 .iter()
@@ -355,8 +361,8 @@ fn run(
             let p = record.partition;
             if record.offset > progress.applied(p) {
                 let mut erased = Vec::new();
-                let erased_here = |user_id: &str| cluster.take_erased(user_id);
-                let deltas = decode(engine, record.rows, &mut side, erased_here, &mut erased);
+                let here = Some((cluster.erased_here(), record.offset));
+                let deltas = decode(engine, record.rows, &mut side, here, &mut erased);
                 let partitions = settings.partitions;
                 let publish = |user: u32| {
                     partition_of_user(engine, user, partitions)
@@ -389,6 +395,7 @@ fn run(
             } else {
                 cluster.metrics().item_deltas_skipped.inc();
             }
+            cluster.erased_here().prune(p, progress.applied(p));
         } else {
             tracing::warn!(
                 offset = message.offset(),
@@ -403,21 +410,26 @@ fn run(
 }
 
 /// After the item side of erasures is applied: forgets the users' vectors and ids here unless
-/// this node serves their partition (its consumer erases them there, in the log's order), and
-/// their rows in this node's own store (churn scores, interventions).
+/// this node serves their partition (its consumer erases them there, in the log's order, and
+/// forgets what a restore left of them once the partition is ready), and deletes their rows in
+/// this node's own store (churn scores, interventions), known here or not.
 fn forget_erased(
     cluster: &Cluster,
     state: &Weak<AppState>,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
-    erased: Vec<(String, u32)>,
+    erased: Vec<(String, Option<u32>)>,
 ) {
     let slots = cluster.partition_slots();
     let state = state.upgrade();
     for (user_id, user) in erased {
         let p = cluster.partition_of(&user_id);
-        if slots[p as usize].state() == PartitionState::NotOwned {
-            engine.forget_user(&user_id, user);
+        if let Some(user) = user {
+            if slots[p as usize].state() == PartitionState::NotOwned {
+                engine.forget_user(&user_id, user);
+            } else {
+                cluster.note_erased_while_owned(p, user_id.clone(), user);
+            }
         }
         if let Some(state) = &state {
             if let Err(error) = runtime.block_on(state.journal.store().erase_user(&user_id)) {
@@ -546,7 +558,7 @@ mod tests {
             row("alice", vec![("read".into(), 1.0), ("run".into(), 2.0)]),
             row("bob", vec![("run".into(), 3.0)]),
         ];
-        decode(&engine, rows, &mut side, |_| None, &mut erased);
+        decode(&engine, rows, &mut side, None, &mut erased);
         let alice = engine.index().users.get("alice").expect("interned");
         let (read, run) = (
             engine.index().items.get("read").expect("read"),
@@ -557,7 +569,7 @@ mod tests {
             &engine,
             vec![WireRow::erased("alice".into())],
             &mut side,
-            |_| None,
+            None,
             &mut erased,
         );
         assert_eq!(deltas.len(), 1);
@@ -565,24 +577,44 @@ mod tests {
         assert_eq!(deltas[0].changes, vec![(read, 1.0, 0.0), (run, 2.0, 0.0)]);
         assert!(deltas[0].after.items.is_empty());
         assert!(!side.contains_key(&alice) && side.len() == 1);
-        assert_eq!(erased, vec![("alice".to_owned(), alice)]);
-        // An id noted by this node's own erasure comes first (its interner may name a new
-        // user by then); a user this node never knew changes nothing.
+        assert_eq!(erased, vec![("alice".to_owned(), Some(alice))]);
+
+        // Bob was erased here as the owner (his id forgotten) while a record of his from
+        // before the erasure, and then a new Bob's, were still ahead: the old record names
+        // the old Bob, the erasure takes exactly his weights, the new Bob gets a new id.
         let bob = engine.index().users.get("bob").expect("interned");
+        let here = crate::cluster::ErasedHere::default();
+        engine.index().users.erase("bob");
+        here.note("bob", 1, 40, bob);
         erased.clear();
+        let before = vec![row("bob", vec![("read".into(), 4.0), ("run".into(), 3.0)])];
+        let deltas = decode(&engine, before, &mut side, Some((&here, 39)), &mut erased);
+        assert_eq!(
+            (deltas[0].user, &deltas[0].changes),
+            (bob, &vec![(read, 0.0, 4.0)])
+        );
+        assert_eq!(engine.index().users.get("bob"), None, "not interned again");
         let deltas = decode(
             &engine,
             vec![
-                WireRow::erased("bob-renamed".into()),
+                WireRow::erased("bob".into()),
                 WireRow::erased("carol".into()),
             ],
             &mut side,
-            |name| (name == "bob-renamed").then_some(bob),
+            Some((&here, 40)),
             &mut erased,
         );
-        assert_eq!(deltas.len(), 1);
-        assert_eq!(deltas[0].changes, vec![(run, 3.0, 0.0)]);
-        assert!(side.is_empty());
+        assert_eq!(deltas.len(), 1, "carol was never known here");
+        assert_eq!(deltas[0].changes, vec![(read, 4.0, 0.0), (run, 3.0, 0.0)]);
+        assert!(side.is_empty() && here.is_empty());
+        assert_eq!(
+            erased,
+            vec![("bob".to_owned(), Some(bob)), ("carol".to_owned(), None)]
+        );
+        let again = vec![row("bob", vec![("run".into(), 1.0)])];
+        let deltas = decode(&engine, again, &mut side, Some((&here, 41)), &mut erased);
+        assert_ne!(deltas[0].user, bob);
+        assert_eq!(deltas[0].changes, vec![(run, 0.0, 1.0)]);
         // The flag is left out of the records of rows that are not erasures.
         let json = serde_json::to_string(&row("dan", vec![])).expect("encodes");
         assert!(!json.contains("erased"), "{json}");
@@ -610,7 +642,7 @@ mod tests {
         let mut side = ItemSide::default();
         let mut erased = Vec::new();
         assert_eq!(
-            decode(&engine, rows, &mut side, |_| None, &mut erased).len(),
+            decode(&engine, rows, &mut side, None, &mut erased).len(),
             24
         );
         assert!(erased.is_empty());

@@ -19,13 +19,15 @@ const REPLAY_PAGE: usize = 10_000;
 
 impl Journal {
     /// Rebuilds the engine from the newest snapshot and the log after it, then the item
-    /// metadata and user profiles. Call once, before the server takes traffic.
-    pub async fn restore(&self) -> Result<RestoreStats, Error> {
+    /// metadata and user profiles. Call once, before the server takes traffic. In cluster mode
+    /// profiles live in the partitions (their log and snapshots), so none is restored from the
+    /// local store: one left there by an older version would make a row outside them.
+    pub async fn restore(&self, cluster: bool) -> Result<RestoreStats, Error> {
         let engine = &*self.engine;
         let started = Instant::now();
         let (covers, snapshot_users) = self.restore_snapshot(engine).await?;
         let replayed = self.replay_log(engine, covers).await?;
-        self.restore_metadata(engine).await?;
+        self.restore_metadata(engine, !cluster).await?;
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.restore_duration.set(seconds);
         tracing::info!(
@@ -77,7 +79,7 @@ impl Journal {
     /// Item metadata and user profiles, after the rows: items interned by the snapshot and
     /// the log keep their ids, and events replayed before were applied while their items were
     /// still live.
-    async fn restore_metadata(&self, engine: &Engine) -> Result<(), Error> {
+    async fn restore_metadata(&self, engine: &Engine, profiles: bool) -> Result<(), Error> {
         let items = self.store.get_items().await?;
         for item in &items {
             if !item.meta.is_null() {
@@ -90,7 +92,18 @@ impl Journal {
                 engine.delete_item(&item.item_id).await?;
             }
         }
-        for user in self.store.get_users().await? {
+        let users = self.store.get_users().await?;
+        if !profiles {
+            if !users.is_empty() {
+                tracing::warn!(
+                    profiles = users.len(),
+                    "cluster mode: profiles in the local store are not restored (profiles live \
+                     in the partitions); PUT them again through the cluster"
+                );
+            }
+            return Ok(());
+        }
+        for user in users {
             let profile: UserProfile = serde_json::from_value(user.profile).unwrap_or_default();
             engine.put_user(&user.user_id, profile).await?;
         }

@@ -1045,14 +1045,26 @@ fn events_through_three_nodes_equal_a_single_node() {
             "node {n}: {applied} applied, {published} published"
         );
     }
-    // Erasures through a node that does not own the user and through one that does: every
-    // user's state and lists then equal a single node's after the same erasures (nobody
-    // counts the erased users' weights, or names them among similar users), and the erased
-    // users are unknown wherever they are read.
+    // Erasures through a node that does not own the user and through one that does, each
+    // right after new events of the user (their item side still on its way when the owner
+    // erases them): every user's state and lists then equal a single node's after the same
+    // erasures (nobody counts the erased users' weights, or names them among similar users),
+    // and the erased users are unknown wherever they are read.
     let erased = ["user-3", "user-4"];
     for (k, user) in erased.iter().enumerate() {
         let owner = owners[&momentum::cluster::partition_of(user, PARTITIONS)].0;
         let through = if k == 0 { (owner + 1) % 3 } else { owner };
+        let last: Value = (0..5)
+            .map(|i| {
+                json!({"event_id": format!("last-{user}-{i}"), "user_id": user,
+                       "item_id": format!("goal-{}", 20 + i), "kind": "complete",
+                       "ts": ts + 10_000_000 + i})
+            })
+            .collect();
+        let (status, body) = cluster.post(owner, &last);
+        assert_eq!(status, 200, "{body}");
+        reference_post(&reference, &last);
+        records += 5;
         for url in [
             cluster.url(through, &format!("/v1/users/{user}")),
             reference.url(&format!("/v1/users/{user}")),
