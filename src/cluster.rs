@@ -315,18 +315,39 @@ pub struct ErasedHere(parking_lot::Mutex<HashMap<String, PendingErasures>>);
 type PendingErasures = VecDeque<(u32, i64, u32)>;
 
 impl ErasedHere {
-    /// This node erased `user_id`, whose dense id here was `user`, at `offset` of `partition`.
-    pub fn note(&self, user_id: &str, partition: u32, offset: i64, user: u32) {
-        self.0
-            .lock()
-            .entry(user_id.to_owned())
+    /// This node erased `user_id`, whose dense id here was `user`, at `offset` of `partition`:
+    /// notes it and, under the same lock, calls `forget` (which forgets the id), so that no
+    /// record is resolved in between by neither.
+    pub fn note(
+        &self,
+        user_id: &str,
+        partition: u32,
+        offset: i64,
+        user: u32,
+        forget: impl FnOnce(),
+    ) {
+        let mut map = self.0.lock();
+        map.entry(user_id.to_owned())
             .or_default()
             .push_back((partition, offset, user));
+        forget();
     }
 
-    /// The dense id item deltas of `user_id` name here while an erasure of theirs is pending.
-    pub fn pending(&self, user_id: &str) -> Option<u32> {
-        self.0.lock().get(user_id)?.front().map(|e| e.2)
+    /// The dense id a row of `user_id` in an item-deltas record tagged `offset` names here:
+    /// that of the oldest erasure of theirs this node made after that offset, if any, else
+    /// `otherwise()` (the interner's, called under the lock [`ErasedHere::note`] takes).
+    pub fn resolve(
+        &self,
+        user_id: &str,
+        offset: i64,
+        otherwise: impl FnOnce() -> Option<u32>,
+    ) -> Option<u32> {
+        let map = self.0.lock();
+        let pending = map
+            .get(user_id)
+            .and_then(|queue| queue.iter().find(|e| e.1 > offset))
+            .map(|e| e.2);
+        pending.or_else(otherwise)
     }
 
     /// The dense id of the user the erasure record at `offset` is about, if this node erased
@@ -368,6 +389,17 @@ impl ErasedHere {
     }
 }
 
+/// The entries of `noted` for `partition`, as (user id, dense id); they go.
+fn take_noted(noted: &mut Vec<(u32, String, u32)>, partition: u32) -> Vec<(String, u32)> {
+    let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(noted)
+        .into_iter()
+        .partition(|e| e.0 == partition);
+    *noted = rest;
+    mine.into_iter()
+        .map(|(_, user_id, user)| (user_id, user))
+        .collect()
+}
+
 /// The cluster side of a node: settings, producer and partition states.
 pub struct Cluster {
     settings: ClusterSettings,
@@ -379,9 +411,9 @@ pub struct Cluster {
     http: reqwest::Client,
     item_progress: items::ItemProgress,
     erased_here: ErasedHere,
-    /// Erasures whose item side reached this node while it owned the user's partition:
-    /// (partition, user id, the dense id they had), for the partition's next readiness.
-    erased_while_owned: parking_lot::Mutex<Vec<(u32, String, u32)>>,
+    /// Erasures whose item side reached this node while it was restoring the user's
+    /// partition: (partition, user id, the dense id they had), for its readiness.
+    erased_while_restoring: parking_lot::Mutex<Vec<(u32, String, u32)>>,
     bridge: bridge::BridgeStatus,
     /// Where this node's learned item model came from ([`item_model`]).
     item_model: item_model::ModelSync,
@@ -437,7 +469,7 @@ impl Cluster {
             http,
             item_progress: items::ItemProgress::new(settings.partitions),
             erased_here: Default::default(),
-            erased_while_owned: Default::default(),
+            erased_while_restoring: Default::default(),
             bridge: bridge::BridgeStatus::default(),
             item_model: item_model::ModelSync::default(),
             items_applied: AtomicI64::new(0),
@@ -596,25 +628,30 @@ impl Cluster {
         &self.erased_here
     }
 
-    /// Notes an erasure whose item side reached this node while it owned (or was restoring)
-    /// the user's partition: its consumer erases the user if its replay reaches the erasure,
-    /// and [`Cluster::take_erased_while_owned`] hands it the rest once the partition is ready.
-    pub fn note_erased_while_owned(&self, partition: u32, user_id: String, user: u32) {
-        self.erased_while_owned
-            .lock()
-            .push((partition, user_id, user));
+    /// An erasure whose item side reached this node while it owns the user's partition: if
+    /// the partition is still restoring, notes it for [`Cluster::ready_taking_erasures`] (its
+    /// replay may not reach the erasure, the snapshot lying past it) and returns `true`; else
+    /// the caller settles it now.
+    pub fn defer_erasure_if_restoring(&self, partition: u32, user_id: &str, user: u32) -> bool {
+        let mut noted = self.erased_while_restoring.lock();
+        if self.partitions[partition as usize].state() != PartitionState::Restoring {
+            return false;
+        }
+        noted.push((partition, user_id.to_owned(), user));
+        true
     }
 
-    /// The erasures noted for `partition` (they go).
-    pub fn take_erased_while_owned(&self, partition: u32) -> Vec<(String, u32)> {
-        let mut noted = self.erased_while_owned.lock();
-        let (mine, rest) = std::mem::take(&mut *noted)
-            .into_iter()
-            .partition(|e| e.0 == partition);
-        *noted = rest;
-        mine.into_iter()
-            .map(|(_, user_id, user)| (user_id, user))
-            .collect()
+    /// Marks `partition` ready and returns the erasures noted while it was restoring (they
+    /// go), under the lock [`Cluster::defer_erasure_if_restoring`] takes: none is noted after.
+    pub fn ready_taking_erasures(&self, partition: u32) -> Vec<(String, u32)> {
+        let mut noted = self.erased_while_restoring.lock();
+        self.partitions[partition as usize].set_state(PartitionState::Ready);
+        take_noted(&mut noted, partition)
+    }
+
+    /// The erasures noted for `partition` while it was restoring, which was revoked (they go).
+    pub fn revoked_taking_erasures(&self, partition: u32) -> Vec<(String, u32)> {
+        take_noted(&mut self.erased_while_restoring.lock(), partition)
     }
 
     /// The partition of `user_id` in this cluster.
@@ -921,16 +958,25 @@ mod tests {
     fn erased_users_are_named_by_their_pending_id_until_their_erasure_record() {
         let erased = ErasedHere::default();
         // Erased, back with new events, erased again before the item side caught up.
-        erased.note("alice", 2, 10, 7);
-        erased.note("alice", 2, 15, 9);
-        erased.note("bob", 3, 11, 8);
-        assert_eq!(erased.pending("alice"), Some(7));
+        let forgotten = std::cell::Cell::new(0);
+        let forget = || forgotten.set(forgotten.get() + 1);
+        erased.note("alice", 2, 10, 7, forget);
+        erased.note("alice", 2, 15, 9, forget);
+        erased.note("bob", 3, 11, 8, forget);
+        assert_eq!(forgotten.get(), 3);
+        let interner = || Some(99);
+        // Records before the first erasure name the first Alice, those between the two the
+        // second; records after both (or of users never erased here) go to the interner.
+        assert_eq!(erased.resolve("alice", 9, interner), Some(7));
+        assert_eq!(erased.resolve("alice", 12, interner), Some(9));
+        assert_eq!(erased.resolve("alice", 15, interner), Some(99));
+        assert_eq!(erased.resolve("carol", 1, interner), Some(99));
         assert_eq!(erased.take("alice", 15), None, "not the oldest erasure");
         assert_eq!(erased.take("alice", 10), Some(7));
-        assert_eq!(erased.pending("alice"), Some(9));
+        assert_eq!(erased.resolve("alice", 9, interner), Some(9));
         // A record skipped as a former owner's duplicate leaves its entry to the pruning.
         erased.prune(2, 15);
-        assert_eq!(erased.pending("alice"), None);
+        assert_eq!(erased.resolve("alice", 9, interner), Some(99));
         assert_eq!(erased.len(), 1, "only the other partition's entry is left");
         erased.prune(3, 10);
         assert_eq!(erased.take("bob", 11), Some(8));

@@ -720,10 +720,11 @@ impl Engine {
         Ok(true)
     }
 
-    /// Cluster mode, on the owner: erases the user's row, recent event ids and caches, and
-    /// forgets their id here, leaving the catalogue to the item-deltas topic. Returns the dense
-    /// id the user had, `None` if this node did not know them. Call it from the thread that
-    /// applies the user's events, so none of theirs is applied in between.
+    /// Cluster mode, on the owner: erases the user's row, recent event ids and caches,
+    /// leaving the catalogue to the item-deltas topic and the id to the caller
+    /// ([`Engine::forget_user`]). Returns the dense id the user has here, `None` if this node
+    /// does not know them. Call it from the thread that applies the user's events, so none of
+    /// theirs is applied in between.
     pub async fn erase_row(&self, user_id: &str) -> Result<Option<u32>, ActorError> {
         let Some(user) = self.index.users.get(user_id) else {
             return Ok(None);
@@ -731,8 +732,6 @@ impl Engine {
         self.shard_of(user_id)
             .ask(|reply| EraseRow { user, reply })
             .await?;
-        self.index.users.erase(user_id);
-        self.metrics.users.set(self.index.users.len() as i64);
         Ok(Some(user))
     }
 
@@ -765,8 +764,8 @@ impl Engine {
         Ok(forgotten)
     }
 
-    /// Cluster mode, on every node: forgets a user erased elsewhere — their published vector
-    /// and their id — once the catalogue dropped their weights.
+    /// Cluster mode: forgets an erased user's published vector and id (`user`: the dense id
+    /// they had; a newer id of the same name stays).
     pub fn forget_user(&self, user_id: &str, user: u32) {
         self.index.vectors.remove(&user);
         if self.index.users.get(user_id) == Some(user) {

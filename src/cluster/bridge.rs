@@ -155,6 +155,7 @@ pub fn start(
             .stopped
             .store(true, std::sync::atomic::Ordering::Release);
         cluster.bridge_status().set_partitions(Vec::new());
+        cluster.metrics().bridge_lag.set(0);
     })
 }
 
@@ -230,6 +231,7 @@ fn start_status(
             if positions.stopped.load(std::sync::atomic::Ordering::Acquire) {
                 // A refresh under way when the bridge stopped may have listed its partitions.
                 cluster.bridge_status().set_partitions(Vec::new());
+                cluster.metrics().bridge_lag.set(0);
             }
         })
 }

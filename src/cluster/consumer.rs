@@ -364,6 +364,11 @@ fn run(
                     restoring.retain(|r| r.0 != p);
                     let dropped = runtime.block_on(drop_partition(engine, cluster, p));
                     metrics.users_dropped.inc_by(dropped as u64);
+                    // Not owned any more: what is left of users erased meanwhile goes, as on
+                    // any node that does not own them.
+                    for (user_id, user) in cluster.revoked_taking_erasures(p) {
+                        engine.forget_user(&user_id, user);
+                    }
                 }
                 Change::Assigned(p) => {
                     restoring.retain(|r| r.0 != p);
@@ -420,13 +425,8 @@ fn run(
             if target.is_some_and(|t| next >= t) {
                 // Users erased while the partition was restoring whose erasure the replay did
                 // not reach (it lies before the snapshot): what the item side left of them.
-                let erased = cluster.take_erased_while_owned(*p);
-                if !erased.is_empty() {
-                    if let Err(error) = runtime.block_on(engine.forget_rowless(&erased)) {
-                        tracing::warn!(%error, partition = *p, "forgetting erased users");
-                    }
-                }
-                slot.set_state(PartitionState::Ready);
+                let erased = cluster.ready_taking_erasures(*p);
+                forget_rowless(engine, runtime, &erased);
                 runtime.block_on(cluster.claim(*p, generations[*p as usize], true));
                 let seconds = since.elapsed().as_secs_f64();
                 metrics.handover_seconds.observe(seconds);
@@ -609,10 +609,20 @@ fn apply_erasure(
                     }
                 }
             };
-            if offset > silent_until[p as usize] {
-                if let Some(user) = erased {
-                    cluster.erased_here().note(&user_id, p, offset, user);
+            let publish = offset > silent_until[p as usize];
+            match erased {
+                // The id goes as the erasure is noted, so that the item deltas of theirs
+                // still ahead of this node's catalogue keep naming them by it.
+                Some(user) if publish => {
+                    let forget = || engine.forget_user(&user_id, user);
+                    cluster
+                        .erased_here()
+                        .note(&user_id, p, offset, user, forget);
                 }
+                Some(user) => engine.forget_user(&user_id, user),
+                None => {}
+            }
+            if publish {
                 let rows = vec![super::items::WireRow::erased(user_id)];
                 while let Err(error) = runtime.block_on(cluster.publish_item_deltas(
                     p,
@@ -638,6 +648,23 @@ fn apply_erasure(
     slots[p as usize]
         .next_offset
         .fetch_max(offset + 1, Ordering::AcqRel);
+}
+
+/// [`Engine::forget_rowless`], retried while the mailboxes are full.
+fn forget_rowless(engine: &Engine, runtime: &tokio::runtime::Runtime, users: &[(String, u32)]) {
+    if users.is_empty() {
+        return;
+    }
+    loop {
+        match runtime.block_on(engine.forget_rowless(users)) {
+            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
+            Err(error) => {
+                tracing::error!(%error, "forgetting erased users failed");
+                return;
+            }
+            Ok(_) => return,
+        }
+    }
 }
 
 /// Applies a run of events (no profile or erasure among them) and publishes their item side.

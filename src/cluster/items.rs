@@ -209,8 +209,11 @@ fn decode(
                     after: Arc::new(UserVector::default()),
                 });
             }
-            let pending = erased_here.and_then(|(here, _)| here.pending(&row.user_id));
-            let user = pending.or_else(|| index.users.intern(&row.user_id))?;
+            let intern = || index.users.intern(&row.user_id);
+            let user = match erased_here {
+                Some((here, offset)) => here.resolve(&row.user_id, offset, intern),
+                None => intern(),
+            }?;
             let mut items = row
                 .after
                 .iter()
@@ -359,6 +362,9 @@ fn run(
         let next = message.offset() + 1;
         if let Some(record) = record.filter(|r| r.partition < settings.partitions) {
             let p = record.partition;
+            // Erasures whose records are behind (skipped as a former owner's copies) go first,
+            // so none names a user in this record.
+            cluster.erased_here().prune(p, progress.applied(p));
             if record.offset > progress.applied(p) {
                 let mut erased = Vec::new();
                 let here = Some((cluster.erased_here(), record.offset));
@@ -424,17 +430,41 @@ fn forget_erased(
     let state = state.upgrade();
     for (user_id, user) in erased {
         let p = cluster.partition_of(&user_id);
-        if let Some(user) = user {
-            if slots[p as usize].state() == PartitionState::NotOwned {
+        match user {
+            Some(user) if slots[p as usize].state() == PartitionState::NotOwned => {
                 engine.forget_user(&user_id, user);
-            } else {
-                cluster.note_erased_while_owned(p, user_id.clone(), user);
             }
+            Some(user) if !cluster.defer_erasure_if_restoring(p, &user_id, user) => {
+                // Served here: the replay is past the erasure, or the user has a row the
+                // consumer erases when it reaches it.
+                forget_rowless_now(engine, runtime, &user_id, user);
+            }
+            _ => {}
         }
         if let Some(state) = &state {
             if let Err(error) = runtime.block_on(state.journal.store().erase_user(&user_id)) {
                 tracing::error!(%error, "erasing a user from this node's store");
             }
+        }
+    }
+}
+
+/// [`Engine::forget_rowless`] for one user, retried while the mailboxes are full.
+fn forget_rowless_now(
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    user_id: &str,
+    user: u32,
+) {
+    let users = [(user_id.to_owned(), user)];
+    loop {
+        match runtime.block_on(engine.forget_rowless(&users)) {
+            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
+            Err(error) => {
+                tracing::error!(%error, "forgetting an erased user failed");
+                return;
+            }
+            Ok(_) => return,
         }
     }
 }
@@ -584,8 +614,9 @@ mod tests {
         // the old Bob, the erasure takes exactly his weights, the new Bob gets a new id.
         let bob = engine.index().users.get("bob").expect("interned");
         let here = crate::cluster::ErasedHere::default();
-        engine.index().users.erase("bob");
-        here.note("bob", 1, 40, bob);
+        here.note("bob", 1, 40, bob, || {
+            engine.index().users.erase("bob");
+        });
         erased.clear();
         let before = vec![row("bob", vec![("read".into(), 4.0), ("run".into(), 3.0)])];
         let deltas = decode(&engine, before, &mut side, Some((&here, 39)), &mut erased);

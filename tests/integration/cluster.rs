@@ -1101,6 +1101,26 @@ fn events_through_three_nodes_equal_a_single_node() {
             "{user} after the erasures"
         );
     }
+    // Every node forgot the erased users' ids: it knows as many users as the single node.
+    let known = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("momentum_users ")?.parse::<f64>().ok())
+            .expect("momentum_users")
+    };
+    let reference_users = known(
+        &reqwest::blocking::get(reference.url("/metrics"))
+            .and_then(|r| r.text())
+            .expect("reference metrics"),
+    );
+    for n in 0..3 {
+        let text = cluster
+            .client
+            .get(cluster.url(n, "/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("metrics");
+        assert_eq!(known(&text), reference_users, "users known on node {n}");
+    }
     // Item statistics are sums over users: on every node they no longer count the erased.
     for g in 0..39 {
         for path in [
