@@ -517,11 +517,7 @@ fn apply(
         };
         let events = std::mem::take(&mut run);
         apply_events(cluster, engine, runtime, events, silent_until, stop);
-        if matches!(user_record.record, Some(Logged::Erase { .. })) {
-            apply_erasure(cluster, engine, runtime, user_record, silent_until, stop);
-        } else {
-            apply_profile(cluster, engine, runtime, user_record);
-        }
+        apply_user_record(cluster, engine, runtime, user_record, silent_until, stop);
     }
     apply_events(cluster, engine, runtime, run, silent_until, stop);
 }
@@ -535,52 +531,13 @@ fn current(slots: &[PartitionSlot], polled: &Polled) -> bool {
         && polled.offset >= slot.next_offset.load(Ordering::Acquire)
 }
 
-/// Sets a user's profile as its record says. A profile has no item side: nothing is published.
-fn apply_profile(
-    cluster: &Cluster,
-    engine: &Engine,
-    runtime: &tokio::runtime::Runtime,
-    polled: Polled,
-) {
-    let slots = cluster.partition_slots();
-    if !current(slots, &polled) {
-        return;
-    }
-    let (p, offset) = (polled.partition, polled.offset);
-    match polled.record {
-        Some(Logged::Profile { user_id, profile })
-            if partition_of(&user_id, cluster.settings().partitions) == p =>
-        {
-            loop {
-                match runtime.block_on(engine.put_user(&user_id, profile.clone())) {
-                    Ok(_) => break,
-                    Err(ActorError::Overloaded { .. }) => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, partition = p, offset, "applying a profile failed");
-                        break;
-                    }
-                }
-            }
-            cluster.metrics().events_applied.inc();
-        }
-        _ => tracing::warn!(
-            partition = p,
-            offset,
-            "skipping a profile record of a user of another partition"
-        ),
-    }
-    slots[p as usize]
-        .next_offset
-        .fetch_max(offset + 1, Ordering::AcqRel);
-}
-
-/// Erases a user as their record says: their row, recent event ids and id here, then the
-/// erasure's item side goes to the item-deltas topic (unless that of this offset is applied
+/// Applies a profile or an erasure record to its user, on the owner.
+///
+/// A profile has no item side. An erasure takes the user's row, recent event ids and id here,
+/// then its item side goes to the item-deltas topic (unless that of this offset is applied
 /// everywhere already), so that every node drops their weights, vector and id, and the traces
 /// in its own store.
-fn apply_erasure(
+fn apply_user_record(
     cluster: &Cluster,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
@@ -593,22 +550,22 @@ fn apply_erasure(
         return;
     }
     let (p, offset) = (polled.partition, polled.offset);
+    let partitions = cluster.settings().partitions;
     match polled.record {
-        Some(Logged::Erase { user_id })
-            if partition_of(&user_id, cluster.settings().partitions) == p =>
-        {
-            let erased = loop {
-                match runtime.block_on(engine.erase_row(&user_id)) {
-                    Ok(erased) => break erased,
-                    Err(ActorError::Overloaded { .. }) => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, partition = p, offset, "applying an erasure failed");
-                        break None;
-                    }
-                }
-            };
+        Some(Logged::Profile { user_id, profile }) if partition_of(&user_id, partitions) == p => {
+            if let Err(error) =
+                until_admitted(runtime, || engine.put_user(&user_id, profile.clone()))
+            {
+                tracing::error!(%error, partition = p, offset, "applying a profile failed");
+            }
+            cluster.metrics().events_applied.inc();
+        }
+        Some(Logged::Erase { user_id }) if partition_of(&user_id, partitions) == p => {
+            let erased =
+                until_admitted(runtime, || engine.erase_row(&user_id)).unwrap_or_else(|error| {
+                    tracing::error!(%error, partition = p, offset, "applying an erasure failed");
+                    None
+                });
             let publish = offset > silent_until[p as usize];
             match erased {
                 // The id goes as the erasure is noted, so that the item deltas of theirs
@@ -622,27 +579,18 @@ fn apply_erasure(
                 Some(user) => engine.forget_user(&user_id, user),
                 None => {}
             }
-            if publish {
-                let rows = vec![super::items::WireRow::erased(user_id)];
-                while let Err(error) = runtime.block_on(cluster.publish_item_deltas(
-                    p,
-                    offset,
-                    polled.logged_ms,
-                    rows.clone(),
-                )) {
-                    tracing::warn!(error = %crate::error::Report(&error), partition = p, "publishing an erasure");
-                    if stop.stopped() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+            let rows = vec![super::items::WireRow::erased(user_id)];
+            if publish
+                && !publish_item_side(cluster, runtime, stop, p, (offset, polled.logged_ms), rows)
+            {
+                return;
             }
             cluster.metrics().events_applied.inc();
         }
         _ => tracing::warn!(
             partition = p,
             offset,
-            "skipping an erasure record of a user of another partition"
+            "skipping a user record of a user of another partition"
         ),
     }
     slots[p as usize]
@@ -650,20 +598,55 @@ fn apply_erasure(
         .fetch_max(offset + 1, Ordering::AcqRel);
 }
 
+/// Runs an engine call, again after a short pause while the mailboxes it needs are full.
+pub(super) fn until_admitted<T, F>(
+    runtime: &tokio::runtime::Runtime,
+    mut call: impl FnMut() -> F,
+) -> Result<T, ActorError>
+where
+    F: std::future::Future<Output = Result<T, ActorError>>,
+{
+    loop {
+        match runtime.block_on(call()) {
+            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
+            other => return other,
+        }
+    }
+}
+
+/// Publishes the item side of partition `p` up to the tag (offset, logged ms), retrying until
+/// the broker takes it; `false` if the node stopped first.
+fn publish_item_side(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Runtime,
+    stop: &Stop,
+    p: u32,
+    (offset, logged_ms): (i64, i64),
+    rows: Vec<super::items::WireRow>,
+) -> bool {
+    while let Err(error) =
+        runtime.block_on(cluster.publish_item_deltas(p, offset, logged_ms, rows.clone()))
+    {
+        tracing::warn!(error = %crate::error::Report(&error), partition = p, "publishing item deltas");
+        if stop.stopped() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
 /// [`Engine::forget_rowless`], retried while the mailboxes are full.
-fn forget_rowless(engine: &Engine, runtime: &tokio::runtime::Runtime, users: &[(String, u32)]) {
+pub(super) fn forget_rowless(
+    engine: &Engine,
+    runtime: &tokio::runtime::Runtime,
+    users: &[(String, u32)],
+) {
     if users.is_empty() {
         return;
     }
-    loop {
-        match runtime.block_on(engine.forget_rowless(users)) {
-            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
-            Err(error) => {
-                tracing::error!(%error, "forgetting erased users failed");
-                return;
-            }
-            Ok(_) => return,
-        }
+    if let Err(error) = until_admitted(runtime, || engine.forget_rowless(users)) {
+        tracing::error!(%error, "forgetting erased users failed");
     }
 }
 
@@ -730,14 +713,8 @@ fn apply_events(
         let Some(&(_, offset, logged_ms)) = tags.iter().find(|t| t.0 == p) else {
             continue;
         };
-        while let Err(error) =
-            runtime.block_on(cluster.publish_item_deltas(p, offset, logged_ms, rows.clone()))
-        {
-            tracing::warn!(error = %crate::error::Report(&error), partition = p, "publishing item deltas");
-            if stop.stopped() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        if !publish_item_side(cluster, runtime, stop, p, (offset, logged_ms), rows) {
+            return;
         }
     }
     cluster.metrics().events_applied.inc_by(applied as u64);
@@ -758,20 +735,17 @@ fn record(
     if events.is_empty() {
         return Vec::new();
     }
-    loop {
-        match runtime.block_on(engine.record_events_detached(events.clone())) {
-            Ok((report, deltas)) => {
-                cluster
-                    .metrics()
-                    .events_duplicate
-                    .inc_by(report.duplicates as u64);
-                return deltas;
-            }
-            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
-            Err(error) => {
-                tracing::error!(%error, "applying owned events failed");
-                return Vec::new();
-            }
+    match until_admitted(runtime, || engine.record_events_detached(events.clone())) {
+        Ok((report, deltas)) => {
+            cluster
+                .metrics()
+                .events_duplicate
+                .inc_by(report.duplicates as u64);
+            deltas
+        }
+        Err(error) => {
+            tracing::error!(%error, "applying owned events failed");
+            Vec::new()
         }
     }
 }
@@ -824,18 +798,15 @@ fn restore_snapshot(
             return None;
         }
     };
-    loop {
-        match runtime.block_on(engine.adopt_rows(export.clone())) {
-            Ok(users) => {
-                tracing::info!(partition = p, offset, users, "partition snapshot restored");
-                cluster.metrics().snapshots_restored.inc();
-                return Some(offset);
-            }
-            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
-            Err(error) => {
-                tracing::error!(%error, partition = p, "restoring a partition snapshot");
-                return None;
-            }
+    match until_admitted(runtime, || engine.adopt_rows(export.clone())) {
+        Ok(users) => {
+            tracing::info!(partition = p, offset, users, "partition snapshot restored");
+            cluster.metrics().snapshots_restored.inc();
+            Some(offset)
+        }
+        Err(error) => {
+            tracing::error!(%error, partition = p, "restoring a partition snapshot");
+            None
         }
     }
 }

@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use momentum_actors::index::{ItemMeta, UserVector};
 use momentum_actors::messages::RowDelta;
-use momentum_actors::{ActorError, Engine};
+use momentum_actors::Engine;
 
-use super::consumer::Stop;
+use super::consumer::{forget_rowless, until_admitted, Stop};
 use super::{partition_of, Cluster, PartitionSlot, PartitionState};
 use crate::error::Error;
 use crate::AppState;
@@ -374,17 +374,9 @@ fn run(
                     partition_of_user(engine, user, partitions)
                         .is_some_and(|p| slots[p as usize].state() == PartitionState::NotOwned)
                 };
-                loop {
-                    match runtime.block_on(engine.apply_item_deltas(deltas.clone(), publish)) {
-                        Ok(()) => break,
-                        Err(ActorError::Overloaded { .. }) => {
-                            std::thread::sleep(Duration::from_millis(5))
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "applying item deltas failed");
-                            break;
-                        }
-                    }
+                let apply = || engine.apply_item_deltas(deltas.clone(), publish);
+                if let Err(error) = until_admitted(runtime, apply) {
+                    tracing::error!(%error, "applying item deltas failed");
                 }
                 if !erased.is_empty() {
                     forget_erased(cluster, state, engine, runtime, erased);
@@ -437,7 +429,7 @@ fn forget_erased(
             Some(user) if !cluster.defer_erasure_if_restoring(p, &user_id, user) => {
                 // Served here: the replay is past the erasure, or the user has a row the
                 // consumer erases when it reaches it.
-                forget_rowless_now(engine, runtime, &user_id, user);
+                forget_rowless(engine, runtime, &[(user_id.clone(), user)]);
             }
             _ => {}
         }
@@ -445,26 +437,6 @@ fn forget_erased(
             if let Err(error) = runtime.block_on(state.journal.store().erase_user(&user_id)) {
                 tracing::error!(%error, "erasing a user from this node's store");
             }
-        }
-    }
-}
-
-/// [`Engine::forget_rowless`] for one user, retried while the mailboxes are full.
-fn forget_rowless_now(
-    engine: &Engine,
-    runtime: &tokio::runtime::Runtime,
-    user_id: &str,
-    user: u32,
-) {
-    let users = [(user_id.to_owned(), user)];
-    loop {
-        match runtime.block_on(engine.forget_rowless(&users)) {
-            Err(ActorError::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(5)),
-            Err(error) => {
-                tracing::error!(%error, "forgetting an erased user failed");
-                return;
-            }
-            Ok(_) => return,
         }
     }
 }

@@ -587,15 +587,26 @@ impl Cluster {
 /// The value of a metric on node `n`, `name` with its labels as `/metrics` prints them (0
 /// when the series is not there yet).
 fn metric_or_zero(cluster: &Cluster, n: usize, name: &str) -> f64 {
-    let text = cluster
-        .client
-        .get(cluster.url(n, "/metrics"))
+    metric_value(
+        &metrics_text(&cluster.client, &cluster.url(n, "/metrics")),
+        name,
+    )
+    .unwrap_or(0.0)
+}
+
+/// The text `/metrics` at `url` answers.
+pub(crate) fn metrics_text(client: &reqwest::blocking::Client, url: &str) -> String {
+    client
+        .get(url)
         .send()
         .and_then(|r| r.text())
-        .expect("metrics");
+        .expect("metrics")
+}
+
+/// The value of the series `name` (with its labels as printed) in a `/metrics` text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The single-node server the cluster is compared with. Its lists are compared again after
@@ -619,20 +630,11 @@ fn rebuild_item_model(client: &reqwest::blocking::Client, url: &str) -> (u16, Va
 
 /// The value of an unlabelled metric on node `n`.
 pub(crate) fn metric(cluster: &Cluster, n: usize, name: &str) -> u64 {
-    let text = cluster
-        .client
-        .get(cluster.url(n, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .expect("metrics");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} on node {n}")) as u64
+    metric_value(
+        &metrics_text(&cluster.client, &cluster.url(n, "/metrics")),
+        name,
+    )
+    .unwrap_or_else(|| panic!("no {name} on node {n}")) as u64
 }
 
 fn wait_for_port(addr: &str, timeout: Duration) {
@@ -1102,24 +1104,11 @@ fn events_through_three_nodes_equal_a_single_node() {
         );
     }
     // Every node forgot the erased users' ids: it knows as many users as the single node.
-    let known = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("momentum_users ")?.parse::<f64>().ok())
-            .expect("momentum_users")
-    };
-    let reference_users = known(
-        &reqwest::blocking::get(reference.url("/metrics"))
-            .and_then(|r| r.text())
-            .expect("reference metrics"),
-    );
+    let reference_metrics = metrics_text(&cluster.client, &reference.url("/metrics"));
+    let reference_users = metric_value(&reference_metrics, "momentum_users").expect("users");
     for n in 0..3 {
-        let text = cluster
-            .client
-            .get(cluster.url(n, "/metrics"))
-            .send()
-            .and_then(|r| r.text())
-            .expect("metrics");
-        assert_eq!(known(&text), reference_users, "users known on node {n}");
+        let users = metric(&cluster, n, "momentum_users");
+        assert_eq!(users as f64, reference_users, "users known on node {n}");
     }
     // Item statistics are sums over users: on every node they no longer count the erased.
     for g in 0..39 {

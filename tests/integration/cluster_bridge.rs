@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::cluster::{metric, reference_post, workload, Cluster};
+use crate::cluster::{metric, metrics_text, reference_post, workload, Cluster};
 use crate::common::TestServer;
 
 const SOURCE: &str = "app-interactions";
@@ -200,13 +200,8 @@ impl Batch {
 
 /// The bridged topic's refusals counted by node `n` (all reasons).
 fn refused(cluster: &Cluster, n: usize) -> u64 {
-    let text = cluster
-        .client
-        .get(cluster.url(n, "/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .expect("metrics");
-    text.lines()
+    metrics_text(&cluster.client, &cluster.url(n, "/metrics"))
+        .lines()
         .filter_map(|line| line.strip_prefix("momentum_cluster_bridge_rejected_total{"))
         .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum::<f64>() as u64
