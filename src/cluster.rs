@@ -24,6 +24,7 @@ pub mod item_model;
 pub mod items;
 pub mod settings;
 pub mod snapshots;
+pub mod training;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -419,6 +420,11 @@ pub struct Cluster {
     bridge: bridge::BridgeStatus,
     /// Where this node's learned item model came from ([`item_model`]).
     item_model: item_model::ModelSync,
+    /// The connection to the cluster's predictive model versions ([`training`]).
+    model_versions: training::VersionSync,
+    /// The node's analytics, set once at start: the owner compares goal outcomes with the
+    /// predictions it served as it applies events ([`crate::analytics::observe_outcomes`]).
+    analytics: std::sync::OnceLock<Arc<crate::analytics::Shared>>,
     /// The next offset of the items topic this node will apply (what it applied is below).
     items_applied: AtomicI64,
     metrics: ClusterMetrics,
@@ -474,6 +480,8 @@ impl Cluster {
             erased_while_restoring: Default::default(),
             bridge: bridge::BridgeStatus::default(),
             item_model: item_model::ModelSync::default(),
+            model_versions: training::VersionSync::default(),
+            analytics: std::sync::OnceLock::new(),
             items_applied: AtomicI64::new(0),
             settings,
             producer,
@@ -508,6 +516,20 @@ impl Cluster {
     /// Where this node's learned item model came from.
     pub fn item_model(&self) -> &item_model::ModelSync {
         &self.item_model
+    }
+
+    /// Hands the node's analytics to the consumer (once; later calls do nothing).
+    pub fn set_analytics(&self, shared: Arc<crate::analytics::Shared>) {
+        let _ = self.analytics.set(shared);
+    }
+
+    pub fn analytics(&self) -> Option<&Arc<crate::analytics::Shared>> {
+        self.analytics.get()
+    }
+
+    /// The cluster's predictive model versions ([`training`]).
+    pub fn model_versions(&self) -> &training::VersionSync {
+        &self.model_versions
     }
 
     /// Whether this node leads the cluster — builds the learned item model — because it

@@ -375,6 +375,10 @@ pub struct ClusterMetrics {
     /// leader) that the store refused because its model was built from as much data or more.
     pub item_model_installs: IntCounter,
     pub item_model_fenced: IntCounter,
+    /// Predictive model versions copied from the cluster into the local store, and versions
+    /// trained here (as the leader) that the cluster refused (`src/cluster/training.rs`).
+    pub model_versions_copied: IntCounter,
+    pub model_versions_fenced: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -481,6 +485,14 @@ impl ClusterMetrics {
                 "momentum_cluster_item_model_fenced_total",
                 "Item models built here refused by the cluster: its model was built from as much data or more",
             )?,
+            model_versions_copied: IntCounter::new(
+                "momentum_cluster_model_versions_copied_total",
+                "Predictive model versions copied from the cluster into this node's store",
+            )?,
+            model_versions_fenced: IntCounter::new(
+                "momentum_cluster_model_versions_fenced_total",
+                "Model versions trained here refused by the cluster: its number was taken, or a version trained from more of the log was stored",
+            )?,
         };
         registry.register(Box::new(m.forwarded.clone()))?;
         registry.register(Box::new(m.bridge_events.clone()))?;
@@ -488,6 +500,8 @@ impl ClusterMetrics {
         registry.register(Box::new(m.bridge_lag.clone()))?;
         registry.register(Box::new(m.item_model_installs.clone()))?;
         registry.register(Box::new(m.item_model_fenced.clone()))?;
+        registry.register(Box::new(m.model_versions_copied.clone()))?;
+        registry.register(Box::new(m.model_versions_fenced.clone()))?;
         registry.register(Box::new(m.events_produced.clone()))?;
         registry.register(Box::new(m.snapshots_written.clone()))?;
         registry.register(Box::new(m.item_staleness_seconds.clone()))?;

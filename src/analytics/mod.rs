@@ -47,7 +47,7 @@ use crate::jobs::churn::{ActivitySource, ChurnScoringJob, ScoringReport};
 use crate::jobs::training::{TrainingJob, TrainingReport};
 use crate::jobs::{JobHandle, JobRunner, JobStatus, Schedule};
 use crate::metrics::JobMetrics;
-use crate::store::analytics::{ChurnTierDay, ModelVersionRow, StoredIntervention};
+use crate::store::analytics::{ChurnTierDay, ModelVersionRow, NewModelVersion, StoredIntervention};
 use crate::store::Store;
 use crate::AppState;
 pub use config::AnalyticsConfig;
@@ -86,6 +86,112 @@ impl Shared {
         }
         self.live.set(model);
     }
+}
+
+/// Copies the cluster's model versions this node's store lacks into it, under the cluster's
+/// numbers, and puts the newest promoted one of each model in service
+/// ([`crate::cluster::training`]); the number of versions copied. A version that cannot be
+/// opened (another `models.key`) is copied but not served, and logged.
+pub async fn copy_cluster_versions(
+    shared: &Shared,
+    cluster: &crate::cluster::Cluster,
+) -> Result<usize, Error> {
+    let versions = cluster.model_versions().store(cluster).await?;
+    let mut copied = 0;
+    for kind in ModelKind::ALL {
+        let name = kind.name();
+        let local = shared
+            .store
+            .model_versions(Some(name))
+            .await?
+            .last()
+            .map_or(0, |v| v.version);
+        for v in versions.after(name, local, 16).await? {
+            let new = NewModelVersion {
+                name,
+                created_ms: v.created_ms,
+                parent_version: v.parent_version,
+                metadata: &v.metadata,
+                bytes: &v.bytes,
+            };
+            shared.store.put_model_version(v.version, &new).await?;
+            copied += 1;
+            cluster.metrics().model_versions_copied.inc();
+            let row = ModelVersionRow {
+                name: name.to_owned(),
+                version: v.version,
+                created_ms: v.created_ms,
+                parent_version: v.parent_version,
+                metadata: v.metadata.clone(),
+            };
+            if !row.promoted()
+                || shared
+                    .live
+                    .get(kind)
+                    .is_some_and(|m| m.version >= v.version)
+            {
+                continue;
+            }
+            match LiveModel::from_stored(&row, &v.bytes, shared.config.model_key.as_ref()) {
+                Ok(model) => {
+                    tracing::info!(
+                        model = name,
+                        version = v.version,
+                        node = %v.node_id,
+                        "model version installed from the cluster"
+                    );
+                    shared.install(Arc::new(model));
+                }
+                Err(error) => tracing::error!(
+                    error = %Report(&error),
+                    node = %v.node_id,
+                    "the cluster's model version cannot be served here (is models.key the same on every node?)"
+                ),
+            }
+        }
+    }
+    Ok(copied)
+}
+
+/// [`Analytics::observe_events`] on the shared part: in a cluster the owner of the user's
+/// partition serves their predictions (reads are forwarded to it), so it is the one that
+/// compares the outcomes, as it applies the events.
+pub fn observe_outcomes(s: &Shared, engine: &Engine, events: &[NewEvent]) {
+    if s.online.is_empty() {
+        return;
+    }
+    let now = s.clock.now_ms();
+    let index = engine.index();
+    for e in events {
+        let completed = match e.kind {
+            EventKind::Complete => true,
+            EventKind::Abandon => false,
+            _ => continue,
+        };
+        let (Some(user), Some(goal)) = (
+            index.users.get(&e.user_id),
+            e.item_id.as_deref().and_then(|i| index.items.get(i)),
+        ) else {
+            continue;
+        };
+        if let Some(score) = s
+            .online
+            .observe_outcome(user, goal, completed, e.ts_ms, now)
+        {
+            publish_online(s, score);
+        }
+    }
+}
+
+fn publish_online(s: &Shared, score: online::OnlineScore) {
+    let m = &s.metrics;
+    m.online_accuracy
+        .with_label_values(&["success"])
+        .set(score.accuracy);
+    m.online_f1.with_label_values(&["success"]).set(score.f1);
+    m.online_outcomes
+        .with_label_values(&["success"])
+        .set(score.outcomes as f64);
 }
 
 /// The analytics handle kept in `AppState`.
@@ -361,7 +467,12 @@ impl Analytics {
 
     /// Starts the `training` and `churn_scoring` jobs on the current arbiter. The churn job
     /// reads activity through `source`. Called once; later calls do nothing.
-    pub fn start_jobs(&self, source: Arc<dyn ActivitySource>, metrics: JobMetrics) {
+    pub fn start_jobs(
+        &self,
+        source: Arc<dyn ActivitySource>,
+        metrics: JobMetrics,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) {
         let shared = &self.shared;
         let now = shared.clock.now_ms();
         let t = &shared.config.trainer;
@@ -377,6 +488,7 @@ impl Analytics {
             let training = JobRunner::new(
                 TrainingJob {
                     shared: shared.clone(),
+                    cluster,
                 },
                 shared.clock.clone(),
                 Schedule::new(t.interval(), first_training),
@@ -459,7 +571,7 @@ impl Analytics {
         if let Some((user, goal)) = pair {
             let predicted = probability >= model.threshold;
             if let Some(score) = s.online.record_prediction(user, goal, predicted, now) {
-                self.publish_online(score);
+                publish_online(s, score);
             }
         }
         Ok(SuccessPrediction {
@@ -517,44 +629,10 @@ impl Analytics {
     }
 
     /// Compares goal outcomes in an ingested batch with the success predictions served for
-    /// them (online accuracy). Called by `POST /v1/events` with the validated events.
+    /// them (online accuracy). Called by `POST /v1/events` with the validated events (in a
+    /// cluster, by the owner as it applies them: [`observe_outcomes`]).
     pub fn observe_events(&self, engine: &Engine, events: &[NewEvent]) {
-        let s = &self.shared;
-        if s.online.is_empty() {
-            return;
-        }
-        let now = s.clock.now_ms();
-        let index = engine.index();
-        for e in events {
-            let completed = match e.kind {
-                EventKind::Complete => true,
-                EventKind::Abandon => false,
-                _ => continue,
-            };
-            let (Some(user), Some(goal)) = (
-                index.users.get(&e.user_id),
-                e.item_id.as_deref().and_then(|i| index.items.get(i)),
-            ) else {
-                continue;
-            };
-            if let Some(score) = s
-                .online
-                .observe_outcome(user, goal, completed, e.ts_ms, now)
-            {
-                self.publish_online(score);
-            }
-        }
-    }
-
-    fn publish_online(&self, score: online::OnlineScore) {
-        let m = &self.shared.metrics;
-        m.online_accuracy
-            .with_label_values(&["success"])
-            .set(score.accuracy);
-        m.online_f1.with_label_values(&["success"]).set(score.f1);
-        m.online_outcomes
-            .with_label_values(&["success"])
-            .set(score.outcomes as f64);
+        observe_outcomes(&self.shared, engine, events);
     }
 
     /// Starts a training run; with `wait`, returns its report.
@@ -631,6 +709,7 @@ pub fn start(state: &Arc<AppState>) {
     state.analytics.start_jobs(
         Arc::new(EngineSource(Arc::downgrade(state))),
         state.jobs.metrics.clone(),
+        state.cluster.clone(),
     );
 }
 

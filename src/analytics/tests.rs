@@ -105,6 +105,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
     assert!(a.shared().live.get(ModelKind::Churn).is_none());
     let job = TrainingJob {
         shared: a.shared().clone(),
+        cluster: None,
     };
     let report = job.run(Trigger::Request, NOW).await.expect("first run");
     assert!(report.events > 10_000 && report.users == 300, "{report:?}");
@@ -135,6 +136,7 @@ async fn trainer_job_promotes_then_refuses_a_worse_candidate_and_keeps_both_vers
     );
     let job = TrainingJob {
         shared: b.shared().clone(),
+        cluster: None,
     };
     let report = job.run(Trigger::Schedule, NOW).await.expect("second run");
     let churn = report
@@ -246,6 +248,7 @@ async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
     assert!(matches!(err, JobError::Unavailable { .. }), "{err:?}");
     TrainingJob {
         shared: a.shared().clone(),
+        cluster: None,
     }
     .run(Trigger::Request, NOW)
     .await

@@ -27,6 +27,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v1/cluster").route(web::get().to(get_cluster)));
 }
 
+/// In a cluster, `421 not_leader` naming the leader unless this node leads (`503 not_ready`
+/// while no node serves partition 0); nothing on a single node. `what` names the work.
+pub fn require_leader(state: &AppState, what: &'static str) -> Result<(), Error> {
+    let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_leader()) else {
+        return Ok(());
+    };
+    let leader = cluster
+        .leader()
+        .filter(|l| l.node_id != cluster.settings().node_id)
+        .ok_or(Error::NotReady)?;
+    Err(Error::NotLeader {
+        what,
+        node_id: leader.node_id,
+        address: leader.address,
+    })
+}
+
 async fn get_cluster(state: web::Data<AppState>) -> HttpResponse {
     match &state.cluster {
         Some(cluster) => {

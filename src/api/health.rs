@@ -82,17 +82,7 @@ async fn item_model(
 ) -> Result<HttpResponse, crate::Error> {
     crate::api::require_admin(&req, &state)?;
     // In a cluster only the leader builds; the others name it.
-    if let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_leader()) {
-        let leader = cluster
-            .leader()
-            .filter(|l| l.node_id != cluster.settings().node_id)
-            .ok_or(crate::Error::NotReady)?;
-        return Err(crate::Error::NotLeader {
-            what: "the item-model build",
-            node_id: leader.node_id,
-            address: leader.address,
-        });
-    }
+    crate::api::cluster::require_leader(&state, "the item-model build")?;
     let job = state.jobs.item_model.get().ok_or(crate::Error::NotReady)?;
     let retry = state.settings.server.retry_after_secs;
     let model = job

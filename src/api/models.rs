@@ -183,6 +183,8 @@ async fn train(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     require_admin(&req, &state)?;
+    // In a cluster only the leader trains (from the events topic); the others name it.
+    crate::api::cluster::require_leader(&state, "training")?;
     let retry = state.settings.server.retry_after_secs;
     match state.analytics.train(query.wait, retry).await? {
         Some(report) => {

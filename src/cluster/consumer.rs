@@ -700,6 +700,10 @@ fn apply_events(
     let applied = silent.len() + published.len();
     // Silent events come first: within a partition they precede every published one.
     let _ = record(cluster, engine, runtime, silent);
+    // Outcomes of goals this node predicted (replayed events were seen by an earlier owner).
+    if let Some(analytics) = cluster.analytics() {
+        crate::analytics::observe_outcomes(analytics, engine, &published);
+    }
     let deltas = record(cluster, engine, runtime, published);
     let mut encoded = super::items::encode(engine, partitions, &deltas);
     // Every partition with published events gets a record, rows or not: its tag is how every

@@ -173,6 +173,12 @@ pub trait Job: 'static {
     fn wants_run(&self, _now_ms: i64) -> bool {
         false
     }
+
+    /// Whether scheduled runs happen on this server (in a cluster, a job the leader runs for
+    /// every node lets them pass elsewhere: [`Schedule::pass`]). Requests are the routes' call.
+    fn scheduled_here(&self) -> bool {
+        true
+    }
 }
 
 /// When a job is due, whether a run is in flight, and the counts of [`JobStatus`].
@@ -234,6 +240,15 @@ impl Schedule {
     /// Whether a scheduled run should start now.
     pub fn is_due(&self, now_ms: i64) -> bool {
         !self.status.running && self.next_due_ms.is_some_and(|due| now_ms >= due)
+    }
+
+    /// Lets a due run pass without running it (it ran elsewhere): the next one is due an
+    /// interval from now.
+    pub fn pass(&mut self, now_ms: i64) {
+        if self.interval_ms > 0 {
+            self.next_due_ms = Some(now_ms.saturating_add(self.interval_ms));
+            self.status.next_due_ms = self.next_due_ms;
+        }
     }
 
     /// Marks a run as started; false if one is running already.
@@ -359,6 +374,10 @@ impl<J: Job> JobRunner<J> {
             return;
         }
         let now = self.clock.now_ms();
+        if self.schedule.is_due(now) && !self.job.scheduled_here() {
+            self.schedule.pass(now);
+            return;
+        }
         if self.job.wants_run(now) || self.schedule.is_due(now) {
             self.start_run(Trigger::Schedule, Vec::new(), ctx);
         }

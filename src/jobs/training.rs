@@ -1,6 +1,8 @@
 //! The `training` job: read the last `window_days` of events from the store, train both
 //! models on a dedicated thread (never on an HTTP worker or the runner's arbiter), store every
-//! version with its metadata, and put the promoted ones in service. The CPU part,
+//! version with its metadata, and put the promoted ones in service. In a cluster only the
+//! leader runs it: it reads the window from the events topic, stores the versions for the
+//! cluster, and every node copies and serves them ([`crate::cluster::training`]). The CPU part,
 //! [`train_models`], runs the pure pipeline of [`momentum_models::training`]; `momentum train
 //! --events` runs it too, on a simulator CSV.
 
@@ -26,6 +28,8 @@ use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER}
 use crate::analytics::drift::Reference;
 use crate::analytics::registry::{LiveModel, RowCounts, VersionMetadata};
 use crate::analytics::Shared;
+use crate::cluster::training::{read_window, ClusterVersion, ReadError};
+use crate::cluster::Cluster;
 use crate::error::Report;
 use crate::store::analytics::NewModelVersion;
 
@@ -204,17 +208,26 @@ pub fn export_files(
 /// The `training` job against the store and the registry.
 pub struct TrainingJob {
     pub(crate) shared: Arc<Shared>,
+    /// Cluster mode: only the leader trains, from the events topic, and stores the versions
+    /// for the cluster ([`crate::cluster::training`]).
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl Job for TrainingJob {
     type Report = TrainingReport;
     const NAME: &'static str = "training";
 
+    /// In a cluster the schedule is the leader's: another node lets its due runs pass.
+    fn scheduled_here(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.is_leader())
+    }
+
     fn run(&self, trigger: Trigger, now_ms: i64) -> JobFuture<TrainingReport> {
         let shared = self.shared.clone();
+        let cluster = self.cluster.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let result = run(&shared, trigger, now_ms).await;
+            let result = run(&shared, cluster.as_ref(), trigger, now_ms).await;
             let elapsed = started.elapsed().as_secs_f64();
             shared.metrics.training_duration.set(elapsed);
             shared
@@ -230,18 +243,13 @@ impl Job for TrainingJob {
     }
 }
 
-async fn run(
+/// The window's events from the store's log (a single node).
+async fn read_store(
     shared: &Arc<Shared>,
-    trigger: Trigger,
+    from_ms: i64,
     now_ms: i64,
-) -> Result<TrainingReport, JobError> {
-    if shared.config.model_key.is_none() {
-        // Fail before reading a single event: nothing trained could be stored.
-        return Err(JobError::unavailable(ArtifactError::MissingKey.to_string()));
-    }
-    let cfg = &shared.config.trainer;
-    let params = cfg.pipeline();
-    let from_ms = now_ms - days_ms(params.window_days);
+) -> Result<HistoryBuilder, JobError> {
+    let max_events = shared.config.trainer.max_events;
     let mut builder = HistoryBuilder::default();
     let mut after = 0;
     loop {
@@ -256,17 +264,80 @@ async fn run(
                 builder.push(&e.user_id, e.item_id.as_deref(), &e.kind, e.ts_ms);
             }
         }
-        if builder.events > cfg.max_events {
-            return Err(JobError::unavailable(format!(
-                "the training window holds more than trainer.max_events = {} events",
-                cfg.max_events
-            )));
+        if builder.events > max_events {
+            return Err(too_many_events(max_events));
         }
         if page.is_empty() && last == after {
-            break;
+            return Ok(builder);
         }
         after = last;
     }
+}
+
+fn too_many_events(max_events: usize) -> JobError {
+    JobError::unavailable(format!(
+        "the training window holds more than trainer.max_events = {max_events} events"
+    ))
+}
+
+/// The window's events from the cluster's events topic ([`read_window`]), and how much of the
+/// log they cover.
+async fn read_topic(
+    cluster: &Arc<Cluster>,
+    from_ms: i64,
+    now_ms: i64,
+    max_events: usize,
+) -> Result<(HistoryBuilder, i64), JobError> {
+    let settings = cluster.settings().clone();
+    let started = Instant::now();
+    let window =
+        tokio::task::spawn_blocking(move || read_window(&settings, from_ms, now_ms, max_events))
+            .await
+            .map_err(|e| JobError::failed("reading the events topic panicked", e))?;
+    match window {
+        Ok(window) => {
+            tracing::info!(
+                records = window.records,
+                events = window.fold.events,
+                duplicates = window.fold.duplicates,
+                erased = window.fold.erased,
+                seconds = started.elapsed().as_secs_f64(),
+                "training window read from the events topic"
+            );
+            Ok((window.fold.into_builder(), window.progress))
+        }
+        Err(ReadError::TooManyEvents(max)) => Err(too_many_events(max)),
+        Err(error) => Err(JobError::failed("reading the training window", error)),
+    }
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    cluster: Option<&Arc<Cluster>>,
+    trigger: Trigger,
+    now_ms: i64,
+) -> Result<TrainingReport, JobError> {
+    if shared.config.model_key.is_none() {
+        // Fail before reading a single event: nothing trained could be stored.
+        return Err(JobError::unavailable(ArtifactError::MissingKey.to_string()));
+    }
+    if let Some(cluster) = cluster.filter(|c| !c.is_leader()) {
+        return Err(JobError::unavailable(format!(
+            "in a cluster only the leader trains; node {:?} does not serve partition {}",
+            cluster.settings().node_id,
+            crate::cluster::LEADER_PARTITION
+        )));
+    }
+    let cfg = &shared.config.trainer;
+    let params = cfg.pipeline();
+    let from_ms = now_ms - days_ms(params.window_days);
+    let (builder, progress) = match cluster {
+        None => (read_store(shared, from_ms, now_ms).await?, None),
+        Some(cluster) => {
+            let (builder, progress) = read_topic(cluster, from_ms, now_ms, cfg.max_events).await?;
+            (builder, Some(progress))
+        }
+    };
     let events = builder.events;
     let users = builder.finish();
     let n_users = users.len();
@@ -318,15 +389,31 @@ async fn run(
         let mut meta = metadata(&trained, &params, &set.datasets_window);
         let parent = shared.live.get(kind).map(|m| m.version);
         let created_ms = shared.clock.now_ms();
-        // The export carries its version number, so it is taken before the insert (the
-        // trainer is the only writer of model versions) and checked after it.
-        let expected = shared
-            .store
-            .model_versions(Some(kind.name()))
-            .await
-            .map_err(|e| JobError::failed(format!("reading the {} versions", kind.name()), e))?
-            .last()
-            .map_or(1, |v| v.version + 1);
+        // The export carries its version number, so it is taken before the version is stored
+        // (the trainer is the only writer of model versions; in a cluster, the leader) and
+        // checked as it is stored.
+        let versions = match cluster {
+            None => None,
+            Some(cluster) => Some(
+                cluster
+                    .model_versions()
+                    .store(cluster)
+                    .await
+                    .map_err(|e| JobError::failed("the cluster's model versions", e))?,
+            ),
+        };
+        let expected = match &versions {
+            None => shared
+                .store
+                .model_versions(Some(kind.name()))
+                .await
+                .map_err(|e| JobError::failed(format!("reading the {} versions", kind.name()), e))?
+                .last()
+                .map_or(1, |v| v.version + 1),
+            Some(versions) => versions.next_version(kind.name()).await.map_err(|e| {
+                JobError::failed(format!("reading the cluster's {} versions", kind.name()), e)
+            })?,
+        };
         let mut bundle = Bundle::default();
         bundle.insert(
             CLASSIFIER,
@@ -344,17 +431,63 @@ async fn run(
         let bytes = bundle
             .seal(shared.config.model_key.as_ref())
             .map_err(|e| JobError::unavailable(e.to_string()))?;
-        let version = shared
-            .store
-            .insert_model_version(&NewModelVersion {
-                name: kind.name(),
-                created_ms,
-                parent_version: parent,
-                metadata: &meta_json,
-                bytes: &bytes,
-            })
-            .await
-            .map_err(|e| JobError::failed(format!("storing the {} model", kind.name()), e))?;
+        let new = NewModelVersion {
+            name: kind.name(),
+            created_ms,
+            parent_version: parent,
+            metadata: &meta_json,
+            bytes: &bytes,
+        };
+        let version = match (&versions, cluster) {
+            (Some(versions), Some(cluster)) => {
+                let stored = versions
+                    .publish(&ClusterVersion {
+                        name: kind.name().into(),
+                        version: expected,
+                        progress: progress.unwrap_or(0),
+                        node_id: cluster.settings().node_id.clone(),
+                        created_ms,
+                        parent_version: parent,
+                        metadata: meta_json.clone(),
+                        bytes: bytes.clone(),
+                    })
+                    .await
+                    .map_err(|e| {
+                        JobError::failed(
+                            format!("storing the {} model for the cluster", kind.name()),
+                            e,
+                        )
+                    })?;
+                if !stored {
+                    cluster.metrics().model_versions_fenced.inc();
+                    return Err(JobError::unavailable(format!(
+                        "the cluster stored {} v{expected} meanwhile, or a version trained from more of the log: this one is dropped",
+                        kind.name()
+                    )));
+                }
+                // This node's copy; every other node makes its own (`copy_cluster_versions`).
+                if !shared
+                    .store
+                    .put_model_version(expected, &new)
+                    .await
+                    .map_err(|e| {
+                        JobError::failed(format!("storing the {} model", kind.name()), e)
+                    })?
+                {
+                    tracing::warn!(
+                        model = kind.name(),
+                        version = expected,
+                        "the local store already holds a version of this number; the cluster's is served"
+                    );
+                }
+                expected
+            }
+            _ => {
+                shared.store.insert_model_version(&new).await.map_err(|e| {
+                    JobError::failed(format!("storing the {} model", kind.name()), e)
+                })?
+            }
+        };
         if version != expected {
             return Err(JobError::internal(format!(
                 "stored {} as version {version}, exported as {expected}: another writer stored a version meanwhile",

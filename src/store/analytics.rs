@@ -114,6 +114,12 @@ impl Store {
         dispatch!(self.insert_model_version(new))
     }
 
+    /// Stores `new` as version `version` of its model unless that version exists (a copy of
+    /// a cluster's version, numbered by the cluster); whether it was stored.
+    pub async fn put_model_version(&self, version: u64, new: &NewModelVersion<'_>) -> Result<bool> {
+        dispatch!(self.put_model_version(version, new))
+    }
+
     /// Every stored version (without bytes), of one model or of all, ordered by name and
     /// version.
     pub async fn model_versions(&self, name: Option<&str>) -> Result<Vec<ModelVersionRow>> {
@@ -258,12 +264,58 @@ mod tests {
 
     store_tests::shared_suite!(
         model_versions_are_numbered_and_live_is_the_last_promoted,
+        copied_versions_keep_their_number_and_are_stored_once,
         interventions_are_unique_per_user_day_channel_and_paged_by_id,
         churn_scores_replace_within_a_day,
         churn_tier_history_counts_users_per_tier_and_day,
         event_window_skips_old_events_and_pages,
         erasure_covers_the_analytics_rows,
     );
+
+    async fn copied_versions_keep_their_number_and_are_stored_once(store: Store) {
+        let meta = |promoted: bool| json!({"promoted": promoted});
+        let (yes, no) = (meta(true), meta(false));
+        let new = |metadata, bytes| NewModelVersion {
+            name: "churn",
+            created_ms: 9,
+            parent_version: None,
+            metadata,
+            bytes,
+        };
+        assert!(store
+            .put_model_version(3, &new(&yes, b"three"))
+            .await
+            .unwrap());
+        assert!(!store
+            .put_model_version(3, &new(&no, b"other"))
+            .await
+            .unwrap());
+        assert!(store
+            .put_model_version(4, &new(&no, b"four"))
+            .await
+            .unwrap());
+        let (row, bytes) = store.model_version("churn", 3).await.unwrap().unwrap();
+        assert_eq!(
+            (row.promoted(), bytes.as_slice()),
+            (true, b"three".as_slice())
+        );
+        let (live, _) = store.live_model_version("churn").await.unwrap().unwrap();
+        assert_eq!(live.version, 3);
+        let versions: Vec<u64> = store
+            .model_versions(Some("churn"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(versions, [3, 4]);
+        // A local insert goes on from the highest number.
+        let v = store
+            .insert_model_version(&new(&no, b"five"))
+            .await
+            .unwrap();
+        assert_eq!(v, 5);
+    }
 
     async fn model_versions_are_numbered_and_live_is_the_last_promoted(store: Store) {
         assert!(store.live_model_version("churn").await.unwrap().is_none());

@@ -1660,3 +1660,255 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
     assert_eq!(status, 200);
     cluster.assert_users_equal(&owners, &reference, 100);
 }
+
+/// `method path` on `url` with the admin key; status and body.
+fn admin_request(
+    client: &reqwest::blocking::Client,
+    method: reqwest::Method,
+    url: &str,
+) -> (u16, Value) {
+    let res = client
+        .request(method, url)
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .expect("admin request");
+    let status = res.status().as_u16();
+    (status, res.json().unwrap_or(Value::Null))
+}
+
+/// Training in a cluster: only the leader trains, once, from the events topic, which it reads
+/// as the owners apply it (repeated event ids once, an erased user not at all); it trains on
+/// the same rows as a single node given the same events and erasure, and every node copies
+/// the versions and serves them. Churn scoring runs per node on the users it owns (each user
+/// scored exactly once in the cluster), and goal outcomes are compared with the predictions
+/// on the owner.
+#[test]
+fn models_are_trained_once_from_the_log_and_served_by_every_node() {
+    let mut cluster = Cluster::start("training");
+    cluster.node_env.push((
+        "MOMENTUM__SECURITY__MODEL_KEY".into(),
+        crate::common::MODEL_KEY.into(),
+    ));
+    let mut cluster = Cluster::with_three_nodes(cluster, "t");
+    let reference = TestServer::start_with(settings());
+    let events = crate::predictions::population(crate::predictions::now_ms());
+    let mut records = 0;
+    for (i, chunk) in events.chunks(1000).enumerate() {
+        let batch = Value::Array(chunk.to_vec());
+        let (status, body) = cluster.post(i % 3, &batch);
+        assert_eq!(status, 200, "{body}");
+        reference_post(&reference, &batch);
+        records += chunk.len() as i64;
+    }
+    // Repeats through other nodes: in the log twice, trained on once.
+    for (i, chunk) in events[..3000].chunks(1000).enumerate() {
+        let batch = Value::Array(chunk.to_vec());
+        let (status, body) = cluster.post((i + 1) % 3, &batch);
+        assert_eq!(status, 200, "{body}");
+        reference_post(&reference, &batch);
+        records += chunk.len() as i64;
+    }
+    // An erased user: their events stay in the log until its retention, but are not trained on.
+    let erased = "user-7";
+    let res = cluster
+        .client
+        .delete(cluster.url(1, &format!("/v1/users/{erased}")))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .expect("DELETE");
+    assert_eq!(res.status().as_u16(), 204);
+    let res = reqwest::blocking::Client::new()
+        .delete(reference.url(&format!("/v1/users/{erased}")))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .expect("DELETE");
+    assert_eq!(res.status().as_u16(), 204);
+    records += 1;
+    let owners = cluster.wait_converged(records, Duration::from_secs(120));
+    let leader = owners[&0].0;
+    let other = (leader + 1) % 3;
+
+    // Another node refuses, naming the leader; it trains nothing on its schedule either.
+    let (status, body) = admin_request(
+        &cluster.client,
+        reqwest::Method::POST,
+        &cluster.url(other, "/v1/models/train?wait=true"),
+    );
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(body["error"]["code"], "not_leader");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("t{}", leader + 1))),
+        "{body}"
+    );
+    let (status, trained) = admin_request(
+        &cluster.client,
+        reqwest::Method::POST,
+        &cluster.url(leader, "/v1/models/train?wait=true"),
+    );
+    assert_eq!(status, 200, "{trained}");
+    let (status, single) = admin_request(
+        &reqwest::blocking::Client::new(),
+        reqwest::Method::POST,
+        &reference.url("/v1/models/train?wait=true"),
+    );
+    assert_eq!(status, 200, "{single}");
+    let (trained, single) = (&trained["report"], &single["report"]);
+    // The same events and users as the single node's log, so the same labelled rows.
+    assert_eq!(trained["events"], single["events"], "{trained}\n{single}");
+    assert_eq!(trained["users"], single["users"]);
+    assert_eq!(trained["users"].as_u64(), Some(239), "one user erased");
+    for (t, s) in trained["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .zip(single["models"].as_array().expect("models"))
+    {
+        assert_eq!(t["name"], s["name"]);
+        assert_eq!(t["version"], 1, "{t}");
+        assert_eq!(t["train_rows"], s["train_rows"], "{t}\n{s}");
+        assert_eq!(t["holdout_rows"], s["holdout_rows"], "{t}\n{s}");
+        let auc = |m: &Value| m["metrics"]["auc"].as_f64().expect("auc");
+        assert!((auc(t) - auc(s)).abs() < 0.02, "{t}\n{s}");
+    }
+
+    // Every node copies the versions and serves them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0..3 {
+        loop {
+            let (status, models) = cluster.get(n, "/v1/models");
+            assert_eq!(status, 200, "{models}");
+            let live: Vec<Value> = models["models"]
+                .as_array()
+                .expect("models")
+                .iter()
+                .map(|m| m["live_version"].clone())
+                .collect();
+            let versions: Vec<usize> = models["models"]
+                .as_array()
+                .expect("models")
+                .iter()
+                .map(|m| m["versions"].as_array().map_or(0, Vec::len))
+                .collect();
+            if live == [json!(1), json!(1)] && versions == [1, 1] {
+                let runs = models["trainer"]["runs"].as_u64();
+                assert_eq!(runs, Some(u64::from(n == leader)), "node {n}: {models}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {n} does not serve the cluster's versions: {models}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            metric_or_zero(&cluster, n, r#"momentum_model_version{model="churn"}"#),
+            1.0
+        );
+    }
+    for n in (0..3).filter(|&n| n != leader) {
+        assert_eq!(
+            metric_or_zero(&cluster, n, "momentum_cluster_model_versions_copied_total"),
+            2.0,
+            "node {n}"
+        );
+    }
+    // Predictions through any node (forwarded to the owner, served with the cluster's model).
+    for n in 0..3 {
+        let (status, churn) = cluster.read(n, "/v1/users/user-3/churn");
+        assert_eq!(status, 200, "{churn}");
+        assert_eq!(churn["model_version"], 1, "{churn}");
+    }
+
+    // Churn scoring: each node scores the users it owns; together, every user once.
+    let mut scored = 0;
+    for n in 0..3 {
+        let (status, run) = admin_request(
+            &cluster.client,
+            reqwest::Method::POST,
+            &cluster.url(n, "/v1/churn/run?wait=true"),
+        );
+        assert_eq!(status, 200, "{run}");
+        let users = run["report"]["users_scored"]
+            .as_u64()
+            .expect("users_scored");
+        assert!(users > 0, "node {n} owns users: {run}");
+        scored += users;
+    }
+    let (status, run) = admin_request(
+        &reqwest::blocking::Client::new(),
+        reqwest::Method::POST,
+        &reference.url("/v1/churn/run?wait=true"),
+    );
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        Some(scored),
+        run["report"]["users_scored"].as_u64(),
+        "{run}"
+    );
+
+    // Online accuracy on the owner: a success prediction read through a node that does not
+    // own the user, then the goal's outcome posted through another one.
+    let user = "user-4";
+    let owner = owners[&momentum::cluster::partition_of(user, PARTITIONS)].0;
+    let goal = events
+        .iter()
+        .rev()
+        .find(|e| e["user_id"] == user && e["kind"] == "start")
+        .and_then(|e| e["item_id"].as_str())
+        .expect("a started goal")
+        .to_owned();
+    let outcomes = |cluster: &Cluster| {
+        metric_or_zero(
+            cluster,
+            owner,
+            r#"momentum_model_online_outcomes{model="success"}"#,
+        )
+    };
+    let before = outcomes(&cluster);
+    let (status, predicted) = cluster.read(
+        (owner + 1) % 3,
+        &format!("/v1/users/{user}/predictions/success?goal_id={goal}"),
+    );
+    assert_eq!(status, 200, "{predicted}");
+    let complete = json!([{"event_id": "outcome-1", "user_id": user, "item_id": goal,
+                           "kind": "complete", "ts": crate::predictions::now_ms()}]);
+    let (status, body) = cluster.post((owner + 2) % 3, &complete);
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outcomes(&cluster) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the owner did not compare the outcome with its prediction"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The leader dies: its successor leads, and trains the next version from the log.
+    cluster.kill(leader);
+    let owners = cluster.wait_converged(records + 1, Duration::from_secs(60));
+    let successor = owners[&0].0;
+    let (status, next) = admin_request(
+        &cluster.client,
+        reqwest::Method::POST,
+        &cluster.url(successor, "/v1/models/train?wait=true"),
+    );
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["report"]["models"][0]["version"], 2, "{next}");
+    assert_eq!(next["report"]["users"], 239, "{next}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in cluster.alive().collect::<Vec<_>>() {
+        loop {
+            let (_, models) = cluster.get(n, "/v1/models");
+            let versions = models["models"][0]["versions"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if versions == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {n}: {models}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -116,6 +116,34 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(crate) async fn put_model_version(
+        &self,
+        version: u64,
+        new: &NewModelVersion<'_>,
+    ) -> Result<bool> {
+        let name = new.name.to_owned();
+        let record = encode_model(new)?;
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let stored = {
+                let mut models = txn.open_table(MODELS).map_err(db_err)?;
+                let exists = models
+                    .get((name.as_str(), version))
+                    .map_err(db_err)?
+                    .is_some();
+                if !exists {
+                    models
+                        .insert((name.as_str(), version), record.as_slice())
+                        .map_err(db_err)?;
+                }
+                !exists
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(stored)
+        })
+        .await
+    }
+
     pub(crate) async fn model_versions(&self, name: Option<&str>) -> Result<Vec<ModelVersionRow>> {
         let name = name.map(str::to_owned);
         self.run(move |db| {

@@ -47,6 +47,35 @@ impl PostgresStore {
         }
     }
 
+    pub(crate) async fn put_model_version(
+        &self,
+        version: u64,
+        new: &NewModelVersion<'_>,
+    ) -> Result<bool> {
+        let version = to_i64(version, "version")?;
+        let parent = new
+            .parent_version
+            .map(|v| to_i64(v, "version"))
+            .transpose()?;
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_opt(
+                "INSERT INTO models (name, version, created_ms, parent_version, metadata, bytes) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING version",
+                &[
+                    &new.name,
+                    &version,
+                    &new.created_ms,
+                    &parent,
+                    new.metadata,
+                    &new.bytes,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.is_some())
+    }
+
     pub(crate) async fn model_versions(&self, name: Option<&str>) -> Result<Vec<ModelVersionRow>> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let rows = client
