@@ -20,6 +20,7 @@
 
 pub mod bridge;
 pub mod consumer;
+pub mod experiments;
 pub mod item_model;
 pub mod items;
 pub mod settings;
@@ -123,6 +124,10 @@ pub struct LoggedEvent {
     /// A [`PROFILE_KIND`] record: the user's new profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<UserProfile>,
+    /// The recommendation the event responds to: the owner attributes it to an experiment's
+    /// variant as it applies it ([`experiments`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation_id: Option<String>,
 }
 
 /// The `kind` of an events-topic record that replaces a user's profile (`PUT /v1/users/{id}`).
@@ -133,7 +138,8 @@ pub const ERASE_KIND: &str = "erase";
 /// What a record of the events topic asks of its user's owner, in the partition's order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Logged {
-    Event(NewEvent),
+    /// An event and the recommendation it responds to.
+    Event(NewEvent, Option<String>),
     Profile {
         user_id: String,
         profile: UserProfile,
@@ -154,6 +160,7 @@ impl LoggedEvent {
             value: None,
             ts_ms,
             profile: Some(profile),
+            recommendation_id: None,
         }
     }
 
@@ -167,6 +174,7 @@ impl LoggedEvent {
             value: None,
             ts_ms,
             profile: None,
+            recommendation_id: None,
         }
     }
 
@@ -181,7 +189,11 @@ impl LoggedEvent {
             ERASE_KIND => Some(Logged::Erase {
                 user_id: self.user_id,
             }),
-            _ => self.into_event(index).map(Logged::Event),
+            _ => {
+                let recommendation_id = self.recommendation_id.clone();
+                self.into_event(index)
+                    .map(|event| Logged::Event(event, recommendation_id))
+            }
         }
     }
 
@@ -194,6 +206,7 @@ impl LoggedEvent {
             value: e.value,
             ts_ms: e.ts_ms,
             profile: None,
+            recommendation_id: None,
         }
     }
 
@@ -422,9 +435,8 @@ pub struct Cluster {
     item_model: item_model::ModelSync,
     /// The connection to the cluster's predictive model versions ([`training`]).
     model_versions: training::VersionSync,
-    /// The node's analytics, set once at start: the owner compares goal outcomes with the
-    /// predictions it served as it applies events ([`crate::analytics::observe_outcomes`]).
-    analytics: std::sync::OnceLock<Arc<crate::analytics::Shared>>,
+    /// The connection to the cluster's experiments ([`experiments`]).
+    experiments: experiments::ExperimentSync,
     /// The next offset of the items topic this node will apply (what it applied is below).
     items_applied: AtomicI64,
     metrics: ClusterMetrics,
@@ -481,7 +493,7 @@ impl Cluster {
             bridge: bridge::BridgeStatus::default(),
             item_model: item_model::ModelSync::default(),
             model_versions: training::VersionSync::default(),
-            analytics: std::sync::OnceLock::new(),
+            experiments: experiments::ExperimentSync::default(),
             items_applied: AtomicI64::new(0),
             settings,
             producer,
@@ -518,13 +530,9 @@ impl Cluster {
         &self.item_model
     }
 
-    /// Hands the node's analytics to the consumer (once; later calls do nothing).
-    pub fn set_analytics(&self, shared: Arc<crate::analytics::Shared>) {
-        let _ = self.analytics.set(shared);
-    }
-
-    pub fn analytics(&self) -> Option<&Arc<crate::analytics::Shared>> {
-        self.analytics.get()
+    /// The cluster's experiments ([`experiments`]).
+    pub fn experiments(&self) -> &experiments::ExperimentSync {
+        &self.experiments
     }
 
     /// The cluster's predictive model versions ([`training`]).
@@ -703,8 +711,20 @@ impl Cluster {
     /// that does not confirm within `cluster.produce_timeout_ms` — is an error and nothing
     /// is acknowledged to the client; a retry with the same event ids is deduplicated by the
     /// owner.
-    pub async fn produce(&self, events: &[NewEvent]) -> Result<(), Error> {
-        let records: Vec<LoggedEvent> = events.iter().map(LoggedEvent::from_event).collect();
+    /// `recommendation_ids` are the events' (in order; missing ones are `None`).
+    pub async fn produce(
+        &self,
+        events: &[NewEvent],
+        recommendation_ids: &[Option<String>],
+    ) -> Result<(), Error> {
+        let records: Vec<LoggedEvent> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| LoggedEvent {
+                recommendation_id: recommendation_ids.get(i).cloned().flatten(),
+                ..LoggedEvent::from_event(e)
+            })
+            .collect();
         self.log(&records).await?;
         self.metrics.events_produced.inc_by(events.len() as u64);
         Ok(())
@@ -781,6 +801,22 @@ impl Cluster {
                 *slot = Some(record);
             }
         }
+    }
+
+    /// The other nodes that serve a partition now, as the owners topic names them (one record
+    /// each, by node id).
+    pub fn other_serving_nodes(&self) -> Vec<OwnerRecord> {
+        let mut nodes: Vec<OwnerRecord> = Vec::new();
+        for owner in self.owners.read().iter().flatten() {
+            if owner.ready
+                && owner.node_id != self.settings.node_id
+                && !nodes.iter().any(|n| n.node_id == owner.node_id)
+            {
+                nodes.push(owner.clone());
+            }
+        }
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        nodes
     }
 
     /// The owner the owners topic names for `partition`, if another node and ready.

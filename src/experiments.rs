@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use prometheus::IntCounter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use momentum_models::bounded::FifoMap;
 use momentum_models::events::EventKind;
@@ -55,7 +55,7 @@ pub const SERVED_CAPACITY: usize = 1_000_000;
 pub const ATTRIBUTED_CAPACITY: usize = 1_000_000;
 
 /// Whether an experiment assigns users.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Running,
@@ -199,7 +199,7 @@ pub struct VariantView {
 }
 
 /// `GET /v1/experiments/{id}/results`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentResults {
     pub experiment: String,
     pub salt: String,
@@ -212,7 +212,7 @@ pub struct ExperimentResults {
 /// of a pooled two-sided two-proportion z-test against the control, `null` for the control
 /// itself and when the test is undefined (no impressions in either group, or more successes
 /// than impressions).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VariantResults {
     pub name: String,
     pub weight: u32,
@@ -262,6 +262,18 @@ pub struct Attributable<'a> {
     pub recommendation_id: &'a str,
     pub user_id: &'a str,
     pub event_id: Option<&'a str>,
+    pub kind: EventKind,
+}
+
+/// What attribution needs of an event that names a recommendation, kept while the engine owns
+/// the events.
+#[derive(Debug)]
+pub struct Pending {
+    /// The event's index in its batch (as the engine's report names it).
+    pub index: usize,
+    pub recommendation_id: String,
+    pub user_id: String,
+    pub event_id: Option<String>,
     pub kind: EventKind,
 }
 
@@ -357,6 +369,19 @@ impl Experiments {
         def: &ExperimentDef,
         now_ms: i64,
     ) -> Result<ExperimentView, Error> {
+        self.insert(id, salt, def, now_ms, None)
+    }
+
+    /// [`Experiments::create`], or with `stopped_ms` an experiment that ended then (which
+    /// needs no other to be stopped).
+    fn insert(
+        &self,
+        id: &str,
+        salt: Option<&str>,
+        def: &ExperimentDef,
+        now_ms: i64,
+        stopped_ms: Option<i64>,
+    ) -> Result<ExperimentView, Error> {
         let experiment = Experiment::new(salt.unwrap_or(id), def)
             .map_err(|e| Error::bad("invalid_experiment", e.to_string()))?;
         let mut registry = self.set.write();
@@ -365,7 +390,7 @@ impl Experiments {
                 message: format!("experiment {id:?} already exists"),
             });
         }
-        if let Some(running) = &registry.running {
+        if let Some(running) = registry.running.as_ref().filter(|_| stopped_ms.is_none()) {
             return Err(Error::Conflict {
                 message: format!(
                     "experiment {:?} is running; stop it before starting another",
@@ -393,13 +418,47 @@ impl Experiments {
             id: id.to_string(),
             experiment,
             created_ms: now_ms,
-            stopped_ms: AtomicI64::new(-1),
+            stopped_ms: AtomicI64::new(stopped_ms.map_or(-1, |s| s.max(0))),
             variants,
         });
         registry.entries.push(entry.clone());
-        registry.running = Some(entry.clone());
-        tracing::info!(experiment = id, "experiment started");
+        if stopped_ms.is_none() {
+            registry.running = Some(entry.clone());
+            tracing::info!(experiment = id, "experiment started");
+        }
         Ok(entry.view())
+    }
+
+    /// Brings the registry in line with a cluster's experiments (`src/cluster/experiments.rs`),
+    /// in their creation order: an experiment gone from it (or replaced by another of the same
+    /// id) is deleted here, one stopped there is stopped here at the same time, one new here is
+    /// registered as it is there. Counts of experiments that stay are kept.
+    pub fn reconcile(&self, cluster: &[crate::cluster::experiments::StoredExperiment]) {
+        let same = |view: &ExperimentView, c: &crate::cluster::experiments::StoredExperiment| {
+            c.id == view.id && c.created_ms == view.created_ms && c.salt == view.salt
+        };
+        for view in self.list() {
+            if !cluster.iter().any(|c| same(&view, c)) {
+                let _ = self.delete(&view.id);
+            }
+        }
+        for view in self.list() {
+            let stopped = cluster
+                .iter()
+                .find(|c| c.id == view.id)
+                .and_then(|c| c.stopped_ms);
+            if let (Status::Running, Some(stopped_ms)) = (view.status, stopped) {
+                let _ = self.stop(&view.id, stopped_ms);
+            }
+        }
+        let known: HashSet<String> = self.list().into_iter().map(|v| v.id).collect();
+        for c in cluster.iter().filter(|c| !known.contains(&c.id)) {
+            if let Err(error) =
+                self.insert(&c.id, Some(&c.salt), &c.def, c.created_ms, c.stopped_ms)
+            {
+                tracing::error!(experiment = %c.id, %error, "the cluster's experiment cannot be registered here");
+            }
+        }
     }
 
     /// Every experiment, in creation order.
@@ -457,16 +516,43 @@ impl Experiments {
 
     /// Per-variant counts, rates and significance against the control.
     pub fn results(&self, id: &str) -> Result<ExperimentResults, Error> {
+        self.results_adding(id, &[])
+    }
+
+    /// [`Experiments::results`] with the counts of `others` (other nodes' results of the same
+    /// experiment, variants matched by name) added to this server's.
+    pub fn results_adding(
+        &self,
+        id: &str,
+        others: &[ExperimentResults],
+    ) -> Result<ExperimentResults, Error> {
         let entry = self.set.read().find(id)?.clone();
-        let load = |s: &VariantStats| {
-            (
+        let load = |(def, s): (&VariantDef, &VariantStats)| {
+            let mut counts = (
                 s.assignments.load(Ordering::Relaxed),
                 s.impressions.load(Ordering::Relaxed),
                 s.clicks.load(Ordering::Relaxed),
                 s.conversions.load(Ordering::Relaxed),
-            )
+            );
+            for v in others
+                .iter()
+                .flat_map(|o| &o.variants)
+                .filter(|v| v.name == def.name)
+            {
+                counts.0 += v.assignments;
+                counts.1 += v.impressions;
+                counts.2 += v.clicks;
+                counts.3 += v.conversions;
+            }
+            counts
         };
-        let counts: Vec<_> = entry.variants.iter().map(load).collect();
+        let counts: Vec<_> = entry
+            .experiment
+            .variants()
+            .iter()
+            .zip(&entry.variants)
+            .map(load)
+            .collect();
         let control = entry.experiment.control_index();
         let (_, c_impressions, c_clicks, c_conversions) =
             counts.get(control).copied().unwrap_or_default();
@@ -542,6 +628,38 @@ impl Experiments {
                 user: hash64(user_id),
             },
         );
+    }
+
+    /// Attributes the events of `pending` the engine applied, as `report` tells (see the module
+    /// documentation for the rule); `with_event_id` lists the indices of the events handed to
+    /// the engine that had an event id. Returns how many were counted.
+    pub fn attribute_applied(
+        &self,
+        pending: &[Pending],
+        with_event_id: &[usize],
+        report: &momentum_actors::engine::IngestReport,
+    ) -> usize {
+        let refused: HashSet<usize> = report.rejected.iter().map(|r| r.index).collect();
+        let with_id_not_refused = with_event_id
+            .iter()
+            .filter(|i| !refused.contains(i))
+            .count();
+        let events: Vec<Attributable<'_>> = pending
+            .iter()
+            .filter(|p| !refused.contains(&p.index))
+            .map(|p| Attributable {
+                recommendation_id: &p.recommendation_id,
+                user_id: &p.user_id,
+                event_id: p.event_id.as_deref(),
+                kind: p.kind,
+            })
+            .collect();
+        self.attribute(
+            &events,
+            BatchDedupe {
+                applied_with_event_id: with_id_not_refused.saturating_sub(report.duplicates),
+            },
+        )
     }
 
     /// Attributes the applied events of one batch (see the module documentation for the rule);
@@ -686,6 +804,62 @@ mod tests {
         assert!(matches!(x.get("e1"), Err(Error::UnknownExperiment { .. })));
         assert!(x.create("one-too-many", Some("salt"), &d, 5).is_ok());
         assert_eq!(x.list().len(), MAX_EXPERIMENTS);
+    }
+
+    /// A node brought in line with the cluster's experiments: new ones registered as they are
+    /// there (stopped ones too, while another runs), stopped ones stopped at the same time,
+    /// gone or replaced ones deleted, and the counts of those that stay kept.
+    #[test]
+    fn the_registry_follows_the_clusters_experiments() {
+        use crate::cluster::experiments::StoredExperiment;
+        let (x, _prom) = registry();
+        let stored = |id: &str, created_ms: i64, stopped_ms: Option<i64>| StoredExperiment {
+            id: id.into(),
+            salt: format!("salt-{id}"),
+            def: def(&[("control", 1), ("treatment", 1)]),
+            created_ms,
+            stopped_ms,
+        };
+        x.reconcile(&[stored("old", 1, Some(2)), stored("now", 3, None)]);
+        let views = x.list();
+        let seen: Vec<(&str, &str, Status, Option<i64>)> = views
+            .iter()
+            .map(|v| (v.id.as_str(), v.salt.as_str(), v.status, v.stopped_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("old", "salt-old", Status::Stopped, Some(2)),
+                ("now", "salt-now", Status::Running, None)
+            ]
+        );
+        let a = x.variant_for("alice").expect("running");
+        assert_eq!(a.experiment(), "now");
+        x.record_served(&a, REC, "alice");
+        x.reconcile(&[stored("old", 1, Some(2)), stored("now", 3, None)]);
+        assert_eq!(
+            x.results("now").expect("results").variants[a.variant].assignments,
+            1
+        );
+        // Stopped there, then a new one started: both here, in that order.
+        x.reconcile(&[stored("now", 3, Some(4)), stored("next", 5, None)]);
+        assert!(matches!(x.get("old"), Err(Error::UnknownExperiment { .. })));
+        assert_eq!(x.get("now").expect("kept").stopped_ms, Some(4));
+        assert_eq!(
+            x.results("now").expect("kept").variants[a.variant].assignments,
+            1,
+            "counts stay"
+        );
+        assert_eq!(
+            x.variant_for("alice").expect("running").experiment(),
+            "next"
+        );
+        // Deleted and created again under the same id: a new experiment here too.
+        x.reconcile(&[stored("next", 9, None)]);
+        assert_eq!(x.get("next").expect("there").created_ms, 9);
+        assert_eq!(x.list().len(), 1);
+        x.reconcile(&[]);
+        assert!(x.list().is_empty() && x.variant_for("alice").is_none());
     }
 
     #[test]

@@ -223,9 +223,6 @@ async fn build_state(settings: Settings) -> Result<Arc<AppState>, Error> {
     } else {
         None
     };
-    if let Some(cluster) = &cluster {
-        cluster.set_analytics(analytics.shared().clone());
-    }
     if settings.security.model_key.is_empty() {
         tracing::warn!(
             "security.model_key is not set: models cannot be trained, stored or loaded \

@@ -20,7 +20,7 @@ use momentum_models::events::{EventKind, KindWeights};
 
 use crate::api::{read_json_body, validate_id};
 use crate::error::Error;
-use crate::experiments::{Attributable, BatchDedupe};
+use crate::experiments::Pending;
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -231,49 +231,6 @@ fn validate_all(
     Ok((valid, rejected))
 }
 
-/// What attribution needs of an event that names a recommendation, kept while the engine owns
-/// the events.
-#[derive(Debug)]
-struct Pending {
-    index: usize,
-    recommendation_id: String,
-    user_id: String,
-    event_id: Option<String>,
-    kind: EventKind,
-}
-
-/// Attributes the events of `pending` the engine applied (see [`crate::experiments`]).
-/// `with_event_id` lists the indices of the events handed to the engine that had an event id.
-fn attribute(
-    state: &AppState,
-    pending: &[Pending],
-    with_event_id: &[usize],
-    report: &momentum_actors::engine::IngestReport,
-) {
-    let refused: std::collections::HashSet<usize> =
-        report.rejected.iter().map(|r| r.index).collect();
-    let with_id_not_refused = with_event_id
-        .iter()
-        .filter(|i| !refused.contains(i))
-        .count();
-    let events: Vec<Attributable<'_>> = pending
-        .iter()
-        .filter(|p| !refused.contains(&p.index))
-        .map(|p| Attributable {
-            recommendation_id: &p.recommendation_id,
-            user_id: &p.user_id,
-            event_id: p.event_id.as_deref(),
-            kind: p.kind,
-        })
-        .collect();
-    state.experiments.attribute(
-        &events,
-        BatchDedupe {
-            applied_with_event_id: with_id_not_refused.saturating_sub(report.duplicates),
-        },
-    );
-}
-
 async fn post_events(
     req: HttpRequest,
     payload: web::Payload,
@@ -312,7 +269,7 @@ async fn post_events(
         valid.push(event);
     }
     if let Some(cluster) = &state.cluster {
-        return logged_to_cluster(&state, cluster, valid, rejected).await;
+        return logged_to_cluster(&state, cluster, valid, &recommendation_ids, rejected).await;
     }
     state.analytics.observe_events(&state.engine, &valid);
     let report = if valid.is_empty() {
@@ -321,7 +278,9 @@ async fn post_events(
         state.journal.record(valid, recommendation_ids).await?
     };
     if !pending.is_empty() {
-        attribute(&state, &pending, &with_event_id, &report);
+        state
+            .experiments
+            .attribute_applied(&pending, &with_event_id, &report);
     }
     rejected.extend(report.rejected);
     rejected.sort_by_key(|r| r.index);
@@ -357,6 +316,7 @@ async fn logged_to_cluster(
     state: &AppState,
     cluster: &crate::cluster::Cluster,
     valid: Vec<NewEvent>,
+    recommendation_ids: &[Option<String>],
     mut rejected: Vec<Rejection>,
 ) -> Result<HttpResponse, Error> {
     rejected.sort_by_key(|r| r.index);
@@ -374,7 +334,7 @@ async fn logged_to_cluster(
             "rejected": rejected_json,
         })));
     }
-    cluster.produce(&valid).await?;
+    cluster.produce(&valid, recommendation_ids).await?;
     Ok(HttpResponse::Ok().json(json!({
         "accepted": valid.len(),
         "duplicates": 0,

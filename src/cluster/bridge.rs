@@ -358,7 +358,7 @@ fn produce(
     }
     let mut backoff = Duration::from_millis(100);
     loop {
-        match runtime.block_on(cluster.produce(chunk)) {
+        match runtime.block_on(cluster.produce(chunk, &[])) {
             Ok(()) => {
                 cluster.metrics().bridge_events.inc_by(chunk.len() as u64);
                 chunk.clear();

@@ -30,12 +30,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
-use momentum_actors::engine::NewEvent;
+use momentum_actors::engine::{IngestReport, NewEvent};
 use momentum_actors::{ActorError, Engine};
 
 use super::snapshots::SnapshotStore;
 use super::{partition_of, unix_ms, Cluster, Logged, LoggedEvent, PartitionSlot, PartitionState};
 use crate::error::Error;
+use crate::experiments::Pending;
 
 /// A change of assignment, recorded by the callback and carried out by the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,12 +215,12 @@ pub fn start(
         }
         // Item knowledge first: a new owner waits for it before replaying.
         if let Err(error) =
-            super::items::start(cluster.clone(), state, engine.clone(), stop.clone())
+            super::items::start(cluster.clone(), state.clone(), engine.clone(), stop.clone())
         {
             tracing::error!(%error, "cannot start the cluster items thread");
             return;
         }
-        if let Err(error) = run(&cluster, &engine, &stop, runtime) {
+        if let Err(error) = run(&cluster, &state, &engine, &stop, runtime) {
             tracing::error!(%error, "cluster membership stopped");
         }
     })
@@ -303,6 +304,7 @@ fn consumer(cluster: &Cluster) -> KafkaResult<BaseConsumer<Membership>> {
 
 fn run(
     cluster: &Cluster,
+    state: &std::sync::Weak<crate::AppState>,
     engine: &Engine,
     stop: &Stop,
     runtime: &tokio::runtime::Runtime,
@@ -397,7 +399,15 @@ fn run(
                 }
             }
         }
-        apply(cluster, engine, runtime, &mut batch, &silent_until, stop);
+        apply(
+            cluster,
+            state,
+            engine,
+            runtime,
+            &mut batch,
+            &silent_until,
+            stop,
+        );
         // Readiness: a restoring partition is ready once it reached the end of the log as it
         // was at (about) its assignment.
         restoring.retain_mut(|(p, since, target)| {
@@ -498,6 +508,7 @@ fn item_side_applied(
 /// event of the log is never skipped).
 fn apply(
     cluster: &Cluster,
+    state: &std::sync::Weak<crate::AppState>,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
     batch: &mut Vec<Polled>,
@@ -516,10 +527,10 @@ fn apply(
             }
         };
         let events = std::mem::take(&mut run);
-        apply_events(cluster, engine, runtime, events, silent_until, stop);
+        apply_events(cluster, state, engine, runtime, events, silent_until, stop);
         apply_user_record(cluster, engine, runtime, user_record, silent_until, stop);
     }
-    apply_events(cluster, engine, runtime, run, silent_until, stop);
+    apply_events(cluster, state, engine, runtime, run, silent_until, stop);
 }
 
 /// Whether a polled record is to be applied: its partition is still in the assignment it was
@@ -651,8 +662,11 @@ pub(super) fn forget_rowless(
 }
 
 /// Applies a run of events (no profile or erasure among them) and publishes their item side.
+/// Events seen for the first time (not replayed) are also compared with the success
+/// predictions served here and attributed to the experiment variants served here.
 fn apply_events(
     cluster: &Cluster,
+    state: &std::sync::Weak<crate::AppState>,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
     batch: Vec<Polled>,
@@ -667,6 +681,8 @@ fn apply_events(
     // oldest published event was logged (for the staleness every node measures).
     let mut tags: Vec<(u32, i64, i64)> = Vec::new();
     let mut positions: Vec<(u32, i64)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut with_event_id: Vec<usize> = Vec::new();
     for polled in batch {
         let p = polled.partition;
         if !current(slots, &polled) {
@@ -674,10 +690,24 @@ fn apply_events(
         }
         positions.push((p, polled.offset));
         match polled.record {
-            Some(Logged::Event(event)) if partition_of(&event.user_id, partitions) == p => {
+            Some(Logged::Event(event, recommendation_id))
+                if partition_of(&event.user_id, partitions) == p =>
+            {
                 if polled.offset <= silent_until[p as usize] {
                     silent.push(event);
                 } else {
+                    if event.event_id.is_some() {
+                        with_event_id.push(event.index);
+                    }
+                    if let Some(recommendation_id) = recommendation_id {
+                        pending.push(Pending {
+                            index: event.index,
+                            recommendation_id,
+                            user_id: event.user_id.clone(),
+                            event_id: event.event_id.clone(),
+                            kind: event.kind,
+                        });
+                    }
                     match tags.iter_mut().find(|t| t.0 == p) {
                         Some(tag) => {
                             tag.1 = tag.1.max(polled.offset);
@@ -701,10 +731,17 @@ fn apply_events(
     // Silent events come first: within a partition they precede every published one.
     let _ = record(cluster, engine, runtime, silent);
     // Outcomes of goals this node predicted (replayed events were seen by an earlier owner).
-    if let Some(analytics) = cluster.analytics() {
-        crate::analytics::observe_outcomes(analytics, engine, &published);
+    let state = state.upgrade();
+    if let Some(state) = &state {
+        crate::analytics::observe_outcomes(state.analytics.shared(), engine, &published);
     }
-    let deltas = record(cluster, engine, runtime, published);
+    let (report, deltas) = record(cluster, engine, runtime, published);
+    if let (Some(state), false) = (&state, pending.is_empty()) {
+        state
+            .experiments
+            .attribute_applied(&pending, &with_event_id, &report);
+    }
+    drop(state);
     let mut encoded = super::items::encode(engine, partitions, &deltas);
     // Every partition with published events gets a record, rows or not: its tag is how every
     // node knows its item statistics caught up with the partition (`GET /v1/cluster`).
@@ -729,15 +766,15 @@ fn apply_events(
     }
 }
 
-/// Applies events to their users' rows; returns the item side.
+/// Applies events to their users' rows; returns what the engine said and the item side.
 fn record(
     cluster: &Cluster,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
     events: Vec<NewEvent>,
-) -> Vec<momentum_actors::messages::RowDelta> {
+) -> (IngestReport, Vec<momentum_actors::messages::RowDelta>) {
     if events.is_empty() {
-        return Vec::new();
+        return Default::default();
     }
     match until_admitted(runtime, || engine.record_events_detached(events.clone())) {
         Ok((report, deltas)) => {
@@ -745,11 +782,11 @@ fn record(
                 .metrics()
                 .events_duplicate
                 .inc_by(report.duplicates as u64);
-            deltas
+            (report, deltas)
         }
         Err(error) => {
             tracing::error!(%error, "applying owned events failed");
-            Vec::new()
+            Default::default()
         }
     }
 }

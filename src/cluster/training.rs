@@ -82,22 +82,39 @@ impl WindowFold {
                     self.erased += 1;
                 }
             }
-            kind => {
-                if EventKind::parse(kind).is_none() {
-                    return;
-                }
-                let log = self.users.entry(record.user_id).or_default();
-                if let Some(id) = &record.event_id {
-                    if !log.ids.insert(id.clone()) {
-                        self.duplicates += 1;
-                        return;
-                    }
-                }
-                if (self.from_ms..=self.to_ms).contains(&record.ts_ms) {
-                    log.events.push((record.item_id, record.kind, record.ts_ms));
-                    self.events += 1;
-                }
+            _ => self.push_event(
+                record.user_id,
+                record.event_id,
+                record.item_id,
+                record.kind,
+                record.ts_ms,
+            ),
+        }
+    }
+
+    /// Adds one event (a single node's log holds events only, repeats included: it is
+    /// written before the events are applied).
+    pub fn push_event(
+        &mut self,
+        user_id: String,
+        event_id: Option<String>,
+        item_id: Option<String>,
+        kind: String,
+        ts_ms: i64,
+    ) {
+        if EventKind::parse(&kind).is_none() {
+            return;
+        }
+        let log = self.users.entry(user_id).or_default();
+        if let Some(id) = event_id {
+            if !log.ids.insert(id) {
+                self.duplicates += 1;
+                return;
             }
+        }
+        if (self.from_ms..=self.to_ms).contains(&ts_ms) {
+            log.events.push((item_id, kind, ts_ms));
+            self.events += 1;
         }
     }
 
@@ -423,6 +440,7 @@ mod tests {
             value: None,
             ts_ms,
             profile: None,
+            recommendation_id: None,
         }
     }
 

@@ -280,8 +280,8 @@ async fn build_in_cluster(
 }
 
 /// Every node in a cluster: reads the cluster's model every `cluster.item_model_poll_secs`
-/// and installs a newer one, and copies the cluster's predictive model versions, until the
-/// state is gone.
+/// and installs a newer one, copies the cluster's predictive model versions and brings the
+/// experiments in line with the cluster's, until the state is gone.
 async fn follow(state: Weak<AppState>, every: Duration) {
     loop {
         let Some(state) = state.upgrade() else {
@@ -298,7 +298,14 @@ async fn follow(state: Weak<AppState>, every: Duration) {
                 "reading the cluster's item model"
             ),
         }
-        // The predictive models ride along (`src/cluster/training.rs`).
+        // The experiments ride along (`src/cluster/experiments.rs`).
+        if let Err(error) = crate::api::experiments::sync(&state, &cluster).await {
+            tracing::warn!(
+                error = %crate::error::Report(&error),
+                "reading the cluster's experiments"
+            );
+        }
+        // So do the predictive models (`src/cluster/training.rs`).
         if let Err(error) =
             crate::analytics::copy_cluster_versions(state.analytics.shared(), &cluster).await
         {

@@ -28,7 +28,7 @@ use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER}
 use crate::analytics::drift::Reference;
 use crate::analytics::registry::{LiveModel, RowCounts, VersionMetadata};
 use crate::analytics::Shared;
-use crate::cluster::training::{read_window, ClusterVersion, ReadError};
+use crate::cluster::training::{read_window, ClusterVersion, ReadError, WindowFold};
 use crate::cluster::Cluster;
 use crate::error::Report;
 use crate::store::analytics::NewModelVersion;
@@ -243,14 +243,15 @@ impl Job for TrainingJob {
     }
 }
 
-/// The window's events from the store's log (a single node).
+/// The window's events from the store's log (a single node), each user's repeated
+/// `event_id` once.
 async fn read_store(
     shared: &Arc<Shared>,
     from_ms: i64,
     now_ms: i64,
 ) -> Result<HistoryBuilder, JobError> {
     let max_events = shared.config.trainer.max_events;
-    let mut builder = HistoryBuilder::default();
+    let mut fold = WindowFold::new(from_ms, now_ms);
     let mut after = 0;
     loop {
         let (page, last) = shared
@@ -258,17 +259,22 @@ async fn read_store(
             .events_in_window(from_ms, after, PAGE)
             .await
             .map_err(|e| JobError::failed("reading the event log", e))?;
-        for e in &page {
-            let e = &e.event;
-            if e.ts_ms <= now_ms {
-                builder.push(&e.user_id, e.item_id.as_deref(), &e.kind, e.ts_ms);
-            }
+        let exhausted = page.is_empty() && last == after;
+        for e in page {
+            let e = e.event;
+            fold.push_event(e.user_id, e.event_id, e.item_id, e.kind, e.ts_ms);
         }
-        if builder.events > max_events {
+        if fold.events > max_events {
             return Err(too_many_events(max_events));
         }
-        if page.is_empty() && last == after {
-            return Ok(builder);
+        if exhausted {
+            if fold.duplicates > 0 {
+                tracing::info!(
+                    duplicates = fold.duplicates,
+                    "repeated events of the log not trained on"
+                );
+            }
+            return Ok(fold.into_builder());
         }
         after = last;
     }

@@ -1759,6 +1759,12 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
     assert_eq!(trained["events"], single["events"], "{trained}\n{single}");
     assert_eq!(trained["users"], single["users"]);
     assert_eq!(trained["users"].as_u64(), Some(239), "one user erased");
+    let kept = events.iter().filter(|e| e["user_id"] != erased).count();
+    assert_eq!(
+        trained["events"].as_u64(),
+        Some(kept as u64),
+        "each event once"
+    );
     for (t, s) in trained["models"]
         .as_array()
         .expect("models")
@@ -1911,4 +1917,172 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// `POST path` with the admin key and a JSON body on `url`; status and body.
+fn admin_post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> (u16, Value) {
+    let res = client
+        .post(url)
+        .header("x-admin-key", ADMIN_KEY)
+        .json(body)
+        .send()
+        .expect("admin request");
+    let status = res.status().as_u16();
+    (status, res.json().unwrap_or(Value::Null))
+}
+
+/// A/B experiments in a cluster: an experiment created on one node is the cluster's (the
+/// conflicts a single node refuses are refused across nodes), every node assigns users to the
+/// same variants, the owner that served a recommendation attributes the events that name it
+/// wherever they are posted (a repeated event id once), and the results asked of any node are
+/// every node's counts summed: equal to a single node's given the same reads and events.
+/// Stopping and deleting through other nodes reach every node.
+#[test]
+fn experiments_are_the_clusters_and_their_results_sum_every_node() {
+    let cluster = Cluster::three_nodes("experiments", "x");
+    let reference = reference_server();
+    let single = reqwest::blocking::Client::new();
+    let events = workload(31, 60, 20, 600, 1_700_000_000_000);
+    let mut records = cluster.post_all(&events, &reference);
+    cluster.wait_converged(records, Duration::from_secs(60));
+
+    let def = json!({"id": "exp-c", "variants": [
+        {"name": "control", "weight": 50},
+        {"name": "treatment", "weight": 50, "hybrid_weights": {"cf": 0.3, "content": 0.7}}
+    ]});
+    let (status, created) = admin_post(&cluster.client, &cluster.url(0, "/v1/experiments"), &def);
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "running");
+    let (status, body) = admin_post(&single, &reference.url("/v1/experiments"), &def);
+    assert_eq!(status, 201, "{body}");
+    // What one node refuses, every node refuses.
+    let other = json!({"id": "exp-d", "variants": [{"name": "a", "weight": 1}]});
+    let (status, body) = admin_post(&cluster.client, &cluster.url(1, "/v1/experiments"), &other);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("exp-c")));
+    let (status, body) = admin_post(&cluster.client, &cluster.url(2, "/v1/experiments"), &def);
+    assert_eq!(status, 409, "{body}");
+    let bad = json!({"id": "exp-e", "variants": [{"name": "a", "weight": 0}]});
+    let (status, body) = admin_post(&cluster.client, &cluster.url(2, "/v1/experiments"), &bad);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_experiment"))
+    );
+    for n in 0..3 {
+        let (status, listed) = admin_request(
+            &cluster.client,
+            reqwest::Method::GET,
+            &cluster.url(n, "/v1/experiments"),
+        );
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed["experiments"], json!([created.clone()]), "node {n}");
+    }
+
+    // Reads through every node, events naming them through other nodes (clicks of every
+    // second user, posted twice for every fourth), the same on the single node.
+    let mut variants = BTreeMap::new();
+    for u in 0..60 {
+        let user = format!("user-{u}");
+        let path = format!("/v1/users/{user}/recommendations?n=3");
+        let (status, served) = cluster.read(u % 3, &path);
+        assert_eq!(status, 200, "{served}");
+        let (_, single_served) = reference_get(&reference)(&path);
+        assert_eq!(served["experiment"], "exp-c", "{served}");
+        assert_eq!(served["variant"], single_served["variant"], "{user}");
+        variants.insert(user.clone(), served["variant"].clone());
+        let respond = |served: &Value, kind: &str, id: String| {
+            json!([{"event_id": id, "user_id": user, "item_id": "goal-1", "kind": kind,
+                    "ts": 1_700_000_100_000i64,
+                    "recommendation_id": served["recommendation_id"]}])
+        };
+        let mut posts = vec![(
+            respond(&served, "impression", format!("imp-{u}")),
+            respond(&single_served, "impression", format!("imp-{u}")),
+        )];
+        if u % 2 == 0 {
+            posts.push((
+                respond(&served, "click", format!("clk-{u}")),
+                respond(&single_served, "click", format!("clk-{u}")),
+            ));
+        }
+        if u % 4 == 0 {
+            posts.push(posts[1].clone());
+        }
+        for (i, (batch, single_batch)) in posts.iter().enumerate() {
+            let (status, body) = cluster.post((u + 1 + i) % 3, batch);
+            assert_eq!(status, 200, "{body}");
+            reference_post(&reference, single_batch);
+            records += 1;
+        }
+    }
+    assert!(
+        variants.values().any(|v| v == "control") && variants.values().any(|v| v == "treatment"),
+        "{variants:?}"
+    );
+    cluster.wait_converged(records, Duration::from_secs(60));
+    let (status, expected) = admin_request(
+        &single,
+        reqwest::Method::GET,
+        &reference.url("/v1/experiments/exp-c/results"),
+    );
+    assert_eq!(status, 200, "{expected}");
+    let impressions: u64 = expected["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .map(|v| v["impressions"].as_u64().expect("impressions"))
+        .sum();
+    assert_eq!(impressions, 60, "{expected}");
+    for n in 0..3 {
+        let (status, results) = admin_request(
+            &cluster.client,
+            reqwest::Method::GET,
+            &cluster.url(n, "/v1/experiments/exp-c/results"),
+        );
+        assert_eq!(status, 200, "{results}");
+        assert_eq!(results, expected, "node {n}");
+    }
+
+    // Stopped through one node: no node assigns any more. Deleted through another: gone
+    // everywhere.
+    let (status, stopped) = admin_post(
+        &cluster.client,
+        &cluster.url(1, "/v1/experiments/exp-c/stop"),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for u in 0..6 {
+        let path = format!("/v1/users/user-{u}/recommendations?n=3");
+        loop {
+            let (status, served) = cluster.read(u % 3, &path);
+            assert_eq!(status, 200, "{served}");
+            if served["experiment"].is_null() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still assigned: {served}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let res = cluster
+        .client
+        .delete(cluster.url(2, "/v1/experiments/exp-c"))
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .expect("DELETE");
+    assert_eq!(res.status().as_u16(), 204);
+    for n in 0..3 {
+        let (status, body) = admin_request(
+            &cluster.client,
+            reqwest::Method::GET,
+            &cluster.url(n, "/v1/experiments/exp-c"),
+        );
+        assert_eq!(status, 404, "node {n}: {body}");
+    }
+    // With none running, a new one may start, through any node.
+    let (status, body) = admin_post(&cluster.client, &cluster.url(1, "/v1/experiments"), &other);
+    assert_eq!(status, 201, "{body}");
 }
