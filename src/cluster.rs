@@ -507,6 +507,11 @@ impl Cluster {
         &self.settings
     }
 
+    /// The `Retry-After` of this node's `503`s.
+    pub fn retry_after(&self) -> u64 {
+        self.retry_after
+    }
+
     pub fn metrics(&self) -> &ClusterMetrics {
         &self.metrics
     }

@@ -90,23 +90,35 @@ impl Shared {
 
 /// Copies the cluster's model versions this node's store lacks into it, under the cluster's
 /// numbers, and puts the newest promoted one of each model in service
-/// ([`crate::cluster::training`]); the number of versions copied. A version that cannot be
-/// opened (another `models.key`) is copied but not served, and logged.
+/// ([`crate::cluster::training`]); the number of versions copied, at most [`COPY_BATCH`] per
+/// model and call. A version that cannot be opened (another `security.model_key`) is copied
+/// but not served, and logged.
 pub async fn copy_cluster_versions(
     shared: &Shared,
     cluster: &crate::cluster::Cluster,
 ) -> Result<usize, Error> {
-    let versions = cluster.model_versions().store(cluster).await?;
+    let versions = cluster.model_versions().get(cluster).await?;
     let mut copied = 0;
     for kind in ModelKind::ALL {
         let name = kind.name();
-        let local = shared
+        let local: std::collections::HashSet<u64> = shared
             .store
             .model_versions(Some(name))
             .await?
-            .last()
-            .map_or(0, |v| v.version);
-        for v in versions.after(name, local, 16).await? {
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        let missing: Vec<u64> = versions
+            .numbers(name)
+            .await?
+            .into_iter()
+            .filter(|v| !local.contains(v))
+            .take(COPY_BATCH)
+            .collect();
+        for number in missing {
+            let Some(v) = versions.get(name, number).await? else {
+                continue;
+            };
             let new = NewModelVersion {
                 name,
                 created_ms: v.created_ms,
@@ -114,7 +126,14 @@ pub async fn copy_cluster_versions(
                 metadata: &v.metadata,
                 bytes: &v.bytes,
             };
-            shared.store.put_model_version(v.version, &new).await?;
+            if !shared.store.put_model_version(v.version, &new).await? {
+                tracing::warn!(
+                    model = name,
+                    version = v.version,
+                    "the local store holds another version of this number; the cluster's is not served here"
+                );
+                continue;
+            }
             copied += 1;
             cluster.metrics().model_versions_copied.inc();
             let row = ModelVersionRow {
@@ -145,13 +164,16 @@ pub async fn copy_cluster_versions(
                 Err(error) => tracing::error!(
                     error = %Report(&error),
                     node = %v.node_id,
-                    "the cluster's model version cannot be served here (is models.key the same on every node?)"
+                    "the cluster's model version cannot be served here (is security.model_key the same on every node?)"
                 ),
             }
         }
     }
     Ok(copied)
 }
+
+/// Versions of a model [`copy_cluster_versions`] copies per call.
+pub const COPY_BATCH: usize = 16;
 
 /// [`Analytics::observe_events`] on the shared part: in a cluster the owner of the user's
 /// partition serves their predictions (reads are forwarded to it), so it is the one that
@@ -488,7 +510,7 @@ impl Analytics {
             let training = JobRunner::new(
                 TrainingJob {
                     shared: shared.clone(),
-                    cluster,
+                    cluster: cluster.clone(),
                 },
                 shared.clock.clone(),
                 Schedule::new(t.interval(), first_training),
@@ -503,6 +525,7 @@ impl Analytics {
                 ChurnScoringJob {
                     shared: shared.clone(),
                     source,
+                    cluster,
                 },
                 shared.clock.clone(),
                 Schedule::new(c.interval(), Some(now + secs(c.first_run_delay_secs))),

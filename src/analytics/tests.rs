@@ -240,6 +240,7 @@ async fn churn_runs_are_idempotent_per_day_on_a_fake_clock() {
     let job = ChurnScoringJob {
         shared: a.shared().clone(),
         source: source.clone(),
+        cluster: None,
     };
     let err = job
         .run(Trigger::Request, NOW)

@@ -116,6 +116,7 @@ fn unavailable_unless_refused(state: &AppState, error: Error) -> Error {
 /// Brings this node's registry in line with the cluster's experiments (cluster mode).
 pub async fn sync(state: &AppState, cluster: &Cluster) -> Result<(), Error> {
     let store = cluster_store(state, cluster).await?;
+    let _in_order = cluster.experiments().lock().await;
     let all = store
         .all()
         .await

@@ -735,12 +735,17 @@ fn apply_events(
     if let Some(state) = &state {
         crate::analytics::observe_outcomes(state.analytics.shared(), engine, &published);
     }
-    let (report, deltas) = record(cluster, engine, runtime, published);
-    if let (Some(state), false) = (&state, pending.is_empty()) {
-        state
-            .experiments
-            .attribute_applied(&pending, &with_event_id, &report);
-    }
+    let deltas = match record(cluster, engine, runtime, published) {
+        Some((report, deltas)) => {
+            if let (Some(state), false) = (&state, pending.is_empty()) {
+                state
+                    .experiments
+                    .attribute_applied(&pending, &with_event_id, &report);
+            }
+            deltas
+        }
+        None => Vec::new(),
+    };
     drop(state);
     let mut encoded = super::items::encode(engine, partitions, &deltas);
     // Every partition with published events gets a record, rows or not: its tag is how every
@@ -766,15 +771,16 @@ fn apply_events(
     }
 }
 
-/// Applies events to their users' rows; returns what the engine said and the item side.
+/// Applies events to their users' rows; returns what the engine said and the item side
+/// (`None`: the engine failed, logged).
 fn record(
     cluster: &Cluster,
     engine: &Engine,
     runtime: &tokio::runtime::Runtime,
     events: Vec<NewEvent>,
-) -> (IngestReport, Vec<momentum_actors::messages::RowDelta>) {
+) -> Option<(IngestReport, Vec<momentum_actors::messages::RowDelta>)> {
     if events.is_empty() {
-        return Default::default();
+        return Some(Default::default());
     }
     match until_admitted(runtime, || engine.record_events_detached(events.clone())) {
         Ok((report, deltas)) => {
@@ -782,11 +788,11 @@ fn record(
                 .metrics()
                 .events_duplicate
                 .inc_by(report.duplicates as u64);
-            (report, deltas)
+            Some((report, deltas))
         }
         Err(error) => {
             tracing::error!(%error, "applying owned events failed");
-            Default::default()
+            None
         }
     }
 }

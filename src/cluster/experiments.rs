@@ -15,19 +15,14 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use momentum_models::experiment::ExperimentDef;
 
+use super::snapshots::pg;
 use super::Cluster;
 use crate::error::Error;
 
 /// The table, created if missing.
 const TABLE: &str = "momentum_experiments";
-
-fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::failed(format!("cluster experiments: {context}"), e)
-}
 
 /// An experiment as the cluster stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +64,7 @@ impl ExperimentStore {
             )
         })
         .await
-        .map_err(pg("connect"))?;
+        .map_err(pg(TABLE, "connect"))?;
         Ok(ExperimentStore { client, table })
     }
 
@@ -111,8 +106,8 @@ impl ExperimentStore {
                 .client
                 .query_one(&statement, &params)
                 .await
-                .map_err(pg("create"))?,
-            result => result.map_err(pg("create"))?,
+                .map_err(pg(TABLE, "create"))?,
+            result => result.map_err(pg(TABLE, "create"))?,
         };
         let (inserted, taken, running): (i64, i64, Option<String>) =
             (row.get(0), row.get(1), row.get(2));
@@ -150,7 +145,7 @@ impl ExperimentStore {
                 &[&id, &now_ms],
             )
             .await
-            .map_err(pg("stop"))?;
+            .map_err(pg(TABLE, "stop"))?;
         Ok(row.is_some())
     }
 
@@ -163,7 +158,7 @@ impl ExperimentStore {
                 &[&id],
             )
             .await
-            .map_err(pg("delete"))?;
+            .map_err(pg(TABLE, "delete"))?;
         Ok(n > 0)
     }
 
@@ -181,7 +176,7 @@ impl ExperimentStore {
                 &[],
             )
             .await
-            .map_err(pg("load"))?;
+            .map_err(pg(TABLE, "load"))?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -203,32 +198,38 @@ impl ExperimentStore {
             })
             .collect())
     }
+}
 
-    /// Whether the connection is gone (the next use reconnects).
-    pub fn is_closed(&self) -> bool {
+impl super::snapshots::Table for ExperimentStore {
+    fn connect(
+        url: &str,
+        schema: &str,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        ExperimentStore::connect(url, schema)
+    }
+
+    fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
 }
 
-/// This node's connection to the cluster's experiments, made on first use and again once it
-/// closed.
+/// This node's connection to the cluster's experiments, and the lock that keeps its
+/// registry's syncs in order: a sync reads the table and reconciles under it, so a snapshot
+/// read earlier is never applied over one read later.
 #[derive(Debug, Default)]
 pub struct ExperimentSync {
-    store: Mutex<Option<Arc<ExperimentStore>>>,
+    store: super::snapshots::Lazy<ExperimentStore>,
+    sync: tokio::sync::Mutex<()>,
 }
 
 impl ExperimentSync {
     pub async fn store(&self, cluster: &Cluster) -> Result<Arc<ExperimentStore>, Error> {
-        if let Some(store) = self.store.lock().clone().filter(|s| !s.is_closed()) {
-            return Ok(store);
-        }
-        let settings = cluster.settings();
-        let url = settings.snapshot_url().ok_or_else(|| Error::Config {
-            message: "cluster.snapshot_url (or DATABASE_URL) is not set".into(),
-        })?;
-        let store = Arc::new(ExperimentStore::connect(&url, &settings.snapshot_schema).await?);
-        *self.store.lock() = Some(store.clone());
-        Ok(store)
+        self.store.get(cluster).await
+    }
+
+    /// Held while the table is read and the registry reconciled with it.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.sync.lock().await
     }
 }
 

@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use momentum_actors::ease::EaseModel;
 use momentum_actors::Engine;
 
+use super::snapshots::{pg, Lazy};
 use super::Cluster;
 use crate::error::Error;
 
@@ -33,10 +34,6 @@ use crate::error::Error;
 const TABLE: &str = "momentum_item_models";
 /// The row's key (one row: the learned item model).
 const MODEL: &str = "ease";
-
-fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::failed(format!("cluster item model: {context}"), e)
-}
 
 /// The cluster's item model as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +76,7 @@ impl ModelStore {
             )
         })
         .await
-        .map_err(pg("connect"))?;
+        .map_err(pg(TABLE, "connect"))?;
         Ok(ModelStore { client, table })
     }
 
@@ -97,7 +94,7 @@ impl ModelStore {
                 &[&MODEL, &version],
             )
             .await
-            .map_err(pg("load"))?;
+            .map_err(pg(TABLE, "load"))?;
         Ok(row.map(|r| StoredModel {
             version: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
             progress: r.get(1),
@@ -135,12 +132,20 @@ impl ModelStore {
                 &[&MODEL, &next, &progress, &node_id, &built_ms, &body],
             )
             .await
-            .map_err(pg("publish"))?;
+            .map_err(pg(TABLE, "publish"))?;
         Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
+}
 
-    /// Whether the connection is gone (the next use reconnects).
-    pub fn is_closed(&self) -> bool {
+impl super::snapshots::Table for ModelStore {
+    fn connect(
+        url: &str,
+        schema: &str,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        ModelStore::connect(url, schema)
+    }
+
+    fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
 }
@@ -156,7 +161,7 @@ pub struct ModelSync {
     synced: AtomicBool,
     /// The node that built the live model.
     built_by: Mutex<Option<String>>,
-    store: Mutex<Option<Arc<ModelStore>>>,
+    store: Lazy<ModelStore>,
 }
 
 impl Default for ModelSync {
@@ -165,7 +170,7 @@ impl Default for ModelSync {
             progress: AtomicI64::new(-1),
             synced: AtomicBool::new(false),
             built_by: Mutex::new(None),
-            store: Mutex::new(None),
+            store: Lazy::default(),
         }
     }
 }
@@ -193,16 +198,7 @@ impl ModelSync {
 
     /// The connection, made now if there is none or it closed.
     async fn store(&self, cluster: &Cluster) -> Result<Arc<ModelStore>, Error> {
-        if let Some(store) = self.store.lock().clone().filter(|s| !s.is_closed()) {
-            return Ok(store);
-        }
-        let settings = cluster.settings();
-        let url = settings.snapshot_url().ok_or_else(|| Error::Config {
-            message: "cluster.snapshot_url (or DATABASE_URL) is not set".into(),
-        })?;
-        let store = Arc::new(ModelStore::connect(&url, &settings.snapshot_schema).await?);
-        *self.store.lock() = Some(store.clone());
-        Ok(store)
+        self.store.get(cluster).await
     }
 }
 

@@ -33,12 +33,58 @@ impl std::fmt::Debug for SnapshotStore {
     }
 }
 
-fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::failed(format!("partition snapshots: {context}"), e)
+/// A failure of `context` on `table`.
+pub(super) fn pg<'a>(
+    table: &'a str,
+    context: &'a str,
+) -> impl FnOnce(tokio_postgres::Error) -> Error + 'a {
+    move |e| Error::failed(format!("{table}: {context}"), e)
+}
+
+/// A connection to one of the cluster's tables in PostgreSQL.
+pub trait Table: Sized {
+    /// Connects (the connection runs on the current runtime) and creates the table if needed.
+    fn connect(
+        url: &str,
+        schema: &str,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send;
+
+    /// Whether the connection is gone (the next use reconnects).
+    fn is_closed(&self) -> bool;
+}
+
+/// A [`Table`]'s connection, made on first use (at `cluster.snapshot_url`, schema
+/// `cluster.snapshot_schema`) and again once it closed.
+#[derive(Debug)]
+pub struct Lazy<T> {
+    store: parking_lot::Mutex<Option<std::sync::Arc<T>>>,
+}
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Lazy {
+            store: parking_lot::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Table> Lazy<T> {
+    pub async fn get(&self, cluster: &super::Cluster) -> Result<std::sync::Arc<T>, Error> {
+        if let Some(store) = self.store.lock().clone().filter(|s| !s.is_closed()) {
+            return Ok(store);
+        }
+        let settings = cluster.settings();
+        let url = settings.snapshot_url().ok_or_else(|| Error::Config {
+            message: "cluster.snapshot_url (or DATABASE_URL) is not set".into(),
+        })?;
+        let store = std::sync::Arc::new(T::connect(&url, &settings.snapshot_schema).await?);
+        *self.store.lock() = Some(store.clone());
+        Ok(store)
+    }
 }
 
 /// `table` in `schema` as an SQL name (`[A-Za-z0-9_]`, checked by the settings).
-fn qualified(schema: &str, table: &str) -> String {
+pub(super) fn qualified(schema: &str, table: &str) -> String {
     if schema.is_empty() {
         table.to_owned()
     } else {
@@ -94,7 +140,7 @@ impl SnapshotStore {
             )
         })
         .await
-        .map_err(pg("connect"))?;
+        .map_err(pg(TABLE, "connect"))?;
         Ok(SnapshotStore { client, table })
     }
 
@@ -110,7 +156,7 @@ impl SnapshotStore {
                 &[&(partition as i32)],
             )
             .await
-            .map_err(pg("load"))?;
+            .map_err(pg(TABLE, "load"))?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
@@ -139,7 +185,7 @@ impl SnapshotStore {
                 &[&(partition as i32), &offset, &node_id, &written_ms, &body],
             )
             .await
-            .map_err(pg("save"))?;
+            .map_err(pg(TABLE, "save"))?;
         Ok(written == 1)
     }
 

@@ -14,43 +14,50 @@
 //! log (the sum of the partitions' ends the run read up to): a stalled former leader never
 //! stores over its successor. Every node, the leader too, copies new versions into its local
 //! store under the same numbers and puts the promoted ones in service
-//! ([`crate::analytics::Analytics::follow_cluster`]), so every node serves the same models and
+//! ([`crate::analytics::copy_cluster_versions`]), so every node serves the same models and
 //! lists the same versions.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use momentum_models::events::EventKind;
+use momentum_models::hash::md5_u64;
 use momentum_models::training::HistoryBuilder;
 
-use super::{Cluster, ClusterSettings, LoggedEvent, ERASE_KIND, PROFILE_KIND};
+use super::snapshots::pg;
+use super::{ClusterSettings, LoggedEvent, ERASE_KIND, PROFILE_KIND};
 use crate::error::Error;
 
-/// The table, created if missing.
+/// The tables, created if missing: the model versions, and which node scored churn for a
+/// partition on a day.
 const TABLE: &str = "momentum_model_versions";
+const CHURN_TABLE: &str = "momentum_churn_days";
 
 /// The longest a read of the training window may take.
 pub const READ_LIMIT: Duration = Duration::from_secs(600);
 
-/// The events one user has in the window, in log order, and the event ids seen of them.
+/// The events one user has in the window, in log order (time, item + 1 or 0 for none, kind),
+/// and the md5 of their event ids.
 #[derive(Debug, Default)]
 struct UserLog {
-    events: Vec<(Option<String>, String, i64)>,
-    ids: HashSet<String>,
+    events: Vec<(i64, u32, EventKind)>,
+    ids: HashSet<u64>,
 }
 
 /// The records of the events topic folded into the histories the trainer reads, as the owners
 /// apply them: push each partition's records in the partition's order (partitions in any order:
-/// a user's records are all in one partition).
+/// a user's records are all in one partition). Compact — about 16 bytes per event kept and 8
+/// per event id, items interned — and holding only the window's events (a repeat carries its
+/// original's time), so `trainer.max_events` bounds it.
 #[derive(Debug, Default)]
 pub struct WindowFold {
     users: HashMap<String, UserLog>,
+    items: HashMap<String, u32>,
+    item_names: Vec<String>,
     from_ms: i64,
     to_ms: i64,
     /// Events in the window.
@@ -71,8 +78,7 @@ impl WindowFold {
         }
     }
 
-    /// Adds one record. Ids of events outside the window are remembered too: the owner
-    /// refuses their repeats as well.
+    /// Adds one record.
     pub fn push(&mut self, record: LoggedEvent) {
         match record.kind.as_str() {
             PROFILE_KIND => {}
@@ -84,9 +90,9 @@ impl WindowFold {
             }
             _ => self.push_event(
                 record.user_id,
-                record.event_id,
+                record.event_id.as_deref(),
                 record.item_id,
-                record.kind,
+                &record.kind,
                 record.ts_ms,
             ),
         }
@@ -97,25 +103,38 @@ impl WindowFold {
     pub fn push_event(
         &mut self,
         user_id: String,
-        event_id: Option<String>,
+        event_id: Option<&str>,
         item_id: Option<String>,
-        kind: String,
+        kind: &str,
         ts_ms: i64,
     ) {
-        if EventKind::parse(&kind).is_none() {
+        let Some(kind) = EventKind::parse(kind) else {
+            return;
+        };
+        if !(self.from_ms..=self.to_ms).contains(&ts_ms) {
             return;
         }
         let log = self.users.entry(user_id).or_default();
         if let Some(id) = event_id {
-            if !log.ids.insert(id) {
+            if !log.ids.insert(md5_u64(&[id.as_bytes()])) {
                 self.duplicates += 1;
                 return;
             }
         }
-        if (self.from_ms..=self.to_ms).contains(&ts_ms) {
-            log.events.push((item_id, kind, ts_ms));
-            self.events += 1;
-        }
+        let item = match item_id {
+            None => 0,
+            Some(name) => match self.items.get(&name) {
+                Some(&i) => i,
+                None => {
+                    self.item_names.push(name.clone());
+                    let i = self.item_names.len() as u32;
+                    self.items.insert(name, i);
+                    i
+                }
+            },
+        };
+        log.events.push((ts_ms, item, kind));
+        self.events += 1;
     }
 
     /// The trainer's histories: users in id order, each user's events in log order (the order
@@ -129,8 +148,11 @@ impl WindowFold {
         users.sort_by(|a, b| a.0.cmp(&b.0));
         let mut builder = HistoryBuilder::default();
         for (user, log) in users {
-            for (item, kind, ts_ms) in log.events {
-                builder.push(&user, item.as_deref(), &kind, ts_ms);
+            for (ts_ms, item, kind) in log.events {
+                let item = item
+                    .checked_sub(1)
+                    .map(|i| self.item_names[i as usize].as_str());
+                builder.push(&user, item, kind.as_str(), ts_ms);
             }
         }
         builder
@@ -204,10 +226,16 @@ pub fn read_window(
         if started.elapsed() > READ_LIMIT {
             return Err(ReadError::TooSlow(READ_LIMIT));
         }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let message = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Ok(message)) => message,
+            // The client retries on its own; what it reports is logged, and the deadline bounds
+            // the wait.
+            Some(Err(error)) => {
+                tracing::warn!(%error, "reading the training window");
+                continue;
+            }
         };
-        let message = message?;
         let p = message.partition() as usize;
         let offset = message.offset();
         if p >= ends.len() || offset < next[p] || offset >= ends[p] {
@@ -229,16 +257,18 @@ pub fn read_window(
         if fold.events > max_events {
             return Err(ReadError::TooManyEvents(max_events));
         }
+        if next[p] == ends[p] {
+            // Read to its end: what is logged there since is not fetched.
+            let mut done = TopicPartitionList::new();
+            done.add_partition(topic, p as i32);
+            consumer.pause(&done)?;
+        }
     }
     Ok(Window {
         fold,
         progress,
         records,
     })
-}
-
-fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::failed(format!("cluster model versions: {context}"), e)
 }
 
 /// A model version as the cluster stores it.
@@ -257,10 +287,11 @@ pub struct ClusterVersion {
     pub bytes: Vec<u8>,
 }
 
-/// A connection to the cluster's model versions.
+/// A connection to the cluster's model versions and churn-scoring days.
 pub struct VersionStore {
     client: tokio_postgres::Client,
     table: String,
+    churn_table: String,
 }
 
 impl std::fmt::Debug for VersionStore {
@@ -282,9 +313,16 @@ fn to_u64(v: i64) -> u64 {
 impl VersionStore {
     /// Connects (the connection runs on the current runtime) and creates the table if needed.
     pub async fn connect(url: &str, schema: &str) -> Result<VersionStore, Error> {
+        let churn_table = super::snapshots::qualified(schema, CHURN_TABLE);
         let (client, table) = super::snapshots::connect(url, schema, TABLE, |table| {
             format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
+                "CREATE TABLE IF NOT EXISTS {churn_table} (
+                    partition integer NOT NULL,
+                    day text NOT NULL,
+                    node_id text NOT NULL,
+                    claimed_ms bigint NOT NULL,
+                    PRIMARY KEY (partition, day));
+                 CREATE TABLE IF NOT EXISTS {table} (
                     name text NOT NULL,
                     version bigint NOT NULL,
                     progress bigint NOT NULL,
@@ -297,8 +335,51 @@ impl VersionStore {
             )
         })
         .await
-        .map_err(pg("connect"))?;
-        Ok(VersionStore { client, table })
+        .map_err(pg(TABLE, "connect"))?;
+        Ok(VersionStore {
+            client,
+            table,
+            churn_table,
+        })
+    }
+
+    /// Claims the churn scoring of `partitions` on `day` (`YYYY-MM-DD`) for `node_id`; the
+    /// partitions claimed: those no other node scored that day. Claims of days before
+    /// `keep_from` are forgotten.
+    pub async fn claim_churn_day(
+        &self,
+        partitions: &[u32],
+        day: &str,
+        keep_from: &str,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<u32>, Error> {
+        let t = &self.churn_table;
+        self.client
+            .execute(
+                &format!("DELETE FROM {t} WHERE day < $1::text"),
+                &[&keep_from],
+            )
+            .await
+            .map_err(pg(CHURN_TABLE, "prune"))?;
+        let partitions: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "INSERT INTO {t} AS c (partition, day, node_id, claimed_ms)
+                     SELECT p, $2::text, $3::text, $4::bigint FROM unnest($1::int[]) AS p
+                     ON CONFLICT (partition, day) DO UPDATE SET claimed_ms = c.claimed_ms
+                       WHERE c.node_id = EXCLUDED.node_id
+                     RETURNING partition"
+                ),
+                &[&partitions, &day, &node_id, &now_ms],
+            )
+            .await
+            .map_err(pg(CHURN_TABLE, "claim"))?;
+        let mut claimed: Vec<u32> = rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect();
+        claimed.sort_unstable();
+        Ok(claimed)
     }
 
     /// The number the next version of `name` gets.
@@ -313,7 +394,7 @@ impl VersionStore {
                 &[&name],
             )
             .await
-            .map_err(pg("next version"))?;
+            .map_err(pg(TABLE, "next version"))?;
         Ok(to_u64(row.get::<_, i64>(0)) + 1)
     }
 
@@ -351,81 +432,75 @@ impl VersionStore {
                 ],
             )
             .await
-            .map_err(pg("publish"))?;
+            .map_err(pg(TABLE, "publish"))?;
         Ok(row.is_some())
     }
 
-    /// The versions of `name` above `version`, oldest first, at most `limit`.
-    pub async fn after(
-        &self,
-        name: &str,
-        version: u64,
-        limit: usize,
-    ) -> Result<Vec<ClusterVersion>, Error> {
+    /// The numbers of the stored versions of `name`, in order.
+    pub async fn numbers(&self, name: &str) -> Result<Vec<u64>, Error> {
         let rows = self
             .client
             .query(
                 &format!(
-                    "SELECT version, progress, node_id, created_ms, parent_version, metadata,
-                            bytes
-                     FROM {} WHERE name = $1 AND version > $2 ORDER BY version LIMIT $3",
+                    "SELECT version FROM {} WHERE name = $1 ORDER BY version",
                     self.table
                 ),
-                &[
-                    &name,
-                    &to_i64(version),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
+                &[&name],
             )
             .await
-            .map_err(pg("load"))?;
-        rows.into_iter()
-            .map(|r| {
-                let metadata: String = r.get(5);
-                Ok(ClusterVersion {
-                    name: name.to_owned(),
-                    version: to_u64(r.get(0)),
-                    progress: r.get(1),
-                    node_id: r.get(2),
-                    created_ms: r.get(3),
-                    parent_version: r.get::<_, Option<i64>>(4).map(to_u64),
-                    metadata: serde_json::from_str(&metadata).map_err(|source| Error::Json {
-                        what: "stored model metadata".into(),
-                        source,
-                    })?,
-                    bytes: r.get(6),
-                })
-            })
-            .collect()
+            .map_err(pg(TABLE, "list"))?;
+        Ok(rows.iter().map(|r| to_u64(r.get(0))).collect())
     }
 
-    /// Whether the connection is gone (the next use reconnects).
-    pub fn is_closed(&self) -> bool {
+    /// Version `version` of `name`, if stored.
+    pub async fn get(&self, name: &str, version: u64) -> Result<Option<ClusterVersion>, Error> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT progress, node_id, created_ms, parent_version, metadata, bytes
+                     FROM {} WHERE name = $1 AND version = $2",
+                    self.table
+                ),
+                &[&name, &to_i64(version)],
+            )
+            .await
+            .map_err(pg(TABLE, "load"))?;
+        row.map(|r| {
+            let metadata: String = r.get(4);
+            Ok(ClusterVersion {
+                name: name.to_owned(),
+                version,
+                progress: r.get(0),
+                node_id: r.get(1),
+                created_ms: r.get(2),
+                parent_version: r.get::<_, Option<i64>>(3).map(to_u64),
+                metadata: serde_json::from_str(&metadata).map_err(|source| Error::Json {
+                    what: "stored model metadata".into(),
+                    source,
+                })?,
+                bytes: r.get(5),
+            })
+        })
+        .transpose()
+    }
+}
+
+impl super::snapshots::Table for VersionStore {
+    fn connect(
+        url: &str,
+        schema: &str,
+    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
+        VersionStore::connect(url, schema)
+    }
+
+    fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
 }
 
-/// This node's connection to the cluster's model versions, made on first use and again once
-/// it closed.
-#[derive(Debug, Default)]
-pub struct VersionSync {
-    store: Mutex<Option<Arc<VersionStore>>>,
-}
-
-impl VersionSync {
-    pub async fn store(&self, cluster: &Cluster) -> Result<Arc<VersionStore>, Error> {
-        if let Some(store) = self.store.lock().clone().filter(|s| !s.is_closed()) {
-            return Ok(store);
-        }
-        let settings = cluster.settings();
-        let url = settings.snapshot_url().ok_or_else(|| Error::Config {
-            message: "cluster.snapshot_url (or DATABASE_URL) is not set".into(),
-        })?;
-        let store = Arc::new(VersionStore::connect(&url, &settings.snapshot_schema).await?);
-        *self.store.lock() = Some(store.clone());
-        Ok(store)
-    }
-}
+/// This node's connection to the cluster's model versions and churn days.
+pub type VersionSync = super::snapshots::Lazy<VersionStore>;
 
 #[cfg(test)]
 mod tests {
@@ -444,16 +519,20 @@ mod tests {
         }
     }
 
-    fn histories(fold: WindowFold) -> Vec<(String, Vec<i64>)> {
+    /// Each user's events as (time, kind, whether it names a goal).
+    fn histories(fold: WindowFold) -> Vec<(String, Vec<(i64, EventKind, bool)>)> {
         fold.into_builder()
             .finish()
             .into_iter()
-            .map(|(user, h)| (user, h.events.iter().map(|a| a.ts_ms).collect()))
+            .map(|(user, h)| {
+                let events = h.events.iter().map(|a| (a.ts_ms, a.kind, a.goal.is_some()));
+                (user, events.collect())
+            })
             .collect()
     }
 
     /// Repeated ids count once, an erasure takes away what came before it (and its ids),
-    /// profiles are no events, and only the window's events are kept.
+    /// profiles are no events, and only the window's events are kept, with their items.
     #[test]
     fn the_fold_applies_the_log_as_the_owners_do() {
         let mut fold = WindowFold::new(100, 1_000);
@@ -461,9 +540,14 @@ mod tests {
         fold.push(event(Some("e1"), "a", "g1", "start", 150));
         fold.push(event(None, "a", "g1", "checkin", 200));
         fold.push(event(None, "a", "g1", "checkin", 200));
-        // Before the window: not kept, but its id is known.
+        fold.push(LoggedEvent {
+            item_id: None,
+            ..event(None, "a", "", "app_open", 250)
+        });
+        // Before the window, and its repeat (a repeat carries its original's time).
         fold.push(event(Some("old"), "b", "g2", "start", 50));
-        fold.push(event(Some("old"), "b", "g2", "checkin", 300));
+        fold.push(event(Some("old"), "b", "g2", "start", 50));
+        fold.push(event(Some("b1"), "b", "g2", "checkin", 400));
         fold.push(event(Some("b1"), "b", "g2", "checkin", 400));
         // After the window.
         fold.push(event(Some("b2"), "b", "g2", "checkin", 2_000));
@@ -475,13 +559,22 @@ mod tests {
         fold.push(LoggedEvent::erasure("nobody", 600));
         assert_eq!(fold.duplicates, 2);
         assert_eq!(fold.erased, 1);
-        assert_eq!(fold.events, 5);
+        assert_eq!(fold.events, 6);
+        let (start, checkin) = (EventKind::Start, EventKind::Checkin);
         assert_eq!(
             histories(fold),
             vec![
-                ("a".to_string(), vec![100, 200, 200]),
-                ("b".to_string(), vec![400]),
-                ("c".to_string(), vec![500]),
+                (
+                    "a".to_string(),
+                    vec![
+                        (100, start, true),
+                        (200, checkin, true),
+                        (200, checkin, true),
+                        (250, EventKind::AppOpen, false)
+                    ]
+                ),
+                ("b".to_string(), vec![(400, checkin, true)]),
+                ("c".to_string(), vec![(500, start, true)]),
             ]
         );
     }
@@ -515,13 +608,47 @@ mod tests {
             assert!(store.publish(&version(2, 10, "c")).await.expect("write"));
             assert_eq!(store.next_version("churn").await.expect("next"), 3);
             assert_eq!(store.next_version("success").await.expect("next"), 1);
-            let stored = store.after("churn", 0, 10).await.expect("load");
-            assert_eq!(stored, vec![version(1, 10, "a"), version(2, 10, "c")]);
+            assert_eq!(store.numbers("churn").await.expect("list"), [1, 2]);
+            assert!(store.numbers("success").await.expect("list").is_empty());
             assert_eq!(
-                store.after("churn", 1, 10).await.expect("load"),
-                vec![version(2, 10, "c")]
+                store.get("churn", 1).await.expect("load"),
+                Some(version(1, 10, "a"))
             );
-            assert!(store.after("churn", 2, 10).await.expect("load").is_empty());
+            assert_eq!(
+                store.get("churn", 2).await.expect("load"),
+                Some(version(2, 10, "c"))
+            );
+            assert_eq!(store.get("churn", 3).await.expect("load"), None);
+            // Churn days: a partition's day is the first claimer's; it may score it again.
+            let claim = |partitions: &'static [u32], day: &'static str, node: &'static str| {
+                store.claim_churn_day(partitions, day, "2026-01-01", node, 1)
+            };
+            assert_eq!(
+                claim(&[0, 1, 2], "2026-02-01", "a").await.expect("claim"),
+                [0, 1, 2]
+            );
+            assert_eq!(claim(&[2, 3], "2026-02-01", "b").await.expect("claim"), [3]);
+            assert_eq!(
+                claim(&[1, 2, 3], "2026-02-01", "a").await.expect("claim"),
+                [1, 2]
+            );
+            assert_eq!(
+                claim(&[2, 3], "2026-02-02", "b").await.expect("claim"),
+                [2, 3]
+            );
+            // Days before `keep_from` are forgotten.
+            let pruned = store
+                .claim_churn_day(&[0], "2026-02-03", "2026-02-02", "b", 2)
+                .await
+                .expect("claim");
+            assert_eq!(pruned, [0]);
+            let left = store
+                .client
+                .query_one(&format!("SELECT count(*) FROM {}", store.churn_table), &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0);
+            assert_eq!(left, 3, "the 2026-02-01 claims are gone");
         };
         let outcome =
             futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;

@@ -13,8 +13,11 @@
 //!
 //! The day of a run is the UTC date of the clock; the outbox keeps one row per
 //! `(user, day, channel)`, so re-running on the same day (a retried or manual run) adds nothing
-//! and the same user gets their tier's interventions again the next day.
+//! and the same user gets their tier's interventions again the next day. In a cluster each node
+//! scores the users of the partitions it serves, and a partition's day belongs to the first
+//! node that scored it ([`claim_partitions`]).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use super::webhook::{self, DeliveryCounts};
 use super::{Job, JobError, JobFuture, Trigger};
 use crate::analytics::registry::LiveModel;
 use crate::analytics::{churn_probability, day_string, Shared};
+use crate::cluster::{Cluster, PartitionState};
 use crate::store::analytics::{ChurnScoreRow, NewIntervention};
 
 /// What a scoring run did.
@@ -154,6 +158,9 @@ pub fn interventions_of(
 pub struct ChurnScoringJob {
     pub(crate) shared: Arc<Shared>,
     pub(crate) source: Arc<dyn ActivitySource>,
+    /// Cluster mode: the node scores the users of the partitions it serves whose day no other
+    /// node scored ([`claim_partitions`]).
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl Job for ChurnScoringJob {
@@ -163,7 +170,17 @@ impl Job for ChurnScoringJob {
     fn run(&self, trigger: Trigger, now_ms: i64) -> JobFuture<ScoringReport> {
         let shared = self.shared.clone();
         let source = self.source.clone();
-        Box::pin(async move { run(&shared, source.as_ref(), trigger, now_ms).await })
+        let cluster = self.cluster.clone();
+        Box::pin(async move {
+            run(
+                &shared,
+                source.as_ref(),
+                cluster.as_deref(),
+                trigger,
+                now_ms,
+            )
+            .await
+        })
     }
 }
 
@@ -222,9 +239,50 @@ async fn fetch_batch(
     Ok(logs)
 }
 
+/// The partitions this node serves whose churn scoring of `day` is its own: claimed in the
+/// cluster's table unless another node scored them that day (`src/cluster/training.rs`). A
+/// partition that changed hands during the day stays its first scorer's, so no user is scored,
+/// nor sent interventions, by two nodes on one day.
+async fn claim_partitions(
+    shared: &Shared,
+    cluster: &Cluster,
+    day: &str,
+    now_ms: i64,
+) -> Result<HashSet<u32>, JobError> {
+    let serving: Vec<u32> = (0..cluster.settings().partitions)
+        .filter(|&p| cluster.partition_state(p) == PartitionState::Ready)
+        .collect();
+    let keep_from = day_string(now_ms - days_ms(shared.config.churn.outbox_retention_days));
+    let store = cluster
+        .model_versions()
+        .get(cluster)
+        .await
+        .map_err(|e| JobError::failed("the cluster's churn days", e))?;
+    let claimed = store
+        .claim_churn_day(
+            &serving,
+            day,
+            &keep_from,
+            &cluster.settings().node_id,
+            now_ms,
+        )
+        .await
+        .map_err(|e| JobError::failed("claiming the day's partitions", e))?;
+    if claimed.len() < serving.len() {
+        tracing::info!(
+            serving = serving.len(),
+            claimed = claimed.len(),
+            day,
+            "partitions scored today by another node are left to it"
+        );
+    }
+    Ok(claimed.into_iter().collect())
+}
+
 async fn run(
     shared: &Arc<Shared>,
     source: &dyn ActivitySource,
+    cluster: Option<&Cluster>,
     trigger: Trigger,
     now_ms: i64,
 ) -> Result<ScoringReport, JobError> {
@@ -235,6 +293,14 @@ async fn run(
         .get(ModelKind::Churn)
         .ok_or_else(|| JobError::unavailable("the churn model is not trained yet"))?;
     let day = day_string(now_ms);
+    let claimed = match cluster {
+        Some(cluster) => Some(claim_partitions(shared, cluster, &day, now_ms).await?),
+        None => None,
+    };
+    let ours = |name: &str| match (cluster, &claimed) {
+        (Some(cluster), Some(claimed)) => claimed.contains(&cluster.partition_of(name)),
+        _ => true,
+    };
     let tiers = cfg.tiers();
     let slots = source.user_slots();
     let batch = u32::try_from(cfg.batch_size).unwrap_or(u32::MAX).max(1);
@@ -255,6 +321,7 @@ async fn run(
         let last = first.saturating_add(batch).min(slots);
         let names: Vec<Arc<str>> = (first..last)
             .filter_map(|id| source.user_name(id))
+            .filter(|name| ours(name))
             .collect();
         first = last;
         report.users_examined += names.len();

@@ -304,3 +304,69 @@ fn requests_to_a_busy_run_after_job_share_the_next_run() {
         assert_eq!(after_runs(&addr, 2).await.runs, 2);
     });
 }
+
+/// Runs at once; scheduled here only while `here` says so (a cluster job on a non-leader).
+struct ElsewhereJob {
+    here: Arc<std::sync::atomic::AtomicBool>,
+    runs: Runs,
+}
+
+impl Job for ElsewhereJob {
+    type Report = Ran;
+    const NAME: &'static str = "elsewhere";
+
+    fn run(&self, trigger: Trigger, now_ms: i64) -> JobFuture<Ran> {
+        self.runs.lock().expect("lock").push((trigger, now_ms));
+        Box::pin(async move { Ok(Ran { trigger, now_ms }) })
+    }
+
+    fn scheduled_here(&self) -> bool {
+        self.here.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A due run of a job scheduled elsewhere passes: not run, the next one an interval later;
+/// once scheduled here, it runs when that one comes due. Requests run either way.
+#[test]
+fn a_job_scheduled_elsewhere_lets_due_runs_pass() {
+    let hour = Duration::from_secs(3600);
+    let hour_ms = hour.as_millis() as i64;
+    actix::System::new().block_on(async move {
+        let clock = Arc::new(ManualClock::new(0));
+        let here = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let runs: Runs = Arc::new(Mutex::new(Vec::new()));
+        let job = ElsewhereJob {
+            here: here.clone(),
+            runs: runs.clone(),
+        };
+        let addr = JobRunner::new(
+            job,
+            clock.clone(),
+            Schedule::new(hour, Some(1000)),
+            None,
+            None,
+        )
+        .start();
+        clock.set(1000);
+        check(&addr).await;
+        let st = status(&addr).await;
+        assert_eq!((st.runs, st.next_due_ms), (0, Some(1000 + hour_ms)));
+        assert!(runs.lock().expect("lock").is_empty());
+        here.store(true, std::sync::atomic::Ordering::Relaxed);
+        clock.set(1000 + hour_ms - 1);
+        check(&addr).await;
+        assert_eq!(after_runs(&addr, 1).await.runs, 0, "not due yet");
+        clock.set(1000 + hour_ms);
+        check(&addr).await;
+        assert_eq!(after_runs(&addr, 1).await.runs, 1);
+        here.store(false, std::sync::atomic::Ordering::Relaxed);
+        let (started, done) = request(&addr).await;
+        assert!(matches!(started.await.expect("answer"), Ok(())));
+        assert_eq!(
+            done.await.expect("answer").expect("report").trigger,
+            Trigger::Request
+        );
+        let triggers: Vec<Trigger> = runs.lock().expect("lock").iter().map(|r| r.0).collect();
+        assert_eq!(triggers, [Trigger::Schedule, Trigger::Request]);
+    });
+}

@@ -25,10 +25,11 @@ use momentum_models::training::{
 
 use super::{Job, JobError, JobFuture, Trigger};
 use crate::analytics::artifacts::{ArtifactError, Bundle, ExportInfo, CLASSIFIER};
+use crate::analytics::copy_cluster_versions;
 use crate::analytics::drift::Reference;
 use crate::analytics::registry::{LiveModel, RowCounts, VersionMetadata};
 use crate::analytics::Shared;
-use crate::cluster::training::{read_window, ClusterVersion, ReadError, WindowFold};
+use crate::cluster::training::{read_window, ClusterVersion, ReadError, VersionStore, WindowFold};
 use crate::cluster::Cluster;
 use crate::error::Report;
 use crate::store::analytics::NewModelVersion;
@@ -262,7 +263,13 @@ async fn read_store(
         let exhausted = page.is_empty() && last == after;
         for e in page {
             let e = e.event;
-            fold.push_event(e.user_id, e.event_id, e.item_id, e.kind, e.ts_ms);
+            fold.push_event(
+                e.user_id,
+                e.event_id.as_deref(),
+                e.item_id,
+                &e.kind,
+                e.ts_ms,
+            );
         }
         if fold.events > max_events {
             return Err(too_many_events(max_events));
@@ -278,6 +285,41 @@ async fn read_store(
         }
         after = last;
     }
+}
+
+/// The cluster's version table, once this node's store holds every version of it: the live
+/// versions a run compares its candidates with, and the parents it names, are then the
+/// cluster's newest (a node that just became leader may not have copied them yet).
+async fn catch_up(shared: &Shared, cluster: &Arc<Cluster>) -> Result<Arc<VersionStore>, JobError> {
+    let unavailable = |e| cluster_unavailable(Some(cluster), "the cluster's model versions", e);
+    let versions = cluster
+        .model_versions()
+        .get(cluster)
+        .await
+        .map_err(unavailable)?;
+    while copy_cluster_versions(shared, cluster)
+        .await
+        .map_err(unavailable)?
+        > 0
+    {}
+    Ok(versions)
+}
+
+/// A failure of the cluster's PostgreSQL (or the broker) during a run: logged with its cause,
+/// answered `503` with the cluster's `Retry-After`.
+fn cluster_unavailable(
+    cluster: Option<&Arc<Cluster>>,
+    context: &str,
+    error: impl std::fmt::Display,
+) -> JobError {
+    tracing::warn!(%error, context, "training in the cluster");
+    JobError::failed(
+        context.to_owned(),
+        crate::Error::Unavailable {
+            what: "the cluster's PostgreSQL or event log",
+            retry_after: cluster.map_or(1, |c| c.retry_after()),
+        },
+    )
 }
 
 fn too_many_events(max_events: usize) -> JobError {
@@ -313,7 +355,11 @@ async fn read_topic(
             Ok((window.fold.into_builder(), window.progress))
         }
         Err(ReadError::TooManyEvents(max)) => Err(too_many_events(max)),
-        Err(error) => Err(JobError::failed("reading the training window", error)),
+        Err(error) => Err(cluster_unavailable(
+            Some(cluster),
+            "reading the training window",
+            error,
+        )),
     }
 }
 
@@ -334,6 +380,10 @@ async fn run(
             crate::cluster::LEADER_PARTITION
         )));
     }
+    let versions = match cluster {
+        None => None,
+        Some(cluster) => Some(catch_up(shared, cluster).await?),
+    };
     let cfg = &shared.config.trainer;
     let params = cfg.pipeline();
     let from_ms = now_ms - days_ms(params.window_days);
@@ -398,16 +448,6 @@ async fn run(
         // The export carries its version number, so it is taken before the version is stored
         // (the trainer is the only writer of model versions; in a cluster, the leader) and
         // checked as it is stored.
-        let versions = match cluster {
-            None => None,
-            Some(cluster) => Some(
-                cluster
-                    .model_versions()
-                    .store(cluster)
-                    .await
-                    .map_err(|e| JobError::failed("the cluster's model versions", e))?,
-            ),
-        };
         let expected = match &versions {
             None => shared
                 .store
@@ -416,9 +456,10 @@ async fn run(
                 .map_err(|e| JobError::failed(format!("reading the {} versions", kind.name()), e))?
                 .last()
                 .map_or(1, |v| v.version + 1),
-            Some(versions) => versions.next_version(kind.name()).await.map_err(|e| {
-                JobError::failed(format!("reading the cluster's {} versions", kind.name()), e)
-            })?,
+            Some(versions) => versions
+                .next_version(kind.name())
+                .await
+                .map_err(|e| cluster_unavailable(cluster, "reading the cluster's versions", e))?,
         };
         let mut bundle = Bundle::default();
         bundle.insert(
@@ -459,17 +500,26 @@ async fn run(
                     })
                     .await
                     .map_err(|e| {
-                        JobError::failed(
-                            format!("storing the {} model for the cluster", kind.name()),
-                            e,
-                        )
+                        cluster_unavailable(Some(cluster), "storing a version for the cluster", e)
                     })?;
                 if !stored {
                     cluster.metrics().model_versions_fenced.inc();
-                    return Err(JobError::unavailable(format!(
+                    let error = format!(
                         "the cluster stored {} v{expected} meanwhile, or a version trained from more of the log: this one is dropped",
                         kind.name()
-                    )));
+                    );
+                    tracing::warn!(model = kind.name(), "{error}");
+                    outcomes.push(ModelOutcome {
+                        name: kind.name().into(),
+                        version: None,
+                        promoted: false,
+                        decision: None,
+                        error: Some(error),
+                        train_rows: trained.rows.train,
+                        holdout_rows: trained.rows.holdout,
+                        metrics: Some(trained.candidate.report),
+                    });
+                    continue;
                 }
                 // This node's copy; every other node makes its own (`copy_cluster_versions`).
                 if !shared

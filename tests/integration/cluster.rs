@@ -1728,7 +1728,7 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
     let leader = owners[&0].0;
     let other = (leader + 1) % 3;
 
-    // Another node refuses, naming the leader; it trains nothing on its schedule either.
+    // Another node refuses, naming the leader (its schedule lets due runs pass: a unit test).
     let (status, body) = admin_request(
         &cluster.client,
         reqwest::Method::POST,
@@ -1828,8 +1828,7 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
     }
 
     // Churn scoring: each node scores the users it owns; together, every user once.
-    let mut scored = 0;
-    for n in 0..3 {
+    let churn_run = |cluster: &Cluster, n: usize| {
         let (status, run) = admin_request(
             &cluster.client,
             reqwest::Method::POST,
@@ -1839,9 +1838,15 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
         let users = run["report"]["users_scored"]
             .as_u64()
             .expect("users_scored");
-        assert!(users > 0, "node {n} owns users: {run}");
-        scored += users;
+        (users, run["report"]["day"].clone())
+    };
+    let mut first_round = Vec::new();
+    for n in 0..3 {
+        let (users, day) = churn_run(&cluster, n);
+        assert!(users > 0, "node {n} owns users");
+        first_round.push((users, day));
     }
+    let scored: u64 = first_round.iter().map(|r| r.0).sum();
     let (status, run) = admin_request(
         &reqwest::blocking::Client::new(),
         reqwest::Method::POST,
@@ -1916,6 +1921,20 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
             assert!(Instant::now() < deadline, "node {n}: {models}");
             std::thread::sleep(Duration::from_millis(200));
         }
+        // The dead leader's partitions were scored today by it: their new owners leave them
+        // to it (the same day), and score again only their own.
+        let (users, day) = churn_run(&cluster, n);
+        if day == first_round[n].1 {
+            assert_eq!(
+                users, first_round[n].0,
+                "node {n} scores no user twice a day"
+            );
+        } else {
+            assert!(
+                users > first_round[n].0,
+                "a new day: node {n} scores what it serves"
+            );
+        }
     }
 }
 
@@ -1944,7 +1963,7 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
     let single = reqwest::blocking::Client::new();
     let events = workload(31, 60, 20, 600, 1_700_000_000_000);
     let mut records = cluster.post_all(&events, &reference);
-    cluster.wait_converged(records, Duration::from_secs(60));
+    let owners = cluster.wait_converged(records, Duration::from_secs(60));
 
     let def = json!({"id": "exp-c", "variants": [
         {"name": "control", "weight": 50},
@@ -1955,6 +1974,34 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
     assert_eq!(created["status"], "running");
     let (status, body) = admin_post(&single, &reference.url("/v1/experiments"), &def);
     assert_eq!(status, 201, "{body}");
+    // Another node assigns users to it without being asked about experiments (it follows the
+    // table on its own): a user it owns, read from it directly.
+    let (user, owner) = (0..60)
+        .map(|u| format!("user-{u}"))
+        .map(|user| {
+            let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
+            (user, owner)
+        })
+        .find(|&(_, owner)| owner != 0)
+        .expect("a user owned by another node");
+    let path = format!("/v1/users/{user}/recommendations?n=3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, served) = cluster.get(owner, &path);
+        assert_eq!(status, 200, "{served}");
+        if served["experiment"] == "exp-c" {
+            // Counted there as one assignment: the single node gets the same read.
+            let (status, _) = reference_get(&reference)(&path);
+            assert_eq!(status, 200);
+            break;
+        }
+        assert!(served["experiment"].is_null(), "{served}");
+        assert!(
+            Instant::now() < deadline,
+            "node {owner} does not follow the experiments"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // What one node refuses, every node refuses.
     let other = json!({"id": "exp-d", "variants": [{"name": "a", "weight": 1}]});
     let (status, body) = admin_post(&cluster.client, &cluster.url(1, "/v1/experiments"), &other);
