@@ -519,8 +519,11 @@ mod tests {
         }
     }
 
-    /// Each user's events as (time, kind, whether it names a goal).
-    fn histories(fold: WindowFold) -> Vec<(String, Vec<(i64, EventKind, bool)>)> {
+    /// An event as the test compares it: time, kind, whether it names a goal.
+    type Seen = (i64, EventKind, bool);
+
+    /// Each user's events.
+    fn histories(fold: WindowFold) -> Vec<(String, Vec<Seen>)> {
         fold.into_builder()
             .finish()
             .into_iter()
