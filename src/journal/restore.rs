@@ -20,13 +20,32 @@ const REPLAY_PAGE: usize = 10_000;
 impl Journal {
     /// Rebuilds the engine from the newest snapshot and the log after it, then the item
     /// metadata and user profiles. Call once, before the server takes traffic. In cluster mode
-    /// profiles live in the partitions (their log and snapshots), so none is restored from the
-    /// local store: one left there by an older version would make a row outside them.
+    /// the users live in the partitions (the events topic and the partition snapshots), so
+    /// neither the local snapshot and log nor the profiles are restored: what a store kept from
+    /// single-node times would make rows outside the partitions, and count in this node's item
+    /// statistics events the cluster never saw. Only the item metadata is.
     pub async fn restore(&self, cluster: bool) -> Result<RestoreStats, Error> {
         let engine = &*self.engine;
         let started = Instant::now();
-        let (covers, snapshot_users) = self.restore_snapshot(engine).await?;
-        let replayed = self.replay_log(engine, covers).await?;
+        let (covers, snapshot_users) = if cluster {
+            let last = self.store.last_seq().await?;
+            if last > 0 {
+                tracing::warn!(
+                    events = last,
+                    "cluster mode: the local store's event log and snapshots (single-node \
+                     times) are not restored; the events topic is the log. Post those events \
+                     through the cluster to keep them"
+                );
+            }
+            (u64::MAX, 0)
+        } else {
+            self.restore_snapshot(engine).await?
+        };
+        let replayed = if cluster {
+            0
+        } else {
+            self.replay_log(engine, covers).await?
+        };
         self.restore_metadata(engine, !cluster).await?;
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.restore_duration.set(seconds);

@@ -224,6 +224,47 @@ impl Cluster {
         child
     }
 
+    /// Runs the server alone (single-node mode) on node `name`'s store directory, posts
+    /// `events` and stops it: a store from single-node times for that node.
+    fn seed_single_node_store(&self, name: &str, events: &Value) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_momentum"))
+            .env("MOMENTUM__SERVER__BIND", &addr)
+            .env(
+                "MOMENTUM__STORE__PATH",
+                self.dir.join(format!("{name}-store")),
+            )
+            .env("MOMENTUM__LOGGING__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a single node");
+        wait_for_port(&addr, Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let posted = loop {
+            match self
+                .client
+                .post(format!("http://{addr}/v1/events"))
+                .json(events)
+                .send()
+            {
+                Ok(res) if res.status().as_u16() != 503 => break res.status().as_u16(),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                other => panic!("the single node did not take the events: {other:?}"),
+            }
+        };
+        assert_eq!(posted, 200);
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        assert!(
+            child.wait().expect("wait").success(),
+            "the single node stops cleanly"
+        );
+    }
+
     /// Starts node `name` (a new process; a name used before keeps its store directory).
     pub(crate) fn start_node(&mut self, name: &str) -> usize {
         let port = free_port();
@@ -1275,7 +1316,8 @@ fn a_killed_node_loses_nothing_and_its_users_are_served_again() {
 }
 
 /// A fourth node joins: it takes partitions, and every partition an old node keeps stays in
-/// the same assignment (cooperative-sticky: only the partitions that move are revoked).
+/// the same assignment (cooperative-sticky: only the partitions that move are revoked). Its
+/// store held state from single-node times, of which nothing is restored.
 #[test]
 fn a_joining_node_moves_only_the_partitions_it_takes() {
     let mut cluster = Cluster::three_nodes("join", "j");
@@ -1284,6 +1326,21 @@ fn a_joining_node_moves_only_the_partitions_it_takes() {
     let records = cluster.post_all(&events, &reference);
     let before = cluster.wait_converged(records, Duration::from_secs(90));
     let generations: Vec<BTreeMap<u32, u64>> = (0..3).map(|n| cluster.generations(n)).collect();
+    // The new node's store holds state from single-node times (users of its own, and events
+    // of the cluster's users): none of it is restored, the events topic is the log.
+    let legacy: Vec<Value> = (0..40)
+        .map(|u| {
+            let user = if u < 20 {
+                format!("legacy-{u}")
+            } else {
+                format!("user-{}", u - 20)
+            };
+            json!({"event_id": format!("legacy-ev-{u}"), "user_id": user,
+                   "item_id": format!("goal-{}", u % 7), "kind": "complete",
+                   "ts": 1_700_000_000_000i64})
+        })
+        .collect();
+    cluster.seed_single_node_store("j4", &Value::Array(legacy));
     cluster.start_node("j4");
     let after = cluster.wait_converged(records, Duration::from_secs(90));
     let mut moved = 0;
@@ -1304,6 +1361,12 @@ fn a_joining_node_moves_only_the_partitions_it_takes() {
         "{moved} partitions moved"
     );
     cluster.assert_equal_to(&reference, 100, records);
+    for u in 0..20 {
+        for n in 0..4 {
+            let (status, body) = cluster.read(n, &format!("/v1/users/legacy-{u}"));
+            assert_eq!(status, 404, "legacy-{u} on node {n}: {body}");
+        }
+    }
 }
 
 /// A node stopped with SIGSTOP past the session timeout, then resumed: its partitions were
