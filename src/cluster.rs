@@ -1073,7 +1073,18 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&LoggedEvent::from_event(&event)).expect("encodes");
         let back: LoggedEvent = serde_json::from_slice(&bytes).expect("decodes");
-        assert_eq!(back.into_event(3), Some(event));
+        assert_eq!(back.into_event(3), Some(event.clone()));
+        // With the recommendation it responds to.
+        let answered = LoggedEvent {
+            recommendation_id: Some("r-1".into()),
+            ..LoggedEvent::from_event(&event)
+        };
+        let bytes = serde_json::to_vec(&answered).expect("encodes");
+        let back: LoggedEvent = serde_json::from_slice(&bytes).expect("decodes");
+        assert_eq!(
+            back.into_logged(3),
+            Some(Logged::Event(event.clone(), Some("r-1".into())))
+        );
         let unknown = LoggedEvent {
             kind: "teleport".into(),
             ..LoggedEvent::from_event(&NewEvent {

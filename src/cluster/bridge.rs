@@ -92,7 +92,8 @@ pub fn derived_event_id(topic: &str, partition: i32, offset: i64, index: usize) 
 /// refused (one reason per refused event, or one for the whole record).
 #[derive(Debug, Default)]
 struct Decoded {
-    events: Vec<NewEvent>,
+    /// The valid events, each with the recommendation it responds to.
+    events: Vec<(NewEvent, Option<String>)>,
     rejected: Vec<(Option<usize>, &'static str)>,
 }
 
@@ -126,7 +127,7 @@ fn decode(
                         debug_assert!(crate::api::validate_id("event_id", &id).is_ok(), "{id}");
                         event.event_id = Some(id);
                     }
-                    event
+                    (event, v.recommendation_id)
                 })
                 .collect(),
             rejected: rejected
@@ -278,7 +279,7 @@ fn run(
         group = %cluster.settings().bridge_group,
         "bridging into the events topic"
     );
-    let mut chunk: Vec<NewEvent> = Vec::with_capacity(CHUNK_EVENTS);
+    let mut chunk: Vec<(NewEvent, Option<String>)> = Vec::with_capacity(CHUNK_EVENTS);
     // Per source partition: the offset to commit (every record below it is produced).
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_status: Option<Instant> = None;
@@ -350,15 +351,17 @@ fn run(
 fn produce(
     cluster: &Cluster,
     runtime: &tokio::runtime::Runtime,
-    chunk: &mut Vec<NewEvent>,
+    chunk: &mut Vec<(NewEvent, Option<String>)>,
     stop: &Stop,
 ) -> bool {
     if chunk.is_empty() {
         return true;
     }
+    let (events, recommendation_ids): (Vec<NewEvent>, Vec<Option<String>>) =
+        chunk.iter().cloned().unzip();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match runtime.block_on(cluster.produce(chunk, &[])) {
+        match runtime.block_on(cluster.produce(&events, &recommendation_ids)) {
             Ok(()) => {
                 cluster.metrics().bridge_events.inc_by(chunk.len() as u64);
                 chunk.clear();
@@ -500,17 +503,20 @@ mod tests {
     fn a_record_keeps_given_ids_derives_missing_ones_and_names_what_it_refuses() {
         let value = br#"[{"event_id":"mine","user_id":"u","item_id":"i","kind":"view"},
                          {"user_id":"u","item_id":"i","kind":"teleport"},
-                         {"user_id":"v","item_id":"i","kind":"click"}]"#;
+                         {"user_id":"v","item_id":"i","kind":"click","recommendation_id":"r-7"}]"#;
         let decoded = decode("clicks", 3, 17, Some(value), &rules());
         let ids: Vec<_> = decoded
             .events
             .iter()
-            .map(|e| e.event_id.as_deref())
+            .map(|e| e.0.event_id.as_deref())
             .collect();
         assert_eq!(ids, [Some("mine"), Some("bridge:clicks:3:17:2")]);
         assert_eq!(decoded.rejected, [(Some(1), "unknown_kind")]);
+        // The recommendation an event responds to travels with it (the owner attributes it).
+        let recommendations: Vec<_> = decoded.events.iter().map(|e| e.1.as_deref()).collect();
+        assert_eq!(recommendations, [None, Some("r-7")]);
         // Validated as POST /v1/events does: no ts is the clock's now.
-        assert_eq!(decoded.events[1].ts_ms, 1_700_000_000_000);
+        assert_eq!(decoded.events[1].0.ts_ms, 1_700_000_000_000);
         let one = decode(
             "clicks",
             0,
@@ -519,7 +525,7 @@ mod tests {
             &rules(),
         );
         assert_eq!(
-            one.events[0].event_id.as_deref(),
+            one.events[0].0.event_id.as_deref(),
             Some("bridge:clicks:0:5:0")
         );
         let bad: [Option<&[u8]>; 4] = [None, Some(b"\xff\xfe"), Some(b"[]"), Some(b"42")];
