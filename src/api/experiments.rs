@@ -168,12 +168,12 @@ async fn results(
     }
     state.experiments.get(&id)?;
     let path = format!("/v1/experiments/{}/results", id.as_str());
+    let unavailable = || Error::Unavailable {
+        what: "a node's experiment counts",
+        retry_after: state.settings.server.retry_after_secs,
+    };
     let mut others = Vec::new();
     for node in cluster.other_serving_nodes() {
-        let unavailable = || Error::Unavailable {
-            what: "a node's experiment counts",
-            retry_after: state.settings.server.retry_after_secs,
-        };
         let res = cluster
             .forward(&node, reqwest::Method::GET, &path, req.headers())
             .await

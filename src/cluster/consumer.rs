@@ -236,14 +236,7 @@ fn start_lag(cluster: Arc<Cluster>, stop: Stop) -> std::io::Result<std::thread::
         .name("cluster-lag".into())
         .spawn(move || {
             let settings = cluster.settings();
-            let client: BaseConsumer = match ClientConfig::new()
-                .set("bootstrap.servers", &settings.brokers)
-                .set(
-                    "group.id",
-                    format!("{}-lag-{}", settings.group_id, settings.node_id),
-                )
-                .create()
-            {
+            let client: BaseConsumer = match settings.assigned_client("lag").create() {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::error!(%error, "cluster lag client");

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use momentum_models::experiment::ExperimentDef;
 
-use super::snapshots::pg;
+use super::snapshots::{pg, Table};
 use super::Cluster;
 use crate::error::Error;
 
@@ -35,39 +35,13 @@ pub struct StoredExperiment {
 }
 
 /// A connection to the cluster's experiments.
+#[derive(Debug)]
 pub struct ExperimentStore {
     client: tokio_postgres::Client,
     table: String,
 }
 
-impl std::fmt::Debug for ExperimentStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExperimentStore")
-            .field("table", &self.table)
-            .finish()
-    }
-}
-
 impl ExperimentStore {
-    /// Connects (the connection runs on the current runtime) and creates the table if needed.
-    pub async fn connect(url: &str, schema: &str) -> Result<ExperimentStore, Error> {
-        let (client, table) = super::snapshots::connect(url, schema, TABLE, |table| {
-            format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
-                    id text PRIMARY KEY,
-                    salt text NOT NULL,
-                    definition text NOT NULL,
-                    created_ms bigint NOT NULL,
-                    stopped_ms bigint);
-                 CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_one_running
-                    ON {table} ((true)) WHERE stopped_ms IS NULL"
-            )
-        })
-        .await
-        .map_err(pg(TABLE, "connect"))?;
-        Ok(ExperimentStore { client, table })
-    }
-
     /// Registers a running experiment. Errors as a single node's registry: a taken id or
     /// another running experiment (409), `max` experiments stored (507).
     pub async fn create(
@@ -200,12 +174,24 @@ impl ExperimentStore {
     }
 }
 
-impl super::snapshots::Table for ExperimentStore {
-    fn connect(
-        url: &str,
-        schema: &str,
-    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
-        ExperimentStore::connect(url, schema)
+impl Table for ExperimentStore {
+    /// Connects (the connection runs on the current runtime) and creates the table if needed.
+    async fn connect(url: &str, schema: &str) -> Result<ExperimentStore, Error> {
+        let (client, table) = super::snapshots::connect(url, schema, TABLE, |table| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                    id text PRIMARY KEY,
+                    salt text NOT NULL,
+                    definition text NOT NULL,
+                    created_ms bigint NOT NULL,
+                    stopped_ms bigint);
+                 CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_one_running
+                    ON {table} ((true)) WHERE stopped_ms IS NULL"
+            )
+        })
+        .await
+        .map_err(pg(TABLE, "connect"))?;
+        Ok(ExperimentStore { client, table })
     }
 
     fn is_closed(&self) -> bool {
@@ -252,11 +238,7 @@ mod tests {
     /// experiment, a bounded number.
     #[tokio::test]
     async fn the_table_keeps_one_running_experiment_and_unique_ids() {
-        let (url, schema) = crate::cluster::snapshots::tests::test_schema();
-        let store = ExperimentStore::connect(&url, &schema)
-            .await
-            .expect("PostgreSQL at DATABASE_URL is required");
-        let outcome = async {
+        let check = async |store: &ExperimentStore| {
             store.create("a", "a", &def(), 1, 3).await.expect("created");
             let taken = store.create("a", "a", &def(), 2, 3).await.unwrap_err();
             assert!(matches!(&taken, Error::Conflict { message } if message.contains("exists")));
@@ -304,11 +286,6 @@ mod tests {
                 .await
                 .expect("room again");
         };
-        let outcome =
-            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
-        crate::cluster::snapshots::tests::drop_test_schema(&url, &schema).await;
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
+        crate::cluster::snapshots::tests::in_test_schema(check).await;
     }
 }

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use momentum_actors::ease::EaseModel;
 use momentum_actors::Engine;
 
-use super::snapshots::{pg, Lazy};
+use super::snapshots::{pg, Lazy, Table};
 use super::Cluster;
 use crate::error::Error;
 
@@ -48,38 +48,13 @@ pub struct StoredModel {
 }
 
 /// A connection to the item-model table.
+#[derive(Debug)]
 pub struct ModelStore {
     client: tokio_postgres::Client,
     table: String,
 }
 
-impl std::fmt::Debug for ModelStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelStore")
-            .field("table", &self.table)
-            .finish()
-    }
-}
-
 impl ModelStore {
-    /// Connects (the connection runs on the current runtime) and creates the table if needed.
-    pub async fn connect(url: &str, schema: &str) -> Result<ModelStore, Error> {
-        let (client, table) = super::snapshots::connect(url, schema, TABLE, |table| {
-            format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
-                    name text PRIMARY KEY,
-                    version bigint NOT NULL,
-                    progress bigint NOT NULL,
-                    node_id text NOT NULL,
-                    built_ms bigint NOT NULL,
-                    body bytea NOT NULL)"
-            )
-        })
-        .await
-        .map_err(pg(TABLE, "connect"))?;
-        Ok(ModelStore { client, table })
-    }
-
     /// The stored model if its version is above `version`.
     pub async fn newer_than(&self, version: u64) -> Result<Option<StoredModel>, Error> {
         let version = i64::try_from(version).unwrap_or(i64::MAX);
@@ -137,12 +112,23 @@ impl ModelStore {
     }
 }
 
-impl super::snapshots::Table for ModelStore {
-    fn connect(
-        url: &str,
-        schema: &str,
-    ) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
-        ModelStore::connect(url, schema)
+impl Table for ModelStore {
+    /// Connects (the connection runs on the current runtime) and creates the table if needed.
+    async fn connect(url: &str, schema: &str) -> Result<ModelStore, Error> {
+        let (client, table) = super::snapshots::connect(url, schema, TABLE, |table| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                    name text PRIMARY KEY,
+                    version bigint NOT NULL,
+                    progress bigint NOT NULL,
+                    node_id text NOT NULL,
+                    built_ms bigint NOT NULL,
+                    body bytea NOT NULL)"
+            )
+        })
+        .await
+        .map_err(pg(TABLE, "connect"))?;
+        Ok(ModelStore { client, table })
     }
 
     fn is_closed(&self) -> bool {
@@ -321,11 +307,7 @@ mod tests {
     /// Only a build from more data replaces the stored model; each write bumps the version.
     #[tokio::test]
     async fn the_fence_keeps_the_model_built_from_more_data() {
-        let (url, schema) = crate::cluster::snapshots::tests::test_schema();
-        let store = ModelStore::connect(&url, &schema)
-            .await
-            .expect("PostgreSQL at DATABASE_URL is required");
-        let outcome = async {
+        let check = async |store: &ModelStore| {
             assert_eq!(store.newer_than(0).await.expect("load"), None);
             assert_eq!(
                 store.publish(10, 0, "a", 1, b"first").await.expect("write"),
@@ -367,11 +349,6 @@ mod tests {
                 Some(10)
             );
         };
-        let outcome =
-            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
-        crate::cluster::snapshots::tests::drop_test_schema(&url, &schema).await;
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
+        crate::cluster::snapshots::tests::in_test_schema(check).await;
     }
 }

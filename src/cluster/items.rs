@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -258,20 +257,9 @@ fn run(
     runtime: &tokio::runtime::Runtime,
 ) -> rdkafka::error::KafkaResult<()> {
     let settings = cluster.settings();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        // Assigned, not subscribed: the id only names the client to the broker.
-        .set(
-            "group.id",
-            format!("{}-items-{}", settings.group_id, settings.node_id),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // How long the broker may hold a fetch when nothing is new: some (Nisshi) do not
-        // answer early when something arrives, so this bounds how late the item side and
-        // item metadata are seen (docs/operations.md, "Capacity planning").
-        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
-        .create()?;
+    // How late the item side and item metadata are seen is bounded by the fetch wait
+    // (docs/operations.md, "Capacity planning").
+    let consumer: BaseConsumer = settings.assigned_client("items").create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..settings.partitions {
         assignment.add_partition_offset(

@@ -245,6 +245,25 @@ impl ClusterSettings {
         Ok(())
     }
 
+    /// The configuration of a client of this node's that is assigned partitions, never
+    /// subscribed (reading a topic, or asking the broker where partitions end): `role` names
+    /// it to the broker in its group id; it commits nothing, starts where a partition starts,
+    /// and its fetches wait at most `fetch_wait_ms` (some brokers, Nisshi among them, hold a
+    /// fetch that long even when records arrive).
+    pub fn assigned_client(&self, role: &str) -> rdkafka::config::ClientConfig {
+        let mut config = rdkafka::config::ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set(
+                "group.id",
+                format!("{}-{role}-{}", self.group_id, self.node_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
+        config
+    }
+
     /// The PostgreSQL URL of the partition snapshots.
     pub fn snapshot_url(&self) -> Option<String> {
         if self.snapshot_url.is_empty() {

@@ -20,17 +20,10 @@ use crate::error::Error;
 const TABLE: &str = "momentum_partition_snapshots";
 
 /// A connection to the snapshot table.
+#[derive(Debug)]
 pub struct SnapshotStore {
     client: tokio_postgres::Client,
     table: String,
-}
-
-impl std::fmt::Debug for SnapshotStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotStore")
-            .field("table", &self.table)
-            .finish()
-    }
 }
 
 /// A failure of `context` on `table`.
@@ -300,6 +293,22 @@ pub(super) mod tests {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         (url, format!("momentum_test_{:016x}", rand::random::<u64>()))
+    }
+
+    /// Runs `check` on `T`'s table in a fresh schema of the test database, and drops the
+    /// schema whether `check` passes or panics.
+    pub(in crate::cluster) async fn in_test_schema<T: Table>(check: impl AsyncFnOnce(&T)) {
+        let (url, schema) = test_schema();
+        let store = T::connect(&url, &schema)
+            .await
+            .expect("PostgreSQL at DATABASE_URL is required");
+        let outcome =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(check(&store)))
+                .await;
+        drop_test_schema(&url, &schema).await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// Drops a schema [`test_schema`] named.

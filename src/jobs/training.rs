@@ -457,9 +457,11 @@ async fn run(
                 .last()
                 .map_or(1, |v| v.version + 1),
             Some(versions) => versions
-                .next_version(kind.name())
+                .numbers(kind.name())
                 .await
-                .map_err(|e| cluster_unavailable(cluster, "reading the cluster's versions", e))?,
+                .map_err(|e| cluster_unavailable(cluster, "reading the cluster's versions", e))?
+                .last()
+                .map_or(1, |v| v + 1),
         };
         let mut bundle = Bundle::default();
         bundle.insert(

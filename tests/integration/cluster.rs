@@ -660,13 +660,7 @@ fn reference_server() -> TestServer {
 
 /// `POST /v1/admin/item-model` on `url` (a node's or the reference's); status and body.
 fn rebuild_item_model(client: &reqwest::blocking::Client, url: &str) -> (u16, Value) {
-    let res = client
-        .post(url)
-        .header("x-admin-key", ADMIN_KEY)
-        .send()
-        .expect("rebuild request");
-    let status = res.status().as_u16();
-    (status, res.json().unwrap_or(Value::Null))
+    admin(client.post(url))
 }
 
 /// The value of an unlabelled metric on node `n`.
@@ -1724,14 +1718,9 @@ fn the_item_model_is_built_once_and_installed_everywhere() {
     cluster.assert_users_equal(&owners, &reference, 100);
 }
 
-/// `method path` on `url` with the admin key; status and body.
-fn admin_request(
-    client: &reqwest::blocking::Client,
-    method: reqwest::Method,
-    url: &str,
-) -> (u16, Value) {
-    let res = client
-        .request(method, url)
+/// `request` sent with the admin key; status and body.
+fn admin(request: reqwest::blocking::RequestBuilder) -> (u16, Value) {
+    let res = request
         .header("x-admin-key", ADMIN_KEY)
         .send()
         .expect("admin request");
@@ -1773,29 +1762,22 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
     }
     // An erased user: their events stay in the log until its retention, but are not trained on.
     let erased = "user-7";
-    let res = cluster
-        .client
-        .delete(cluster.url(1, &format!("/v1/users/{erased}")))
-        .header("x-admin-key", ADMIN_KEY)
-        .send()
-        .expect("DELETE");
-    assert_eq!(res.status().as_u16(), 204);
-    let res = reqwest::blocking::Client::new()
-        .delete(reference.url(&format!("/v1/users/{erased}")))
-        .header("x-admin-key", ADMIN_KEY)
-        .send()
-        .expect("DELETE");
-    assert_eq!(res.status().as_u16(), 204);
+    let path = format!("/v1/users/{erased}");
+    assert_eq!(admin(cluster.client.delete(cluster.url(1, &path))).0, 204);
+    assert_eq!(
+        admin(reqwest::blocking::Client::new().delete(reference.url(&path))).0,
+        204
+    );
     records += 1;
     let owners = cluster.wait_converged(records, Duration::from_secs(120));
     let leader = owners[&0].0;
     let other = (leader + 1) % 3;
 
     // Another node refuses, naming the leader (its schedule lets due runs pass: a unit test).
-    let (status, body) = admin_request(
-        &cluster.client,
-        reqwest::Method::POST,
-        &cluster.url(other, "/v1/models/train?wait=true"),
+    let (status, body) = admin(
+        cluster
+            .client
+            .post(cluster.url(other, "/v1/models/train?wait=true")),
     );
     assert_eq!(status, 421, "{body}");
     assert_eq!(body["error"]["code"], "not_leader");
@@ -1805,17 +1787,14 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
             .is_some_and(|m| m.contains(&format!("t{}", leader + 1))),
         "{body}"
     );
-    let (status, trained) = admin_request(
-        &cluster.client,
-        reqwest::Method::POST,
-        &cluster.url(leader, "/v1/models/train?wait=true"),
+    let (status, trained) = admin(
+        cluster
+            .client
+            .post(cluster.url(leader, "/v1/models/train?wait=true")),
     );
     assert_eq!(status, 200, "{trained}");
-    let (status, single) = admin_request(
-        &reqwest::blocking::Client::new(),
-        reqwest::Method::POST,
-        &reference.url("/v1/models/train?wait=true"),
-    );
+    let (status, single) =
+        admin(reqwest::blocking::Client::new().post(reference.url("/v1/models/train?wait=true")));
     assert_eq!(status, 200, "{single}");
     let (trained, single) = (&trained["report"], &single["report"]);
     // The same events and users as the single node's log, so the same labelled rows.
@@ -1892,10 +1871,10 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
 
     // Churn scoring: each node scores the users it owns; together, every user once.
     let churn_run = |cluster: &Cluster, n: usize| {
-        let (status, run) = admin_request(
-            &cluster.client,
-            reqwest::Method::POST,
-            &cluster.url(n, "/v1/churn/run?wait=true"),
+        let (status, run) = admin(
+            cluster
+                .client
+                .post(cluster.url(n, "/v1/churn/run?wait=true")),
         );
         assert_eq!(status, 200, "{run}");
         let users = run["report"]["users_scored"]
@@ -1910,11 +1889,8 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
         first_round.push((users, day));
     }
     let scored: u64 = first_round.iter().map(|r| r.0).sum();
-    let (status, run) = admin_request(
-        &reqwest::blocking::Client::new(),
-        reqwest::Method::POST,
-        &reference.url("/v1/churn/run?wait=true"),
-    );
+    let (status, run) =
+        admin(reqwest::blocking::Client::new().post(reference.url("/v1/churn/run?wait=true")));
     assert_eq!(status, 200, "{run}");
     assert_eq!(
         Some(scored),
@@ -1963,10 +1939,10 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
     cluster.kill(leader);
     let owners = cluster.wait_converged(records + 1, Duration::from_secs(60));
     let successor = owners[&0].0;
-    let (status, next) = admin_request(
-        &cluster.client,
-        reqwest::Method::POST,
-        &cluster.url(successor, "/v1/models/train?wait=true"),
+    let (status, next) = admin(
+        cluster
+            .client
+            .post(cluster.url(successor, "/v1/models/train?wait=true")),
     );
     assert_eq!(status, 200, "{next}");
     assert_eq!(next["report"]["models"][0]["version"], 2, "{next}");
@@ -2001,18 +1977,6 @@ fn models_are_trained_once_from_the_log_and_served_by_every_node() {
     }
 }
 
-/// `POST path` with the admin key and a JSON body on `url`; status and body.
-fn admin_post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> (u16, Value) {
-    let res = client
-        .post(url)
-        .header("x-admin-key", ADMIN_KEY)
-        .json(body)
-        .send()
-        .expect("admin request");
-    let status = res.status().as_u16();
-    (status, res.json().unwrap_or(Value::Null))
-}
-
 /// A/B experiments in a cluster: an experiment created on one node is the cluster's (the
 /// conflicts a single node refuses are refused across nodes), every node assigns users to the
 /// same variants, the owner that served a recommendation attributes the events that name it
@@ -2032,10 +1996,15 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
         {"name": "control", "weight": 50},
         {"name": "treatment", "weight": 50, "hybrid_weights": {"cf": 0.3, "content": 0.7}}
     ]});
-    let (status, created) = admin_post(&cluster.client, &cluster.url(0, "/v1/experiments"), &def);
+    let (status, created) = admin(
+        cluster
+            .client
+            .post(cluster.url(0, "/v1/experiments"))
+            .json(&def),
+    );
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "running");
-    let (status, body) = admin_post(&single, &reference.url("/v1/experiments"), &def);
+    let (status, body) = admin(single.post(reference.url("/v1/experiments")).json(&def));
     assert_eq!(status, 201, "{body}");
     // Another node assigns users to it without being asked about experiments (it follows the
     // table on its own): a user it owns, read from it directly.
@@ -2067,25 +2036,36 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
     }
     // What one node refuses, every node refuses.
     let other = json!({"id": "exp-d", "variants": [{"name": "a", "weight": 1}]});
-    let (status, body) = admin_post(&cluster.client, &cluster.url(1, "/v1/experiments"), &other);
+    let (status, body) = admin(
+        cluster
+            .client
+            .post(cluster.url(1, "/v1/experiments"))
+            .json(&other),
+    );
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("exp-c")));
-    let (status, body) = admin_post(&cluster.client, &cluster.url(2, "/v1/experiments"), &def);
+    let (status, body) = admin(
+        cluster
+            .client
+            .post(cluster.url(2, "/v1/experiments"))
+            .json(&def),
+    );
     assert_eq!(status, 409, "{body}");
     let bad = json!({"id": "exp-e", "variants": [{"name": "a", "weight": 0}]});
-    let (status, body) = admin_post(&cluster.client, &cluster.url(2, "/v1/experiments"), &bad);
+    let (status, body) = admin(
+        cluster
+            .client
+            .post(cluster.url(2, "/v1/experiments"))
+            .json(&bad),
+    );
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_experiment"))
     );
     for n in 0..3 {
-        let (status, listed) = admin_request(
-            &cluster.client,
-            reqwest::Method::GET,
-            &cluster.url(n, "/v1/experiments"),
-        );
+        let (status, listed) = admin(cluster.client.get(cluster.url(n, "/v1/experiments")));
         assert_eq!(status, 200, "{listed}");
         assert_eq!(listed["experiments"], json!([created.clone()]), "node {n}");
     }
@@ -2132,11 +2112,7 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
         "{variants:?}"
     );
     cluster.wait_converged(records, Duration::from_secs(60));
-    let (status, expected) = admin_request(
-        &single,
-        reqwest::Method::GET,
-        &reference.url("/v1/experiments/exp-c/results"),
-    );
+    let (status, expected) = admin(single.get(reference.url("/v1/experiments/exp-c/results")));
     assert_eq!(status, 200, "{expected}");
     let impressions: u64 = expected["variants"]
         .as_array()
@@ -2146,10 +2122,10 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
         .sum();
     assert_eq!(impressions, 60, "{expected}");
     for n in 0..3 {
-        let (status, results) = admin_request(
-            &cluster.client,
-            reqwest::Method::GET,
-            &cluster.url(n, "/v1/experiments/exp-c/results"),
+        let (status, results) = admin(
+            cluster
+                .client
+                .get(cluster.url(n, "/v1/experiments/exp-c/results")),
         );
         assert_eq!(status, 200, "{results}");
         assert_eq!(results, expected, "node {n}");
@@ -2157,10 +2133,11 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
 
     // Stopped through one node: no node assigns any more. Deleted through another: gone
     // everywhere.
-    let (status, stopped) = admin_post(
-        &cluster.client,
-        &cluster.url(1, "/v1/experiments/exp-c/stop"),
-        &json!({}),
+    let (status, stopped) = admin(
+        cluster
+            .client
+            .post(cluster.url(1, "/v1/experiments/exp-c/stop"))
+            .json(&json!({})),
     );
     assert_eq!(status, 200, "{stopped}");
     assert_eq!(stopped["status"], "stopped");
@@ -2177,22 +2154,22 @@ fn experiments_are_the_clusters_and_their_results_sum_every_node() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let res = cluster
-        .client
-        .delete(cluster.url(2, "/v1/experiments/exp-c"))
-        .header("x-admin-key", ADMIN_KEY)
-        .send()
-        .expect("DELETE");
-    assert_eq!(res.status().as_u16(), 204);
+    let (status, body) = admin(
+        cluster
+            .client
+            .delete(cluster.url(2, "/v1/experiments/exp-c")),
+    );
+    assert_eq!(status, 204, "{body}");
     for n in 0..3 {
-        let (status, body) = admin_request(
-            &cluster.client,
-            reqwest::Method::GET,
-            &cluster.url(n, "/v1/experiments/exp-c"),
-        );
+        let (status, body) = admin(cluster.client.get(cluster.url(n, "/v1/experiments/exp-c")));
         assert_eq!(status, 404, "node {n}: {body}");
     }
     // With none running, a new one may start, through any node.
-    let (status, body) = admin_post(&cluster.client, &cluster.url(1, "/v1/experiments"), &other);
+    let (status, body) = admin(
+        cluster
+            .client
+            .post(cluster.url(1, "/v1/experiments"))
+            .json(&other),
+    );
     assert_eq!(status, 201, "{body}");
 }

@@ -91,29 +91,11 @@ fn decode_model(name: &str, version: u64, record: &[u8]) -> Result<(ModelVersion
 
 impl EmbeddedStore {
     pub(crate) async fn insert_model_version(&self, new: &NewModelVersion<'_>) -> Result<u64> {
-        let name = new.name.to_owned();
-        let record = encode_model(new)?;
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let version = {
-                let mut models = txn.open_table(MODELS).map_err(db_err)?;
-                let last = models
-                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-                    .map_err(db_err)?
-                    .next_back()
-                    .transpose()
-                    .map_err(db_err)?
-                    .map_or(0, |(k, _)| k.value().1);
-                let version = last + 1;
-                models
-                    .insert((name.as_str(), version), record.as_slice())
-                    .map_err(db_err)?;
-                version
-            };
-            txn.commit().map_err(db_err)?;
-            Ok(version)
-        })
-        .await
+        self.store_model(new, None)
+            .await?
+            .ok_or_else(|| StoreError::Db {
+                message: format!("no version number left for model {:?}", new.name),
+            })
     }
 
     pub(crate) async fn put_model_version(
@@ -121,22 +103,43 @@ impl EmbeddedStore {
         version: u64,
         new: &NewModelVersion<'_>,
     ) -> Result<bool> {
+        Ok(self.store_model(new, Some(version)).await?.is_some())
+    }
+
+    /// Stores `new` as version `version` unless it is taken, or (`None`) as the next one;
+    /// the number it got.
+    async fn store_model(
+        &self,
+        new: &NewModelVersion<'_>,
+        version: Option<u64>,
+    ) -> Result<Option<u64>> {
         let name = new.name.to_owned();
         let record = encode_model(new)?;
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             let stored = {
                 let mut models = txn.open_table(MODELS).map_err(db_err)?;
-                let exists = models
+                let version = match version {
+                    Some(v) => v,
+                    None => models
+                        .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                        .map_err(db_err)?
+                        .next_back()
+                        .transpose()
+                        .map_err(db_err)?
+                        .map_or(0, |(k, _)| k.value().1)
+                        .saturating_add(1),
+                };
+                let taken = models
                     .get((name.as_str(), version))
                     .map_err(db_err)?
                     .is_some();
-                if !exists {
+                if !taken {
                     models
                         .insert((name.as_str(), version), record.as_slice())
                         .map_err(db_err)?;
                 }
-                !exists
+                (!taken).then_some(version)
             };
             txn.commit().map_err(db_err)?;
             Ok(stored)
