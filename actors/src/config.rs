@@ -100,7 +100,7 @@ impl Default for RecommendConfig {
     fn default() -> Self {
         RecommendConfig {
             exclude_kinds: vec![EventKind::Complete, EventKind::Rate],
-            user_neighbours: 50,
+            user_neighbours: 20,
             user_weight: 0.2,
             similar_k: 10,
             default_n: 10,

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use momentum_models::content::diversity::{rerank_by, Candidate, DiversityConfig};
-use momentum_models::content::hybrid::{mix_by, normalise_min_max, Source};
+use momentum_models::content::hybrid::{mix_by, normalise_min_max, Scored as Mixed, Source};
 use momentum_models::content::text::display_term;
 use momentum_models::content::ScoringLimits;
 use momentum_models::experiment::VariantOverrides;
@@ -165,10 +165,8 @@ pub struct Scratch {
     /// when a sum does not fit).
     positive: PositiveAccumulator,
     dots: SparseAccumulator,
-    /// item → position in the ranked list + 1 (0: not ranked).
+    /// item → position in the explained list + 1 (0: not explained).
     slots: Vec<u32>,
-    /// item → neighbours with a positive weight on it.
-    support: Vec<u32>,
 }
 
 /// A fixed-point sum of the learned-model pass: `i64` when the model allows it, else `i128`.
@@ -330,6 +328,30 @@ pub fn popular_for(
         .collect()
 }
 
+/// One collaborative candidate: its mix of the two signals and each signal's part in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CfCandidate {
+    pub item: u32,
+    /// The mix, in [0, 1].
+    pub score: f64,
+    item_part: f64,
+    user_part: f64,
+}
+
+/// The ranked collaborative candidates of one request, with what [`CfList::explain`] needs to
+/// explain the few of them a list ends up showing (explaining is a pass over the user's items
+/// per candidate, so it is not done for the whole pool).
+#[derive(Debug, Default)]
+pub struct CfList {
+    /// Best first.
+    pub ranked: Vec<CfCandidate>,
+    /// Whether the item-based signal came from the learned model.
+    learned: bool,
+    model: Arc<EaseModel>,
+    /// The neighbours' rows the user-based signal summed, as they were.
+    neighbour_rows: Vec<Arc<UserVector>>,
+}
+
 /// Scores and ranks up to `n` items for a user with interactions.
 pub fn collaborative(
     index: &Index,
@@ -339,7 +361,7 @@ pub fn collaborative(
     config: &RecommendConfig,
     n: usize,
     scratch: &mut Scratch,
-) -> Vec<Scored> {
+) -> CfList {
     // The user's excluded items as a dense mask, so the eligibility test in the loops below
     // is two array reads; the mask is reset and put back before returning.
     let mut blocked = std::mem::take(&mut scratch.blocked);
@@ -392,16 +414,16 @@ pub fn collaborative(
     normalise_by_max(&mut item_scores);
 
     // User-based: Σ_v sim(u, v) · w_vj, summed in the neighbours' order (which ties break by
-    // external id, so it is the same on every server) into a dense array. `scratch.support`
-    // counts the neighbours with a positive weight on each item (rows hold positive weights
-    // only), so a count of 0 marks a slot not touched yet; both are reset below.
+    // external id, so it is the same on every server) into a dense array. Similarities and
+    // weights are positive, so a zero sum marks a slot not touched yet; the sums are reset
+    // below.
     let Scratch {
         user_sums,
-        support,
         user_touched,
         ..
     } = scratch;
     user_touched.clear();
+    let mut neighbour_rows = Vec::with_capacity(neighbours.len());
     for &(other, sim) in neighbours {
         let Some(row) = index.vectors.get(&other).map(|r| r.clone()) else {
             continue;
@@ -411,17 +433,16 @@ pub fn collaborative(
         let Some(&(last, _)) = row.items.last() else {
             continue;
         };
-        dense(support, last);
         dense(user_sums, last);
-        let (counts, sums) = (&mut support[..], &mut user_sums[..]);
+        let sums = &mut user_sums[..];
         for &(j, w) in &row.items {
-            let count = &mut counts[j as usize];
-            if *count == 0 {
+            let sum = &mut sums[j as usize];
+            if *sum == 0.0 {
                 user_touched.push(j);
             }
-            *count += 1;
-            sums[j as usize] += sim * f64::from(w);
+            *sum += sim * f64::from(w);
         }
+        neighbour_rows.push(row);
     }
     let user_max = user_touched
         .iter()
@@ -465,140 +486,149 @@ pub fn collaborative(
     let ranked = top_k_by(candidates, n, &item_order);
     // Per-source scores of the ranked items: the user-based list and the cosine list are in
     // dense-id order, the learned list in the model's local order.
-    let score_of = |scores: &[Neighbour], j: u32| {
-        scores
-            .binary_search_by_key(&j, |s| s.0)
-            .map_or(0.0, |k| scores[k].1)
-    };
     let item_score_of = |j: u32| {
-        if learned {
+        let found = if learned {
             let local = model.local(j);
-            item_scores
-                .binary_search_by_key(&local, |s| model.local(s.0))
-                .map_or(0.0, |k| item_scores[k].1)
+            item_scores.binary_search_by_key(&local, |s| model.local(s.0))
         } else {
-            score_of(&item_scores, j)
-        }
+            item_scores.binary_search_by_key(&j, |s| s.0)
+        };
+        found.map_or(0.0, |k| item_scores[k].1)
     };
-
-    // The strongest item-based contributor of each ranked item and how many of the user's
-    // items point at it: noted by the learned-model pass, or found in one pass over the
-    // user's co-occurrence rows.
-    let mut best: Vec<Option<(u32, f64)>> = vec![None; ranked.len()];
-    let mut item_support = vec![0usize; ranked.len()];
-    if learned {
-        // The ranked targets' positive sources that are among the user's items.
-        let mine = &mut scratch.ease_mine;
-        mine.clear();
-        mine.resize(model.items(), false);
-        for &(item, w) in &vector.items {
-            if let Some(from) = model.local(item).filter(|_| w > 0.0) {
-                mine[from as usize] = true;
-            }
-        }
-        let mut found = vec![EaseSupport::default(); ranked.len()];
-        for (k, &(j, _)) in ranked.iter().enumerate() {
-            let Some(to) = model.local(j) else {
-                continue;
-            };
-            let (sources, weights) = model.positive_sources(to);
-            for (&from, &b) in sources.iter().zip(weights) {
-                if mine[from as usize] {
-                    found[k].add(from, b);
-                }
-            }
-        }
-        for (k, slot) in found.iter().enumerate() {
-            item_support[k] = slot.support as usize;
-            if slot.support > 0 {
-                best[k] = Some((model.item(slot.best), f64::from(slot.best_weight)));
-            }
-        }
-    } else {
-        for (k, &(j, _)) in ranked.iter().enumerate() {
-            *dense(&mut scratch.slots, j) = k as u32 + 1;
-        }
-        let slots = &scratch.slots;
-        let slot_of = |j: u32| match slots.get(j as usize) {
-            Some(&s) if s > 0 => Some(s as usize - 1),
-            _ => None,
-        };
-        let ranked_norm2: Vec<f64> = ranked.iter().map(|&(j, _)| table.norm2(j)).collect();
-        let mut note = |k: usize, i: u32, contribution: f64| {
-            item_support[k] += 1;
-            // Ties go to the item that comes first by external id, as everywhere else.
-            let stronger = |b: (u32, f64)| {
-                contribution > b.1 || (contribution == b.1 && item_order(&i, &b.0).is_lt())
-            };
-            if best[k].is_none_or(stronger) {
-                best[k] = Some((i, contribution));
-            }
-        };
-        for &(i, w) in &vector.items {
-            let stats = table.get(i);
-            for e in stats.cooc.entries() {
-                if let Some(k) = slot_of(e.item) {
-                    note(
-                        k,
-                        i,
-                        f64::from(w) * cosine(e.dot, stats.norm2, ranked_norm2[k]),
-                    );
-                }
-            }
-        }
-        for &(j, _) in &ranked {
-            scratch.slots[j as usize] = 0;
-        }
-    }
-    let neighbour_support: Vec<usize> = ranked
-        .iter()
-        .map(|&(j, _)| scratch.support.get(j as usize).map_or(0, |&c| c as usize))
-        .collect();
-    let user_parts: Vec<f64> = ranked.iter().map(|&(j, _)| user_score(j) * uw).collect();
-    for &j in &scratch.user_touched {
-        scratch.support[j as usize] = 0;
-        scratch.user_sums[j as usize] = 0.0;
-    }
-
-    let scored = ranked
+    let ranked = ranked
         .into_iter()
-        .enumerate()
-        .map(|(k, (j, score))| {
-            // Explain with the strongest item-based contributor, or the neighbours.
-            let (best, item_support) = (best[k], item_support[k]);
-            let neighbour_support = neighbour_support[k];
-            let mut reasons = Vec::new();
-            let item_part = item_score_of(j) * (1.0 - uw);
-            let user_part = user_parts[k];
-            if let Some((i, _)) = best {
-                reasons.push(Reason::SimilarTo {
-                    item: i,
-                    verb: "engaged with",
-                });
-            }
-            if neighbour_support > 0 {
-                let r = Reason::UsersLikeYou {
-                    neighbours: neighbour_support,
-                };
-                if user_part > item_part {
-                    reasons.insert(0, r);
-                } else {
-                    reasons.push(r);
-                }
-            }
-            Scored {
-                item: j,
-                score: score.clamp(0.0, 1.0),
-                confidence: confidence(item_support + neighbour_support),
-                reasons,
-            }
+        .map(|(j, score)| CfCandidate {
+            item: j,
+            score: score.clamp(0.0, 1.0),
+            item_part: item_score_of(j) * (1.0 - uw),
+            user_part: user_score(j) * uw,
         })
         .collect();
+    for &j in &scratch.user_touched {
+        scratch.user_sums[j as usize] = 0.0;
+    }
     for &e in vector.excluded.iter() {
         blocked[e as usize] = false;
     }
     scratch.blocked = blocked;
-    scored
+    CfList {
+        ranked,
+        learned,
+        model,
+        neighbour_rows,
+    }
+}
+
+impl CfList {
+    /// Reasons and confidence of `items` (each among `ranked`), in that order: the user's item
+    /// that contributes most through the item-based signal, and the neighbours with the item
+    /// (first when the user-based part of its score is the larger); the confidence counts both.
+    pub fn explain(
+        &self,
+        table: &ItemTable,
+        vector: &UserVector,
+        items: &[u32],
+        index: &Index,
+        scratch: &mut Scratch,
+    ) -> Vec<(Vec<Reason>, f64)> {
+        // The strongest item-based contributor of each item and how many of the user's items
+        // point at it: from the learned model's positive sources, or in one pass over the
+        // user's co-occurrence rows.
+        let mut best: Vec<Option<(u32, f64)>> = vec![None; items.len()];
+        let mut item_support = vec![0usize; items.len()];
+        if self.learned {
+            let model = &self.model;
+            // The items' positive sources that are among the user's items.
+            let mine = &mut scratch.ease_mine;
+            mine.clear();
+            mine.resize(model.items(), false);
+            for &(item, w) in &vector.items {
+                if let Some(from) = model.local(item).filter(|_| w > 0.0) {
+                    mine[from as usize] = true;
+                }
+            }
+            for (k, &j) in items.iter().enumerate() {
+                let Some(to) = model.local(j) else {
+                    continue;
+                };
+                let mut found = EaseSupport::default();
+                let (sources, weights) = model.positive_sources(to);
+                for (&from, &b) in sources.iter().zip(weights) {
+                    if mine[from as usize] {
+                        found.add(from, b);
+                    }
+                }
+                item_support[k] = found.support as usize;
+                if found.support > 0 {
+                    best[k] = Some((model.item(found.best), f64::from(found.best_weight)));
+                }
+            }
+        } else {
+            for (k, &j) in items.iter().enumerate() {
+                *dense(&mut scratch.slots, j) = k as u32 + 1;
+            }
+            let slots = &scratch.slots;
+            let slot_of = |j: u32| match slots.get(j as usize) {
+                Some(&s) if s > 0 => Some(s as usize - 1),
+                _ => None,
+            };
+            let norm2: Vec<f64> = items.iter().map(|&j| table.norm2(j)).collect();
+            let item_order = index.item_order();
+            for &(i, w) in &vector.items {
+                let stats = table.get(i);
+                for e in stats.cooc.entries() {
+                    let Some(k) = slot_of(e.item) else {
+                        continue;
+                    };
+                    let contribution = f64::from(w) * cosine(e.dot, stats.norm2, norm2[k]);
+                    item_support[k] += 1;
+                    // Ties go to the item that comes first by external id, as everywhere else.
+                    let stronger = |b: (u32, f64)| {
+                        contribution > b.1 || (contribution == b.1 && item_order(&i, &b.0).is_lt())
+                    };
+                    if best[k].is_none_or(stronger) {
+                        best[k] = Some((i, contribution));
+                    }
+                }
+            }
+            for &j in items {
+                scratch.slots[j as usize] = 0;
+            }
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(k, &j)| {
+                let candidate = self.ranked.iter().find(|c| c.item == j);
+                let (item_part, user_part) =
+                    candidate.map_or((0.0, 0.0), |c| (c.item_part, c.user_part));
+                // Rows hold positive weights only: a neighbour with the item supports it.
+                let neighbour_support = self
+                    .neighbour_rows
+                    .iter()
+                    .filter(|row| row.items.binary_search_by_key(&j, |e| e.0).is_ok())
+                    .count();
+                let mut reasons = Vec::new();
+                if let Some((i, _)) = best[k] {
+                    reasons.push(Reason::SimilarTo {
+                        item: i,
+                        verb: "engaged with",
+                    });
+                }
+                if neighbour_support > 0 {
+                    let r = Reason::UsersLikeYou {
+                        neighbours: neighbour_support,
+                    };
+                    if user_part > item_part {
+                        reasons.insert(0, r);
+                    } else {
+                        reasons.push(r);
+                    }
+                }
+                (reasons, confidence(item_support[k] + neighbour_support))
+            })
+            .collect()
+    }
 }
 
 /// A content score: item, cosine with the profile, strongest shared term.
@@ -627,7 +657,7 @@ pub fn hybrid(
         && (blend.cf_weight <= 0.0 || vector.items.len() < config.content_min_interactions);
     // Cascade: collaborative filtering proposes the pool and content re-scores it; users with
     // too few interactions for CF get candidates from the inverted index instead.
-    let (cf, content): (Vec<Scored>, Vec<ContentScore>) = if content_only {
+    let (cf, content): (CfList, Vec<ContentScore>) = if content_only {
         let limits = ScoringLimits {
             max_profile_terms: config.profile_terms,
             ..ScoringLimits::default()
@@ -643,19 +673,19 @@ pub fn hybrid(
             .into_iter()
             .map(|m| (m.item, m.score, Some(m.top_term)))
             .collect();
-        (Vec::new(), found)
+        (CfList::default(), found)
     } else {
         let cf = collaborative(index, &table, vector, neighbours, config, pool, scratch);
         let content = if profile.is_empty() {
             Vec::new()
         } else {
-            let items: Vec<u32> = cf.iter().map(|s| s.item).collect();
+            let items: Vec<u32> = cf.ranked.iter().map(|s| s.item).collect();
             content_index.score_items(&profile, &items)
         };
         (cf, content)
     };
     let has_content = content.iter().any(|c| c.1 > 0.0);
-    let strategy = match (cf.is_empty(), has_content) {
+    let strategy = match (cf.ranked.is_empty(), has_content) {
         (false, true) => Strategy::Hybrid,
         (false, false) => Strategy::Collaborative,
         (true, true) => Strategy::Content,
@@ -666,7 +696,12 @@ pub fn hybrid(
             )
         }
     };
-    let cf_pairs = normalise_min_max(&cf.iter().map(|s| (s.item, s.score)).collect::<Vec<_>>());
+    let cf_pairs = normalise_min_max(
+        &cf.ranked
+            .iter()
+            .map(|s| (s.item, s.score))
+            .collect::<Vec<_>>(),
+    );
     let content_pairs: Vec<(u32, f64)> = content.iter().map(|c| (c.0, c.1)).collect();
     let (w_cf, w_content) = match strategy {
         Strategy::Collaborative => (1.0, 0.0),
@@ -708,21 +743,33 @@ pub fn hybrid(
         |a, b| content_index.cosine(a, b),
         &index.item_order(),
     );
-    let ordered = order
+    let ordered: Vec<&Mixed> = order
         .into_iter()
         .map(|i| &mixed[i])
         .chain(mixed[depth..].iter())
-        .take(n);
+        .take(n)
+        .collect();
+    // Only the items shown are explained.
+    let from_cf: Vec<u32> = ordered
+        .iter()
+        .filter(|m| cf.ranked.iter().any(|c| c.item == m.item))
+        .map(|m| m.item)
+        .collect();
+    let mut explained = cf
+        .explain(&table, vector, &from_cf, index, scratch)
+        .into_iter();
 
     let mut out: Vec<Scored> = Vec::with_capacity(n);
     for m in ordered {
-        let from_cf = cf.iter().find(|s| s.item == m.item);
+        let (mut reasons, mut confidence) = if from_cf.contains(&m.item) {
+            explained.next().unwrap_or_default()
+        } else {
+            (Vec::new(), 0.0)
+        };
         let term = content
             .iter()
             .find(|c| c.0 == m.item && c.1 > 0.0)
             .and_then(|c| c.2.clone());
-        let mut reasons = from_cf.map(|s| s.reasons.clone()).unwrap_or_default();
-        let mut confidence = from_cf.map_or(0.0, |s| s.confidence);
         if let Some(term) = term {
             let reason = Reason::MatchesInterest {
                 term: Arc::from(display_term(&term)),

@@ -245,6 +245,16 @@ impl UserRow {
             .map(|k| self.interaction(&self.cells[k]))
     }
 
+    /// How many items the user has a cell on.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Whether the user has no cell.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
     /// Every (item, interaction), by item.
     pub fn cells(&self) -> impl Iterator<Item = (u32, Interaction)> + '_ {
         self.cells.iter().map(|c| (c.item, self.interaction(c)))

@@ -162,7 +162,10 @@ pub struct ShardState {
     metrics: ActorMetrics,
     rows: Rows,
     dedupe: Dedupe,
-    neighbour_cache: FxHashMap<u32, (u64, Arc<Vec<Neighbour>>)>,
+    /// Neighbour lists computed at `neighbour_epoch`, the index's epoch; emptied when it moves
+    /// on or holds `recommend.cache_capacity` lists.
+    neighbour_cache: FxHashMap<u32, Arc<Vec<Neighbour>>>,
+    neighbour_epoch: u64,
     rec_cache: RecCache,
     models: ModelVersions,
     exclude_mask: u16,
@@ -230,6 +233,7 @@ impl ShardState {
             metrics,
             rows: Rows::default(),
             neighbour_cache: FxHashMap::default(),
+            neighbour_epoch: 0,
             scratch: Scratch::default(),
         }
     }
@@ -303,8 +307,8 @@ impl ShardState {
         let Some(row) = self.rows.get(user) else {
             return UserVector::default();
         };
-        let mut items = Vec::new();
-        let mut excluded = Vec::new();
+        let mut items = Vec::with_capacity(row.len());
+        let mut excluded = Vec::with_capacity(row.len());
         // Cells are in item order, so both lists come out sorted.
         for (item, cell) in row.cells() {
             let w = cell.weight(weights);
@@ -337,10 +341,14 @@ impl ShardState {
     /// the index epoch moved since it was computed.
     pub fn neighbours(&mut self, user: u32) -> Arc<Vec<Neighbour>> {
         let epoch = self.index.epoch();
-        if let Some((at, list)) = self.neighbour_cache.get(&user) {
-            if *at == epoch {
-                return list.clone();
-            }
+        if epoch != self.neighbour_epoch
+            || self.neighbour_cache.len() >= self.config.recommend.cache_capacity
+        {
+            self.neighbour_cache.clear();
+            self.neighbour_epoch = epoch;
+        }
+        if let Some(list) = self.neighbour_cache.get(&user) {
+            return list.clone();
         }
         let k = self
             .config
@@ -353,7 +361,9 @@ impl ShardState {
             k,
             &mut self.scratch,
         ));
-        self.neighbour_cache.insert(user, (epoch, list.clone()));
+        if self.config.recommend.cache_capacity > 0 {
+            self.neighbour_cache.insert(user, list.clone());
+        }
         list
     }
 
