@@ -1,7 +1,8 @@
 //! The uncached recommendation path in process, without HTTP: ml-100k's ratings go through one
 //! shard and the catalogue, its items' titles and genres into the content index, the learned
 //! item model is built, and then lists of 10 are computed with the list cache off for the
-//! users in turn (the work behind `momentum-load recommend` with `cache_ttl_secs = 0`).
+//! users in turn (the work behind `momentum-load recommend` with `cache_ttl_secs = 0`); and the
+//! similar-users pass alone, which an uncached list also runs after any change to the index.
 //!
 //!     cargo bench -p momentum-actors --bench recommend
 //!
@@ -16,6 +17,7 @@ use momentum_actors::catalog::{apply_batch, popular_items, tokenizer_for};
 use momentum_actors::index::{Index, ItemMeta};
 use momentum_actors::messages::InternedEvent;
 use momentum_actors::metrics::ActorMetrics;
+use momentum_actors::recommend::{neighbours, Scratch};
 use momentum_actors::shard::ShardState;
 use momentum_actors::EngineConfig;
 use momentum_models::events::EventKind;
@@ -43,7 +45,7 @@ fn rows(path: &PathBuf) -> Vec<Vec<String>> {
 
 /// ml-100k loaded into one shard, the catalogue's index, the content index and the learned
 /// item model; returns the shard and the users in external-id order.
-fn loaded() -> (ShardState, Vec<u32>) {
+fn loaded() -> (ShardState, Arc<Index>, Vec<u32>) {
     let mut config = EngineConfig::default();
     config.recommend.cache_ttl_secs = 0;
     let config = Arc::new(config);
@@ -106,11 +108,11 @@ fn loaded() -> (ShardState, Vec<u32>) {
     for &user in &users {
         shard.recommend(user, 10, None);
     }
-    (shard, users)
+    (shard, index, users)
 }
 
 fn uncached_lists(c: &mut Criterion) {
-    let (mut shard, users) = loaded();
+    let (mut shard, index, users) = loaded();
     let mut next = 0usize;
     let mut group = c.benchmark_group("recommend");
     group.throughput(Throughput::Elements(1));
@@ -121,6 +123,19 @@ fn uncached_lists(c: &mut Criterion) {
             let recs = shard.recommend(user, 10, None);
             assert!(!recs.cached && recs.items.len() == 10);
             recs
+        })
+    });
+    // The neighbour list alone, as computed for an uncached list whenever the index changed
+    // since the user's last one (under a stream of events, nearly every time).
+    let mut scratch = Scratch::default();
+    let k = EngineConfig::default().recommend.user_neighbours;
+    group.bench_function("neighbours_ml100k", |b| {
+        b.iter(|| {
+            let user = users[next % users.len()];
+            next += 1;
+            let list = neighbours(&index, user, k, &mut scratch);
+            assert_eq!(list.len(), k);
+            list
         })
     });
     group.finish();
