@@ -133,7 +133,12 @@ fn uncached_lists(c: &mut Criterion) {
         b.iter(|| {
             let user = users[next % users.len()];
             next += 1;
-            let list = neighbours(&index, user, k, &mut scratch);
+            let vector = index
+                .vectors
+                .get(&user)
+                .map(|v| v.clone())
+                .expect("a vector");
+            let list = neighbours(&index, user, &vector, k, &mut scratch);
             assert_eq!(list.len(), k);
             list
         })

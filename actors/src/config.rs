@@ -51,6 +51,10 @@ pub struct RecommendConfig {
     pub exclude_kinds: Vec<EventKind>,
     /// Neighbours used by user-based scoring (the similar-users API shows `similar_k`).
     pub user_neighbours: usize,
+    /// The similar-user search starts from the user's most recent this many items (latest
+    /// event first, ties in item-id order), which bounds its cost however long the history;
+    /// 0: every item. The item-based sums always use every item.
+    pub neighbour_items: usize,
     /// Share of the user-based score in the CF mix (item-based gets the rest).
     pub user_weight: f64,
     /// Size of the similar-users and similar-items lists.
@@ -101,6 +105,7 @@ impl Default for RecommendConfig {
         RecommendConfig {
             exclude_kinds: vec![EventKind::Complete, EventKind::Rate],
             user_neighbours: 20,
+            neighbour_items: 100,
             user_weight: 0.2,
             similar_k: 10,
             default_n: 10,

@@ -269,21 +269,25 @@ fn for_each_product(
     }
 }
 
-/// The `k` users most similar to `user` (cosine over weighted rows), best first.
-pub fn neighbours(index: &Index, user: u32, k: usize, scratch: &mut Scratch) -> Vec<Neighbour> {
-    let Some(vector) = index.vectors.get(&user).map(|v| v.clone()) else {
-        return Vec::new();
-    };
+/// The `k` users most similar to `user`, whose items (or the scored part of them) are
+/// `vector` (cosine over weighted rows), best first.
+pub fn neighbours(
+    index: &Index,
+    user: u32,
+    vector: &UserVector,
+    k: usize,
+    scratch: &mut Scratch,
+) -> Vec<Neighbour> {
     let dots = {
         let table = index.item_table.read();
         // Weights are positive, so every term is: 64-bit sums, unless one does not fit.
-        for_each_product(&table, &vector, user, |other, x| {
+        for_each_product(&table, vector, user, |other, x| {
             scratch.positive.add(other, x)
         });
         match scratch.positive.drain() {
             Some(dots) => dots,
             None => {
-                for_each_product(&table, &vector, user, |other, x| scratch.dots.add(other, x));
+                for_each_product(&table, vector, user, |other, x| scratch.dots.add(other, x));
                 scratch.dots.drain()
             }
         }

@@ -245,7 +245,8 @@ fn feed_with_ids(
                     item: Some(item),
                     kind,
                     value: (kind == EventKind::Rate).then_some(value),
-                    ts_ms: original as i64,
+                    // Four events to a millisecond: ties in time are common.
+                    ts_ms: (original / 4) as i64,
                 });
             }
             for (shard, events) in h.shards.iter_mut().zip(per_shard) {
@@ -257,8 +258,8 @@ fn feed_with_ids(
 }
 
 /// A new engine loaded from `h`'s snapshot export, as a restart does.
-fn restored(h: &Harness) -> Harness {
-    let mut out = Harness::new(EngineConfig::default());
+fn restored(h: &Harness, config: &EngineConfig) -> Harness {
+    let mut out = Harness::new(config.clone());
     for (slot, name) in h.index.items.slots_snapshot().iter().enumerate() {
         if let Some(name) = name {
             assert!(out.index.items.restore(name, slot as u32));
@@ -309,7 +310,9 @@ proptest! {
     /// The same events, sorted in one engine and shuffled and batched differently (with
     /// retried batches) in another, give the same lists with the same score bits. Kinds whose
     /// effect depends on order by definition (`abandon` clamps the running sum at 0, the
-    /// latest `rate` wins) appear at most once per cell, as ratings, here.
+    /// latest `rate` wins) appear at most once per cell, as ratings, here. The similar-user
+    /// search starts from each user's 4 most recent items, so which items those are (ties in
+    /// time included) must not depend on the order either.
     #[test]
     fn answers_do_not_depend_on_event_order(
         events in prop::collection::vec(
@@ -342,20 +345,81 @@ proptest! {
             state ^= state << 17;
             all.swap(n, (state % (n as u64 + 1)) as usize);
         }
-        let config = EngineConfig::default();
+        let mut config = EngineConfig::default();
+        config.recommend.neighbour_items = 4;
         let mut a = Harness::new(config.clone());
         feed_with_ids(&mut a, &sorted, chunks.0, &[]);
-        let mut b = Harness::new(config);
+        let mut b = Harness::new(config.clone());
         feed_with_ids(&mut b, &all, chunks.1, &retry);
         prop_assert_eq!(answers(&mut a, 14, 16), answers(&mut b, 14, 16));
         // A third engine restarts (snapshot export and import) half way, then gets the rest
         // plus a retry of everything it had before the restart.
         let half = all.len() / 2;
-        let mut c = Harness::new(EngineConfig::default());
+        let mut c = Harness::new(config.clone());
         feed_with_ids(&mut c, &all[..half], chunks.1, &retry);
-        let mut c = restored(&c);
+        let mut c = restored(&c, &config);
         feed_with_ids(&mut c, &all[..half], chunks.0, &[]);
         feed_with_ids(&mut c, &all[half..], chunks.0, &retry);
         prop_assert_eq!(answers(&mut a, 14, 16), answers(&mut c, 14, 16));
     }
+}
+
+/// Of a user's items, the similar-user search starts from the `recommend.neighbour_items` most
+/// recent (ties in time by external item id), and only from those.
+#[test]
+fn the_similar_user_search_starts_from_the_most_recent_items() {
+    // (user, item, ts): u0 has i0 and i1 long ago, i2 and i3 lately; u1 shares the old
+    // items, u2 the recent ones.
+    let events = [
+        (0, 0, 10),
+        (0, 1, 11),
+        (0, 2, 50),
+        (0, 3, 51),
+        (1, 0, 5),
+        (1, 1, 5),
+        (2, 2, 5),
+        (2, 3, 5),
+    ];
+    let similar = |cap: usize, events: &[(u32, u32, i64)]| {
+        let mut config = EngineConfig::default();
+        config.recommend.neighbour_items = cap;
+        let mut h = Harness::new(config);
+        for &(u, i, ts) in events {
+            let user_name = format!("u{u}");
+            let user = h.index.users.intern(&user_name).expect("room");
+            let item = h.index.items.intern(&format!("i{i}")).expect("room");
+            let event = InternedEvent {
+                index: 0,
+                event_id: None,
+                user,
+                item: Some(item),
+                kind: EventKind::Like,
+                value: None,
+                ts_ms: ts,
+            };
+            let (_, deltas) = h.shards[shard_for(&user_name, SHARDS)].record(vec![event]);
+            apply_batch(&h.index, &deltas);
+        }
+        let u0 = h.index.users.get("u0").expect("known");
+        let list = h.similar_users(u0);
+        let mut names: Vec<String> = named(&h.index, &list, true)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(similar(2, &events), ["u2"], "the two most recent items");
+    assert_eq!(similar(0, &events), ["u1", "u2"], "every item");
+    assert_eq!(similar(4, &events), ["u1", "u2"], "a cap above the history");
+    // All four at one time: the first two external ids, whatever order the items came in
+    // (and so whatever dense ids they got).
+    let tied: Vec<(u32, u32, i64)> = events
+        .iter()
+        .map(|&(u, i, ts)| (u, i, if u == 0 { 7 } else { ts }))
+        .collect();
+    let mut reversed = tied.clone();
+    reversed.reverse();
+    assert_eq!(similar(2, &tied), ["u1"]);
+    assert_eq!(similar(2, &reversed), ["u1"]);
 }

@@ -301,23 +301,41 @@ impl ShardState {
         (outcome, deltas)
     }
 
-    /// The user's vector with their exclusions (what the scorer needs for its own user).
-    fn vector_of(&self, user: u32) -> UserVector {
+    /// The user's row as a vector: their items of positive weight and their exclusions; of
+    /// the items only the `cap` most recent when `cap > 0` (see
+    /// [`RecommendConfig::neighbour_items`](crate::config::RecommendConfig)).
+    fn vector_of(&self, user: u32, cap: usize) -> UserVector {
         let weights = &self.config.weights;
         let Some(row) = self.rows.get(user) else {
             return UserVector::default();
         };
+        let capping = cap > 0 && row.len() > cap;
         let mut items = Vec::with_capacity(row.len());
         let mut excluded = Vec::with_capacity(row.len());
+        let mut latest = Vec::new();
         // Cells are in item order, so both lists come out sorted.
         for (item, cell) in row.cells() {
             let w = cell.weight(weights);
             if w > 0.0 {
                 items.push((item, w));
+                if capping {
+                    latest.push((cell.last_ts, item));
+                }
             }
             if cell.has_any(self.exclude_mask) {
                 excluded.push(item);
             }
+        }
+        if capping && items.len() > cap {
+            // Latest first, ties by external id: the same events keep the same items.
+            let order = self.index.item_order();
+            latest.select_nth_unstable_by(cap - 1, |a, b| {
+                b.0.cmp(&a.0).then_with(|| order(&a.1, &b.1))
+            });
+            latest.truncate(cap);
+            latest.sort_unstable_by_key(|&(_, item)| item);
+            let mut keep = latest.iter().map(|&(_, item)| item).peekable();
+            items.retain(|&(item, _)| keep.next_if_eq(&item).is_some());
         }
         let norm2 = items
             .iter()
@@ -330,15 +348,21 @@ impl ShardState {
         }
     }
 
+    /// The vector the similar users of `user` are searched from: their most recent
+    /// `recommend.neighbour_items` items.
+    fn recent_vector_of(&self, user: u32) -> UserVector {
+        self.vector_of(user, self.config.recommend.neighbour_items)
+    }
+
     /// The vector other threads read: without exclusions, which only this shard uses.
     fn published_vector_of(&self, user: u32) -> Arc<UserVector> {
-        let mut vector = self.vector_of(user);
+        let mut vector = self.vector_of(user, 0);
         vector.excluded = Box::default();
         Arc::new(vector)
     }
 
-    /// The cached neighbour list (length `max(user_neighbours, similar_k)`), recomputed when
-    /// the index epoch moved since it was computed.
+    /// The cached neighbour list (length `max(user_neighbours, similar_k)`), searched from the
+    /// user's most recent items, recomputed when the index epoch moved since it was computed.
     pub fn neighbours(&mut self, user: u32) -> Arc<Vec<Neighbour>> {
         let epoch = self.index.epoch();
         if epoch != self.neighbour_epoch
@@ -355,9 +379,11 @@ impl ShardState {
             .recommend
             .user_neighbours
             .max(self.config.recommend.similar_k);
+        let vector = self.recent_vector_of(user);
         let list = Arc::new(recommend::neighbours(
             &self.index,
             user,
+            &vector,
             k,
             &mut self.scratch,
         ));
@@ -401,7 +427,7 @@ impl ShardState {
             return hit;
         }
         self.metrics.rec_cache.with_label_values(&["miss"]).inc();
-        let vector = self.vector_of(user);
+        let vector = self.vector_of(user, 0);
         let (strategy, items) = match vector {
             v if !v.items.is_empty() => {
                 let neighbours = self.neighbours(user);
