@@ -312,7 +312,7 @@ impl ShardState {
         let capping = cap > 0 && row.len() > cap;
         let mut items = Vec::with_capacity(row.len());
         let mut excluded = Vec::with_capacity(row.len());
-        let mut latest = Vec::new();
+        let mut latest = Vec::with_capacity(if capping { row.len() } else { 0 });
         // Cells are in item order, so both lists come out sorted.
         for (item, cell) in row.cells() {
             let w = cell.weight(weights);
