@@ -2,7 +2,9 @@
 //! shard and the catalogue, its items' titles and genres into the content index, the learned
 //! item model is built, and then lists of 10 are computed with the list cache off for the
 //! users in turn (the work behind `momentum-load recommend` with `cache_ttl_secs = 0`); and the
-//! similar-users pass alone, which an uncached list also runs after any change to the index.
+//! similar-users pass alone, which an uncached list also runs after any change to the index;
+//! and the write path once the mixed load has made histories long (one user's batch of 10
+//! events through the shard and the catalogue's co-occurrence updates).
 //!
 //!     cargo bench -p momentum-actors --bench recommend
 //!
@@ -146,5 +148,57 @@ fn uncached_lists(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, uncached_lists);
+/// The events of one user as the mixed load posts them: 10 `view`s on items drawn uniformly.
+fn mixed_batch(user: u32, items: &[u32], seed: &mut u64, ts: i64) -> Vec<InternedEvent> {
+    (0..10)
+        .map(|k| {
+            // xorshift: the same sequence on every run.
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            InternedEvent {
+                index: k,
+                event_id: None,
+                user,
+                item: Some(items[(*seed % items.len() as u64) as usize]),
+                kind: EventKind::View,
+                value: None,
+                ts_ms: ts,
+            }
+        })
+        .collect()
+}
+
+/// The write path once histories are long: ml-100k, then 450,000 more `view`s in batches of 10
+/// per user on uniformly drawn items (what 60 s of `momentum-load mixed --rate 3000` sends),
+/// which takes the average history from 106 to about 500 items; then one more such batch
+/// through the shard and the catalogue per iteration.
+fn events_on_long_histories(c: &mut Criterion) {
+    let (mut shard, index, users) = loaded();
+    let items: Vec<u32> = (0..index.items.slots() as u32).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut ts = 2_000_000_000_000_i64;
+    for n in 0..45_000 {
+        let user = users[n % users.len()];
+        let (_, deltas) = shard.record(mixed_batch(user, &items, &mut seed, ts));
+        apply_batch(&index, &deltas);
+        ts += 1;
+    }
+    let mut next = 0usize;
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(10));
+    group.bench_function("batch_of_10_long_histories", |b| {
+        b.iter(|| {
+            let user = users[next % users.len()];
+            next += 1;
+            ts += 1;
+            let (_, deltas) = shard.record(mixed_batch(user, &items, &mut seed, ts));
+            apply_batch(&index, &deltas);
+            deltas.len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, uncached_lists, events_on_long_histories);
 criterion_main!(benches);
