@@ -269,8 +269,8 @@ fn for_each_product(
     }
 }
 
-/// The `k` users most similar to `user`, whose items (or the scored part of them) are
-/// `vector` (cosine over weighted rows), best first.
+/// The `k` users most similar to `user`, searched from `vector` (the user's items, or the most
+/// recent of them), by cosine over weighted rows, best first.
 pub fn neighbours(
     index: &Index,
     user: u32,
