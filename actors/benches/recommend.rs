@@ -115,31 +115,26 @@ fn loaded() -> (ShardState, Arc<Index>, Vec<u32>) {
 
 fn uncached_lists(c: &mut Criterion) {
     let (mut shard, index, users) = loaded();
-    let mut next = 0usize;
+    let mut in_turn = users.iter().copied().cycle();
     let mut group = c.benchmark_group("recommend");
     group.throughput(Throughput::Elements(1));
     group.bench_function("uncached_list_of_10_ml100k", |b| {
         b.iter(|| {
-            let user = users[next % users.len()];
-            next += 1;
+            let user = in_turn.next().expect("users");
             let recs = shard.recommend(user, 10, None);
             assert!(!recs.cached && recs.items.len() == 10);
             recs
         })
     });
     // The neighbour list alone, as computed for an uncached list whenever the index changed
-    // since the user's last one (under a stream of events, nearly every time).
+    // since the user's last one (under a stream of events, nearly every time), searched from
+    // the vector the server searches from.
     let mut scratch = Scratch::default();
     let k = EngineConfig::default().recommend.user_neighbours;
     group.bench_function("neighbours_ml100k", |b| {
         b.iter(|| {
-            let user = users[next % users.len()];
-            next += 1;
-            let vector = index
-                .vectors
-                .get(&user)
-                .map(|v| v.clone())
-                .expect("a vector");
+            let user = in_turn.next().expect("users");
+            let vector = shard.recent_vector_of(user);
             let list = neighbours(&index, user, &vector, k, &mut scratch);
             assert_eq!(list.len(), k);
             list
@@ -178,19 +173,18 @@ fn events_on_long_histories(c: &mut Criterion) {
     let items: Vec<u32> = (0..index.items.slots() as u32).collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut ts = 2_000_000_000_000_i64;
-    for n in 0..45_000 {
-        let user = users[n % users.len()];
+    let mut in_turn = users.iter().copied().cycle();
+    for _ in 0..45_000 {
+        let user = in_turn.next().expect("users");
         let (_, deltas) = shard.record(mixed_batch(user, &items, &mut seed, ts));
         apply_batch(&index, &deltas);
         ts += 1;
     }
-    let mut next = 0usize;
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(10));
     group.bench_function("batch_of_10_long_histories", |b| {
         b.iter(|| {
-            let user = users[next % users.len()];
-            next += 1;
+            let user = in_turn.next().expect("users");
             ts += 1;
             let (_, deltas) = shard.record(mixed_batch(user, &items, &mut seed, ts));
             apply_batch(&index, &deltas);

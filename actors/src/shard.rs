@@ -350,7 +350,7 @@ impl ShardState {
 
     /// The vector the similar users of `user` are searched from: their most recent
     /// `recommend.neighbour_items` items.
-    fn recent_vector_of(&self, user: u32) -> UserVector {
+    pub fn recent_vector_of(&self, user: u32) -> UserVector {
         self.vector_of(user, self.config.recommend.neighbour_items)
     }
 
