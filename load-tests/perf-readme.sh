@@ -3,10 +3,15 @@
 #   1. builds release `momentum` and `momentum-load`;
 #   2. starts the server on a free local port with a throw-away embedded store and waits for
 #      /readyz (then PUTs the ml-100k item titles and genres, so the hybrid path runs);
-#   3. runs ingest (the ml-100k ratings), recommend and mixed (open loop, 30 s each),
+#   3. runs ingest (the ml-100k ratings), builds the learned item model
+#      (POST /v1/admin/item-model), then recommend (open loop, 30 s), mixed (open loop, 60 s),
 #      overload --check and a short soak, writing every JSON report and SVG chart to docs/perf/;
-#   4. stops the server (SIGTERM), writes docs/perf/README.md (the machine, then
-#      `momentum-load markdown` of the reports) and puts the same text between the lines
+#   4. stops that server (SIGTERM) and starts a second one with the list cache off
+#      (recommend.cache_ttl_secs = 0) and durability async: PUTs the items, ingests the ratings
+#      again, builds the item model, and measures uncached lists in a closed loop (4
+#      connections, 20 s) and in an open loop (UNCACHED_RATE, 30 s);
+#   5. stops it, writes docs/perf/README.md (the machine, then `momentum-load markdown` of the
+#      reports of each server) and puts the same text between the lines
 #      `<!-- perf:begin -->` and `<!-- perf:end -->` of README.md.
 # A failed overload check does not stop the script: the README shows the verdicts, and the
 # script exits with overload's status (3) at the very end.
@@ -16,11 +21,13 @@
 #   DATA           ml-100k directory (ratings.csv, items.csv) or a ratings CSV
 #                  [${MOMENTUM_DATA:-../shared/data}/ml-100k]
 #   REC_RATE       recommend open-loop rate, req/s, for 30 s [1000]
-#   MIXED_RATE     mixed open-loop rate, req/s, for 30 s [600]
+#   MIXED_RATE     mixed open-loop rate, req/s [600]
+#   MIXED_DURATION mixed length [60s]
+#   UNCACHED_RATE  open-loop rate of the uncached lists, req/s, for 30 s [3000]
 #   SUSTAINABLE    overload --rate (warm-up, recovery); overload at twice that [600]
 #   SOAK_RATE      soak rate, req/s [100]
 #   SOAK_DURATION  soak length [2m]
-#   DURABILITY     the server's store.durability, sync or async [sync]
+#   DURABILITY     the first server's store.durability, sync or async [sync]
 #   ITEMS          1: PUT the item metadata before measuring; 0: ratings only [1]
 #   PORT           server port [a free one]
 #   SKIP_BUILD     1: use the binaries already built [0]
@@ -35,10 +42,13 @@ README=README.md
 BEGIN_MARK='<!-- perf:begin -->'
 END_MARK='<!-- perf:end -->'
 SCENARIOS=(ingest recommend mixed overload soak)
+UNCACHED=(ingest-async uncached-closed uncached-open)
 
 DATA=${DATA:-${MOMENTUM_DATA:-../shared/data}/ml-100k}
 REC_RATE=${REC_RATE:-1000}
 MIXED_RATE=${MIXED_RATE:-600}
+MIXED_DURATION=${MIXED_DURATION:-60s}
+UNCACHED_RATE=${UNCACHED_RATE:-3000}
 SUSTAINABLE=${SUSTAINABLE:-600}
 SOAK_RATE=${SOAK_RATE:-100}
 SOAK_DURATION=${SOAK_DURATION:-2m}
@@ -154,38 +164,47 @@ load_average() {
 PORT=${PORT:-$(free_port)}
 TARGET=http://127.0.0.1:$PORT
 LOAD_START=$(load_average)
+ADMIN_KEY=$(hex 16)
 
-log "starting $SERVER_BIN on 127.0.0.1:$PORT (store in $TMP/store, durability $DURABILITY)"
-# Scheduled training and churn scoring are off so that they cannot land in the middle of a
-# measurement; everything else is config/default.toml.
-env -u RUST_LOG \
-	MOMENTUM__SERVER__BIND="127.0.0.1:$PORT" \
-	MOMENTUM__STORE__KIND=embedded \
-	MOMENTUM__STORE__PATH="$TMP/store" \
-	MOMENTUM__STORE__DURABILITY="$DURABILITY" \
-	MOMENTUM__SECURITY__ADMIN_KEY="$(hex 16)" \
-	MOMENTUM__SECURITY__MODEL_KEY="$(hex 32)" \
-	MOMENTUM__TRAINER__INTERVAL_SECS=0 \
-	MOMENTUM__CHURN__INTERVAL_SECS=0 \
-	MOMENTUM__LOGGING__LEVEL=warn \
-	"$SERVER_BIN" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
+# start_server DURABILITY [NAME=VALUE...]: a server on $PORT with a fresh store under $TMP,
+# scheduled training and churn scoring off (so that they cannot land in the middle of a
+# measurement), everything else config/default.toml but the settings given; waits for /readyz.
+start_server() {
+	local durability=$1
+	shift
+	rm -rf "$TMP/store"
+	log "starting $SERVER_BIN on 127.0.0.1:$PORT (store in $TMP/store, durability $durability${*:+, $*})"
+	env -u RUST_LOG \
+		MOMENTUM__SERVER__BIND="127.0.0.1:$PORT" \
+		MOMENTUM__STORE__KIND=embedded \
+		MOMENTUM__STORE__PATH="$TMP/store" \
+		MOMENTUM__STORE__DURABILITY="$durability" \
+		MOMENTUM__SECURITY__ADMIN_KEY="$ADMIN_KEY" \
+		MOMENTUM__SECURITY__MODEL_KEY="$(hex 32)" \
+		MOMENTUM__TRAINER__INTERVAL_SECS=0 \
+		MOMENTUM__CHURN__INTERVAL_SECS=0 \
+		MOMENTUM__LOGGING__LEVEL=warn \
+		"$@" \
+		"$SERVER_BIN" >"$TMP/server.log" 2>&1 &
+	SERVER_PID=$!
+	local deadline=$((SECONDS + 120))
+	until curl -fsS -o /dev/null --max-time 2 "$TARGET/readyz" 2>/dev/null; do
+		if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+			tail -n 20 "$TMP/server.log" >&2
+			SERVER_PID=
+			die "the server exited during start-up (log above)"
+		fi
+		((SECONDS < deadline)) || die "the server was not ready after 120 s"
+		sleep 0.2
+	done
+	log "server ready"
+}
 
-deadline=$((SECONDS + 120))
-until curl -fsS -o /dev/null --max-time 2 "$TARGET/readyz" 2>/dev/null; do
-	if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-		tail -n 20 "$TMP/server.log" >&2
-		SERVER_PID=
-		die "the server exited during start-up (log above)"
-	fi
-	((SECONDS < deadline)) || die "the server was not ready after 120 s"
-	sleep 0.2
-done
-log "server ready"
-
-DATA_NOTE="the ratings of \`$RATINGS\`"
-if [[ $ITEMS == 1 && -r $ITEMS_CSV ]]; then
-	count=$(python3 - "$PORT" "$ITEMS_CSV" <<'PY'
+# put_items: PUTs the titles and genres of $ITEMS_CSV (when ITEMS=1 and it is there), so the
+# hybrid path runs; prints how many.
+put_items() {
+	[[ $ITEMS == 1 && -r $ITEMS_CSV ]] || return 0
+	python3 - "$PORT" "$ITEMS_CSV" <<'PY'
 import csv, http.client, json, sys
 
 port, path = int(sys.argv[1]), sys.argv[2]
@@ -207,7 +226,21 @@ with open(path, newline="", encoding="utf-8") as f:
         count += 1
 print(count)
 PY
-	)
+}
+
+# build_item_model: POST /v1/admin/item-model, as an operator does after a bulk import; prints
+# the answer (version, items, seconds).
+build_item_model() {
+	local answer
+	answer=$(curl -fsS --max-time 300 -X POST -H "X-Admin-Key: $ADMIN_KEY" "$TARGET/v1/admin/item-model") ||
+		die "POST /v1/admin/item-model failed"
+	log "item model built: $answer"
+}
+
+start_server "$DURABILITY"
+DATA_NOTE="the ratings of \`$RATINGS\`"
+count=$(put_items)
+if [[ -n $count ]]; then
 	log "$count items PUT from $ITEMS_CSV"
 	DATA_NOTE="$DATA_NOTE, after PUTting the titles and genres of $count items (\`$ITEMS_CSV\`)"
 elif [[ $ITEMS == 1 ]]; then
@@ -215,7 +248,7 @@ elif [[ $ITEMS == 1 ]]; then
 fi
 
 mkdir -p "$OUT"
-for name in "${SCENARIOS[@]}"; do
+for name in "${SCENARIOS[@]}" "${UNCACHED[@]}"; do
 	rm -f "$OUT/$name.json" "$OUT/$name.svg"
 done
 
@@ -232,13 +265,22 @@ run() {
 }
 
 run ingest ingest --ratings "$RATINGS" --batch 1000 --connections 4
+build_item_model
 run recommend recommend --users "$RATINGS" --rate "$REC_RATE" --duration 30s
-run mixed mixed --ratings "$RATINGS" --rate "$MIXED_RATE" --duration 30s
+run mixed mixed --ratings "$RATINGS" --rate "$MIXED_RATE" --duration "$MIXED_DURATION"
 OVERLOAD_STATUS=0
 run overload overload --ratings "$RATINGS" --rate "$SUSTAINABLE" --factor 2 --check ||
 	OVERLOAD_STATUS=$?
 run soak soak --ratings "$RATINGS" --rate "$SOAK_RATE" --duration "$SOAK_DURATION"
+stop_server
 
+# The live path: every list computed, none served from the cache.
+start_server async MOMENTUM__RECOMMEND__CACHE_TTL_SECS=0
+put_items >/dev/null
+run ingest-async ingest --ratings "$RATINGS" --batch 1000 --connections 4
+build_item_model
+run uncached-closed recommend --users "$RATINGS" --connections 4 --duration 20s
+run uncached-open recommend --users "$RATINGS" --rate "$UNCACHED_RATE" --duration 30s
 stop_server
 LOAD_END=$(load_average)
 
@@ -261,21 +303,39 @@ rustc_version=$(rustc --version 2>/dev/null || echo "rustc unknown")
 
 MACHINE="- Machine: $(nproc) CPUs${cpu_model:+ ($cpu_model)}, $((mem_tenths / 10)).$((mem_tenths % 10)) GiB RAM, $(uname -sr); load average $LOAD_START before the runs, $LOAD_END after them.
 - Code: commit \`$COMMIT\`, release build, $rustc_version.
-- Server: \`momentum\` on 127.0.0.1 with an embedded store (durability \`$DURABILITY\`) in a fresh temporary directory, scheduled training and churn scoring off, otherwise \`config/default.toml\`; the load generator runs on the same machine.
+- Server: \`momentum\` on 127.0.0.1 with an embedded store (durability \`$DURABILITY\`) in a fresh temporary directory, scheduled training and churn scoring off, otherwise \`config/default.toml\`; the load generator runs on the same machine. The learned item model is built (\`POST /v1/admin/item-model\`) after the ingest; the prediction routes of \`mixed\` answer \`503 model_not_ready\`, as no success or churn model is trained.
 - Data: $DATA_NOTE.
-- Regenerate: \`REC_RATE=$REC_RATE MIXED_RATE=$MIXED_RATE SUSTAINABLE=$SUSTAINABLE SOAK_RATE=$SOAK_RATE SOAK_DURATION=$SOAK_DURATION DURABILITY=$DURABILITY load-tests/perf-readme.sh\`; each run's own command is under its heading."
+- Regenerate: \`REC_RATE=$REC_RATE MIXED_RATE=$MIXED_RATE MIXED_DURATION=$MIXED_DURATION UNCACHED_RATE=$UNCACHED_RATE SUSTAINABLE=$SUSTAINABLE SOAK_RATE=$SOAK_RATE SOAK_DURATION=$SOAK_DURATION DURABILITY=$DURABILITY load-tests/perf-readme.sh\`; each run's own command is under its heading."
+LIVE="#### The live path: lists computed on every request
 
-reports=()
-for name in "${SCENARIOS[@]}"; do
-	if [[ -f $OUT/$name.json ]]; then
-		reports+=("$OUT/$name.json")
-	else
-		log "no $OUT/$name.json: left out of the README"
+A second server, started after the first one stopped, with the list cache off (\`MOMENTUM__RECOMMEND__CACHE_TTL_SECS=0\`) and durability \`async\`, otherwise as above: the items PUT, the ratings ingested (\`ingest-async\`), the item model built, then lists in a closed loop over 4 connections and in an open loop at $UNCACHED_RATE req/s. Every answer is computed from the live state."
+
+# existing REPORT.json... : the ones of the names given that were written.
+existing() {
+	local name
+	for name in "$@"; do
+		if [[ -f $OUT/$name.json ]]; then
+			echo "$OUT/$name.json"
+		else
+			log "no $OUT/$name.json: left out of the README"
+		fi
+	done
+}
+mapfile -t reports < <(existing "${SCENARIOS[@]}")
+mapfile -t live < <(existing "${UNCACHED[@]}")
+
+# fragment CHART_DIR: the Markdown of both servers' reports, charts linked from CHART_DIR.
+fragment() {
+	"$LOAD_BIN" markdown "${reports[@]}" --machine "$MACHINE" --chart-dir "$1"
+	if ((${#live[@]} > 0)); then
+		echo
+		echo
+		# The second render's own "generated" comment is the first line: the first one's holds.
+		"$LOAD_BIN" markdown "${live[@]}" --machine "$LIVE" --chart-dir "$1" | tail -n +2
 	fi
-done
-
-"$LOAD_BIN" markdown "${reports[@]}" --machine "$MACHINE" --chart-dir . >"$TMP/local.md"
-"$LOAD_BIN" markdown "${reports[@]}" --machine "$MACHINE" --chart-dir "$OUT" >"$TMP/root.md"
+}
+fragment . >"$TMP/local.md"
+fragment "$OUT" >"$TMP/root.md"
 {
 	echo "# Performance"
 	echo
