@@ -43,6 +43,9 @@ struct PairChanges {
     pending: Vec<PairChange>,
     grouped: Vec<PairChange>,
     counts: Vec<u32>,
+    /// The weight before the row change being recorded of each item it changes, by item id;
+    /// NaN for every other item.
+    before: Vec<f32>,
     /// Changes held before `record` calls its `flush`: [`PENDING_PAIRS`].
     limit: usize,
 }
@@ -53,6 +56,7 @@ impl Default for PairChanges {
             pending: Vec::new(),
             grouped: Vec::new(),
             counts: Vec::new(),
+            before: Vec::new(),
             limit: PENDING_PAIRS,
         }
     }
@@ -64,7 +68,12 @@ impl PairChanges {
     /// moves by `n_i·n_j − o_i·o_j` (pairs of two changed items are handled once). `flush`
     /// is called whenever `limit` changes are waiting.
     fn record(&mut self, d: &RowDelta, mut flush: impl FnMut(&mut Self)) {
-        let changed: FxHashMap<u32, f32> = d.changes.iter().map(|&(i, o, _)| (i, o)).collect();
+        for &(i, old_i, _) in &d.changes {
+            if i as usize >= self.before.len() {
+                self.before.resize(i as usize + 1, f32::NAN);
+            }
+            self.before[i as usize] = old_i;
+        }
         // Every item with a weight before or after: the current row plus items dropped to 0.
         let zeroed = d
             .changes
@@ -77,11 +86,11 @@ impl PairChanges {
                 if j == i {
                     continue;
                 }
-                let old_j = match changed.get(&j) {
+                let old_j = match self.before.get(j as usize) {
                     // Pairs of two changed items are handled from the smaller id.
-                    Some(_) if j < i => continue,
-                    Some(&o) => o,
-                    None => new_j,
+                    Some(o) if !o.is_nan() && j < i => continue,
+                    Some(&o) if !o.is_nan() => o,
+                    _ => new_j,
                 };
                 let dot = f64::from(new_i) * f64::from(new_j) - f64::from(old_i) * f64::from(old_j);
                 let users =
@@ -103,6 +112,9 @@ impl PairChanges {
             if self.pending.len() >= self.limit {
                 flush(self);
             }
+        }
+        for &(i, _, _) in &d.changes {
+            self.before[i as usize] = f32::NAN;
         }
     }
 
@@ -191,7 +203,6 @@ pub fn similar_items(index: &Index, item: u32, k: usize) -> Vec<Neighbour> {
         stats
             .cooc
             .entries()
-            .iter()
             .filter(|e| table.is_live(e.item))
             .map(|e| (e.item, cosine(e.dot, stats.norm2, table.norm2(e.item))))
             .collect()
@@ -431,7 +442,6 @@ mod tests {
             .map(|(_, s)| {
                 s.cooc
                     .entries()
-                    .iter()
                     .map(|e| (e.item, e.users, e.dot.to_bits()))
                     .collect()
             })
@@ -498,7 +508,7 @@ mod tests {
             "no counting array over 100,000 rows"
         );
         let row = table.get(100_000).cooc.entries();
-        assert_eq!(row.iter().map(|e| e.item).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(row.map(|e| e.item).collect::<Vec<_>>(), vec![3, 7]);
         assert_eq!(
             table.get(3).cooc.get(7).map(|c| (c.users, c.dot)),
             Some((1, 2.0))

@@ -68,23 +68,28 @@ pub struct CoocEntry {
 }
 
 /// An item's co-occurrence row: its entries in one contiguous array, which scorers read in
-/// array order (their sums are order-independent), and the positions of the entries in it,
+/// array order (their sums are order-independent), and how an item's entry is found in it,
 /// which only the catalogue's updates use.
 #[derive(Debug, Clone, Default)]
 pub struct CoocRow {
+    /// [`Positions::Hashed`]: the entries, in the order they were made (a removal moves the
+    /// last one into the hole). [`Positions::Dense`]: one entry per item id below the
+    /// vector's length, `entries[i].item == i`, with `users == 0` where the items do not
+    /// co-occur.
     entries: Vec<CoocEntry>,
     positions: Positions,
 }
 
-/// Where each item's entry is in a row's array.
+/// How each item's entry is found in a row's array.
 #[derive(Debug, Clone)]
 enum Positions {
     /// A hash table of positions (4 bytes a slot, about 6 to 11 bytes an entry).
     Hashed(HashTable<u32>),
-    /// One slot per item id below the vector's length (`ABSENT` where the items do not
-    /// co-occur): 4 bytes an id, one memory access a lookup. A row switches to it once its
-    /// entries cover half the ids up to its largest.
-    Direct(Vec<u32>),
+    /// The entries are indexed by item id; `len` of them co-occur. An update is one memory
+    /// access, at an address known without reading anything else, so the processor has many
+    /// of a batch's updates in flight at once. A row switches to it once its entries cover
+    /// half the ids up to its largest, and back once they cover less than an eighth.
+    Dense { len: usize },
 }
 
 impl Default for Positions {
@@ -93,38 +98,47 @@ impl Default for Positions {
     }
 }
 
-/// A [`Positions::Direct`] slot with no entry.
-const ABSENT: u32 = u32::MAX;
-
 /// Rows shorter than this keep a hash table, whatever their density.
-const DIRECT_MIN_ENTRIES: usize = 64;
+const DENSE_MIN_ENTRIES: usize = 64;
 
 fn item_hash(item: u32) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(item)
 }
 
+/// The entry of an item that does not co-occur, in a dense row.
+fn absent(item: u32) -> CoocEntry {
+    CoocEntry {
+        item,
+        users: 0,
+        dot: 0.0,
+    }
+}
+
 impl CoocRow {
-    /// Entries, in no particular order.
-    pub fn entries(&self) -> &[CoocEntry] {
-        &self.entries
+    /// The entries, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &CoocEntry> + '_ {
+        self.entries.iter().filter(|e| e.users > 0)
     }
 
     /// Number of co-occurring items.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match self.positions {
+            Positions::Hashed(_) => self.entries.len(),
+            Positions::Dense { len } => len,
+        }
     }
 
     /// Whether no item co-occurs.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Bytes held on the heap (entries, and positions with their control bytes).
+    /// Bytes held on the heap (entries, and a hash table's positions and control bytes).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<CoocEntry>()
             + match &self.positions {
                 Positions::Hashed(table) => table.capacity() * (std::mem::size_of::<u32>() + 1),
-                Positions::Direct(slots) => slots.capacity() * std::mem::size_of::<u32>(),
+                Positions::Dense { .. } => 0,
             }
     }
 
@@ -142,8 +156,8 @@ impl CoocRow {
             Positions::Hashed(table) => table
                 .find(item_hash(item), |&k| entries[k as usize].item == item)
                 .map(|&k| k as usize),
-            Positions::Direct(slots) => match slots.get(item as usize) {
-                Some(&k) if k != ABSENT => Some(k as usize),
+            Positions::Dense { .. } => match entries.get(item as usize) {
+                Some(e) if e.users > 0 => Some(item as usize),
                 _ => None,
             },
         }
@@ -151,7 +165,36 @@ impl CoocRow {
 
     /// Adds `dot` and `users` to the entry of `item`, creating it, or removing it when no
     /// user links the items any more.
+    #[inline]
     pub fn add(&mut self, item: u32, dot: f64, users: i64) {
+        if let Positions::Dense { len } = &mut self.positions {
+            if let Some(entry) = self.entries.get_mut(item as usize) {
+                let total = i64::from(entry.users) + users;
+                debug_assert!(total >= 0, "co-occurrence count below zero");
+                if entry.users == 0 {
+                    // An absent pair only gains a user (a change without one moves no dot
+                    // product), and starts from this change alone.
+                    if users > 0 {
+                        *entry = CoocEntry {
+                            item,
+                            users: users as u32,
+                            dot,
+                        };
+                        *len += 1;
+                    }
+                } else if total > 0 {
+                    entry.dot += dot;
+                    entry.users = total as u32;
+                } else {
+                    *entry = absent(item);
+                    *len -= 1;
+                    if *len * 8 < self.entries.len() {
+                        self.reindex();
+                    }
+                }
+                return;
+            }
+        }
         match self.find(item) {
             Some(k) => {
                 let entry = &mut self.entries[k];
@@ -174,104 +217,113 @@ impl CoocRow {
         }
     }
 
-    /// Removes entry `k`; the last entry moves into its place.
+    /// Removes entry `k` of a hashed row; the last entry moves into its place.
     fn remove_at(&mut self, k: usize) {
         let CoocRow { entries, positions } = self;
+        let Positions::Hashed(table) = positions else {
+            unreachable!("dense rows mark entries absent in place");
+        };
         let item = entries[k].item;
         let last = entries.len() as u32 - 1;
         entries.swap_remove(k);
         let moved = entries.get(k).map(|e| e.item);
-        match positions {
-            Positions::Hashed(table) => {
-                if let Ok(found) = table.find_entry(item_hash(item), |&p| p as usize == k) {
-                    found.remove();
-                }
-                // The last entry moved into the hole: point its position there.
-                if let Some(moved) = moved {
-                    if let Some(p) = table.find_mut(item_hash(moved), |&p| p == last) {
-                        *p = k as u32;
-                    }
-                }
-            }
-            Positions::Direct(slots) => {
-                slots[item as usize] = ABSENT;
-                if let Some(moved) = moved {
-                    slots[moved as usize] = k as u32;
-                }
+        if let Ok(found) = table.find_entry(item_hash(item), |&p| p as usize == k) {
+            found.remove();
+        }
+        // The last entry moved into the hole: point its position there.
+        if let Some(moved) = moved {
+            if let Some(p) = table.find_mut(item_hash(moved), |&p| p == last) {
+                *p = k as u32;
             }
         }
     }
 
-    /// Appends an entry for an item that has none.
+    /// Adds an entry for an item that has none: appended to a hashed row, or at its id in a
+    /// dense one (which grows to it, or turns hashed when the id is far past the rest).
     fn push(&mut self, entry: CoocEntry) {
-        let k = self.entries.len() as u32;
         let item = entry.item as usize;
-        // Whether the entries move to a larger allocation: the moment to reconsider the kind
-        // of positions, a number of times logarithmic in the row's largest size (a row going
-        // back and forth across one length does not rebuild its positions each time).
-        let grows = self.entries.len() == self.entries.capacity();
-        self.entries.push(entry);
         match &mut self.positions {
             Positions::Hashed(table) => {
+                let k = self.entries.len() as u32;
+                // Whether the entries move to a larger allocation: the moment to reconsider
+                // the kind of row, a number of times logarithmic in the row's largest size (a
+                // row going back and forth across one length does not rebuild each time).
+                let grows = self.entries.len() == self.entries.capacity();
+                self.entries.push(entry);
                 let entries = &self.entries;
                 table.insert_unique(item_hash(entry.item), k, |&p| {
                     item_hash(entries[p as usize].item)
                 });
-                if grows && entries.len() >= DIRECT_MIN_ENTRIES {
+                if grows && entries.len() >= DENSE_MIN_ENTRIES {
                     self.reindex();
                 }
             }
-            Positions::Direct(slots) => {
-                if item >= slots.len() {
-                    if item + 1 > 4 * self.entries.len() {
-                        // Far beyond the ids the row covers: back to a hash table.
-                        self.reindex();
-                        return;
-                    }
-                    slots.resize(item + 1, ABSENT);
+            Positions::Dense { len } => {
+                // Only ids past the array reach here.
+                if 2 * (*len + 1) < item + 1 {
+                    // Far beyond the ids the row covers: back to a hash table.
+                    self.reindex();
+                    self.push(entry);
+                    return;
                 }
-                slots[item] = k;
+                let span = self.entries.len();
+                // At most an eighth more than needed: a dense row's slack costs 16 bytes an id.
+                self.entries.reserve_exact((item + 1 - span).max(span / 8));
+                self.entries.extend((span as u32..entry.item).map(absent));
+                self.entries.push(entry);
+                *len += 1;
             }
         }
     }
 
-    /// Rebuilds the positions as whichever kind suits the row now: direct slots when the
-    /// entries cover at least half the ids up to the largest, a hash table otherwise.
+    /// Rebuilds the row as whichever kind suits it now: dense when its entries cover at least
+    /// half the ids up to the largest, hashed otherwise.
     fn reindex(&mut self) {
-        let entries = &self.entries;
-        let span = entries
-            .iter()
-            .map(|e| e.item as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let direct = entries.len() >= DIRECT_MIN_ENTRIES && 2 * entries.len() >= span;
-        if !direct && matches!(self.positions, Positions::Hashed(_)) {
-            // Hashed it stays: the table is already up to date.
-            return;
-        }
-        self.positions = if direct {
-            let mut slots = vec![ABSENT; span];
-            for (k, e) in entries.iter().enumerate() {
-                slots[e.item as usize] = k as u32;
+        let present: Vec<CoocEntry> = match self.positions {
+            Positions::Hashed(_) => {
+                let span = self
+                    .entries
+                    .iter()
+                    .map(|e| e.item as usize + 1)
+                    .max()
+                    .unwrap_or(0);
+                let n = self.entries.len();
+                if n < DENSE_MIN_ENTRIES || 2 * n < span {
+                    // Hashed it stays: the table is already up to date.
+                    return;
+                }
+                let mut dense: Vec<CoocEntry> = Vec::with_capacity(span);
+                dense.extend((0..span as u32).map(absent));
+                for e in &self.entries {
+                    dense[e.item as usize] = *e;
+                }
+                self.entries = dense;
+                self.positions = Positions::Dense { len: n };
+                return;
             }
-            Positions::Direct(slots)
-        } else {
-            let mut table = HashTable::with_capacity(entries.len());
-            for (k, e) in entries.iter().enumerate() {
-                table.insert_unique(item_hash(e.item), k as u32, |&p| {
-                    item_hash(entries[p as usize].item)
-                });
-            }
-            Positions::Hashed(table)
+            Positions::Dense { .. } => self
+                .entries
+                .iter()
+                .filter(|e| e.users > 0)
+                .copied()
+                .collect(),
         };
+        let mut table = HashTable::with_capacity(present.len());
+        for (k, e) in present.iter().enumerate() {
+            table.insert_unique(item_hash(e.item), k as u32, |&p| {
+                item_hash(present[p as usize].item)
+            });
+        }
+        self.entries = present;
+        self.positions = Positions::Hashed(table);
     }
 
-    /// How many entries the positions hold (tests).
+    /// How many entries the positions find (tests).
     #[cfg(test)]
     fn positions_len(&self) -> usize {
         match &self.positions {
             Positions::Hashed(table) => table.len(),
-            Positions::Direct(slots) => slots.iter().filter(|&&k| k != ABSENT).count(),
+            Positions::Dense { .. } => self.entries.iter().filter(|e| e.users > 0).count(),
         }
     }
 }
@@ -509,13 +561,11 @@ mod tests {
             if e.1 == 0 {
                 want.remove(&item);
             }
-            prop_assert_eq!(row.positions_len(), row.entries().len());
+            prop_assert_eq!(row.positions_len(), row.entries().count());
+            prop_assert_eq!(row.len(), row.entries().count());
         }
-        let mut got: Vec<(u32, (f64, u32))> = row
-            .entries()
-            .iter()
-            .map(|e| (e.item, (e.dot, e.users)))
-            .collect();
+        let mut got: Vec<(u32, (f64, u32))> =
+            row.entries().map(|e| (e.item, (e.dot, e.users))).collect();
         got.sort_by_key(|e| e.0);
         let want_list: Vec<(u32, (f64, u32))> = want.iter().map(|(&k, &v)| (k, v)).collect();
         prop_assert_eq!(&got, &want_list);
@@ -537,8 +587,8 @@ mod tests {
             row_matches_a_map(updates, 300)?;
         }
 
-        /// The same through rows that turn dense (direct positions) and sparse again (an id
-        /// far past the others), with removals moving entries in both kinds.
+        /// The same through rows that turn dense and hashed again (an id far past the others,
+        /// or most entries removed), with removals in both kinds.
         #[test]
         fn cooc_rows_match_a_map_through_both_kinds_of_positions(
             updates in prop::collection::vec(
@@ -551,14 +601,26 @@ mod tests {
     }
 
     #[test]
-    fn dense_rows_switch_to_direct_positions_and_back() {
+    fn rows_turn_dense_and_hashed_again() {
         let mut row = CoocRow::default();
         for item in 0..200 {
             row.add(item, 1.0, 1);
         }
         assert!(
-            matches!(row.positions, Positions::Direct(_)),
+            matches!(row.positions, Positions::Dense { len: 200 }),
             "200 of 200 ids"
+        );
+        // One entry an id, no positions, and growing one id at a time leaves at most an
+        // eighth of slack.
+        let bytes = row.heap_bytes();
+        assert!((200 * 16..=200 * 16 * 9 / 8).contains(&bytes), "{bytes}");
+        for item in 200..1000 {
+            row.add(item, 1.0, 1);
+        }
+        assert!(
+            row.heap_bytes() <= 1000 * 16 * 9 / 8,
+            "{}",
+            row.heap_bytes()
         );
         let before = row.heap_bytes();
         row.add(1_000_000, 1.0, 1);
@@ -567,11 +629,13 @@ mod tests {
             "an id far past the rest"
         );
         assert!(
-            row.heap_bytes() < before + 4 * 1_000_000,
-            "no slot per id up to a million"
+            row.heap_bytes() < before + 16 * 1_000_000,
+            "no entry per id up to a million"
         );
         assert_eq!(row.get(1_000_000).map(|c| c.users), Some(1));
         assert_eq!(row.get(17).map(|c| c.users), Some(1));
+        assert_eq!(row.len(), 1001);
+
         let mut sparse = CoocRow::default();
         for item in 0..200 {
             sparse.add(item * 10, 1.0, 1);
@@ -580,6 +644,34 @@ mod tests {
             matches!(sparse.positions, Positions::Hashed(_)),
             "200 of 2,000 ids"
         );
+
+        // Removing most of a dense row's entries turns it back into a hash table.
+        let mut emptied = CoocRow::default();
+        for item in 0..512 {
+            emptied.add(item, 2.0, 1);
+        }
+        assert!(matches!(emptied.positions, Positions::Dense { .. }));
+        for item in 0..448 {
+            emptied.add(item, -2.0, -1);
+        }
+        assert!(
+            matches!(emptied.positions, Positions::Dense { len: 64 }),
+            "64 of 512: an eighth"
+        );
+        emptied.add(448, -2.0, -1);
+        assert!(
+            matches!(emptied.positions, Positions::Hashed(_)),
+            "63 of 512"
+        );
+        assert_eq!(emptied.len(), 63);
+        assert!(emptied.heap_bytes() < 512 * 16);
+        assert_eq!(
+            emptied.entries().map(|e| e.item).collect::<Vec<_>>(),
+            (449..512).collect::<Vec<_>>(),
+            "in item order, as the dense row held them"
+        );
+        assert_eq!(emptied.get(500), Some(Cooccurrence { dot: 2.0, users: 1 }));
+        assert_eq!(emptied.get(100), None);
     }
 
     #[test]
