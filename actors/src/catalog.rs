@@ -35,9 +35,10 @@ struct PairChange {
 }
 
 /// The co-occurrence changes of a batch, grouped by the row they change before they are
-/// applied, so each row's entries and positions are updated while they are in cache instead
-/// of one random row per change. The grouping is stable: every row receives its changes in
-/// the order they were made, so it ends up exactly as if they had been applied one by one.
+/// applied, so each row's entries (and a hashed row's positions) are updated while they are
+/// in cache instead of one random row per change. The grouping is stable: every row receives
+/// its changes in the order they were made, so it ends up exactly as if they had been applied
+/// one by one.
 #[derive(Debug)]
 struct PairChanges {
     pending: Vec<PairChange>,
@@ -158,7 +159,8 @@ impl PairChanges {
 
 thread_local! {
     /// The pair-change buffers of the thread applying batches (the catalogue's), reused from
-    /// batch to batch: at most about 17 MB (two change buffers and 4 bytes per counted row).
+    /// batch to batch: at most about 17 MB (two change buffers, and 4 bytes per counted row
+    /// and per item id changed).
     static PAIRS: std::cell::RefCell<PairChanges> = std::cell::RefCell::default();
 }
 

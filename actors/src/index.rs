@@ -88,7 +88,8 @@ enum Positions {
     /// The entries are indexed by item id; `len` of them co-occur. An update is one memory
     /// access, at an address known without reading anything else, so the processor has many
     /// of a batch's updates in flight at once. A row switches to it once its entries cover
-    /// half the ids up to its largest, and back once they cover less than an eighth.
+    /// half the ids up to its largest, and back to a hash table once they cover less than an
+    /// eighth, or when an item far past the others joins.
     Dense { len: usize },
 }
 
@@ -170,7 +171,6 @@ impl CoocRow {
         if let Positions::Dense { len } = &mut self.positions {
             if let Some(entry) = self.entries.get_mut(item as usize) {
                 let total = i64::from(entry.users) + users;
-                debug_assert!(total >= 0, "co-occurrence count below zero");
                 if entry.users == 0 {
                     // An absent pair only gains a user (a change without one moves no dot
                     // product), and starts from this change alone.
@@ -186,6 +186,7 @@ impl CoocRow {
                     entry.dot += dot;
                     entry.users = total as u32;
                 } else {
+                    debug_assert!(total == 0, "co-occurrence count below zero");
                     *entry = absent(item);
                     *len -= 1;
                     if *len * 8 < self.entries.len() {
@@ -267,8 +268,12 @@ impl CoocRow {
                     return;
                 }
                 let span = self.entries.len();
-                // At most an eighth more than needed: a dense row's slack costs 16 bytes an id.
-                self.entries.reserve_exact((item + 1 - span).max(span / 8));
+                // Room for an eighth more ids when the array is full: a dense row's slack
+                // costs 16 bytes an id, and a row growing one id at a time reallocates once
+                // per eighth.
+                if self.entries.capacity() <= item {
+                    self.entries.reserve_exact((item + 1 - span).max(span / 8));
+                }
                 self.entries.extend((span as u32..entry.item).map(absent));
                 self.entries.push(entry);
                 *len += 1;
@@ -276,8 +281,9 @@ impl CoocRow {
         }
     }
 
-    /// Rebuilds the row as whichever kind suits it now: dense when its entries cover at least
-    /// half the ids up to the largest, hashed otherwise.
+    /// Rebuilds the row as the other kind when it should change: a hashed row turns dense when
+    /// its entries cover at least half the ids up to the largest; a dense row (called when it
+    /// has become too sparse) turns hashed, its entries in item order.
     fn reindex(&mut self) {
         let present: Vec<CoocEntry> = match self.positions {
             Positions::Hashed(_) => {
@@ -301,12 +307,11 @@ impl CoocRow {
                 self.positions = Positions::Dense { len: n };
                 return;
             }
-            Positions::Dense { .. } => self
-                .entries
-                .iter()
-                .filter(|e| e.users > 0)
-                .copied()
-                .collect(),
+            Positions::Dense { len } => {
+                let mut present = Vec::with_capacity(len);
+                present.extend(self.entries.iter().filter(|e| e.users > 0).copied());
+                present
+            }
         };
         let mut table = HashTable::with_capacity(present.len());
         for (k, e) in present.iter().enumerate() {
@@ -587,8 +592,8 @@ mod tests {
             row_matches_a_map(updates, 300)?;
         }
 
-        /// The same through rows that turn dense and hashed again (an id far past the others,
-        /// or most entries removed), with removals in both kinds.
+        /// The same through rows whose ids spread far (an id past the others now and then),
+        /// with removals.
         #[test]
         fn cooc_rows_match_a_map_through_both_kinds_of_positions(
             updates in prop::collection::vec(
@@ -597,6 +602,97 @@ mod tests {
             ),
         ) {
             row_matches_a_map(updates, 5000)?;
+        }
+    }
+
+    /// What each kind of row must hold: a dense row's entries at their ids, absent ones
+    /// zero, `len` counting the present ones; a hashed row no absent entry, and a table that
+    /// finds every entry where it is.
+    fn check_kind(row: &CoocRow) -> Result<(), TestCaseError> {
+        match &row.positions {
+            Positions::Dense { len } => {
+                for (k, e) in row.entries.iter().enumerate() {
+                    prop_assert_eq!(e.item as usize, k);
+                    if e.users == 0 {
+                        prop_assert_eq!(e.dot.to_bits(), 0.0_f64.to_bits());
+                    }
+                }
+                prop_assert_eq!(*len, row.entries.iter().filter(|e| e.users > 0).count());
+            }
+            Positions::Hashed(table) => {
+                prop_assert!(row.entries.iter().all(|e| e.users > 0));
+                prop_assert_eq!(table.len(), row.entries.len());
+                for (k, e) in row.entries.iter().enumerate() {
+                    prop_assert_eq!(row.find(e.item), Some(k));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (item, dot, users) changes: mostly ids below 120, now and then one up to 2,000; users
+    /// -1 (a removal, ignored on an absent pair), 0 (the dot product alone), 1 or 2, an add
+    /// taken with probability `add`.
+    fn changes(add: f64) -> impl Strategy<Value = Vec<(u32, f64, i64)>> {
+        prop::collection::vec(
+            (
+                prop_oneof![19 => 0u32..120, 1 => 120u32..2000],
+                (-8i32..8).prop_map(|d| f64::from(d) / 4.0),
+                prop::bool::weighted(add),
+                prop_oneof![3 => Just(1i64), 1 => Just(2i64), 1 => Just(0i64)],
+            )
+                .prop_map(|(item, dot, add, users)| (item, dot, if add { users } else { -1 })),
+            0..600,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A row made dense (ids 0..100 in order), then changed, then mostly emptied, holds
+        /// what a plain map holds after every change, whatever kind it is: entries growing
+        /// past the array and across gaps, recreated after a removal (from the new change
+        /// alone), changed in their dot product only, and turning hashed again.
+        #[test]
+        fn dense_rows_match_a_map(mixed in changes(0.8), emptying in changes(0.15)) {
+            let mut row = CoocRow::default();
+            let mut want: BTreeMap<u32, (f64, u32)> = BTreeMap::new();
+            let first = (0..100u32).map(|item| (item, 1.0, 1i64));
+            let mut dense_after_first = false;
+            for (step, (item, dot, users)) in first.chain(mixed).chain(emptying).enumerate() {
+                row.add(item, dot, users);
+                match want.get_mut(&item) {
+                    Some(e) => {
+                        e.0 += dot;
+                        let left = i64::from(e.1) + users;
+                        if left > 0 {
+                            e.1 = left as u32;
+                        } else {
+                            want.remove(&item);
+                        }
+                    }
+                    None if users > 0 => {
+                        want.insert(item, (dot, users as u32));
+                    }
+                    None => {}
+                }
+                check_kind(&row)?;
+                prop_assert_eq!(row.len(), want.len());
+                if step == 99 {
+                    dense_after_first = matches!(row.positions, Positions::Dense { len: 100 });
+                }
+            }
+            prop_assert!(dense_after_first, "ids 0..100 in order make a dense row");
+            let mut got: Vec<(u32, u64, u32)> =
+                row.entries().map(|e| (e.item, e.dot.to_bits(), e.users)).collect();
+            got.sort_unstable();
+            let want_list: Vec<(u32, u64, u32)> =
+                want.iter().map(|(&k, &(dot, users))| (k, dot.to_bits(), users)).collect();
+            prop_assert_eq!(got, want_list);
+            for item in 0..2000 {
+                let expected = want.get(&item).map(|&(dot, users)| Cooccurrence { dot, users });
+                prop_assert_eq!(row.get(item), expected);
+            }
         }
     }
 
