@@ -87,11 +87,11 @@ impl PairChanges {
                 if j == i {
                     continue;
                 }
-                let old_j = match self.before.get(j as usize) {
+                let old_j = match self.before.get(j as usize).filter(|o| !o.is_nan()) {
                     // Pairs of two changed items are handled from the smaller id.
-                    Some(o) if !o.is_nan() && j < i => continue,
-                    Some(&o) if !o.is_nan() => o,
-                    _ => new_j,
+                    Some(_) if j < i => continue,
+                    Some(&o) => o,
+                    None => new_j,
                 };
                 let dot = f64::from(new_i) * f64::from(new_j) - f64::from(old_i) * f64::from(old_j);
                 let users =

@@ -106,6 +106,19 @@ fn item_hash(item: u32) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(item)
 }
 
+/// Adds `dot` and `users` to a present entry; false when no user links its items any more
+/// (the caller removes it).
+#[inline]
+fn accumulate(entry: &mut CoocEntry, dot: f64, users: i64) -> bool {
+    let total = i64::from(entry.users) + users;
+    debug_assert!(total >= 0, "co-occurrence count below zero");
+    if total > 0 {
+        entry.dot += dot;
+        entry.users = total as u32;
+    }
+    total > 0
+}
+
 /// The entry of an item that does not co-occur, in a dense row.
 fn absent(item: u32) -> CoocEntry {
     CoocEntry {
@@ -168,12 +181,17 @@ impl CoocRow {
     /// user links the items any more.
     #[inline]
     pub fn add(&mut self, item: u32, dot: f64, users: i64) {
-        if let Positions::Dense { len } = &mut self.positions {
-            if let Some(entry) = self.entries.get_mut(item as usize) {
-                let total = i64::from(entry.users) + users;
-                if entry.users == 0 {
-                    // An absent pair only gains a user (a change without one moves no dot
-                    // product), and starts from this change alone.
+        let found = match &mut self.positions {
+            // A dense row's entries within the array are changed in place; ids past it grow
+            // the row (`push`).
+            Positions::Dense { len } => match self.entries.get_mut(item as usize) {
+                Some(entry) if entry.users > 0 => {
+                    if !accumulate(entry, dot, users) {
+                        self.remove_at(item as usize);
+                    }
+                    return;
+                }
+                Some(entry) => {
                     if users > 0 {
                         *entry = CoocEntry {
                             item,
@@ -182,33 +200,21 @@ impl CoocRow {
                         };
                         *len += 1;
                     }
-                } else if total > 0 {
-                    entry.dot += dot;
-                    entry.users = total as u32;
-                } else {
-                    debug_assert!(total == 0, "co-occurrence count below zero");
-                    *entry = absent(item);
-                    *len -= 1;
-                    if *len * 8 < self.entries.len() {
-                        self.reindex();
-                    }
+                    return;
                 }
-                return;
-            }
-        }
-        match self.find(item) {
+                None => None,
+            },
+            Positions::Hashed(_) => self.find(item),
+        };
+        match found {
             Some(k) => {
-                let entry = &mut self.entries[k];
-                entry.dot += dot;
-                let users = i64::from(entry.users) + users;
-                debug_assert!(users >= 0, "co-occurrence count below zero");
-                if users > 0 {
-                    entry.users = users as u32;
-                } else {
+                let kept = accumulate(&mut self.entries[k], dot, users);
+                if !kept {
                     self.remove_at(k);
                 }
             }
-            // An absent pair only gains a user (a change without one moves no dot product).
+            // An absent pair only gains a user (a change without one moves no dot product),
+            // and starts from this change alone.
             None if users > 0 => self.push(CoocEntry {
                 item,
                 users: users as u32,
@@ -218,29 +224,39 @@ impl CoocRow {
         }
     }
 
-    /// Removes entry `k` of a hashed row; the last entry moves into its place.
+    /// Removes entry `k`: in a hashed row the last entry moves into its place; in a dense
+    /// one it is marked absent, and the row turns hashed once fewer than an eighth of its
+    /// entries are left.
     fn remove_at(&mut self, k: usize) {
         let CoocRow { entries, positions } = self;
-        let Positions::Hashed(table) = positions else {
-            unreachable!("dense rows mark entries absent in place");
-        };
         let item = entries[k].item;
-        let last = entries.len() as u32 - 1;
-        entries.swap_remove(k);
-        let moved = entries.get(k).map(|e| e.item);
-        if let Ok(found) = table.find_entry(item_hash(item), |&p| p as usize == k) {
-            found.remove();
-        }
-        // The last entry moved into the hole: point its position there.
-        if let Some(moved) = moved {
-            if let Some(p) = table.find_mut(item_hash(moved), |&p| p == last) {
-                *p = k as u32;
+        match positions {
+            Positions::Hashed(table) => {
+                let last = entries.len() as u32 - 1;
+                entries.swap_remove(k);
+                let moved = entries.get(k).map(|e| e.item);
+                if let Ok(found) = table.find_entry(item_hash(item), |&p| p as usize == k) {
+                    found.remove();
+                }
+                // The last entry moved into the hole: point its position there.
+                if let Some(moved) = moved {
+                    if let Some(p) = table.find_mut(item_hash(moved), |&p| p == last) {
+                        *p = k as u32;
+                    }
+                }
+            }
+            Positions::Dense { len } => {
+                entries[k] = absent(item);
+                *len -= 1;
+                if *len * 8 < entries.len() {
+                    self.make_hashed();
+                }
             }
         }
     }
 
-    /// Adds an entry for an item that has none: appended to a hashed row, or at its id in a
-    /// dense one (which grows to it, or turns hashed when the id is far past the rest).
+    /// Adds an entry for an item that has none: appended to a hashed row; past the end of a
+    /// dense one, which grows to it, or turns hashed when the id is far past the rest.
     fn push(&mut self, entry: CoocEntry) {
         let item = entry.item as usize;
         match &mut self.positions {
@@ -255,15 +271,15 @@ impl CoocRow {
                 table.insert_unique(item_hash(entry.item), k, |&p| {
                     item_hash(entries[p as usize].item)
                 });
-                if grows && entries.len() >= DENSE_MIN_ENTRIES {
-                    self.reindex();
+                if grows {
+                    self.make_dense_if_covered();
                 }
             }
+            // Only ids past the array reach here (`add` fills the absent entries within it).
             Positions::Dense { len } => {
-                // Only ids past the array reach here.
                 if 2 * (*len + 1) < item + 1 {
                     // Far beyond the ids the row covers: back to a hash table.
-                    self.reindex();
+                    self.make_hashed();
                     self.push(entry);
                     return;
                 }
@@ -281,38 +297,32 @@ impl CoocRow {
         }
     }
 
-    /// Rebuilds the row as the other kind when it should change: a hashed row turns dense when
-    /// its entries cover at least half the ids up to the largest; a dense row (called when it
-    /// has become too sparse) turns hashed, its entries in item order.
-    fn reindex(&mut self) {
-        let present: Vec<CoocEntry> = match self.positions {
-            Positions::Hashed(_) => {
-                let span = self
-                    .entries
-                    .iter()
-                    .map(|e| e.item as usize + 1)
-                    .max()
-                    .unwrap_or(0);
-                let n = self.entries.len();
-                if n < DENSE_MIN_ENTRIES || 2 * n < span {
-                    // Hashed it stays: the table is already up to date.
-                    return;
-                }
-                let mut dense: Vec<CoocEntry> = Vec::with_capacity(span);
-                dense.extend((0..span as u32).map(absent));
-                for e in &self.entries {
-                    dense[e.item as usize] = *e;
-                }
-                self.entries = dense;
-                self.positions = Positions::Dense { len: n };
-                return;
-            }
-            Positions::Dense { len } => {
-                let mut present = Vec::with_capacity(len);
-                present.extend(self.entries.iter().filter(|e| e.users > 0).copied());
-                present
-            }
-        };
+    /// Turns a hashed row dense when it has at least [`DENSE_MIN_ENTRIES`] entries and they
+    /// cover at least half the ids up to the largest.
+    fn make_dense_if_covered(&mut self) {
+        let n = self.entries.len();
+        let span = self
+            .entries
+            .iter()
+            .map(|e| e.item as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if n < DENSE_MIN_ENTRIES || 2 * n < span {
+            return;
+        }
+        let mut dense: Vec<CoocEntry> = Vec::with_capacity(span);
+        dense.extend((0..span as u32).map(absent));
+        for e in &self.entries {
+            dense[e.item as usize] = *e;
+        }
+        self.entries = dense;
+        self.positions = Positions::Dense { len: n };
+    }
+
+    /// Turns a dense row hashed, its entries in item order.
+    fn make_hashed(&mut self) {
+        let mut present: Vec<CoocEntry> = Vec::with_capacity(self.len());
+        present.extend(self.entries());
         let mut table = HashTable::with_capacity(present.len());
         for (k, e) in present.iter().enumerate() {
             table.insert_unique(item_hash(e.item), k as u32, |&p| {
@@ -321,15 +331,6 @@ impl CoocRow {
         }
         self.entries = present;
         self.positions = Positions::Hashed(table);
-    }
-
-    /// How many entries the positions find (tests).
-    #[cfg(test)]
-    fn positions_len(&self) -> usize {
-        match &self.positions {
-            Positions::Hashed(table) => table.len(),
-            Positions::Dense { .. } => self.entries.iter().filter(|e| e.users > 0).count(),
-        }
     }
 }
 
@@ -566,7 +567,7 @@ mod tests {
             if e.1 == 0 {
                 want.remove(&item);
             }
-            prop_assert_eq!(row.positions_len(), row.entries().count());
+            check_kind(&row)?;
             prop_assert_eq!(row.len(), row.entries().count());
         }
         let mut got: Vec<(u32, (f64, u32))> =

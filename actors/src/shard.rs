@@ -301,17 +301,18 @@ impl ShardState {
         (outcome, deltas)
     }
 
-    /// The user's row as a vector: their items of positive weight and their exclusions; of
-    /// the items only the `cap` most recent when `cap > 0` (see
-    /// [`RecommendConfig::neighbour_items`](crate::config::RecommendConfig)).
-    fn vector_of(&self, user: u32, cap: usize) -> UserVector {
+    /// The user's row as a vector: their items of positive weight, only the `cap` most recent
+    /// when `cap > 0` (see [`RecommendConfig::neighbour_items`](crate::config::RecommendConfig)),
+    /// and, `with_exclusions`, the items they must not be recommended (only scoring for the
+    /// user needs them).
+    fn vector_of(&self, user: u32, cap: usize, with_exclusions: bool) -> UserVector {
         let weights = &self.config.weights;
         let Some(row) = self.rows.get(user) else {
             return UserVector::default();
         };
         let capping = cap > 0 && row.len() > cap;
         let mut items = Vec::with_capacity(row.len());
-        let mut excluded = Vec::with_capacity(row.len());
+        let mut excluded = Vec::with_capacity(if with_exclusions { row.len() } else { 0 });
         let mut latest = Vec::with_capacity(if capping { row.len() } else { 0 });
         // Cells are in item order, so both lists come out sorted.
         for (item, cell) in row.cells() {
@@ -322,7 +323,7 @@ impl ShardState {
                     latest.push((cell.last_ts, item));
                 }
             }
-            if cell.has_any(self.exclude_mask) {
+            if with_exclusions && cell.has_any(self.exclude_mask) {
                 excluded.push(item);
             }
         }
@@ -351,14 +352,12 @@ impl ShardState {
     /// The vector the similar users of `user` are searched from: their most recent
     /// `recommend.neighbour_items` items.
     pub fn recent_vector_of(&self, user: u32) -> UserVector {
-        self.vector_of(user, self.config.recommend.neighbour_items)
+        self.vector_of(user, self.config.recommend.neighbour_items, false)
     }
 
     /// The vector other threads read: without exclusions, which only this shard uses.
     fn published_vector_of(&self, user: u32) -> Arc<UserVector> {
-        let mut vector = self.vector_of(user, 0);
-        vector.excluded = Box::default();
-        Arc::new(vector)
+        Arc::new(self.vector_of(user, 0, false))
     }
 
     /// The cached neighbour list (length `max(user_neighbours, similar_k)`), searched from the
@@ -427,7 +426,7 @@ impl ShardState {
             return hit;
         }
         self.metrics.rec_cache.with_label_values(&["miss"]).inc();
-        let vector = self.vector_of(user, 0);
+        let vector = self.vector_of(user, 0, true);
         let (strategy, items) = match vector {
             v if !v.items.is_empty() => {
                 let neighbours = self.neighbours(user);
