@@ -486,8 +486,24 @@ impl Cluster {
     ) {
         for u in 0..users {
             let user = format!("user-{u}");
-            let owner = owners[&momentum::cluster::partition_of(&user, PARTITIONS)].0;
-            let get = |path: &str| self.read(owner, path);
+            let partition = momentum::cluster::partition_of(&user, PARTITIONS);
+            let owner = std::cell::Cell::new(owners[&partition].0);
+            let get = |path: &str| {
+                let deadline = Instant::now() + Duration::from_secs(90);
+                loop {
+                    let (status, body) = self.read(owner.get(), path);
+                    if status != 421 || Instant::now() > deadline {
+                        return (status, body);
+                    }
+                    // The partition moved after the cluster converged (the consumer group
+                    // rebalanced again, as when a restarted broker takes the coordinator
+                    // back): its new owner answers once it has restored it.
+                    std::thread::sleep(Duration::from_millis(500));
+                    if let Some(now) = self.owners() {
+                        owner.set(now[&partition].0);
+                    }
+                }
+            };
             assert_eq!(
                 user_view(get, &user),
                 reference_view(reference, &user),
